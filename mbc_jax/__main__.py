@@ -1,0 +1,3 @@
+from mbc_jax.cli import main
+
+raise SystemExit(main())
