@@ -1,0 +1,276 @@
+"""The Flax (Linen) decoder shared by GPT-Neo and OPT.
+
+Layers are stacked and run under `nn.scan` (one compiled layer body, fast compiles at any depth);
+each layer's attention window is a scanned input, so any pattern of global and local layers runs
+in the same scan. Attention is masked by segment ids and positions, which covers a right-padded
+batch (segment 0 = padding), several records packed into one row (attention never crosses a
+segment boundary; positions restart per record) and a KV cache for decoding (unwritten cache slots
+have segment 0).
+
+Every parameter carries logical axis names (see `mbc_jax.sharding.RULES`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from mbc_jax.models.config import ModelConfig
+from mbc_jax.sharding import constrain
+
+Array = jax.Array
+Cache = dict[str, Array]  # k, v: [L, B, S, H, D]; pos, seg: [B, S]; index: [] (next slot to write)
+
+NEG_INF = float(jnp.finfo(jnp.float32).min)
+
+
+def _activation(name: str):
+    return {
+        "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+        "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
+        "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+        "gelu": functools.partial(jax.nn.gelu, approximate=False),
+        "relu": jax.nn.relu,
+        "silu": jax.nn.silu,
+        "swish": jax.nn.silu,
+    }[name]
+
+
+def _normal(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+class Linear(nn.Module):
+    features: int
+    axes: tuple[str, str]
+    use_bias: bool
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(_normal(0.02), self.axes),
+            (x.shape[-1], self.features),
+            jnp.dtype(self.cfg.param_dtype),
+        )
+        dtype = jnp.dtype(self.cfg.dtype)
+        y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
+                (self.features,), jnp.dtype(self.cfg.param_dtype),
+            )
+            y = y + bias.astype(dtype)
+        return y
+
+
+class LayerNorm(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.cfg.layer_norm_epsilon)
+        if self.cfg.layer_norm_affine:
+            shape, pdt = (x.shape[-1],), jnp.dtype(self.cfg.param_dtype)
+            scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), shape, pdt)
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), shape, pdt)
+            y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(self.cfg.dtype)
+
+
+def attention_mask(q_pos: Array, q_seg: Array, k_pos: Array, k_seg: Array, window: Array) -> Array:
+    """[B, 1, Tq, Tk] bool: same non-padding segment, causal by position, within the window."""
+    same = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
+    dist = q_pos[:, :, None] - k_pos[:, None, :]
+    return (same & (dist >= 0) & (dist < window))[:, None]
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+    mesh: Mesh | None = None
+
+    @nn.compact
+    def __call__(self, x, pos, seg, window, cache: Cache | None = None):
+        cfg = self.cfg
+        b, t, e = x.shape
+        h, d = cfg.num_heads, cfg.head_dim
+
+        def proj(name, bias):
+            y = Linear(e, ("embed", "heads"), bias, cfg, name=name)(x)
+            return constrain(y.reshape(b, t, h, d), self.mesh, ("batch", "length", "act_heads", None))
+
+        q = proj("q", cfg.qkv_bias)
+        if cfg.attention_scale:
+            q = q * jnp.asarray(d**-0.5, q.dtype)
+        k = proj("k", cfg.qkv_bias)
+        v = proj("v", cfg.qkv_bias)
+        k_pos, k_seg = pos, seg
+        if cache is not None:  # write this step's keys/values at cache["index"], attend over the whole cache
+            i = cache["index"]
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, i, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, i, 0, 0))
+            k_pos, k_seg = cache["pos"], cache["seg"]
+            cache = {"k": k, "v": v}
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+        scores = jnp.where(attention_mask(pos, seg, k_pos, k_seg, window), scores, NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, e)
+        return Linear(e, ("heads", "embed"), cfg.out_bias, cfg, name="o")(out), cache
+
+
+class Mlp(nn.Module):
+    cfg: ModelConfig
+    mesh: Mesh | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        y = Linear(cfg.intermediate_size, ("embed", "mlp"), cfg.mlp_bias, cfg, name="fc_in")(x)
+        y = constrain(_activation(cfg.activation)(y), self.mesh, ("batch", "length", "act_mlp"))
+        return Linear(x.shape[-1], ("mlp", "embed"), cfg.mlp_bias, cfg, name="fc_out")(y)
+
+
+class Block(nn.Module):
+    """One decoder layer; pre-LN (GPT-Neo, OPT) or post-LN (OPT-350m)."""
+
+    cfg: ModelConfig
+    mesh: Mesh | None = None
+
+    @nn.compact
+    def __call__(self, x, pos, seg, window, cache):
+        cfg = self.cfg
+        attn = Attention(cfg, self.mesh, name="attn")
+        mlp = Mlp(cfg, self.mesh, name="mlp")
+        ln_attn, ln_mlp = LayerNorm(cfg, name="ln_attn"), LayerNorm(cfg, name="ln_mlp")
+        if cfg.pre_layer_norm:
+            a, cache = attn(ln_attn(x), pos, seg, window, cache)
+            x = x + a
+            x = x + mlp(ln_mlp(x))
+        else:
+            a, cache = attn(x, pos, seg, window, cache)
+            x = ln_attn(x + a)
+            x = ln_mlp(x + mlp(x))
+        return constrain(x, self.mesh, ("batch", "length", "act_embed")), cache
+
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class CausalLM(nn.Module):
+    """GPT-Neo / OPT causal language model.
+
+    `__call__(input_ids, positions=None, segment_ids=None)` returns logits [B, T, V] (or the final
+    hidden states [B, T, word_embed_dim] with `return_hidden=True`, for chunked heads such as the
+    scorer's). Defaults: positions 0..T-1, every token in segment 1. With `cache=` it returns
+    `(logits, new_cache)` for incremental decoding.
+    """
+
+    cfg: ModelConfig
+    mesh: Mesh | None = None
+
+    def setup(self):
+        cfg = self.cfg
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.embed_tokens = self.param(
+            "embed_tokens", nn.with_logical_partitioning(_normal(0.02), ("vocab", "embed")),
+            (cfg.vocab_size, cfg.word_embed_dim), pdt,
+        )
+        self.embed_positions = self.param(
+            "embed_positions", nn.with_logical_partitioning(_normal(0.02), ("positions", "embed")),
+            (cfg.max_position_embeddings + cfg.position_offset, cfg.hidden_size), pdt,
+        )
+        if cfg.has_projection:
+            self.project_in = Linear(cfg.hidden_size, (None, "embed"), False, cfg)
+            self.project_out = Linear(cfg.word_embed_dim, ("embed", None), False, cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = self.param(
+                "lm_head", nn.with_logical_partitioning(_normal(0.02), ("embed", "vocab")),
+                (cfg.word_embed_dim, cfg.vocab_size), pdt,
+            )
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        self.layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, 0, 0),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg, self.mesh)
+        if cfg.final_layer_norm:
+            self.ln_final = LayerNorm(cfg)
+
+    def __call__(self, input_ids, positions=None, segment_ids=None, cache: Cache | None = None,
+                 return_hidden: bool = False):
+        cfg = self.cfg
+        b, t = input_ids.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        dtype = jnp.dtype(cfg.dtype)
+        x = jnp.take(self.embed_tokens, input_ids, axis=0).astype(dtype)
+        if cfg.has_projection:
+            x = self.project_in(x)
+        x = x + jnp.take(self.embed_positions, positions + cfg.position_offset, axis=0).astype(dtype)
+        x = constrain(x, self.mesh, ("batch", "length", "act_embed"))
+        windows = jnp.asarray(cfg.layer_windows, jnp.int32)
+        if cache is not None:
+            i = cache["index"]
+            k_pos = jax.lax.dynamic_update_slice(cache["pos"], positions.astype(jnp.int32), (0, i))
+            k_seg = jax.lax.dynamic_update_slice(cache["seg"], segment_ids.astype(jnp.int32), (0, i))
+            # every layer sees the same positions/segments; broadcast them along the scan
+            per_layer = {
+                "k": cache["k"],
+                "v": cache["v"],
+                "pos": jnp.broadcast_to(k_pos, (cfg.num_layers, *k_pos.shape)),
+                "seg": jnp.broadcast_to(k_seg, (cfg.num_layers, *k_seg.shape)),
+                "index": jnp.broadcast_to(i, (cfg.num_layers,)),
+            }
+            x, new_kv = self.layers(x, positions, segment_ids, windows, per_layer)
+            new_cache = {**new_kv, "pos": k_pos, "seg": k_seg, "index": i + t}
+        else:
+            x, _ = self.layers(x, positions, segment_ids, windows, None)
+        if cfg.final_layer_norm:
+            x = self.ln_final(x)
+        if cfg.has_projection:
+            x = self.project_out(x)
+        out = x if return_hidden else self.logits(x)
+        return (out, new_cache) if cache is not None else out
+
+    def logits(self, hidden: Array) -> Array:
+        """LM head: hidden [..., word_embed_dim] -> logits [..., vocab] in the compute dtype."""
+        dtype = jnp.dtype(self.cfg.dtype)
+        if self.cfg.tie_word_embeddings:
+            return jnp.dot(hidden.astype(dtype), self.embed_tokens.astype(dtype).T)
+        return jnp.dot(hidden.astype(dtype), self.lm_head.astype(dtype))
+
+    def head_matrix(self) -> Array:
+        """The [word_embed_dim, vocab] LM-head matrix (the tied embedding, transposed)."""
+        return self.embed_tokens.T if self.cfg.tie_word_embeddings else self.lm_head
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> Cache:
+    """An empty KV cache for `length` positions (prompt + new tokens)."""
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    shape = (cfg.num_layers, batch, length, cfg.num_heads, cfg.head_dim)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "pos": jnp.zeros((batch, length), jnp.int32),
+        "seg": jnp.zeros((batch, length), jnp.int32),
+        "index": jnp.zeros((), jnp.int32),
+    }

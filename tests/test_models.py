@@ -1,0 +1,317 @@
+"""Models: HF fixture parity, other configs against HF PyTorch (when torch is installed),
+checkpoint formats, export round trips, sharded == single-device, and bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import FIXTURE_NAMES, FIXTURES
+from mbc_jax import UserError
+from mbc_jax.models import export_model, init_model, load_model
+from mbc_jax.sharding import make_mesh
+
+try:
+    import torch
+except ImportError:
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed: HF PyTorch cross-check skipped")
+
+
+def reference(name: str):
+    return np.load(FIXTURES / name.replace("_sharded", "") / "reference.npz")
+
+
+def real_max_err(logits, ref) -> float:
+    mask = ref["attention_mask"].astype(bool)
+    return float(np.abs(np.asarray(logits) - ref["logits"])[mask].max())
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_fixture_parity(name, shared_dir):
+    model = load_model(str(FIXTURES / name))
+    ref = reference(name)
+    logits = model.apply(ref["input_ids"], segment_ids=ref["attention_mask"])
+    assert logits.shape == ref["logits"].shape
+    assert real_max_err(logits, ref) < 1e-4
+
+
+def test_config_fields_read(shared_dir):
+    neo = load_model(str(FIXTURES / "gpt_neo_tiny")).config
+    assert neo.layer_windows[1] == 8 and neo.layer_windows[0] > 1 << 20
+    assert neo.intermediate_size == 4 * 64 and not neo.attention_scale
+    opt = load_model(str(FIXTURES / "opt_projected_postln")).config
+    assert (opt.word_embed_dim, opt.hidden_size, opt.pre_layer_norm, opt.final_layer_norm) == (32, 64, False, False)
+
+
+# ------------------------------------------------------------------ other configs vs HF PyTorch
+
+OTHER_CONFIGS = {
+    "neo_local_first_window3": dict(
+        model_type="gpt_neo", vocab_size=97, hidden_size=48, num_layers=3, num_heads=6, window_size=3,
+        attention_types=[[["local", "global", "local"], 1]], max_position_embeddings=40,
+        intermediate_size=80, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+    ),
+    "neo_all_local_gelu": dict(
+        model_type="gpt_neo", vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, window_size=5,
+        attention_types=[[["local"], 2]], max_position_embeddings=32, activation_function="gelu",
+    ),
+    "opt_preln_projected_nobias": dict(
+        model_type="opt", vocab_size=80, hidden_size=48, num_hidden_layers=2, num_attention_heads=3, ffn_dim=72,
+        word_embed_proj_dim=24, do_layer_norm_before=True, enable_bias=False, max_position_embeddings=40,
+    ),
+    "opt_postln_no_affine_untied": dict(
+        model_type="opt", vocab_size=70, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, ffn_dim=40,
+        do_layer_norm_before=False, layer_norm_elementwise_affine=False, tie_word_embeddings=False,
+        max_position_embeddings=40,
+    ),
+}
+
+
+def _hf_torch_checkpoint(kwargs: dict, out_dir, seed: int = 0):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(**kwargs)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # make LayerNorms and biases non-trivial so they are tested too
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out_dir)
+    return model
+
+
+def _torch_logits(model, ids, mask):
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))
+    return out.logits.float().numpy()
+
+
+def _padded_batch(vocab: int, lengths=(29, 17, 8), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    t = max(lengths)
+    ids = np.zeros((len(lengths), t), np.int32)
+    mask = np.zeros_like(ids)
+    for b, n in enumerate(lengths):
+        ids[b, :n] = rng.integers(3, vocab, n)
+        mask[b, :n] = 1
+    return ids, mask
+
+
+@needs_torch
+@pytest.mark.parametrize("name", sorted(OTHER_CONFIGS))
+def test_other_configs_match_hf_torch(name, tmp_path):
+    kwargs = OTHER_CONFIGS[name]
+    hf = _hf_torch_checkpoint(kwargs, tmp_path)
+    ours = load_model(str(tmp_path))
+    ids, mask = _padded_batch(kwargs["vocab_size"])
+    want = _torch_logits(hf, ids, mask)
+    got = np.asarray(ours.apply(ids, segment_ids=mask))
+    assert np.abs(got - want)[mask.astype(bool)].max() < 1e-4
+
+
+# ------------------------------------------------------------------ checkpoint formats and export
+
+
+def test_flax_msgpack_checkpoint(tmp_path, shared_dir):
+    """A HF Flax-style msgpack (kernel [in, out], scale, embedding names) loads to the same logits."""
+    from flax import serialization
+    from safetensors.numpy import load_file
+
+    src = FIXTURES / "opt_tiny"
+    tree: dict = {}
+    for name, array in load_file(str(src / "model.safetensors")).items():
+        *path, leaf = name.split(".")
+        if leaf == "weight":
+            leaf = "kernel" if array.ndim == 2 and path[-1] not in ("embed_tokens", "embed_positions") else (
+                "embedding" if array.ndim == 2 else "scale")
+            array = array.T if leaf == "kernel" else array
+        node = tree
+        for p in path:
+            node = node.setdefault(p, {})
+        node[leaf] = array
+    shutil.copy(src / "config.json", tmp_path / "config.json")
+    (tmp_path / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(tree))
+    ref = reference("opt_tiny")
+    model = load_model(str(tmp_path))
+    assert real_max_err(model.apply(ref["input_ids"], segment_ids=ref["attention_mask"]), ref) < 1e-4
+
+
+def test_torch_bin_without_torch_is_a_clear_error(tmp_path, shared_dir, monkeypatch):
+    import builtins
+
+    shutil.copy(FIXTURES / "gpt_neo_tiny" / "config.json", tmp_path / "config.json")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not really")
+    real_import = builtins.__import__
+
+    def no_torch(name, *a, **k):
+        if name == "torch":
+            raise ImportError("no torch")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    with pytest.raises(UserError, match="torch is not installed.*save_pretrained"):
+        load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["gpt_neo_tiny", "opt_projected_postln"])
+def test_export_round_trip(name, tmp_path, shared_dir):
+    model = load_model(str(FIXTURES / name))
+    export_model(model, tmp_path / "export")
+    again = load_model(str(tmp_path / "export"))
+    ref = reference(name)
+    a = np.asarray(model.apply(ref["input_ids"], segment_ids=ref["attention_mask"]))
+    b = np.asarray(again.apply(ref["input_ids"], segment_ids=ref["attention_mask"]))
+    np.testing.assert_array_equal(a, b)
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["model_type"] == model.config.model_type
+
+
+def test_export_sharded_safetensors_round_trip(tmp_path, shared_dir):
+    from mbc_jax.models import hf_io
+
+    model = load_model(str(FIXTURES / "gpt_neo_tiny"))
+    tensors = hf_io.params_to_hf(model.config, model.params)
+    hf_io.save_safetensors(tensors, tmp_path, max_shard_bytes=200_000)
+    shutil.copy(FIXTURES / "gpt_neo_tiny" / "config.json", tmp_path / "config.json")
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    again = load_model(str(tmp_path))
+    for x, y in zip(jax.tree_util.tree_leaves(model.params), jax.tree_util.tree_leaves(again.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@needs_torch
+@pytest.mark.parametrize("name", ["gpt_neo_tiny", "opt_tiny", "opt_projected_postln"])
+def test_export_reloads_in_hf_torch(name, tmp_path, shared_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = load_model(str(FIXTURES / name))
+    export_model(model, tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    ref = reference(name)
+    got = _torch_logits(hf, ref["input_ids"], ref["attention_mask"])
+    assert real_max_err(got, ref) < 1e-4
+
+
+def test_export_with_tokenizer(tmp_path, shared_dir):
+    from transformers import AutoTokenizer
+
+    model = load_model(str(FIXTURES / "gpt_neo_tiny"))
+    model.tokenizer = AutoTokenizer.from_pretrained(str(shared_dir / "tokenizers" / "gpt-neo-125M"))
+    export_model(model, tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert tok("Human: hi")["input_ids"] == model.tokenizer("Human: hi")["input_ids"]
+    assert load_model(str(tmp_path)).tokenizer.eos_token_id == 50256
+
+
+# ------------------------------------------------------------------ sharding
+
+MESH_CONFIG = dict(  # 8 heads, mlp 128, vocab 128: every mesh below divides it
+    model_type="gpt_neo", vocab_size=128, hidden_size=64, num_layers=2, num_heads=8, window_size=4,
+    attention_types=[[["global", "local"], 1]], max_position_embeddings=32, intermediate_size=128,
+)
+
+
+@pytest.fixture(scope="module")
+def single_device_reference():
+    model = init_model(MESH_CONFIG, mesh=make_mesh("1,1,1", jax.devices()[:1]), seed=3)
+    ids, mask = _padded_batch(128, lengths=(16, 9, 12, 3, 16, 7, 1, 10))
+    return model, ids, mask, np.asarray(model.apply(ids, segment_ids=mask))
+
+
+@pytest.mark.parametrize("mesh", ["8,1,1", "2,4,1", "2,2,2", "1,1,8", "1,8,1"])
+def test_sharded_logits_equal_single_device(mesh, single_device_reference, tmp_path):
+    assert len(jax.devices()) == 8
+    single, ids, mask, want = single_device_reference
+    export_model(single, tmp_path)
+    model = load_model(str(tmp_path), mesh=make_mesh(mesh))
+    got = np.asarray(model.apply(ids, segment_ids=mask))
+    real = mask.astype(bool)
+    assert np.abs(got - want)[real].max() < 1e-5
+    # parameters really are split: the q kernel's heads over tensor, embed over fsdp
+    q = model.params["layers"]["attn"]["q"]["kernel"]
+    d, f, t = map(int, mesh.split(","))
+    assert q.addressable_shards[0].data.shape == (2, 64 // f, 64 // t)
+
+
+def test_random_init_is_sharded_at_creation():
+    model = init_model(MESH_CONFIG, mesh=make_mesh("1,2,4"), seed=0)
+    emb = model.params["embed_tokens"]
+    assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+    assert emb.addressable_shards[0].data.shape == (128 // 4, 64 // 2)
+
+
+def test_mesh_that_does_not_divide_heads_is_a_clear_error(shared_dir):
+    with pytest.raises(UserError, match=r"does not divide the model: 4 attention heads \('heads'\) are not divisible by the tensor axis \(8\)"):
+        load_model(str(FIXTURES / "gpt_neo_tiny"), mesh=make_mesh("1,1,8"))
+
+
+@pytest.mark.parametrize("spec,msg", [("3,1,1", "needs 3 devices"), ("a,b", "three integers"),
+                                      ("-1,-1,1", "at most one -1"), ("3,-1,1", "not divisible by 3")])
+def test_bad_mesh_specs(spec, msg):
+    with pytest.raises(UserError, match=msg):
+        make_mesh(spec)
+
+
+# ------------------------------------------------------------------ bad checkpoints
+
+
+def _copy_fixture(tmp_path, name="gpt_neo_tiny"):
+    dst = tmp_path / name
+    shutil.copytree(FIXTURES / name, dst)
+    return dst
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(UserError, match="no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_unsupported_model_type_lists_supported(tmp_path, shared_dir):
+    d = _copy_fixture(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = "llama"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match=r"model_type: 'llama' is not supported \(supported: gpt_neo, opt\)"):
+        load_model(str(d))
+
+
+def test_missing_tensor_is_named(tmp_path, shared_dir):
+    from safetensors.numpy import load_file, save_file
+
+    d = _copy_fixture(tmp_path)
+    tensors = load_file(str(d / "model.safetensors"))
+    del tensors["transformer.h.2.mlp.c_fc.bias"]
+    save_file(tensors, str(d / "model.safetensors"))
+    with pytest.raises(UserError, match=r"tensor transformer\.h\.2\.mlp\.c_fc\.bias is missing"):
+        load_model(str(d))
+
+
+def test_misshapen_tensor_names_both_shapes(tmp_path, shared_dir):
+    from safetensors.numpy import load_file, save_file
+
+    d = _copy_fixture(tmp_path)
+    tensors = load_file(str(d / "model.safetensors"))
+    tensors["transformer.h.1.attn.attention.q_proj.weight"] = np.zeros((64, 60), np.float32)
+    save_file(tensors, str(d / "model.safetensors"))
+    with pytest.raises(UserError, match=r"q_proj\.weight has shape \(64, 60\) but the config implies \(64, 64\)"):
+        load_model(str(d))
+
+
+def test_config_contradicting_weights(tmp_path, shared_dir):
+    d = _copy_fixture(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["num_layers"], cfg["attention_types"] = 2, [[["global", "local"], 1]]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match=r"does not account for 26 tensor\(s\).*transformer\.h\.2.*2 layers"):
+        load_model(str(d))
+
+
+def test_offline_hub_id_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="not in the local Hugging Face cache"):
+        load_model("EleutherAI/gpt-neo-125m")
