@@ -1,0 +1,603 @@
+"""Tests for mbc_jax/judge.py and mbc_jax/winrate.py.
+
+The judge runs against a real HTTP server on 127.0.0.1 (started here, ephemeral port) that
+speaks the chat-completions shape. The server decides each verdict from a script keyed by
+(question id, which model is shown first), can inject failures per prompt, counts requests and
+paid (HTTP 200) responses per prompt, and can hold requests to simulate a run killed midway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mbc_jax import UserError, judge, winrate
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "sk-test-DO-NOT-LEAK-4f9c2e7a1b"
+
+# The verdict script of the "known" comparison: (question, order) -> positional verdict.
+# q0-q3: A better in both orders; q4-q5: B better in both; q6: tie in both;
+# q7-q8: a judge that always picks the first answer (inconsistent -> tie);
+# q9: A in one order, tie in the other (inconsistent -> tie).
+KNOWN = {}
+for _q in range(4):
+    KNOWN[_q, "a_first"], KNOWN[_q, "b_first"] = "A", "B"
+for _q in (4, 5):
+    KNOWN[_q, "a_first"], KNOWN[_q, "b_first"] = "B", "A"
+KNOWN[6, "a_first"], KNOWN[6, "b_first"] = "C", "C"
+for _q in (7, 8):
+    KNOWN[_q, "a_first"], KNOWN[_q, "b_first"] = "A", "A"
+KNOWN[9, "a_first"], KNOWN[9, "b_first"] = "A", "C"
+CATEGORY = {q: ("brainstorm" if q < 5 else "qa") for q in range(10)}
+
+
+class FakeJudgeServer:
+    """An OpenAI-compatible /v1/chat/completions endpoint with scripted verdicts and failures."""
+
+    def __init__(self, script=None, failures=None, default="A", hold_after=None, sleep=0.6):
+        self.script = dict(script or {})
+        self.failures = {k: list(v) for k, v in (failures or {}).items()}
+        self.default = default
+        self.hold_after = hold_after
+        self.sleep = sleep
+        self.lock = threading.Lock()
+        self.requests: Counter = Counter()  # prompt hash -> requests received
+        self.paid: Counter = Counter()  # prompt hash -> 200 responses sent
+        self.served = 0
+        self.auth: list[str] = []
+        self.gate = threading.Event()
+        self.drop = False
+        self.mode = None  # e.g. "401": answer every request with it
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                server.handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.gate.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @staticmethod
+    def identify(messages):
+        text = messages[-1]["content"]
+        q = int(re.search(r"Question q(\d+):", text).group(1))
+        second = text.index("[Answer of Assistant B]")  # where the second answer starts
+        if "model A" in text:
+            order = "a_first" if text.index("model A") < second else "b_first"
+        else:  # A's answer is empty
+            order = "b_first" if text.index("model B") < second else "a_first"
+        return q, order
+
+    def handle(self, h):
+        body = json.loads(h.rfile.read(int(h.headers["Content-Length"])))
+        assert h.path == "/v1/chat/completions"
+        messages = body["messages"]
+        prompt = hashlib.sha256(json.dumps(messages).encode()).hexdigest()
+        q, order = self.identify(messages)
+        with self.lock:
+            self.requests[prompt] += 1
+            self.auth.append(h.headers.get("Authorization", ""))
+            queue = self.failures.get((q, order))
+            action = self.mode or (queue.pop(0) if queue else None)
+            hold = self.hold_after is not None and self.served >= self.hold_after
+            if not hold:
+                self.served += 1
+        if hold:  # simulate a run killed while these requests are in flight
+            self.gate.wait(30)
+            if self.drop:
+                return
+        if action in ("429", "500", "503"):
+            headers = {"Retry-After": "0.05"} if action == "429" else {}
+            return self.send(h, int(action), {"error": {"message": f"injected {action}"}}, headers)
+        if action == "401":
+            key = h.headers.get("Authorization", "").removeprefix("Bearer ")
+            return self.send(h, 401, {"error": {"message": f"Incorrect API key provided: {key}"}})
+        if action == "timeout":
+            time.sleep(self.sleep)
+        verdict = self.script.get((q, order), self.default)
+        text = {"garbage": "Both answers have merits.",
+                "conflict": "Maybe [[A]], maybe [[B]]."}.get(
+            action, f"Reasoning about q{q} ({order}). Final verdict: [[{verdict}]]")
+        with self.lock:
+            self.paid[prompt] += 1
+        self.send(h, 200, {
+            "id": "chatcmpl-test", "object": "chat.completion", "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        })
+
+    @staticmethod
+    def send(h, status, payload, headers=None):
+        data = json.dumps(payload).encode()
+        try:
+            h.send_response(status)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(data)
+        except OSError:  # the client gave up (timeout) or was killed
+            pass
+
+
+@pytest.fixture
+def server_factory():
+    servers = []
+
+    def make(**kw):
+        s = FakeJudgeServer(**kw)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def record(q, model, **over):
+    rec = {"index": q, "id": f"q{q}", "category": CATEGORY.get(q, "qa"),
+           "prompt": f"Question q{q}: what about {q}?",
+           "output_text": f"answer of model {model} to q{q}",
+           "output_ids": [1, 2, 3], "entropy": 1.5}
+    rec.update(over)
+    return rec
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def answer_files(tmp_path, qs=range(10), qs_b=None):
+    a = write_jsonl(tmp_path / "mbc.jsonl", [record(q, "A") for q in qs])
+    b = write_jsonl(tmp_path / "uniform.jsonl",
+                    [record(q, "B") for q in (qs if qs_b is None else qs_b)])
+    return a, b
+
+
+def run_judge(tmp_path, server, a, b, *, sleeps=None, max_retries=3, timeout=5.0, **kw):
+    config = judge.JudgeConfig(model="judge-test", max_retries=max_retries, timeout=timeout,
+                               backoff_base=0.001, concurrency=4)
+    logs = kw.pop("logs", [])
+    return judge.judge_files(
+        a, b, tmp_path / "out" / "results.json", config=config, base_url=server.url,
+        progress=False, sleep=(sleeps.append if sleeps is not None else (lambda d: None)),
+        log=logs.append, n_boot=300, **kw)
+
+
+def read_judgments(tmp_path):
+    lines = (tmp_path / "out" / "results.judgments.jsonl").read_text().splitlines()
+    return {j["id"]: j for j in map(json.loads, lines)}
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_parse_verdict_is_strict():
+    assert judge.parse_verdict("A is clearer. [[A]]") == "A"
+    assert judge.parse_verdict("[[C]]") == "C"
+    assert judge.parse_verdict("[[B]] ... final: [[B]]") == "B"  # repeated, not conflicting
+    for bad in ("", None, "A is better", "[A]", "[[a]]", "[[D]]", "[[A]] or [[C]]", "[[ A ]]"):
+        with pytest.raises(judge.InvalidVerdict):
+            judge.parse_verdict(bad)
+
+
+def test_order_mapping_and_combination():
+    assert judge.winner_of("A", "a_first") == "A" and judge.winner_of("A", "b_first") == "B"
+    assert judge.winner_of("B", "b_first") == "A" and judge.winner_of("C", "b_first") == "tie"
+    assert judge.combine("A", "A") == "A" and judge.combine("A", "B") == "tie"
+    assert judge.combine("A", "tie") == "tie" and judge.combine("tie", "tie") == "tie"
+
+
+def test_template_cites_paper_and_renders_in_one_pass():
+    raw = judge.TEMPLATE_PATH.read_text()
+    assert "Through the Lens of Memorization" in raw and "Figure 4" in raw
+    assert "[[A]]" in raw and "[[B]]" in raw and "[[C]]" in raw
+    t = judge.load_template()
+    system, user = t.render("Q? {answer_b}", "first {question}", "second")
+    assert system["role"] == "system" and "#" not in system["content"][:1]
+    assert "Q? {answer_b}" in user["content"]  # an answer's braces are never expanded
+    assert user["content"].index("first {question}") < user["content"].index("second")
+
+
+def test_endpoint_and_key_resolution(monkeypatch):
+    for url in ("http://127.0.0.1:8000/v1", "http://localhost/v1", "http://10.1.2.3:8000/v1",
+                "http://[::1]:80/v1"):
+        assert judge.is_local_url(url)
+    assert not judge.is_local_url("https://api.openai.com/v1")
+    assert judge.resolve_endpoint("http://127.0.0.1:1/v1")[1] == judge.LOCAL_PLACEHOLDER_KEY
+    with pytest.raises(UserError, match="OPENAI_API_KEY"):
+        judge.resolve_endpoint("https://judge.example.com/v1")
+    with pytest.raises(UserError, match="OPENAI_API_KEY"):
+        judge.resolve_endpoint(None)  # the default is OpenAI itself
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    assert judge.resolve_endpoint("https://judge.example.com/v1")[1] == SECRET
+    url = "https://u:pw@h.example.com:8443/v1?key=x"
+    assert judge.public_url(url) == "https://h.example.com:8443/v1"
+    assert SECRET not in judge.redact(f"bad key {SECRET}", [SECRET])
+    assert "4f9c2e7a1b" not in judge.redact(f"bad key {SECRET}")  # sk- shaped, even if unknown
+
+
+def test_backoff_is_exponential_with_jitter():
+    j = judge.Judge(None, judge.JudgeConfig(backoff_base=1.0, backoff_max=8.0), None, None,
+                    rng=__import__("random").Random(0))
+    for failures, d in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
+        delays = [j.backoff(failures) for _ in range(50)]
+        assert min(delays) >= d / 2 and max(delays) <= d and len(set(delays)) > 1
+    assert j.backoff(1, retry_after=3.0) == 3.0  # Retry-After wins when longer
+    assert j.backoff(1, retry_after=100.0) == 8.0  # but stays bounded
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_known_script_rates_per_order_counts_and_cli(tmp_path, server_factory, capsys):
+    server = server_factory(script=KNOWN)
+    a, b = answer_files(tmp_path)
+    out = tmp_path / "out" / "results.json"
+    rc = judge.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
+                     "--model", "judge-test", "--concurrency", "3", "--no-progress",
+                     "--bootstrap", "300"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "mbc wins 40.0%" in printed and "uniform wins 20.0%" in printed
+    assert "consistency 70.0%" in printed
+
+    res = json.loads(out.read_text())
+    o = res["overall"]
+    assert (o["n"], o["win"], o["tie"], o["loss"]) == (10, 4, 4, 2)
+    assert (o["win_rate"], o["tie_rate"], o["loss_rate"]) == (0.4, 0.4, 0.2)
+    assert o["consistency"] == 0.7
+    assert o["first_position_rate"] == pytest.approx(11 / 20)
+    assert o["per_order"]["a_first"] == {"positional": {"A": 7, "B": 2, "C": 1},
+                                         "a_wins": 7, "b_wins": 2, "tie": 1}
+    assert o["per_order"]["b_first"] == {"positional": {"A": 4, "B": 4, "C": 2},
+                                         "a_wins": 4, "b_wins": 4, "tie": 2}
+    for part in ("win", "tie", "loss", "consistency"):
+        lo, hi = o[f"{part}_ci"]
+        assert lo <= o[f"{part}_rate" if part != "consistency" else part] <= hi
+    cats = res["per_category"]
+    assert (cats["brainstorm"]["win_rate"], cats["brainstorm"]["loss_rate"]) == (0.8, 0.2)
+    assert cats["brainstorm"]["consistency"] == 1.0
+    qa = cats["qa"]
+    assert (qa["tie_rate"], qa["loss_rate"], qa["consistency"]) == (0.8, 0.2, 0.4)
+    assert (res["name_a"], res["name_b"], res["matched_by"]) == ("mbc", "uniform", "id")
+    assert res["unmatched"] == {"only_in_a": [], "only_in_b": []}
+    assert res["judge"]["model"] == "judge-test" and res["calls"]["api_calls"] == 20
+
+    # Every prompt (10 pairs x 2 orders) was sent exactly once; no key was configured.
+    assert len(server.requests) == 20 and set(server.requests.values()) == {1}
+    assert set(server.auth) == {f"Bearer {judge.LOCAL_PLACEHOLDER_KEY}"}
+
+    js = read_judgments(tmp_path)
+    assert js["q7"]["verdict_a_first"] == "A" and js["q7"]["verdict_b_first"] == "A"
+    assert (js["q7"]["outcome"], js["q7"]["consistent"]) == ("tie", False)
+    assert (js["q4"]["outcome"], js["q0"]["outcome"], js["q6"]["outcome"]) == ("B", "A", "tie")
+    assert "Final verdict: [[A]]" in js["q0"]["judge_text_a_first"]
+    png = tmp_path / "out" / "results.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert [r["label"] for r in rows] == ["overall", "brainstorm", "qa"]
+    assert float(rows[0]["win_rate"]) == 0.4
+
+    # A rerun pays nothing and reproduces the results exactly (seeded bootstrap).
+    before = out.read_text()
+    assert judge.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
+                       "--model", "judge-test", "--no-progress", "--bootstrap", "300"]) == 0
+    assert sum(server.requests.values()) == 20
+    again = json.loads(out.read_text())
+    assert again["calls"]["cached"] == 20 and again["calls"]["api_calls"] == 0
+    strip = lambda r: {k: v for k, v in r.items() if k != "calls"}  # noqa: E731
+    assert strip(again) == strip(json.loads(before))
+
+    # A different judge model is a different cache key: it pays again.
+    judge.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
+                "--model", "other-judge", "--no-progress", "--bootstrap", "50"])
+    assert sum(server.requests.values()) == 40
+
+
+def test_retries_on_429_5xx_timeout_and_malformed(tmp_path, server_factory):
+    failures = {(0, "a_first"): ["429", "500"], (1, "b_first"): ["timeout"],
+                (2, "a_first"): ["garbage", "conflict"], (3, "a_first"): ["503"],
+                (3, "b_first"): ["503"]}
+    server = server_factory(script=KNOWN, failures=failures, sleep=0.6)
+    a, b = answer_files(tmp_path)
+    sleeps = []
+    res = run_judge(tmp_path, server, a, b, sleeps=sleeps, timeout=0.25)
+    o = res["overall"]
+    assert (o["n"], o["win"], o["tie"], o["loss"], o["consistency"]) == (10, 4, 4, 2, 0.7)
+    assert res["n_invalid"] == 0
+    assert res["calls"]["retries"] == {"http_429": 1, "http_500": 1, "http_503": 2,
+                                       "timeout": 1, "invalid_verdict": 2}
+    assert res["calls"]["api_calls"] == 20 + 7
+    # requests per prompt: 1 + the injected failures on it
+    by_prompt = sorted(server.requests.values())
+    assert by_prompt == [1] * 15 + [2, 2, 2, 3, 3]
+    # backoff: invalid verdicts retry at once; 5 transport failures slept, the 429 honoured
+    # Retry-After (0.05 s), the others slept base * 2**(k-1) with jitter (base = 1 ms).
+    assert len(sleeps) == 5 and 0.05 in sleeps
+    assert all(d <= 0.05 for d in sleeps) and sum(d == 0.05 for d in sleeps) == 1
+
+
+def test_invalid_verdict_after_retries_is_reported_not_cached(tmp_path, server_factory):
+    server = server_factory(script=KNOWN, failures={(0, "a_first"): ["garbage"] * 3})
+    a, b = answer_files(tmp_path, qs=range(2))
+    logs = []
+    res = run_judge(tmp_path, server, a, b, max_retries=2, logs=logs)
+    assert res["n_invalid"] == 1 and res["overall"]["n"] == 1
+    assert any("no valid verdict" in m for m in logs)
+    js = read_judgments(tmp_path)
+    assert js["q0"]["outcome"] is None and "no verdict" in js["q0"]["error_a_first"]
+    assert len(judge.JudgmentCache(tmp_path / "out" / "judge_cache")) == 3
+    # The next run retries only that judgment, which the server now answers properly.
+    res = run_judge(tmp_path, server, a, b)
+    assert res["n_invalid"] == 0 and res["overall"]["n"] == 2 and res["calls"]["api_calls"] == 1
+    assert sum(server.requests.values()) == 3 + 3 + 1
+
+
+def test_unreachable_endpoint_is_a_clear_error_after_retries(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again before the run: connection refused
+    a, b = answer_files(tmp_path, qs=range(2))
+    sleeps = []
+    config = judge.JudgeConfig(model="m", max_retries=2, backoff_base=0.001, concurrency=1)
+    with pytest.raises(UserError, match=r"unreachable.*3 attempts.*rerun"):
+        judge.judge_files(a, b, tmp_path / "r.json", config=config, progress=False,
+                          base_url=f"http://127.0.0.1:{port}/v1", sleep=sleeps.append)
+    # 2 backoffs before the first request gave up (another queued request may have started
+    # its own retries before the run stopped)
+    assert len(sleeps) >= 2 and max(sleeps) <= 0.002
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_killed_midway_then_resumed_loses_nothing_pays_nothing_twice(tmp_path, server_factory):
+    # The server answers 5 requests, then holds the next ones; the judge process is SIGKILLed
+    # once those 5 are cached, and the held requests are dropped unanswered (never paid).
+    server = server_factory(script=KNOWN, hold_after=5)
+    a, b = answer_files(tmp_path)
+    out = tmp_path / "out" / "results.json"
+    cache = judge.JudgmentCache(tmp_path / "out" / "judge_cache")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mbc_jax.judge", "--a", str(a), "--b", str(b), "--out", str(out),
+         "--base-url", server.url, "--model", "judge-test", "--concurrency", "2",
+         "--backoff", "0.01", "--timeout", "30", "--no-progress"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while len(cache) < 5 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert len(cache) == 5, proc.stderr.read() if proc.poll() is not None else "timeout"
+        while sum(server.requests.values()) < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)  # both workers are now waiting on a held request
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not out.exists()
+    server.drop = True
+    server.gate.set()
+    server.hold_after = None
+    assert sum(server.paid.values()) == 5
+
+    res = run_judge(tmp_path, server, a, b)
+    assert res["calls"]["cached"] == 5 and res["calls"]["api_calls"] == 15
+    assert len(server.paid) == 20 and set(server.paid.values()) == {1}  # none paid twice
+    o = res["overall"]
+    assert (o["n"], o["win"], o["tie"], o["loss"], o["consistency"]) == (10, 4, 4, 2, 0.7)
+    assert len(read_judgments(tmp_path)) == 10  # no judgment lost
+
+
+def test_exception_midway_then_resumed(tmp_path, server_factory):
+    server = server_factory(script=KNOWN)
+    a, b = answer_files(tmp_path)
+    seen = []
+
+    def crash_after_three(entry):
+        seen.append(entry["key"])
+        if len(seen) == 3:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_judge(tmp_path, server, a, b, on_result=crash_after_three)
+    paid_before = sum(server.paid.values())
+    cached = len(judge.JudgmentCache(tmp_path / "out" / "judge_cache"))
+    assert cached == paid_before >= 3  # requests in flight at the crash were kept too
+    res = run_judge(tmp_path, server, a, b)
+    assert res["calls"]["cached"] == cached and res["calls"]["api_calls"] == 20 - cached
+    assert len(server.paid) == 20 and set(server.paid.values()) == {1}
+    assert res["overall"]["win_rate"] == 0.4
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_unmatched_and_reordered_records_are_matched_by_id(tmp_path, server_factory):
+    server = server_factory(script=KNOWN)
+    a = write_jsonl(tmp_path / "a.jsonl", [record(q, "A") for q in range(6)])
+    # B is reversed, lacks q0 and has an extra q7; its `index` values differ (own numbering).
+    b = write_jsonl(tmp_path / "b.jsonl",
+                    [record(q, "B", index=i) for i, q in enumerate([7, 5, 4, 3, 2, 1])])
+    logs = []
+    res = run_judge(tmp_path, server, a, b, logs=logs)
+    assert res["matched_by"] == "id" and res["n_pairs"] == 5
+    assert res["unmatched"] == {"only_in_a": ["q0"], "only_in_b": ["q7"]}
+    assert any("1 record(s) only in" in m and "q0" in m and "q7" in m for m in logs)
+    o = res["overall"]  # q1-q3 A, q4-q5 B (by the script, whatever the file order)
+    assert (o["win"], o["loss"], o["tie"]) == (3, 2, 0)
+
+    # Without ids, records are matched by index.
+    a2 = write_jsonl(tmp_path / "a2.jsonl", [record(q, "A", id=None) for q in range(3)])
+    b2 = write_jsonl(tmp_path / "b2.jsonl", [record(q, "B", id=None) for q in (2, 0)])
+    m = judge.match_answers(a2, b2)
+    assert m.field == "index" and [p.key for p in m.pairs] == ["0", "2"] and m.only_a == ["1"]
+
+
+def test_bad_answer_files_give_file_line_errors(tmp_path, server_factory):
+    server = server_factory(script=KNOWN)
+    a, _ = answer_files(tmp_path, qs=range(3))
+    b = write_jsonl(tmp_path / "b.jsonl", [record(0, "B"), record(1, "B", output_text="  \n"),
+                                          record(2, "B")])
+    with pytest.raises(UserError, match=r"b\.jsonl:2: empty output_text \(1 empty.*--allow-empty"):
+        run_judge(tmp_path, server, a, b)
+    assert not server.requests  # nothing was sent
+    res = run_judge(tmp_path, server, a, b, allow_empty=True)
+    assert res["n_empty"] == {"a": 0, "b": 1} and res["overall"]["n"] == 3
+
+    bad = tmp_path / "bad.jsonl"
+    cases = [
+        ([json.dumps(record(0, "B")), "{not json"], r"bad\.jsonl:2: not valid JSON"),
+        ([json.dumps({k: v for k, v in record(0, "B").items() if k != "output_text"})],
+         r"bad\.jsonl:1: field `output_text` missing"),
+        ([json.dumps(record(0, "B")), "", json.dumps(record(0, "B"))],
+         r"bad\.jsonl:3: duplicate id 'q0' \(first on line 1\)"),
+        ([json.dumps(record(1, "B", prompt="another question"))],
+         r"bad\.jsonl:1: prompt of id 'q1' differs"),
+        ([json.dumps(record(9, "B"))], r"no record .* matches"),
+        ([], r"bad\.jsonl: no records"),
+    ]
+    for lines, pattern in cases:
+        bad.write_text("\n".join(lines) + "\n")
+        with pytest.raises(UserError, match=pattern):
+            judge.match_answers(a, bad)
+
+
+def test_missing_key_for_remote_endpoint(tmp_path):
+    a, b = answer_files(tmp_path, qs=range(2))
+    with pytest.raises(UserError, match=r"no API key .*judge\.example\.com.*OPENAI_API_KEY"):
+        judge.judge_files(a, b, tmp_path / "r.json", base_url="https://judge.example.com/v1",
+                          progress=False)
+    assert judge.main(["--a", str(a), "--b", str(b), "--out", str(tmp_path / "r.json"),
+                       "--base-url", "https://judge.example.com/v1"]) == 2
+
+
+def test_api_key_is_sent_but_never_written_or_logged(tmp_path, server_factory, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    server = server_factory(script=KNOWN, failures={(0, "a_first"): ["429"]})
+    a, b = answer_files(tmp_path, qs=range(3))
+    out = tmp_path / "out" / "results.json"
+    assert judge.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
+                       "--backoff", "0.001"]) == 0
+    assert set(server.auth) == {f"Bearer {SECRET}"}
+    # A server that rejects the key and echoes it: the error names the problem, not the key.
+    server.mode = "401"
+    rc = judge.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
+                     "--model", "fresh-model"])
+    captured = capsys.readouterr()
+    assert rc == 2 and "HTTP 401" in captured.err and "check OPENAI_API_KEY" in captured.err
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 8  # results, judgments, png, csv, cache entries, inputs
+    for path in written:
+        assert SECRET.encode() not in path.read_bytes(), path
+        assert b"4f9c2e7a1b" not in path.read_bytes(), path
+    assert SECRET not in captured.out + captured.err and "4f9c2e7a1b" not in captured.err
+
+
+def test_register_adds_the_judge_command():
+    parser = argparse.ArgumentParser()
+    judge.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["judge", "--a", "A", "--b", "B", "--out", "o.json",
+                              "--base-url", "http://127.0.0.1:8000/v1", "--model", "m",
+                              "--concurrency", "2", "--max-retries", "1", "--timeout", "3",
+                              "--cache", "c", "--name-a", "x", "--name-b", "y", "--seed", "7"])
+    assert args.func is judge.run and args.seed == 7 and args.cache == "c"
+    assert (args.concurrency, args.max_retries, args.timeout) == (2, 1, 3.0)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def fake_judgments(outcomes, consistent=None):
+    out = []
+    for i, o in enumerate(outcomes):
+        agree = True if consistent is None else consistent[i]
+        w1, w2 = (o, o) if agree else ("A", "B")
+        v = {"A": "A", "B": "B", "tie": "C"}
+        out.append({"id": f"q{i}", "category": "c", "outcome": o,
+                    "verdict_a_first": v[w1], "winner_a_first": w1,
+                    "verdict_b_first": {"A": "B", "B": "A", "tie": "C"}[w2],
+                    "winner_b_first": w2})
+    return out
+
+
+def test_bootstrap_ci_contains_estimate_shrinks_with_n_and_is_seeded():
+    # 4 A wins, 2 B wins, 1 consistent tie, 3 inconsistent pairs (ties): the known script's mix
+    base = ["A"] * 4 + ["B"] * 2 + ["tie"] * 4
+    cons = [True] * 7 + [False] * 3
+    small = winrate.summarize(fake_judgments(base, cons), n_boot=2000, seed=1)["overall"]
+    big = winrate.summarize(fake_judgments(base * 16, cons * 16), n_boot=2000, seed=1)["overall"]
+    for block in (small, big):
+        assert (block["win_rate"], block["tie_rate"], block["loss_rate"]) == (0.4, 0.4, 0.2)
+        assert block["consistency"] == 0.7
+        for part, rate in (("win", 0.4), ("tie", 0.4), ("loss", 0.2), ("consistency", 0.7)):
+            lo, hi = block[f"{part}_ci"]
+            assert 0 <= lo <= rate <= hi <= 1
+    width = lambda b, p: b[f"{p}_ci"][1] - b[f"{p}_ci"][0]  # noqa: E731
+    for part in ("win", "tie", "loss", "consistency"):
+        ratio = width(big, part) / width(small, part)
+        assert 0.15 < ratio < 0.4, (part, ratio)  # ~ 1/sqrt(16) = 0.25
+    # The small-sample win CI is close to the normal approximation 1.96*sqrt(p(1-p)/n)*2.
+    assert width(small, "win") == pytest.approx(2 * 1.96 * np.sqrt(0.24 / 10), abs=0.12)
+    again = winrate.summarize(fake_judgments(base, cons), n_boot=2000, seed=1)["overall"]
+    assert again == small
+    outcome = np.array([{"A": 1, "tie": 0, "B": -1}[o] for o in base * 16])
+    cis = [winrate.bootstrap_rates(outcome, np.array(cons * 16), n_boot=500, seed=s)
+           for s in (1, 1, 2)]
+    assert cis[0] == cis[1] and cis[0] != cis[2]
+
+
+def test_summary_skips_invalid_and_handles_empty_blocks():
+    js = fake_judgments(["A", "B"]) + [{"id": "x", "category": "d", "outcome": None}]
+    s = winrate.summarize(js, n_boot=100)
+    assert s["overall"]["n"] == 2 and s["overall"]["n_invalid"] == 1
+    assert s["per_category"]["d"]["n"] == 0 and s["per_category"]["d"]["win_rate"] is None
+
+
+def test_plot_win_rates_for_several_comparisons(tmp_path):
+    r1 = {"name_a": "MBC", "name_b": "uniform",
+          **winrate.summarize(fake_judgments(["A"] * 6 + ["tie"] * 3 + ["B"]), n_boot=100)}
+    r2 = {"name_a": "MBC", "name_b": "uniform",
+          **winrate.summarize(fake_judgments(["A"] * 3 + ["tie"] * 3 + ["B"] * 4), n_boot=100)}
+    path = winrate.plot_win_rates({"lr 1e-5": r1, "lr 5e-5": r2}, tmp_path / "fig5.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader((tmp_path / "fig5.csv").open()))
+    assert [(r["label"], float(r["win_rate"]), float(r["loss_rate"])) for r in rows] == [
+        ("lr 1e-5", 0.6, 0.1), ("lr 5e-5", 0.3, 0.4)]
