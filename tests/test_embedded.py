@@ -1,0 +1,341 @@
+"""Tests for mbc_jax/embedded.py: the generated suite, its tokenizer and the tiny GPT-Neo config."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+
+import pytest
+
+from mbc_jax import UserError
+from mbc_jax import embedded as E
+
+COUNTS_600 = {
+    "open_qa": 120,
+    "classification": 100,
+    "closed_qa": 80,
+    "rewriting": 70,
+    "information_extraction": 60,
+    "summarization": 50,
+    "brainstorming": 60,
+    "creative_writing": 60,
+}
+
+
+def prompt_of(r: dict) -> str:
+    # the data pipeline's template: Human: {instruction}[\n\n{context}]\n\nAssistant:
+    context = f"\n\n{r['context']}" if r["context"] else ""
+    return f"Human: {r['instruction']}{context}\n\nAssistant:"
+
+
+@pytest.fixture(scope="module")
+def suite() -> list[dict]:
+    return E.generate_suite()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("embedded")
+    paths = E.materialize(out)
+    from transformers import AutoTokenizer
+
+    return paths, AutoTokenizer.from_pretrained(str(paths["tokenizer"]))
+
+
+@pytest.fixture(scope="module")
+def encoded(suite, built):
+    _, tok = built
+    rows = []
+    for r in suite:
+        p = tok.encode(prompt_of(r), add_special_tokens=False)
+        s = tok.encode(" " + r["response"], add_special_tokens=False)
+        rows.append((r, p, s))
+    return rows
+
+
+# ---------------------------------------------------------------- the suite
+
+
+def test_default_category_counts(suite):
+    counts = collections.Counter(r["category"] for r in suite)
+    assert dict(counts) == COUNTS_600
+    assert E.category_counts(600) == COUNTS_600
+    assert len(suite) == E.DEFAULT_NUM_RECORDS == 600
+    assert min(counts.values()) >= 40 and len(set(counts.values())) >= 5  # unequal, none tiny
+
+
+def test_category_counts_other_sizes():
+    for n in (8, 50, 123, 1000, 2500):
+        counts = E.category_counts(n)
+        assert sum(counts.values()) == n and min(counts.values()) >= 1
+        assert list(counts) == [c.name for c in E.CATEGORIES]
+    assert E.category_counts(1000)["open_qa"] == 200
+    with pytest.raises(E.EmbeddedError, match="at least 8"):
+        E.category_counts(7)
+    with pytest.raises(UserError, match="distinct 'open_qa' prompts"):  # the made-up world is finite
+        E.generate_suite(6000)
+
+
+def test_schema_ids_and_unique_prompts(suite):
+    for r in suite:
+        assert list(r) == ["id", "instruction", "context", "response", "category"]
+        assert all(isinstance(v, str) for v in r.values())
+        assert r["instruction"] and r["response"] and r["response"] == r["response"].strip()
+    assert [r["id"] for r in suite] == [f"train-{i:05d}" for i in range(600)]
+    assert len({(r["instruction"], r["context"]) for r in suite}) == 600
+    with_context = collections.Counter(r["category"] for r in suite if r["context"])
+    assert set(with_context) == {"classification", "closed_qa", "rewriting", "information_extraction",
+                                 "summarization"}
+    assert with_context["closed_qa"] == 80 and with_context["summarization"] == 50
+
+
+def test_deterministic_and_seed_dependent(suite):
+    assert E.generate_suite(600, 0) == suite
+    other = E.generate_suite(600, 1)
+    assert other != suite
+    same = {(r["instruction"], r["context"], r["response"]) for r in suite}
+    shared = sum((r["instruction"], r["context"], r["response"]) in same for r in other)
+    assert shared < 60  # < 10%: only a few short prompts (parity, animal or plant) can coincide
+    # the made-up world's facts depend on the seed: the capital of a country changes
+    capitals0 = {r["instruction"]: r["response"] for r in suite if "capital" in r["instruction"]}
+    capitals1 = {r["instruction"]: r["response"] for r in other if "capital" in r["instruction"]}
+    common = set(capitals0) & set(capitals1)
+    assert common and sum(capitals0[q] != capitals1[q] for q in common) >= len(common) - 1
+
+
+# The shipped default's bytes: a change to the generator (or to Python's `random`) shows up here.
+# Update the digest deliberately, knowing that earlier runs were made on different data.
+DEFAULT_SUITE_SHA256 = "15e5193a599a03cfa4959cca6b1f97e412445bb20069e3a23e66b1fcedac7dbf"
+
+
+def test_default_suite_bytes_are_pinned(suite, built):
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in suite)
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == DEFAULT_SUITE_SHA256
+    paths, _ = built
+    assert json.loads(paths["manifest"].read_text())["data_sha256"] == DEFAULT_SUITE_SHA256
+    assert suite[0] == {"id": "train-00000", "instruction": "Is this review positive or negative?",
+                        "context": "Lovely lesson, generous staff. That is my whole memory of Krogra.",
+                        "response": "positive", "category": "classification"}
+
+
+def test_each_category_has_its_own_stream(suite):
+    small = E.generate_suite(300, 0)
+    key = lambda r: (r["instruction"], r["context"], r["response"], r["category"])  # noqa: E731
+    assert {key(r) for r in small} <= {key(r) for r in suite}
+
+
+def test_valid_split_is_disjoint(suite):
+    valid = E.generate_suite(80, 0, split="valid", exclude=suite)
+    assert len(valid) == 80 and valid[0]["id"] == "valid-00000"
+    assert collections.Counter(r["category"] for r in valid) == collections.Counter(E.category_counts(80))
+    train_prompts = {(r["instruction"], r["context"]) for r in suite}
+    assert not any((r["instruction"], r["context"]) in train_prompts for r in valid)
+    # same world: a country's capital is the same fact in both splits
+    fact = lambda r: r["response"] if r["response"].startswith("The capital of") else None  # noqa: E731
+    capital = {r["response"].split()[3]: r["response"] for r in suite if fact(r)}
+    checked = [r for r in valid if fact(r) and r["response"].split()[3] in capital]
+    assert all(capital[r["response"].split()[3]] == r["response"] for r in checked)
+    with pytest.raises(ValueError, match="split"):
+        E.generate_suite(10, 0, split="test")
+
+
+def test_deterministic_rules_hold(suite):
+    for r in suite:
+        if r["instruction"] == "Reverse the order of the following words.":
+            assert r["response"].split(" ") == r["context"].split(" ")[::-1]
+        elif r["instruction"] == "Sort these words in alphabetical order.":
+            assert r["response"].split(", ") == sorted(r["context"].split(", "))
+        elif r["category"] == "classification" and " even " in f" {r['instruction']} ":
+            n = int(next(w for w in r["instruction"].split() if w.isdigit()))
+            assert r["response"] == ("even" if n % 2 == 0 else "odd")
+        elif r["category"] == "closed_qa":
+            # the answer's key word comes from the context
+            assert r["response"].rstrip(".").split()[-1] in r["context"]
+
+
+def test_vocabulary_is_small(suite):
+    import re
+
+    words = set()
+    for r in suite:
+        for field in ("instruction", "context", "response"):
+            words.update(re.findall(r"[A-Za-z]+", r[field]))
+    assert 800 <= len(words) <= 2000
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_vocab_and_special_tokens(built):
+    _, tok = built
+    assert len(tok) == E.TOKENIZER_VOCAB_SIZE == 2048
+    assert tok.eos_token == tok.bos_token == "<|endoftext|>" and tok.eos_token_id == tok.bos_token_id == 0
+    assert tok.pad_token == "<|pad|>" and tok.pad_token_id == 1
+    assert tok.model_max_length == 256
+    # like GPT-Neo: encoding adds no bos / eos
+    assert tok.encode("Human: hi", add_special_tokens=True) == tok.encode("Human: hi", add_special_tokens=False)
+    assert tok.encode("<|endoftext|>", add_special_tokens=False) == [0]
+
+
+def test_round_trip_every_field(encoded, built):
+    _, tok = built
+    for r, p, s in encoded:
+        for text in (r["instruction"], r["context"], r["response"], " " + r["response"], prompt_of(r)):
+            assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+        assert tok.decode(p + s) == prompt_of(r) + " " + r["response"]
+    # byte-level: text the suite never contains still round-trips, whitespace included
+    odd = "Tabs\tand  two spaces,\n\n\nnewlines, é, 中文, 🙂 and CAPITALS!"
+    assert tok.decode(tok.encode(odd, add_special_tokens=False)) == odd
+
+
+def test_prompt_and_response_encode_cleanly_apart(encoded, built):
+    _, tok = built
+    for r, p, s in encoded:
+        assert p + s == tok.encode(prompt_of(r) + " " + r["response"], add_special_tokens=False)
+        assert tok.decode(p[-1:]) == ":" and tok.decode(s[:1]).startswith(" ")
+    # frequent words are single tokens (the BPE learned the suite's words)
+    assert len(tok.encode(" The capital of", add_special_tokens=False)) == 3
+    assistant = tok.encode("\n\nAssistant:", add_special_tokens=False)
+    assert tok.convert_ids_to_tokens(assistant) == ["\u010a", "\u010a", "Assistant", ":"]  # newlines apart
+    tokens = sum(len(p) + len(s) for _, p, s in encoded)
+    chars = sum(len(prompt_of(r)) + 1 + len(r["response"]) for r, _, _ in encoded)
+    assert chars / tokens > 4.0  # about a word per token
+
+
+def test_tokenizer_deterministic_and_seed_dependent(suite, built, tmp_path):
+    paths, tok = built
+    again = E.build_tokenizer(suite, tmp_path / "again")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (paths["tokenizer"] / name).read_bytes()
+    text = prompt_of(suite[0]) + " " + suite[0]["response"]
+    assert again.encode(text) == tok.encode(text)
+    other = E.build_tokenizer(E.generate_suite(600, 1), tmp_path / "other")
+    assert other.get_vocab() != tok.get_vocab()
+
+
+def test_auto_tokenizer_loads_model_folder(built, suite):
+    from transformers import AutoTokenizer
+
+    paths, tok = built
+    from_model = AutoTokenizer.from_pretrained(str(paths["model"]))
+    text = prompt_of(suite[5]) + " " + suite[5]["response"]
+    assert from_model.encode(text) == tok.encode(text)
+    assert from_model.eos_token_id == 0 and len(from_model) == len(tok)
+
+
+# ---------------------------------------------------------------- lengths and difficulty
+
+
+def test_every_record_fits_the_model(encoded, built):
+    paths, _ = built
+    config = json.loads(paths["config"].read_text())
+    lengths = [len(p) + len(s) + 1 for _, p, s in encoded]  # prompt + " " + response + eos
+    assert max(lengths) <= config["max_position_embeddings"] == 256
+    assert 150 <= max(lengths) and 45 <= sum(lengths) / len(lengths) <= 80
+    assert 30_000 <= sum(lengths) <= 45_000  # tokens per epoch
+
+
+def _stats(encoded):
+    resp, novel, toks = (collections.defaultdict(list) for _ in range(3))
+    for r, p, s in encoded:
+        c = r["category"]
+        resp[c].append(len(s))
+        in_prompt = set(p)
+        novel[c].append(sum(t not in in_prompt for t in s))  # response tokens not copyable from the prompt
+        toks[c].extend(s)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+
+    def entropy(ts):
+        n = len(ts)
+        return -sum(v / n * math.log2(v / n) for v in collections.Counter(ts).values())
+
+    return ({c: mean(v) for c, v in resp.items()}, {c: mean(v) for c, v in novel.items()},
+            {c: entropy(v) for c, v in toks.items()})
+
+
+def test_difficulty_ordering(encoded):
+    length, novel, entropy = _stats(encoded)
+    # short answers: a one-token label, one short sentence
+    assert length["classification"] == 1.0
+    assert novel["classification"] == 0.0  # the label is one of the words of the question
+    assert entropy["classification"] < 3.0  # six labels
+    for c in ("open_qa", "closed_qa"):
+        assert length[c] < 15
+    assert novel["closed_qa"] < 1.0  # answered by copying from the context
+    assert 1.0 < novel["open_qa"] < 8.0  # the fact itself has to be remembered
+    # long free-form generations with much to remember
+    assert length["creative_writing"] > 90 and novel["creative_writing"] > 60
+    assert length["brainstorming"] > 30 and novel["brainstorming"] > 20
+    assert entropy["creative_writing"] > 7.0
+    short = max(length[c] for c in ("classification", "open_qa", "closed_qa"))
+    assert length["creative_writing"] > 6 * short
+    assert min(novel["creative_writing"], novel["brainstorming"]) > 3 * max(
+        novel[c] for c in ("classification", "open_qa", "closed_qa", "information_extraction"))
+
+
+def test_data_pipeline_reads_the_suite(built, encoded):
+    """mbc_jax.data loads data.jsonl and tokenizes every record with no truncation, as computed here."""
+    data = pytest.importorskip("mbc_jax.data")
+    paths, tok = built
+    records, _ = data.load_records(paths["data"])
+    examples, report = data.tokenize(records, tok, max_length=256, overflow="error")
+    assert len(examples) == 600 and not report.truncated and not report.dropped and not report.skipped
+    for ex, (r, p, s) in zip(examples, encoded):
+        assert (ex.id, ex.category) == (r["id"], r["category"])
+        assert ex.input_ids.tolist() == p + s + [tok.eos_token_id]
+        assert int(ex.response_mask.sum()) == len(s) + 1
+
+
+# ---------------------------------------------------------------- model config and materialize
+
+
+def test_tiny_gpt_neo_config_matches_transformers(tmp_path):
+    from transformers import GPTNeoConfig
+
+    cfg = E.tiny_gpt_neo_config(2048)
+    GPTNeoConfig.from_dict(dict(cfg)).save_pretrained(str(tmp_path))
+    written = json.loads((tmp_path / "config.json").read_text())
+    written.pop("transformers_version")
+    assert written == cfg  # field for field what transformers writes
+    assert cfg["attention_layers"] == ["global", "local", "global", "local"] and cfg["num_layers"] == 4
+    shape = (cfg["hidden_size"], cfg["num_heads"], cfg["window_size"], cfg["max_position_embeddings"])
+    assert shape == (128, 4, 32, 256) and cfg["vocab_size"] == 2048
+    h, v, n = cfg["hidden_size"], cfg["vocab_size"], cfg["num_layers"]
+    params = v * h + 256 * h + n * (4 * h * h + h + 8 * h * h + 5 * h + 4 * h) + 2 * h
+    assert params == 1_086_720  # tied LM head: counted once
+
+
+def test_materialize_layout_and_idempotence(built, suite, tmp_path):
+    paths, tok = built
+    assert set(paths) == {"data", "valid", "tokenizer", "model", "config", "manifest"}
+    lines = paths["data"].read_text(encoding="utf-8").splitlines()
+    assert [json.loads(x) for x in lines] == suite
+    assert len(paths["valid"].read_text().splitlines()) == E.DEFAULT_NUM_VALID == 80
+    config = json.loads(paths["config"].read_text())
+    assert config["vocab_size"] == len(tok) and config["eos_token_id"] == 0 and config["pad_token_id"] == 1
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (paths["model"] / name).read_bytes() == (paths["tokenizer"] / name).read_bytes()
+    manifest = json.loads(paths["manifest"].read_text())
+    assert manifest["categories"] == COUNTS_600 and manifest["vocab_size"] == 2048
+    root = paths["data"].parent
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+    assert E.materialize(root) == paths
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+    assert after == before  # same bytes, nothing rewritten
+
+
+def test_materialize_small_without_valid(tmp_path):
+    paths = E.materialize(tmp_path, num_records=80, seed=3, num_valid=0)
+    assert "valid" not in paths and not (tmp_path / "valid.jsonl").exists()
+    assert len(paths["data"].read_text().splitlines()) == 80
+    vocab = json.loads(paths["config"].read_text())["vocab_size"]
+    assert vocab == json.loads(paths["manifest"].read_text())["vocab_size"] <= 2048
+
+
+def test_description_is_honest():
+    text = E.DESCRIPTION.lower()
+    for phrase in ("synthetic", "generated", "not real human data", "600", "gpt-neo"):
+        assert phrase in text
+    assert "nothing here is real human data" in E.__doc__.lower()
