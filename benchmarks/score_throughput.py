@@ -1,0 +1,98 @@
+"""Scoring throughput on the shared workload (../shared/bench): prints one JSON line.
+
+    python benchmarks/score_throughput.py [--records 256] [--layers 12] [--seq-len 512]
+        [--tokens-per-batch 2048] [--chunk 128] [--dtype float32] [--mode pack|bucket|pad]
+
+Model: random weights in the real gpt-neo-125M shape (../shared/tokenizers/gpt-neo-125M/config.json),
+float32. Records: dolly256_gptneo.jsonl (pre-tokenized). Reports real tokens/s (tokens of the
+records), padded tokens/s (all positions computed), compile time and peak memory, next to the
+peer's number from ../shared/bench/RESULTS.md (HF transformers PyTorch, same machine kind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+PEER_SCORE_TOKENS_PER_S = 111.4  # ../shared/bench/RESULTS.md, measured 2026-11-23
+
+
+def bench_config(layers: int) -> dict:
+    cfg = json.loads((SHARED / "tokenizers" / "gpt-neo-125M" / "config.json").read_text())
+    cfg["num_layers"] = layers
+    cfg["attention_types"] = [[["global", "local"], layers // 2]]
+    cfg.pop("attention_layers", None)
+    return cfg
+
+
+def bench_examples(records: int):
+    from mbc_jax.data import load_records, tokenize
+
+    recs, _ = load_records(str(SHARED / "bench" / "dolly256_gptneo.jsonl"), schema="tokens")
+    examples, _ = tokenize(recs[:records], None, max_length=512, vocab_size=50257)
+    return examples
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--tokens-per-batch", type=int, default=2048)
+    ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--mode", choices=("pack", "bucket", "pad"), default="pack")
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
+
+    import jax
+
+    from mbc_jax.data import bucket, default_bucket_lengths, pad_rows
+    from mbc_jax.models import init_model
+    from mbc_jax.scoring import Scorer
+
+    model = init_model(bench_config(args.layers), seed=0, dtype=args.dtype)
+    examples = bench_examples(args.records)
+    scorer = Scorer(model.module, model.mesh, seq_len=args.seq_len, tokens_per_batch=args.tokens_per_batch,
+                    chunk=args.chunk)
+    if args.mode == "pack":
+        batches = scorer.batches(examples)
+    elif args.mode == "bucket":
+        batches = bucket(examples, default_bucket_lengths(args.seq_len), args.tokens_per_batch)
+    else:
+        batches = [pad_rows(examples[i:i + 16], max(len(e) for e in examples[i:i + 16]))
+                   for i in range(0, len(examples), 16)]
+    scores = scorer(model.params, examples, batches)  # warm-up: compiles every shape
+    compile_s = scorer.compile_seconds
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        scores = scorer(model.params, examples, batches)
+        times.append(time.perf_counter() - t0)
+    dt = min(times)
+    real = int(sum(len(e) for e in examples))
+    padded = int(sum(b.input_ids.size for b in batches))
+    tps = real / dt
+    print(json.dumps({
+        "benchmark": "score_throughput", "impl": "mbc-jax", "jax": jax.__version__,
+        "backend": jax.default_backend(), "devices": len(jax.devices()), "mode": args.mode,
+        "layers": args.layers, "params": model.config.num_params(), "dtype": args.dtype,
+        "records": len(examples), "real_tokens": real, "padded_tokens": padded,
+        "batches": len(batches), "batch_shapes": sorted({str(b.input_ids.shape) for b in batches}),
+        "score_seconds": round(dt, 2), "real_tokens_per_s": round(tps, 1),
+        "padded_tokens_per_s": round(padded / dt, 1), "compile_seconds": round(compile_s, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peer_real_tokens_per_s": PEER_SCORE_TOKENS_PER_S, "speedup_vs_peer": round(tps / PEER_SCORE_TOKENS_PER_S, 2),
+        "mean_perplexity": float(np.nanmean(scores.perplexity())),
+    }))
+
+
+if __name__ == "__main__":
+    main()

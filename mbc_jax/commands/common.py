@@ -1,0 +1,85 @@
+"""Arguments and helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from mbc_jax import UserError
+
+
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help="checkpoint folder (config.json + weights) or hub id")
+    add_mesh_arg(p)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    p.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"))
+
+
+def add_mesh_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mesh", default=None, metavar="D,F,T",
+                   help="device mesh sizes for (data, fsdp, tensor); -1 = the rest (default: all devices on data)")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="JSONL / JSON file, or hf:NAME[:SPLIT]")
+    p.add_argument("--schema", default="auto",
+                   help="record schema: auto, dolly, chat, prompt_completion, text, tokens")
+    p.add_argument("--template", default=None, help="JSON/YAML file of dialogue template fields")
+    p.add_argument("--skip-bad", action="store_true", help="skip (and count) bad records instead of stopping")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N records")
+
+
+def load_model_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
+    from mbc_jax.models import load_model
+    from mbc_jax.sharding import make_mesh
+
+    return load_model(args.model, mesh=make_mesh(args.mesh), with_tokenizer=with_tokenizer,
+                      dtype=args.dtype, param_dtype=args.param_dtype)
+
+
+def load_template(args: argparse.Namespace):
+    from mbc_jax.data import Template
+
+    return Template.from_file(args.template) if args.template else Template()
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    """Writes rows atomically (to a temporary name, then renamed); returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    tmp.replace(path)
+    return n
+
+
+def progress(total: int, desc: str, unit: str = "rec") -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                disable=None)  # None: off when stderr is not a terminal
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}" if abs(x) < 1e4 else f"{x:.3g}"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def require_positive(name: str, value: float | int | None) -> None:
+    if value is not None and value <= 0:
+        raise UserError(f"{name}: must be positive, got {value}")

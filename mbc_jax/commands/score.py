@@ -1,0 +1,92 @@
+"""`mbc-jax score`: per-record perplexity, exact memorization and entropy for a data file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from mbc_jax import UserError
+from mbc_jax.commands.common import (add_data_args, add_model_args, fmt, load_model_from_args, load_template,
+                                     progress, require_positive, table, write_jsonl)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("score", help="score every record: perplexity, exact memorization, entropy (JSONL out)")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="output JSONL: one line per scored record, in input order")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per record (default: min(512, the model's max positions))")
+    p.add_argument("--overflow", default="truncate", choices=("truncate", "drop", "error"),
+                   help="records longer than --max-length: truncate (default, counted), drop (counted), or error")
+    p.add_argument("--tokens-per-batch", type=int, default=2048, help="packed tokens per scoring batch")
+    p.set_defaults(func=run)
+
+
+def category_table(rows: list[dict]) -> str:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[r["category"] or "(none)"].append(r)
+    groups["ALL"] = rows
+
+    def mean(rs, key):
+        vals = [r[key] for r in rs if r[key] is not None]
+        return float(np.mean(vals)) if vals else None
+
+    def median(rs, key):
+        vals = [r[key] for r in rs if r[key] is not None]
+        return float(np.median(vals)) if vals else None
+
+    body = [[name, str(len(rs)), fmt(mean(rs, "exact_match")), fmt(mean(rs, "response_exact_match")),
+             fmt(median(rs, "perplexity"), 2), fmt(median(rs, "response_perplexity"), 2), fmt(mean(rs, "entropy"))]
+            for name, rs in sorted(groups.items(), key=lambda kv: (kv[0] == "ALL", kv[0]))]
+    return table(body, ["category", "records", "exact_match", "resp_exact_match", "median_ppl", "median_resp_ppl",
+                        "entropy"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from mbc_jax.data import load_records, tokenize
+    from mbc_jax.scoring import Scorer
+
+    require_positive("--tokens-per-batch", args.tokens_per_batch)
+    require_positive("--max-length", args.max_length)
+    model = load_model_from_args(args)
+    cfg = model.config
+    max_length = args.max_length or min(512, cfg.max_position_embeddings)
+    if max_length > cfg.max_position_embeddings:
+        raise UserError(f"--max-length {max_length}: the model has only {cfg.max_position_embeddings} positions")
+    records, load_report = load_records(args.data, schema=args.schema, skip_bad=args.skip_bad)
+    if args.limit is not None:
+        records = records[: args.limit]
+    if not records:
+        raise UserError(f"{args.data}: no records to score")
+    if model.tokenizer is None and load_report.schema != "tokens":
+        raise UserError(f"{args.model}: no tokenizer files in the checkpoint folder; needed for {load_report.schema!r} records")
+    examples, tok_report = tokenize(records, model.tokenizer, load_template(args), max_length, args.overflow,
+                                    skip_bad=args.skip_bad, vocab_size=cfg.vocab_size)
+    print(load_report.summary(), file=sys.stderr)
+    print(tok_report.summary(), file=sys.stderr)
+    scorer = Scorer(model.module, model.mesh, seq_len=max_length, tokens_per_batch=args.tokens_per_batch)
+    batches = scorer.batches(examples)
+    t0 = time.perf_counter()
+    with progress(len(examples), "scoring") as bar:
+        scores = scorer(model.params, examples, batches, progress=bar)
+    seconds = time.perf_counter() - t0
+    rows = sorted(scores.rows(examples), key=lambda r: r["index"])
+    write_jsonl(args.out, rows)
+    skipped = [{"source": src, "skipped": msg} for src, msg in load_report.skipped + tok_report.skipped]
+    skipped += [{"index": i, "id": rid, "skipped": f"dropped: {n} tokens > --max-length {max_length}"}
+                for i, rid, n in tok_report.dropped]
+    if skipped:
+        write_jsonl(args.out + ".skipped.jsonl", skipped)
+    real = sum(len(e) for e in examples)
+    padded = sum(b.input_ids.size for b in batches)
+    print(category_table(rows))
+    print(f"scored {len(rows)} records ({real} tokens, {real / padded:.1%} of {padded} computed positions) in "
+          f"{seconds:.1f} s ({real / seconds:.0f} tokens/s, compile {scorer.compile_seconds:.1f} s) -> {args.out}"
+          + (f"; {len(skipped)} not scored, listed in {args.out}.skipped.jsonl" if skipped else ""))
+    return 0

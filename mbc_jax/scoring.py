@@ -1,0 +1,204 @@
+"""Per-record memorization metrics: the measurement at the heart of the method.
+
+For every record: token counts, mean NLL and perplexity, exact memorization (the fraction of
+targets where the argmax of the next-token prediction equals the ground truth; Tirumala et al.
+2022), and mean teacher-forcing entropy, over the full dialogue and over the response only.
+
+`score_batch` is one jitted function over the mesh (rows sharded over data and fsdp). It never
+holds float32 [rows, length, vocab] logits: the LM head and its reductions run per chunk of
+positions inside a `lax.scan`, and only per-(row, segment) sums leave the device. Records are
+packed several per row (see `mbc_jax.data.pack`), so there is one compiled shape per run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mbc_jax.data import Batch, Example, pack
+from mbc_jax.sharding import batch_divisor, batch_sharding
+
+SUMS = ("tokens", "nll", "match", "entropy", "response_tokens", "response_nll", "response_match", "response_entropy")
+
+
+def targets(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(next-token ids, full-target mask, response-target mask), each [B, T].
+
+    Position t predicts token t+1 when both lie in the same (non-padding) record; it is a response
+    target when token t+1 is a response token.
+    """
+    ids, seg = batch["input_ids"], batch["segment_ids"]
+    nxt = jnp.pad(ids[:, 1:], ((0, 0), (0, 1)))
+    nxt_seg = jnp.pad(seg[:, 1:], ((0, 0), (0, 1)))
+    full = (seg != 0) & (nxt_seg == seg)
+    resp = full & jnp.pad(batch["response_mask"][:, 1:], ((0, 0), (0, 1)))
+    return nxt, full, resp
+
+
+def token_stats(hidden: jax.Array, head: jax.Array, nxt: jax.Array, token_chunk: int = 512,
+                vocab_chunk: int = 8192) -> dict[str, jax.Array]:
+    """Per-position NLL, argmax match and entropy [B, T] from final hidden states [B, T, E].
+
+    Never forms the [B, T, V] logits: tokens go `token_chunk` at a time, and within a chunk the
+    vocabulary goes in blocks of about `vocab_chunk` columns, keeping running statistics (max,
+    argmax, sum of exp, sum of exp * logit, target logit) as in an online softmax. A block of
+    [token_chunk, vocab_chunk] float32 logits stays in cache while it is reduced, which makes the
+    reductions nearly free next to the matmul.
+    """
+    b, t, e = hidden.shape
+    v = head.shape[1]
+    n_vocab = max(1, -(-v // vocab_chunk))
+    vc = -(-v // n_vocab)
+    w = jnp.pad(head, ((0, 0), (0, vc * n_vocab - v))).reshape(e, n_vocab, vc).swapaxes(0, 1)
+    offsets = jnp.arange(n_vocab, dtype=jnp.int32) * vc
+    n = b * t
+    tc = min(token_chunk, n)
+    pad = -n % tc
+    h = jnp.pad(hidden.reshape(n, e), ((0, pad), (0, 0))).reshape(-1, tc, e)
+    y = jnp.pad(nxt.reshape(n), (0, pad)).reshape(-1, tc)
+
+    def tokens(_, xs):
+        hc, yc = xs
+
+        def vocab(carry, ws):
+            top, z, zl, arg, tgt = carry
+            wc, off = ws
+            col = off + jnp.arange(vc, dtype=jnp.int32)
+            logits = jnp.dot(hc, wc.astype(hc.dtype), preferred_element_type=jnp.float32)
+            logits = jnp.where(col < v, logits, -jnp.inf)
+            block_top = logits.max(-1)
+            new_top = jnp.maximum(top, block_top)
+            ex = jnp.exp(logits - new_top[:, None])
+            decay = jnp.exp(top - new_top)
+            z = z * decay + ex.sum(-1)
+            zl = zl * decay + jnp.where(col < v, ex * logits, 0.0).sum(-1)
+            arg = jnp.where(block_top > top, off + jnp.argmax(logits, -1).astype(jnp.int32), arg)
+            tgt = tgt + jnp.where(col[None, :] == yc[:, None], logits, 0.0).sum(-1)
+            return (new_top, z, zl, arg, tgt), None
+
+        zeros = jnp.zeros((tc,), jnp.float32)
+        init = (jnp.full((tc,), -jnp.inf), zeros, zeros, jnp.zeros((tc,), jnp.int32), zeros)
+        (top, z, zl, arg, tgt), _ = jax.lax.scan(vocab, init, (w, offsets))
+        lse = top + jnp.log(z)
+        return None, (lse - tgt, (arg == yc).astype(jnp.float32), lse - zl / z)
+
+    _, (nll, match, ent) = jax.lax.scan(tokens, None, (h, y))
+    unflat = lambda a: a.reshape(-1)[:n].reshape(b, t)  # noqa: E731
+    return {"nll": unflat(nll), "match": unflat(match), "entropy": unflat(ent)}
+
+
+def segment_sums(values: jax.Array, mask: jax.Array, seg: jax.Array, num_segments: int) -> jax.Array:
+    """[B, S]: sum of `values` over positions of segment s+1 where `mask` holds."""
+    onehot = (seg[:, :, None] == jnp.arange(1, num_segments + 1)[None, None, :]) & mask[:, :, None]
+    return jnp.einsum("bt,bts->bs", values.astype(jnp.float32), onehot.astype(jnp.float32))
+
+
+def score_batch(module: Any, params: Any, batch: dict[str, jax.Array], chunk: int = 512) -> dict[str, jax.Array]:
+    """Per-(row, segment) sums for one packed batch: {name: [B, S]} for every name in SUMS."""
+    hidden = module.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"],
+                          return_hidden=True)
+    head = module.apply({"params": params}, method=module.head_matrix)
+    nxt, full, resp = targets(batch)
+    stats = token_stats(hidden, head, nxt, chunk)
+    s = batch["record_index"].shape[1]
+    seg = batch["segment_ids"]
+    out = {"tokens": segment_sums(jnp.ones_like(nxt), full, seg, s),
+           "response_tokens": segment_sums(jnp.ones_like(nxt), resp, seg, s)}
+    for name in ("nll", "match", "entropy"):
+        out[name] = segment_sums(stats[name], full, seg, s)
+        out[f"response_{name}"] = segment_sums(stats[name], resp, seg, s)
+    return out
+
+
+@dataclasses.dataclass
+class Scores:
+    """Per-example sums (arrays indexed like the examples list) and the metrics derived from them."""
+
+    sums: dict[str, np.ndarray]
+
+    def mean(self, name: str, response: bool = False) -> np.ndarray:
+        prefix = "response_" if response else ""
+        n = self.sums[f"{prefix}tokens"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, self.sums[f"{prefix}{name}"] / np.maximum(n, 1), np.nan)
+
+    def perplexity(self, response: bool = False) -> np.ndarray:
+        return np.exp(self.mean("nll", response))
+
+    def exact_match(self, response: bool = False) -> np.ndarray:
+        return self.mean("match", response)
+
+    def entropy(self, response: bool = False) -> np.ndarray:
+        return self.mean("entropy", response)
+
+    def rows(self, examples: Sequence[Example]) -> Iterator[dict]:
+        """One JSON-ready dict per example, in the order given."""
+        cols = {
+            "perplexity": self.perplexity(), "response_perplexity": self.perplexity(True),
+            "exact_match": self.exact_match(), "response_exact_match": self.exact_match(True),
+            "entropy": self.entropy(), "mean_nll": self.mean("nll"), "response_mean_nll": self.mean("nll", True),
+        }
+        for i, ex in enumerate(examples):
+            row = {"index": ex.index, "id": ex.id, "category": ex.category,
+                   "tokens": int(self.sums["tokens"][i]), "response_tokens": int(self.sums["response_tokens"][i])}
+            for k, v in cols.items():
+                row[k] = None if math.isnan(v[i]) else float(v[i])
+            yield row
+
+
+class Scorer:
+    """Scores example sets with a model over its mesh; compiles once per batch shape.
+
+        scorer = Scorer(model.module, model.mesh)
+        scores = scorer(params, examples)            # -> Scores
+    """
+
+    def __init__(self, module: Any, mesh: Any, seq_len: int = 512, tokens_per_batch: int = 2048,
+                 chunk: int = 512, max_segments: int | None = None):
+        self.module, self.mesh, self.seq_len, self.chunk = module, mesh, seq_len, chunk
+        divisor = batch_divisor(mesh)
+        self.rows = max(divisor, (tokens_per_batch // seq_len) // divisor * divisor)
+        self.max_segments = max_segments
+        self._fn = jax.jit(lambda p, b: score_batch(module, p, b, chunk))
+        self.compile_seconds = 0.0
+        self._compiled: dict = {}
+
+    def batches(self, examples: Sequence[Example]) -> list[Batch]:
+        return pack(examples, self.seq_len, self.rows, self.max_segments)
+
+    def __call__(self, params: Any, examples: Sequence[Example], batches: list[Batch] | None = None,
+                 progress: Any = None) -> Scores:
+        batches = self.batches(examples) if batches is None else batches
+        sums = {k: np.zeros(len(examples), np.float64) for k in SUMS}
+        sharding = batch_sharding(self.mesh)
+        pending: list[tuple[Batch, dict]] = []
+
+        def collect(item):
+            batch, out = item
+            idx = batch.record_index
+            real = idx >= 0
+            for k in SUMS:
+                np.add.at(sums[k], idx[real], np.asarray(out[k])[real])
+            if progress is not None:
+                progress.update(int(real.sum()))
+
+        for batch in batches:
+            arrays = {f.name: jax.device_put(getattr(batch, f.name), sharding)
+                      for f in dataclasses.fields(batch)}
+            shape = (batch.input_ids.shape, batch.record_index.shape)
+            if shape not in self._compiled:  # compile explicitly, once per shape, and time it
+                t0 = time.perf_counter()
+                self._compiled[shape] = self._fn.lower(params, arrays).compile()
+                self.compile_seconds += time.perf_counter() - t0
+            pending.append((batch, self._compiled[shape](params, arrays)))
+            if len(pending) > 1:  # keep one batch in flight while the host collects the previous one
+                collect(pending.pop(0))
+        for item in pending:
+            collect(item)
+        return Scores(sums)
