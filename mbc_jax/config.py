@@ -1,0 +1,226 @@
+"""Training configuration: a YAML file plus `key=value` overrides, validated.
+
+Nested keys use dots (`mbc.k=50`). An unknown key is an error naming the closest valid keys; a
+value of the wrong type or out of range is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mbc_jax import UserError
+
+
+@dataclasses.dataclass
+class MBCConfig:
+    k: int = 0  # re-score every k steps; 0 = once per epoch-equivalent (N / batch_size steps)
+    metric: str = "loss"  # "loss" (perplexity over the loss's targets), "full" or "response" perplexity
+    power: float = 1.0  # weights proportional to perplexity ** power (0 = uniform, larger = sharper)
+    floor: float = 0.1  # every record keeps at least floor / N probability
+    refresh: str = "full"  # "full": re-score all records every k steps (the paper's algorithm);
+    # "incremental": update drawn records from train-step losses, re-score only the stalest part
+    refresh_fraction: float = 0.1  # incremental: share of records re-scored every k steps
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    out: str = "runs/run"
+    model: str = "embedded"  # checkpoint folder / hub id, or "embedded" (tiny GPT-Neo of the embedded default)
+    init: str = "auto"  # "auto" (weights if the folder has them, else random), "pretrained", "random"
+    data: str = "embedded"  # records file / hf:NAME, or "embedded" (the generated demonstration suite)
+    val_data: str | None = None  # separate validation file; else val_fraction of `data`
+    val_fraction: float = 0.1
+    schema: str = "auto"
+    template: str | None = None
+    max_length: int = 256
+    loss_on: str = "response"  # "response" or "full" (dialogue)
+    sampler: str = "mbc"  # "mbc" or "uniform"
+    mbc: MBCConfig = dataclasses.field(default_factory=MBCConfig)
+    batch_size: int = 8  # records per step (per micro-step with grad_accum)
+    epochs: float = 15.0  # used when steps is 0: steps = ceil(epochs * N / (batch_size * grad_accum))
+    steps: int = 0
+    learning_rate: float = 5e-5
+    warmup_steps: int = 0
+    end_learning_rate: float = 0.0  # linear decay to this
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 0.0  # global-norm clipping; 0 = off
+    grad_accum: int = 1
+    dtype: str = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
+    param_dtype: str = "float32"
+    remat: str = "none"  # "none", "full", "dots"
+    mesh: str | None = None  # "D,F,T"
+    seed: int = 0
+    checkpoint_every: int = 0  # 0 = once per epoch-equivalent
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    score_tokens_per_batch: int = 4096
+    track_memorization: bool = True  # score all records at every checkpoint
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = a table by device kind (CPU: measured)
+    embedded_records: int = 600
+
+
+CHOICES = {
+    "init": ("auto", "pretrained", "random"),
+    "loss_on": ("response", "full"),
+    "sampler": ("mbc", "uniform"),
+    "mbc.metric": ("loss", "full", "response"),
+    "mbc.refresh": ("full", "incremental"),
+    "dtype": ("float32", "bfloat16"),
+    "param_dtype": ("float32", "bfloat16"),
+    "remat": ("none", "full", "dots"),
+}
+POSITIVE = ("learning_rate", "batch_size", "max_length", "grad_accum", "log_every", "keep_checkpoints",
+            "score_tokens_per_batch", "embedded_records")
+NON_NEGATIVE = ("steps", "epochs", "warmup_steps", "weight_decay", "grad_clip", "checkpoint_every", "mbc.k",
+                "mbc.power", "mbc.floor", "end_learning_rate", "peak_tflops")
+# Keys a resumed run may change without `--override`: they do not change what is computed.
+RESUME_SAFE = ("log_every", "keep_checkpoints", "out", "peak_tflops", "score_tokens_per_batch")
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def all_keys() -> list[str]:
+    keys = []
+    for name, f in _fields(TrainConfig).items():
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            keys += [f"{name}.{sub}" for sub in _fields(f.default_factory)]
+        else:
+            keys.append(name)
+    return keys
+
+
+def _unknown(key: str, where: str) -> UserError:
+    close = difflib.get_close_matches(key, all_keys(), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(all_keys())}"
+    return UserError(f"{where}: unknown config key {key!r}{hint}")
+
+
+def _coerce(key: str, value: Any, kind: Any, where: str) -> Any:
+    kind = str(kind)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise UserError(f"{where}: {key}: may not be empty")
+    try:
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes"):
+                    return True
+                if value.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError
+            return bool(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: {key}: expected {kind.split(' ')[0]}, got {value!r}")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key == "mbc":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def build(values: dict[str, Any], where: str) -> TrainConfig:
+    """A validated TrainConfig from flat dotted keys."""
+    cfg = TrainConfig()
+    top, mbc = _fields(TrainConfig), _fields(MBCConfig)
+    for key, value in values.items():
+        if key.startswith("mbc."):
+            sub = key[4:]
+            if sub not in mbc:
+                raise _unknown(key, where)
+            setattr(cfg.mbc, sub, _coerce(key, value, mbc[sub].type, where))
+        elif key in top and key != "mbc":
+            setattr(cfg, key, _coerce(key, value, top[key].type, where))
+        else:
+            raise _unknown(key, where)
+    validate(cfg, where)
+    return cfg
+
+
+def get(cfg: TrainConfig, key: str) -> Any:
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: TrainConfig, where: str = "config") -> None:
+    for key, choices in CHOICES.items():
+        if get(cfg, key) not in choices:
+            raise UserError(f"{where}: {key}: {get(cfg, key)!r} is not one of {', '.join(choices)}")
+    for key in POSITIVE:
+        if not get(cfg, key) > 0:
+            raise UserError(f"{where}: {key}: must be positive, got {get(cfg, key)!r}")
+    for key in NON_NEGATIVE:
+        if get(cfg, key) < 0:
+            raise UserError(f"{where}: {key}: must not be negative, got {get(cfg, key)!r}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise UserError(f"{where}: val_fraction: must be in [0, 1), got {cfg.val_fraction}")
+    if not 0 < cfg.mbc.refresh_fraction <= 1:
+        raise UserError(f"{where}: mbc.refresh_fraction: must be in (0, 1], got {cfg.mbc.refresh_fraction}")
+    if cfg.mbc.floor > 1:
+        raise UserError(f"{where}: mbc.floor: must be at most 1 (a share of the uniform probability)")
+    if cfg.steps == 0 and cfg.epochs == 0:
+        raise UserError(f"{where}: set steps or epochs")
+
+
+def load(path: str | None, overrides: list[str]) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{path}: no such config file")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise UserError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}")
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: expected a mapping of config keys")
+        values.update(_flatten(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r}: expected key=value")
+        key, _, text = item.partition("=")
+        values[key.strip()] = yaml.safe_load(text) if text.strip() else None
+    return build(values, path or "overrides")
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict, where: str) -> TrainConfig:
+    return build(_flatten(d), where)
+
+
+def differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    fa, fb = _flatten(to_dict(a)), _flatten(to_dict(b))
+    return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
+            if fa.get(k) != fb.get(k) and k not in RESUME_SAFE]
