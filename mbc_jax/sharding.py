@@ -60,7 +60,10 @@ def parse_mesh(spec: str | Sequence[int] | None) -> tuple[int, int, int]:
 
 
 def make_mesh(spec: str | Sequence[int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds the (data, fsdp, tensor) mesh; a -1 axis takes the devices the others leave."""
+    """Builds the (data, fsdp, tensor) mesh; a -1 axis takes the devices the others leave.
+
+    Sizes whose product is below the device count use the first devices (e.g. `1,1,1`: one device).
+    """
     dims = list(parse_mesh(spec))
     devices = list(devices if devices is not None else jax.devices())
     n = len(devices)
@@ -69,6 +72,8 @@ def make_mesh(spec: str | Sequence[int] | None = None, devices: Sequence[jax.Dev
         if n % known:
             raise UserError(f"--mesh {','.join(map(str, dims))}: {n} devices are not divisible by {known}")
         dims[dims.index(-1)] = n // known
+    if -1 not in dims and math.prod(dims) < n:
+        devices, n = devices[: math.prod(dims)], math.prod(dims)  # an explicit smaller mesh: the first devices
     if math.prod(dims) != n:
         raise UserError(
             f"--mesh {','.join(map(str, dims))}: needs {math.prod(dims)} devices but {n} are available "

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import yaml
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mbc_jax import UserError
 from mbc_jax import config as config_lib
@@ -105,7 +106,7 @@ def make_train_step(module: Any, tx: optax.GradientTransformation, schedule: opt
         (loss, (count, per_record)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "targets": count,
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "targets": count,
                    "learning_rate": schedule(state["step"] // grad_accum), "per_record": per_record}
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
@@ -276,8 +277,13 @@ class Run:
 
     def _init_state(self) -> dict:
         params = self.model.params
-        opt_state = jax.jit(self.tx.init)(params)
-        return {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+        replicated = NamedSharding(self.model.mesh, PartitionSpec())
+        # optimizer moments are sharded like their params; counts and the step are replicated
+        opt_shardings = optax.tree_map_params(
+            self.tx, lambda _, sharding: sharding, jax.eval_shape(self.tx.init, params),
+            jax.tree_util.tree_map(lambda p: p.sharding, params), transform_non_params=lambda _: replicated)
+        opt_state = jax.jit(self.tx.init, out_shardings=opt_shardings)(params)
+        return {"params": params, "opt_state": opt_state, "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
 
     def _checkpoint_manager(self):
         import orbax.checkpoint as ocp
@@ -405,6 +411,9 @@ class Run:
             log(f"resuming {self.dir} from the checkpoint of step {start}")
         metrics_path = self.dir / "metrics.jsonl"
         _truncate_metrics(metrics_path, start)
+        for f in (self.dir / "memorization").glob("step_*.csv"):  # evaluated after the checkpoint: redo
+            if int(f.stem[5:]) > start:
+                f.unlink()
         from tensorboardX import SummaryWriter
 
         tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start if start else None)
@@ -463,14 +472,14 @@ class Run:
                 bar.update(1)
                 if (step + 1) % cfg.log_every == 0 or step + 1 == self.total_steps:
                     tps = interval["real"] / max(interval["seconds"], 1e-9)
-                    rec = {"step": step + 1, "epoch": round((step + 1) / self.epoch_steps, 3),
-                           "loss": interval["loss"] / interval["n"], "learning_rate": float(m["learning_rate"]),
+                    rec = {"step": step + 1, "epoch": round((step + 1) / self.epoch_steps, 3), "loss": loss,
+                           "loss_mean": interval["loss"] / interval["n"], "learning_rate": float(m["learning_rate"]),
                            "grad_norm": float(m["grad_norm"]), "tokens": int(batch.input_ids.size), "real_tokens": real,
                            "tokens_per_s": tps, "mfu": tps * flops_per_token / peak,
                            "step_seconds": interval["seconds"] / interval["n"],
                            "score_seconds": self.seconds["score"], "train_seconds": self.seconds["train"]}
                     emit(rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['learning_rate']:.2e}")
+                    bar.set_postfix(loss=f"{rec['loss_mean']:.3f}", lr=f"{rec['learning_rate']:.2e}")
                     interval = {"loss": 0.0, "n": 0, "real": 0, "seconds": 0.0}
         bar.close()
         try:
@@ -525,13 +534,9 @@ def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop metric lines of steps after the checkpoint: they are logged again."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step and not (json.loads(line).get("eval") and json.loads(line)["step"] > step)]
-    if step == 0:
-        keep = [line for line in keep if json.loads(line).get("eval")]
-    _atomic_write(path, "".join(k + "\n" for k in keep))
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        _atomic_write(path, "".join(k + "\n" for k in keep))
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> tuple[Path, int]:

@@ -250,7 +250,7 @@ def test_mesh_that_does_not_divide_heads_is_a_clear_error(shared_dir):
         load_model(str(FIXTURES / "gpt_neo_tiny"), mesh=make_mesh("1,1,8"))
 
 
-@pytest.mark.parametrize("spec,msg", [("3,1,1", "needs 3 devices"), ("a,b", "three integers"),
+@pytest.mark.parametrize("spec,msg", [("9,1,1", "needs 9 devices but 8 are available"), ("a,b", "three integers"),
                                       ("-1,-1,1", "at most one -1"), ("3,-1,1", "not divisible by 3")])
 def test_bad_mesh_specs(spec, msg):
     with pytest.raises(UserError, match=msg):

@@ -1,0 +1,308 @@
+"""Trainer: kill -9 and resume equals an uninterrupted run (bitwise), sampler statistics,
+packed train loss == per-record losses, config validation, and faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mbc_jax import UserError
+from mbc_jax import config as config_lib
+from mbc_jax.samplers import MBCSampler, UniformSampler, mbc_weights
+
+TINY_RUN = ["model=embedded", "data=embedded", "embedded_records=64", "epochs=3", "batch_size=8",
+            "checkpoint_every=4", "log_every=2", "learning_rate=3e-3", "max_length=256", "keep_checkpoints=2",
+            "mesh=1,1,1"]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = ""  # one CPU device in the child processes
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _train_cmd(out: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "mbc_jax", "train", f"out={out}", *TINY_RUN, *extra]
+
+
+def _final_tensors(run: Path, tmp: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    from mbc_jax.train import export_run
+
+    out, _ = export_run(run, tmp / f"export-{run.name}")
+    return load_file(str(out / "model.safetensors"))
+
+
+def _metric_lines(run: Path) -> list[dict]:
+    timing = {"tokens_per_s", "mfu", "step_seconds", "score_seconds", "train_seconds", "loss_mean"}
+    return [{k: v for k, v in json.loads(x).items() if k not in timing} for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["mbc"])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, sampler):
+    extra = [f"sampler={sampler}", "mbc.k=5"]
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(straight, extra), check=True, env=_env(), capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    kills = 0
+    for wait_for in ("metrics", "checkpoint"):  # kill mid-step, then right as a checkpoint lands
+        proc = subprocess.Popen(_train_cmd(killed, extra), env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        start_ckpts = set(os.listdir(killed / "checkpoints")) if (killed / "checkpoints").exists() else set()
+        while time.time() < deadline and proc.poll() is None:
+            if wait_for == "metrics":
+                m = killed / "metrics.jsonl"
+                if m.exists() and sum(1 for x in m.read_text().splitlines() if '"loss"' in x) >= 2:
+                    break
+            elif (killed / "checkpoints").exists() and set(os.listdir(killed / "checkpoints")) - start_ckpts - {"tmp"}:
+                break
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    subprocess.run(_train_cmd(killed, extra), check=True, env=_env(), capture_output=True, timeout=600)
+
+    a, b = _final_tensors(straight, tmp_path), _final_tensors(killed, tmp_path)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # bitwise
+    assert _metric_lines(straight) == _metric_lines(killed)
+    for f in (straight / "memorization").glob("*.csv"):
+        assert f.read_text() == (killed / "memorization" / f.name).read_text()
+    assert (straight / "sampling.csv").read_text() == (killed / "sampling.csv").read_text()
+
+
+# ------------------------------------------------------------------ samplers
+
+
+def test_uniform_sampler_is_a_permutation_per_epoch():
+    s = UniformSampler(num_records=10, batch_size=4, seed=0)
+    draws = np.concatenate([s.draw(step) for step in range(5)])  # 20 draws = 2 epochs
+    assert sorted(draws[:10]) == list(range(10)) and sorted(draws[10:20]) == list(range(10))
+    assert not np.array_equal(draws[:10], draws[10:20])  # reshuffled
+    assert (s.counts == 2).all()
+    fresh = UniformSampler(10, 4, seed=0)
+    np.testing.assert_array_equal(fresh.indices(3), s.indices(3))  # pure function of (seed, step)
+
+
+def test_mbc_weights_proportional_with_floor():
+    ppl = np.array([1.0, 2.0, 4.0, 8.0])
+    np.testing.assert_allclose(mbc_weights(ppl, floor=0.0), ppl / ppl.sum())
+    p = mbc_weights(ppl, floor=0.2)
+    np.testing.assert_allclose(p, 0.8 * ppl / ppl.sum() + 0.2 / 4)
+    assert p.min() >= 0.2 / 4
+    np.testing.assert_allclose(mbc_weights(ppl, power=0.0, floor=0.0), 0.25)
+    np.testing.assert_allclose(mbc_weights(ppl, power=2.0, floor=0.0), ppl**2 / (ppl**2).sum())
+    # a record with no finite perplexity counts as the least memorized
+    np.testing.assert_allclose(mbc_weights(np.array([1.0, np.nan, 3.0]), floor=0.0), [1 / 7, 3 / 7, 3 / 7])
+
+
+def test_mbc_sampler_draw_frequencies_follow_weights():
+    n, batch = 6, 64
+    s = MBCSampler(n, batch, seed=1, power=1.0, floor=0.0)
+    ppl = np.array([1.0, 1.0, 2.0, 2.0, 4.0, 10.0])
+    s.set_perplexities(ppl, step=0)
+    steps = 400
+    for step in range(steps):
+        s.draw(step)
+    freq = s.counts / (steps * batch)
+    want = ppl / ppl.sum()
+    # multinomial: 4 standard errors
+    se = np.sqrt(want * (1 - want) / (steps * batch))
+    assert (np.abs(freq - want) < 4 * se).all(), (freq, want)
+    # pure function of (seed, step, weights)
+    other = MBCSampler(n, batch, seed=1, floor=0.0)
+    other.set_perplexities(ppl, step=0)
+    np.testing.assert_array_equal(other.indices(123), s.indices(123))
+    assert not np.array_equal(other.indices(124), s.indices(123))
+
+
+def test_mbc_stalest_records():
+    s = MBCSampler(5, 2, seed=0)
+    s.set_perplexities(np.ones(5), step=0)
+    s.set_perplexities(np.ones(2), step=3, which=np.array([0, 4]))
+    np.testing.assert_array_equal(s.stalest(0.6), [1, 2, 3])
+
+
+# ------------------------------------------------------------------ train step
+
+
+def test_packed_train_loss_equals_per_record_losses():
+    """The loss of a packed batch equals the token-weighted mean of each record's loss alone."""
+    import jax.numpy as jnp
+
+    from mbc_jax.data import Example, pack
+    from mbc_jax.models import init_model
+    from mbc_jax.sharding import make_mesh
+    from mbc_jax.train import make_optimizer, make_train_step
+
+    model = init_model(dict(model_type="gpt_neo", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+                            window_size=4, attention_types=[[["global", "local"], 1]], max_position_embeddings=64),
+                       mesh=make_mesh("1,1,1", jax.devices()[:1]), seed=0)
+    rng = np.random.default_rng(0)
+    examples = [Example(i, str(i), "", rng.integers(0, 64, n).astype(np.int32), np.arange(n) >= 3)
+                for i, n in enumerate([20, 9, 30, 14, 5])]
+    cfg = config_lib.load(None, ["learning_rate=1e-3"])
+    tx, schedule = make_optimizer(cfg, 10)
+    step = jax.jit(make_train_step(model.module, tx, schedule, "response"))
+
+    def loss_of(exs, rows):
+        (b,) = pack(exs, 64, rows_per_batch=rows)
+        state = {"params": model.params, "opt_state": tx.init(model.params), "step": jnp.zeros((), jnp.int32)}
+        _, m = step(state, {k: jnp.asarray(getattr(b, k)) for k in
+                            ("input_ids", "segment_ids", "positions", "response_mask", "record_index")})
+        return float(m["loss"]), float(m["targets"])
+
+    packed_loss, packed_n = loss_of(examples, 2)
+    alone = [loss_of([e], 1) for e in examples]
+    assert packed_n == sum(n for _, n in alone)
+    assert packed_loss == pytest.approx(sum(l * n for l, n in alone) / packed_n, rel=1e-5)
+
+
+def test_learning_rate_schedule_linear_decay_no_warmup():
+    from mbc_jax.train import make_optimizer
+
+    cfg = config_lib.load(None, ["learning_rate=1e-4"])
+    _, schedule = make_optimizer(cfg, 100)
+    assert float(schedule(0)) == pytest.approx(1e-4)
+    assert float(schedule(50)) == pytest.approx(5e-5)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-12)
+    cfg = config_lib.load(None, ["learning_rate=1e-4", "warmup_steps=10"])
+    _, schedule = make_optimizer(cfg, 100)
+    assert float(schedule(5)) == pytest.approx(5e-5)
+    assert float(schedule(10)) == pytest.approx(1e-4)
+
+
+# ------------------------------------------------------------------ config and faults
+
+
+def test_unknown_key_names_closest():
+    with pytest.raises(UserError, match=r"unknown config key 'learning_rat'; did you mean learning_rate"):
+        config_lib.load(None, ["learning_rat=1e-5"])
+    with pytest.raises(UserError, match=r"unknown config key 'mbc.pwer'; did you mean mbc.power"):
+        config_lib.load(None, ["mbc.pwer=2"])
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("learning_rate: 1e-5\nbatch_sise: 4\n")
+    with pytest.raises(UserError, match=rf"{f}: unknown config key 'batch_sise'; did you mean batch_size"):
+        config_lib.load(str(f), [])
+    f.write_text("learning_rate: [1\n")
+    with pytest.raises(UserError, match=rf"{f}:\d+: invalid YAML"):
+        config_lib.load(str(f), [])
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("learning_rate=0", "learning_rate: must be positive"),
+    ("learning_rate=-1e-5", "learning_rate: must be positive"),
+    ("batch_size=abc", "batch_size: expected int"),
+    ("sampler=random", "sampler: 'random' is not one of mbc, uniform"),
+    ("mbc.floor=2", "mbc.floor: must be at most 1"),
+])
+def test_bad_values(override, msg):
+    with pytest.raises(UserError, match=msg):
+        config_lib.load(None, [override])
+
+
+def test_batch_larger_than_data(tmp_path):
+    from mbc_jax.train import Run
+
+    cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", "embedded_records=40", "val_fraction=0", "batch_size=64"])
+    with pytest.raises(UserError, match="batch_size: 64 is larger than the 40 training records"):
+        Run.create(cfg, log=lambda *a: None)
+
+
+def test_nan_loss_stops_naming_step_and_records(tmp_path, monkeypatch):
+    from mbc_jax import train as train_lib
+
+    real = train_lib.make_train_step
+
+    def poisoned(*a, **k):
+        step = real(*a, **k)
+
+        def f(state, batch):
+            state, m = step(state, batch)
+            m["loss"] = jax.numpy.where(state["step"] >= 3, jax.numpy.nan, m["loss"])
+            return state, m
+        return f
+
+    monkeypatch.setattr(train_lib, "make_train_step", poisoned)
+    cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN])
+    run = train_lib.Run.create(cfg, log=lambda *a: None)
+    with pytest.raises(UserError, match=r"step 2: the loss is nan; the batch held records (train-\d+, ){7}train-\d+"):
+        run.train()
+
+
+def test_run_folder_with_different_config_is_refused(tmp_path):
+    from mbc_jax.train import Run
+
+    base = [f"out={tmp_path / 'r'}", *TINY_RUN, "epochs=1"]
+    Run.create(config_lib.load(None, base), log=lambda *a: None).train()
+    with pytest.raises(UserError, match=r"made with a different config \(learning_rate: 0.003 -> 0.001\)"):
+        Run.create(config_lib.load(None, [*base, "learning_rate=1e-3"]), log=lambda *a: None)
+    # allowed with override; and a finished run re-run is a no-op resume
+    Run.create(config_lib.load(None, [*base, "learning_rate=1e-3"]), override=True, log=lambda *a: None)
+
+
+def test_disk_full_during_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    from mbc_jax.train import Run
+
+    args = [f"out={tmp_path / 'r'}", *TINY_RUN, "epochs=1", "sampler=uniform"]
+    run = Run.create(config_lib.load(None, args), log=lambda *a: None)
+    real_save = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *a, **k):
+        if step >= 4:
+            raise OSError(28, "No space left on device")
+        return real_save(self, step, *a, **k)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(UserError, match=r"checkpoint of step 4 failed.*last good checkpoint is step 0"):
+        run.train()
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+    summary = Run.create(config_lib.load(None, args), log=lambda *a: None).train()
+    assert summary["steps"] == 8 and summary["final"]["step"] == 8
+
+
+def test_run_folder_contents(tmp_path):
+    """The files docs/run_folder.md promises, read back independently with the csv module."""
+    import csv
+
+    from mbc_jax.train import Run
+
+    run_dir = tmp_path / "r"
+    summary = Run.create(config_lib.load(None, [f"out={run_dir}", *TINY_RUN, "epochs=1"]), log=lambda *a: None).train()
+    for name in ("config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json", "model/config.json"):
+        assert (run_dir / name).is_file(), name
+    steps = sorted(int(f.stem[5:]) for f in (run_dir / "memorization").glob("step_*.csv"))
+    assert steps == [0, 4, 8]
+    rows = list(csv.DictReader(open(run_dir / "memorization" / "step_00000008.csv")))
+    records = list(csv.DictReader(open(run_dir / "records.csv")))
+    assert len(rows) == len(records) == summary["train_records"] + summary["val_records"]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    sampling = list(csv.DictReader(open(run_dir / "sampling.csv")))
+    assert sum(int(r["draws"]) for r in train_rows) == 8 * 8 == sum(int(r["draws"]) for r in sampling)
+    assert all(0 <= float(r["exact_match"]) <= 1 for r in rows)
+    ev = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert [e["step"] for e in ev] == [0, 4, 8]
+    mean_em = np.mean([float(r["exact_match"]) for r in train_rows])
+    assert ev[-1]["train_exact_match"] == pytest.approx(mean_em)
