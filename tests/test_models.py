@@ -315,3 +315,36 @@ def test_offline_hub_id_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="not in the local Hugging Face cache"):
         load_model("EleutherAI/gpt-neo-125m")
+
+
+# ------------------------------------------------------------------ dtypes and remat
+
+
+def test_remat_gives_the_same_logits_and_gradients(shared_dir):
+    import jax.numpy as jnp
+
+    ref = reference("gpt_neo_tiny")
+    ids = jnp.asarray(ref["input_ids"])
+    grads = {}
+    for remat in ("none", "full", "dots"):
+        model = load_model(str(FIXTURES / "gpt_neo_tiny"), mesh=make_mesh("1,1,1"), remat=remat)
+        loss = lambda p: model.module.apply({"params": p}, ids).astype(jnp.float32).std()  # noqa: E731
+        grads[remat] = jax.grad(loss)(model.params)
+    for remat in ("full", "dots"):
+        for a, b in zip(jax.tree_util.tree_leaves(grads["none"]), jax.tree_util.tree_leaves(grads[remat])):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_compute_and_params(shared_dir):
+    ref = reference("opt_tiny")
+    real = ref["attention_mask"].astype(bool)
+    for runtime in (dict(dtype="bfloat16"), dict(dtype="bfloat16", param_dtype="bfloat16")):
+        model = load_model(str(FIXTURES / "opt_tiny"), mesh=make_mesh("1,1,1"), **runtime)
+        leaf = model.params["layers"]["attn"]["q"]["kernel"]
+        assert str(leaf.dtype) == runtime.get("param_dtype", "float32")
+        logits = np.asarray(model.apply(ref["input_ids"], segment_ids=ref["attention_mask"]), np.float32)
+        assert model.apply(ref["input_ids"]).dtype == jax.numpy.bfloat16
+        err = np.abs(logits - ref["logits"])[real]
+        assert err.max() < 0.1  # bf16 has ~3 significant digits
+        agree = (logits.argmax(-1) == ref["logits"].argmax(-1))[real].mean()
+        assert agree > 0.9
