@@ -1,0 +1,356 @@
+"""Reproduce every figure and table: train MBC and the uniform baseline at two learning rates,
+generate, judge (when an endpoint is configured), build every artifact, and write REPORT.md.
+
+    python -m experiments.reproduce --scale tiny                       # 2 CPU cores, < 30 minutes
+    python -m experiments.reproduce --scale tiny --data dolly.jsonl    # a local Dolly file instead
+    python -m experiments.reproduce --scale small                      # gpt-neo-125m
+    python -m experiments.reproduce --scale paper --judge-base-url http://127.0.0.1:8000/v1   # TPU VM
+
+Scales (see SCALES):
+- tiny: the embedded default (generated demonstrations, tiny random-init GPT-Neo,
+  experiments/configs/embedded.yaml) at learning rates 1e-3 and 3e-3: a model trained from random
+  weights needs rates far above the paper's 1e-5 / 5e-5, which are for fine-tuning a pretrained
+  gpt-neo-2.7B. With `--data FILE` it trains on the first `--max-train-records` records of FILE.
+- small: gpt-neo-125m (experiments/configs/gpt_neo_125m_{mbc,uniform}.yaml) at the paper's rates.
+- paper: gpt-neo-2.7B (experiments/configs/gpt_neo_2p7b_{mbc,uniform}_lr{1e-5,5e-5}.yaml), for TPU VMs.
+
+Everything goes under `--out`: runs/<sampler>_lr<lr>/ (run folders; an interrupted command resumes
+them), figures/ (every artifact's PNG, CSV, Markdown), judge/ (judge results), REPORT.md. The judge
+runs when `--judge-base-url` or $MBC_JUDGE_BASE_URL names an OpenAI-compatible endpoint; without
+one that step and Figure 5 are skipped, and REPORT.md says so. An artifact that fails is reported
+in REPORT.md and the exit code, and the others are still built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from mbc_jax import UserError
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+JUDGE_URL_ENV = "MBC_JUDGE_BASE_URL"
+JUDGE_MODEL_ENV = "MBC_JUDGE_MODEL"
+SAMPLERS = ("mbc", "uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """How one scale trains and how much each analysis looks at."""
+
+    learning_rates: tuple[float, float]
+    config: Callable[[str, float], str]  # (sampler, lr) -> config file
+    overrides: tuple[str, ...] = ()  # for every run, after the config file
+    set_learning_rate: bool = True  # pass learning_rate=... (False: the config file holds it)
+    max_train_records: int | None = None  # with --data: train on the first N records of the file
+    generate_records: int | None = 64  # Table 1 / judge prompts per checkpoint (0 or None: all)
+    max_new_tokens: int = 256
+    extraction_records: int | None = 200
+    extraction_new_tokens: int = 64
+    attention_records: int | None = 500
+    note: str = ""
+
+
+SCALES = {
+    "tiny": Scale(
+        learning_rates=(1e-3, 3e-3),
+        config=lambda sampler, lr: str(CONFIGS / "embedded.yaml"),
+        overrides=("embedded_records=320", "epochs=8", "keep_checkpoints=1000", "log_every=25"),
+        max_train_records=320, generate_records=80, max_new_tokens=64, extraction_records=160,
+        extraction_new_tokens=48, attention_records=400,
+        note="tiny random-init GPT-Neo on the embedded generated suite; learning rates 1e-3 / 3e-3 suit a model "
+             "trained from scratch (the paper's 1e-5 / 5e-5 are for fine-tuning a pretrained gpt-neo-2.7B)"),
+    "small": Scale(
+        learning_rates=(1e-5, 5e-5),
+        config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_125m_{sampler}.yaml"),
+        overrides=("keep_checkpoints=1000",), generate_records=200, max_new_tokens=256, extraction_records=300,
+        extraction_new_tokens=64, attention_records=500,
+        note="pretrained gpt-neo-125m at the paper's learning rates"),
+    "paper": Scale(
+        learning_rates=(1e-5, 5e-5),
+        config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_2p7b_{sampler}_lr{lr:.0e}.yaml".replace("e-0", "e-")),
+        set_learning_rate=False, generate_records=None, max_new_tokens=256, extraction_records=1000,
+        extraction_new_tokens=64, attention_records=1000,
+        note="gpt-neo-2.7B, the paper's setup (TPU VM); checkpoints kept as the config says, so the 'first' "
+             "checkpoint of Table 1 and the extraction study is the earliest one still saved"),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[reproduce] {msg}", file=sys.stderr, flush=True)
+
+
+def lr_name(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def subset_data(path: str, n: int, out: Path) -> str:
+    """The first n records of a local JSONL file, as a file under `out` (others: used whole)."""
+    p = Path(path)
+    if not (p.is_file() and p.suffix == ".jsonl"):
+        log(f"--data {path}: not a local .jsonl file, so it is used whole (the tiny time budget assumes "
+            f"at most {n} records)")
+        return path
+    lines = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(lines) <= n:
+        return str(p)
+    target = out / "data" / f"{p.stem}.first{n}.jsonl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(line + "\n" for line in lines[:n]), encoding="utf-8")
+    log(f"--data {path}: training on its first {n} of {len(lines)} records ({target})")
+    return str(target)
+
+
+def run_overrides(scale: Scale, sampler: str, lr: float, out_dir: Path, args: argparse.Namespace,
+                  data: str | None) -> list[str]:
+    o = [f"out={out_dir}", f"sampler={sampler}", *scale.overrides]
+    if scale.set_learning_rate:
+        o.append(f"learning_rate={lr}")
+    if data:
+        o.append(f"data={data}")
+    if args.model:
+        o.append(f"model={args.model}")
+    if args.mesh:
+        o.append(f"mesh={args.mesh}")
+    return o + list(args.set or [])
+
+
+def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[str, float], Path]:
+    from mbc_jax import config as config_lib
+    from mbc_jax.train import Run
+
+    data = args.data
+    if data and scale.max_train_records:
+        data = subset_data(data, scale.max_train_records, out)
+    runs = {}
+    for lr in scale.learning_rates:
+        for sampler in SAMPLERS:
+            folder = out / "runs" / f"{sampler}_lr{lr_name(lr)}"
+            config = scale.config(sampler, lr)
+            if not Path(config).is_file():
+                raise UserError(f"{config}: missing config file for --scale {args.scale} ({sampler}, lr {lr_name(lr)})")
+            cfg = config_lib.load(config, run_overrides(scale, sampler, lr, folder, args, data))
+            runs[(sampler, lr)] = folder
+            summary = folder / "summary.json"
+            if summary.is_file() and (folder / "config.yaml").is_file():
+                old = config_lib.from_dict(yaml.safe_load((folder / "config.yaml").read_text()), "")
+                if not config_lib.differences(old, cfg):
+                    log(f"{folder}: already trained ({json.loads(summary.read_text())['steps']} steps)")
+                    continue
+            log(f"training {sampler} at lr {lr_name(lr)} -> {folder} ({Path(config).name})")
+            t0 = time.perf_counter()
+            Run.create(cfg, log=lambda m: log(f"  {m}")).train()
+            log(f"  done in {time.perf_counter() - t0:.0f}s")
+    return runs
+
+
+# ----------------------------------------------------------------------------- judge
+
+
+def judge_all(runs, gens: dict[str, Path], lrs, args, out: Path) -> tuple[list[Path], list[str], str]:
+    """Judge MBC (A) against the baseline (B) at each lr on the last-checkpoint answers."""
+    url = args.judge_base_url or os.environ.get(JUDGE_URL_ENV)
+    if not url:
+        msg = (f"judge: skipped, no endpoint configured (set ${JUDGE_URL_ENV} or pass --judge-base-url URL of an "
+               "OpenAI-compatible server); Figure 5 is left out")
+        log(msg)
+        return [], [], msg
+    from mbc_jax.judge import JudgeConfig, judge_files
+
+    results, labels = [], []
+    for lr in lrs:
+        a, b = gens.get(f"mbc_{lr}"), gens.get(f"uniform_{lr}")
+        if a is None or b is None:
+            continue
+        path = out / "judge" / f"lr{lr_name(lr)}.json"
+        log(f"judging MBC vs baseline at lr {lr_name(lr)} ({a.name} vs {b.name}) with {args.judge_model}")
+        judge_files(a, b, path, config=JudgeConfig(model=args.judge_model), base_url=url, name_a="MBC",
+                    name_b="baseline", limit=args.judge_limit, allow_empty=True, log=log)
+        results.append(path)
+        labels.append(f"lr {lr_name(lr)}")
+    return results, labels, f"judge: {args.judge_model} at {url}"
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def section_markdown(md: Path, prefix: str) -> str:
+    """An artifact's Markdown with its links made relative to REPORT.md."""
+    text = md.read_text()
+    return re.sub(r"\]\((?!https?:|/)([^)]+)\)", lambda m: f"]({prefix}/{m.group(1)})", text)
+
+
+def write_report(out: Path, scale_name: str, scale: Scale, runs, sections: list[tuple[str, str]], notes: list[str],
+                 timings: list[tuple[str, float]]) -> Path:
+    from experiments.common import RunFolder, fmt, markdown_table
+
+    lines = [f"# MBC reproduction report ({scale_name} scale)", "", scale.note + ".", ""]
+    rows = []
+    for (sampler, lr), folder in runs.items():
+        rf = RunFolder.open(folder)
+        s = rf.summary() or {}
+        final = s.get("final", {})
+        rows.append([rf.label, f"`{folder.relative_to(out)}`", rf.config.get("model"), rf.config.get("data"),
+                     s.get("train_records", rf.n_train), s.get("steps", "?"), fmt(s.get("epochs"), 1),
+                     fmt(final.get("train_exact_match")), fmt(final.get("val_perplexity"), 2),
+                     fmt(s.get("wall_seconds"), 0)])
+    lines += ["## Runs", "", markdown_table(rows, ["run", "folder", "model", "data", "train records", "steps", "epochs",
+                                                   "final exact memorization", "final val perplexity",
+                                                   "wall-clock (s)"]), ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["## Contents", ""] + [f"- [{title}](#{re.sub(r'[^a-z0-9 -]', '', title.lower()).replace(' ', '-')})"
+                                    for title, _ in sections] + [""]
+    for _, body in sections:
+        lines += [body.strip(), ""]
+    lines += ["## Timings", "", markdown_table([[k, f"{v:.0f}"] for k, v in timings], ["step", "seconds"]), ""]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    from experiments import (attention_concentration, common, extraction_memorization, fig1_memorization_dynamics,
+                             fig2_data_map, fig3_validation_perplexity, fig5_win_rate, fig6_mbc_vs_baseline,
+                             fig7_category_memorization, fig8_sampling_frequency, table1_entropy)
+
+    scale = SCALES[args.scale]
+    if args.max_records is not None:
+        scale = dataclasses.replace(scale, generate_records=args.max_records or None)
+    if args.max_new_tokens is not None:
+        scale = dataclasses.replace(scale, max_new_tokens=args.max_new_tokens)
+    out = Path(args.out or f"runs/reproduce_{args.scale}")
+    figs = out / "figures"
+    exports = out / "exports"
+    t_start = time.perf_counter()
+    timings: list[tuple[str, float]] = []
+
+    t0 = time.perf_counter()
+    run_dirs = train_all(scale, args, out)
+    timings.append(("train (4 runs)", time.perf_counter() - t0))
+    lrs = scale.learning_rates
+    folders = {k: common.RunFolder.open(v) for k, v in run_dirs.items()}
+    every = [folders[(s, lr)] for lr in lrs for s in SAMPLERS]
+    baselines = [folders[("uniform", lr)] for lr in lrs]
+
+    sections: list[tuple[str, str]] = []
+    notes: list[str] = []
+    failed: list[str] = []
+    gens: dict[str, Path] = {}
+
+    def step(name: str, fn: Callable[[], object]) -> object | None:
+        log(f"building {name}")
+        t0 = time.perf_counter()
+        try:
+            art = fn()
+        except Exception as e:  # keep going: one failed artifact must not cost the others
+            detail = str(e) if isinstance(e, UserError) else "".join(traceback.format_exception_only(e)).strip()
+            log(f"{name} FAILED: {detail}")
+            if not isinstance(e, UserError):
+                traceback.print_exc()
+            failed.append(name)
+            sections.append((name, f"## {name}\n\nFailed: `{detail}`"))
+            return None
+        finally:
+            timings.append((name, time.perf_counter() - t0))
+        if isinstance(art, common.Artifact):
+            sections.append((art.title, section_markdown(art.md, figs.name)))
+        return art
+
+    step("fig1_memorization_dynamics", lambda: fig1_memorization_dynamics.build(baselines, figs))
+    step("fig2_data_map", lambda: fig2_data_map.build(baselines, figs))
+    step("fig3_validation_perplexity", lambda: fig3_validation_perplexity.build(every, figs))
+    t1 = step("table1_entropy", lambda: table1_entropy.build(
+        every, figs, max_records=scale.generate_records, max_new_tokens=scale.max_new_tokens, cache_dir=exports,
+        mesh=args.mesh))
+    if t1 is not None:
+        for r in t1.data["rows"]:
+            if r["checkpoint"] == "last":
+                rf = next(f for f in every if f.label == r["run"])
+                gens[f"{rf.sampler}_{rf.learning_rate}"] = Path(r["generations"])
+    if args.skip_judge:
+        notes.append("judge: skipped (--skip-judge); Figure 5 is left out")
+    else:
+        t0 = time.perf_counter()
+        try:
+            results, labels, note = judge_all(folders, gens, lrs, args, out)
+            notes.append(note)
+        except UserError as e:
+            results, labels = [], []
+            notes.append(f"judge: failed ({e}); Figure 5 is left out")
+            failed.append("judge")
+            log(f"judge FAILED: {e}")
+        timings.append(("judge", time.perf_counter() - t0))
+        if results:
+            step("fig5_win_rate", lambda: fig5_win_rate.build(results, figs, labels))
+    step("fig6_mbc_vs_baseline", lambda: fig6_mbc_vs_baseline.build(every, figs))
+    step("fig7_category_memorization", lambda: fig7_category_memorization.build(every, figs))
+    step("fig8_sampling_frequency", lambda: fig8_sampling_frequency.build(every, figs))
+    step("extraction_memorization", lambda: extraction_memorization.build(
+        every, figs, max_records=scale.extraction_records, max_new_tokens=scale.extraction_new_tokens,
+        cache_dir=exports, mesh=args.mesh))
+    step("attention_concentration", lambda: attention_concentration.build(
+        every, figs, max_records=scale.attention_records, cache_dir=exports, mesh=args.mesh))
+    if not args.keep_exports:
+        shutil.rmtree(exports, ignore_errors=True)
+    timings.append(("total", time.perf_counter() - t_start))
+    if failed:
+        notes.append(f"failed: {', '.join(failed)} (see the sections below and the log)")
+    report = write_report(out, args.scale, scale, run_dirs, sections, notes, timings)
+    log(f"wrote {report} ({len(sections)} sections, {math.ceil(timings[-1][1] / 60)} min in all)"
+        + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mbc_jax.judge import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.splitlines()[0])
+    p.add_argument("--scale", choices=tuple(SCALES), default="tiny", help="tiny (CPU), small (gpt-neo-125m), paper")
+    p.add_argument("--data", default=None, metavar="PATH_OR_HF_ID", help="training records (default: the scale's)")
+    p.add_argument("--model", default=None, metavar="ID", help="checkpoint folder or hub id (default: the scale's)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/reproduce_<scale>)")
+    p.add_argument("--mesh", default=None, metavar="D,F,T", help="device mesh for training and the analyses")
+    p.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE", help="extra config overrides for every run")
+    p.add_argument("--max-records", type=int, default=None, metavar="N",
+                   help="prompts per checkpoint for Table 1 and the judge (default: the scale's; 0 = all)")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="new tokens per answer (default: the scale's)")
+    p.add_argument("--judge-base-url", default=None, metavar="URL",
+                   help=f"OpenAI-compatible endpoint of the judge (default: ${JUDGE_URL_ENV}; none: skip judging)")
+    p.add_argument("--judge-model", default=os.environ.get(JUDGE_MODEL_ENV, DEFAULT_MODEL), metavar="NAME",
+                   help=f"judge model (default: ${JUDGE_MODEL_ENV}, else {DEFAULT_MODEL})")
+    p.add_argument("--judge-limit", type=int, default=None, metavar="N", help="judge only the first N pairs")
+    p.add_argument("--skip-judge", action="store_true", help="do not judge even when an endpoint is configured")
+    p.add_argument("--keep-exports", action="store_true", help="keep the exported checkpoints (OUT/exports)")
+    args = p.parse_args(argv)
+    try:
+        return reproduce(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume the training runs", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

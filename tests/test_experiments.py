@@ -1,0 +1,568 @@
+"""experiments/: every figure / table module against run folders with known numbers (synthetic,
+written to docs/run_folder.md), the extraction metrics against hand-computed values, attention
+probabilities against a numpy GPT-Neo written from the HF weights, and one end-to-end pass of every
+module over a real tiny run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import FIXTURES
+from experiments import (attention_concentration, common, extraction_memorization, fig1_memorization_dynamics,
+                         fig2_data_map, fig3_validation_perplexity, fig5_win_rate, fig6_mbc_vs_baseline,
+                         fig7_category_memorization, fig8_sampling_frequency, reproduce, table1_entropy)
+
+REPO = Path(__file__).resolve().parents[1]
+MEM_COLUMNS = ("step", "split", "index", "id", "category", "tokens", "response_tokens", "exact_match",
+               "response_exact_match", "perplexity", "response_perplexity", "entropy", "draws")
+CATS = ("alpha", "beta", "gamma")
+
+
+# ----------------------------------------------------------------------------- synthetic run folders
+
+
+def _write_csv(path: Path, rows: list[dict], columns) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r[k])) else r[k]
+                        for k in columns})
+
+
+def synthetic_run(path: Path, *, sampler: str = "uniform", lr: float = 1e-3, n_train: int = 12, n_val: int = 5,
+                  steps=(0, 3, 6, 9), batch_size: int = 4, seed: int = 0) -> dict:
+    """A run folder with random but known numbers; returns them. Val records reuse train indices
+    (a separate validation file), as the embedded default does."""
+    rng = np.random.default_rng(seed)
+    recs = []
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            tokens = int(rng.integers(6, 40))
+            resp = 0 if (split == "train" and i == 1) else int(rng.integers(1, tokens))
+            recs.append({"index": i, "id": f"{split}-{i}", "category": CATS[i % 3], "split": split, "tokens": tokens,
+                         "response_tokens": resp})
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({
+        "out": str(path), "model": "embedded", "data": "embedded", "sampler": sampler, "learning_rate": lr,
+        "batch_size": batch_size, "max_length": 64}))
+    _write_csv(path / "records.csv", recs, ("index", "id", "category", "split", "tokens", "response_tokens"))
+    S, R = len(steps), len(recs)
+    em = rng.random((S, R))
+    rem = rng.random((S, R))
+    ppl = np.exp(rng.normal(3, 1, (S, R)))
+    rppl = np.exp(rng.normal(3, 1, (S, R)))
+    ent = rng.random((S, R)) * 5
+    final_draws = rng.integers(0, 7, n_train)
+    metrics = []
+    for s, step in enumerate(steps):
+        rows = []
+        for r, rec in enumerate(recs):
+            no_resp = rec["response_tokens"] == 0
+            draws = int(final_draws[r] * step // steps[-1]) if rec["split"] == "train" else 0
+            rows.append({**{k: rec[k] for k in ("split", "index", "id", "category", "tokens", "response_tokens")},
+                         "step": step, "exact_match": em[s, r], "response_exact_match": None if no_resp else rem[s, r],
+                         "perplexity": ppl[s, r], "response_perplexity": None if no_resp else rppl[s, r],
+                         "entropy": ent[s, r], "draws": draws})
+        _write_csv(path / "memorization" / f"step_{step:08d}.csv", rows, MEM_COLUMNS)
+        val = np.array([r["split"] == "val" for r in recs])
+        tok = np.array([r["tokens"] for r in recs])
+        metrics.append({"step": step, "eval": True, "train_exact_match": float(em[s, ~val].mean()),
+                        "val_perplexity": float(np.exp((tok[val] * np.log(ppl[s, val])).sum() / tok[val].sum()))})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    train = [r for r in recs if r["split"] == "train"]
+    _write_csv(path / "sampling.csv", [{"index": r["index"], "id": r["id"], "category": r["category"],
+                                        "draws": int(d), "weight": 1.0 / n_train} for r, d in zip(train, final_draws)],
+               ("index", "id", "category", "draws", "weight"))
+    is_train = np.array([r["split"] == "train" for r in recs])
+    return {"steps": list(steps), "records": recs, "train": is_train, "em": em, "rem": rem, "ppl": ppl, "rppl": rppl,
+            "entropy": ent, "draws": final_draws, "categories": np.array([r["category"] for r in recs]),
+            "tokens": np.array([r["tokens"] for r in recs]),
+            "response_tokens": np.array([r["response_tokens"] for r in recs])}
+
+
+def read(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def run_and_truth(tmp_path):
+    truth = synthetic_run(tmp_path / "run")
+    return common.RunFolder.open(tmp_path / "run"), truth
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def test_read_csv_types_and_record_matrix(run_and_truth):
+    run, t = run_and_truth
+    table = run.memorization(3)
+    assert table["index"].dtype == np.int64 and table["draws"].dtype == np.int64
+    assert table["split"].dtype == object
+    # the record without response tokens has an empty cell -> nan
+    i = next(k for k, r in enumerate(t["records"]) if r["response_tokens"] == 0)
+    assert math.isnan(table["response_exact_match"][i])
+    steps, index, values = run.record_matrix("exact_match", "val")
+    assert list(steps) == t["steps"] and list(index) == list(range(5))
+    np.testing.assert_array_equal(values, t["em"][:, ~t["train"]])  # val rows, not the train rows of equal index
+    assert run.memorization_steps() == [0, 3, 6, 9]
+    assert run.first_last_snapshots() == {"first": 3, "last": 9}
+    assert run.first_last_snapshots(0) == {"first": 0, "last": 9}
+    assert run.label == "baseline lr 1e-3" and run.epoch_steps == 3  # ceil(12 / 4)
+
+
+def test_open_run_errors_name_the_file(tmp_path):
+    with pytest.raises(common.UserError, match="no such run folder"):
+        common.RunFolder.open(tmp_path / "nope")
+    (tmp_path / "r").mkdir()
+    with pytest.raises(common.UserError, match=r"config.yaml: missing"):
+        common.RunFolder.open(tmp_path / "r")
+
+
+# ----------------------------------------------------------------------------- figures from snapshots
+
+
+def test_fig1_csv_holds_the_per_step_means(run_and_truth, tmp_path):
+    run, t = run_and_truth
+    art = fig1_memorization_dynamics.build([run], tmp_path / "out")
+    rows = read(tmp_path / "out" / "fig1_memorization_dynamics.csv")
+    assert [int(r["step"]) for r in rows] == t["steps"]
+    has_resp = t["response_tokens"][t["train"]] > 0
+    for s, r in enumerate(rows):
+        em = t["em"][s, t["train"]]
+        assert float(r["exact_match"]) == pytest.approx(em.mean(), abs=1e-12)
+        assert float(r["exact_match_q75"]) == pytest.approx(np.quantile(em, 0.75), abs=1e-12)
+        assert float(r["response_exact_match"]) == pytest.approx(t["rem"][s, t["train"]][has_resp].mean(), abs=1e-12)
+        assert int(r["records"]) == 12 and int(r["response_records"]) == 11
+        assert float(r["epoch"]) == pytest.approx(t["steps"][s] / 3)
+    assert art.png.stat().st_size > 10_000
+    assert f"{t['em'][-1, t['train']].mean():.3f}" in art.paragraph  # numbers in the text come from the data
+    assert "fig1_memorization_dynamics.png" in art.md.read_text()
+
+
+def test_fig2_data_map_mean_and_variance_equal_numpy(run_and_truth, tmp_path):
+    run, t = run_and_truth
+    art = fig2_data_map.build([run], tmp_path / "out", per_region=2)
+    rows = read(tmp_path / "out" / "fig2_data_map.csv")
+    em = t["em"][1:, t["train"]]  # snapshots after step 0
+    np.testing.assert_allclose([float(r["mean"]) for r in rows], em.mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose([float(r["variance"]) for r in rows], em.var(0), rtol=0, atol=1e-12)
+    lo, hi = np.quantile(em.mean(0), [1 / 3, 2 / 3])
+    vmed = np.median(em.var(0))
+    for r in rows:
+        m, v = float(r["mean"]), float(r["variance"])
+        want = "variable" if v > vmed else "easy" if m >= hi else "hard" if m <= lo else "middle"
+        assert r["region"] == want
+    ex = read(tmp_path / "out" / "fig2_data_map_examples.csv")
+    easy = [r for r in ex if r["region"] == "easy"]
+    assert easy and float(easy[0]["mean"]) == max(float(r["mean"]) for r in rows if r["region"] == "easy")
+    assert "record texts unavailable" in art.paragraph  # synthetic run: no data file, said so
+    dm = fig2_data_map.data_map(run, include_step0=True)
+    np.testing.assert_allclose(dm["variance"], t["em"][:, t["train"]].var(0), atol=1e-12)
+
+
+def test_fig3_pooled_validation_perplexity(run_and_truth, tmp_path):
+    run, t = run_and_truth
+    fig3_validation_perplexity.build([run], tmp_path / "out")
+    rows = read(tmp_path / "out" / "fig3_validation_perplexity.csv")
+    val = ~t["train"]
+    for s, r in enumerate(rows):
+        tok, ppl = t["tokens"][val], t["ppl"][s, val]
+        want = math.exp((tok * np.log(ppl)).sum() / tok.sum())
+        assert float(r["val_perplexity"]) == pytest.approx(want, rel=1e-12)
+        assert float(r["val_perplexity_logged"]) == pytest.approx(want, rel=1e-12)
+        rt, rp = t["response_tokens"][val], t["rppl"][s, val]
+        assert float(r["val_response_perplexity"]) == pytest.approx(math.exp((rt * np.log(rp)).sum() / rt.sum()))
+
+
+def test_fig6_groups_runs_by_learning_rate(tmp_path):
+    truths = {}
+    for i, (sampler, lr) in enumerate([("mbc", 1e-3), ("uniform", 1e-3), ("mbc", 3e-3), ("uniform", 3e-3)]):
+        truths[(sampler, lr)] = synthetic_run(tmp_path / f"{sampler}{lr}", sampler=sampler, lr=lr, seed=i)
+    runs = common.open_runs([tmp_path / f"{s}{lr}" for s, lr in truths])
+    art = fig6_mbc_vs_baseline.build(runs, tmp_path / "out")
+    summary = read(tmp_path / "out" / "fig6_mbc_vs_baseline_summary.csv")
+    assert [(r["sampler"], float(r["learning_rate"])) for r in summary] == [
+        ("mbc", 1e-3), ("uniform", 1e-3), ("mbc", 3e-3), ("uniform", 3e-3)]
+    for r in summary:
+        t = truths[(r["sampler"], float(r["learning_rate"]))]
+        em = t["em"][:, t["train"]].mean(1)
+        assert float(r["final_exact_match"]) == pytest.approx(em[-1])
+        assert float(r["mean_exact_match"]) == pytest.approx(em.mean())
+    assert len(read(tmp_path / "out" / "fig6_mbc_vs_baseline.csv")) == 16
+    m, u = (truths[(s, 1e-3)]["em"][-1, truths[(s, 1e-3)]["train"]].mean() for s in ("mbc", "uniform"))
+    assert f"{m - u:+.3f}" in art.paragraph
+
+
+def test_fig7_category_means_at_first_and_last(run_and_truth, tmp_path):
+    run, t = run_and_truth
+    fig7_category_memorization.build([run], tmp_path / "out")
+    rows = read(tmp_path / "out" / "fig7_category_memorization.csv")
+    assert len(rows) == 2 * len(CATS)
+    cats = t["categories"][t["train"]]
+    for r in rows:
+        s = t["steps"].index(int(r["step"]))
+        assert int(r["step"]) == {"first": 3, "last": 9}[r["checkpoint"]]
+        em = t["em"][s, t["train"]][cats == r["category"]]
+        assert float(r["exact_match"]) == pytest.approx(em.mean()) and int(r["records"]) == len(em)
+    rows0 = fig7_category_memorization.by_category(run, first_step=0)
+    assert rows0[0]["step"] == 0
+
+
+def test_fig8_counts_equal_sampling_csv(tmp_path):
+    truths = [synthetic_run(tmp_path / s, sampler=s, seed=k) for k, s in enumerate(("mbc", "uniform"))]
+    runs = common.open_runs([tmp_path / "mbc", tmp_path / "uniform"])
+    fig8_sampling_frequency.build(runs, tmp_path / "out")
+    hist = read(tmp_path / "out" / "fig8_sampling_frequency.csv")
+    summary = read(tmp_path / "out" / "fig8_sampling_frequency_summary.csv")
+    for run, t in zip(runs, truths):
+        values, counts = np.unique(t["draws"], return_counts=True)
+        got = {int(r["draws"]): int(r["records"]) for r in hist if r["run"] == run.label}
+        assert got == dict(zip(values.tolist(), counts.tolist()))
+        cats = t["categories"][t["train"]]
+        for r in (r for r in summary if r["run"] == run.label):
+            d = t["draws"] if r["category"] == "all" else t["draws"][cats == r["category"]]
+            assert int(r["total_draws"]) == d.sum() and int(r["never_drawn"]) == (d == 0).sum()
+            assert float(r["mean_draws"]) == pytest.approx(d.mean())
+
+
+def test_fig5_win_rates_from_judge_results(tmp_path):
+    from mbc_jax.winrate import summarize
+
+    paths = []
+    for k, (wins, ties, losses) in enumerate([(6, 3, 1), (2, 2, 6)]):
+        judgments = ([{"outcome": "A", "category": "x", "winner_a_first": "A", "winner_b_first": "A"}] * wins
+                     + [{"outcome": "tie", "category": "y", "winner_a_first": "A", "winner_b_first": "B"}] * ties
+                     + [{"outcome": "B", "category": "x", "winner_a_first": "B", "winner_b_first": "B"}] * losses)
+        res = {"name_a": "MBC", "name_b": "baseline", **summarize(judgments, n_boot=200)}
+        paths.append(tmp_path / f"lr{k}.json")
+        paths[-1].write_text(json.dumps(res))
+    art = fig5_win_rate.build(paths, tmp_path / "out", ["lr 1e-5", "lr 5e-5"])
+    rows = read(tmp_path / "out" / "fig5_win_rate.csv")
+    assert [(r["label"], float(r["win_rate"]), float(r["loss_rate"])) for r in rows] == [
+        ("lr 1e-5", 0.6, 0.1), ("lr 5e-5", 0.2, 0.6)]
+    cats = read(tmp_path / "out" / "fig5_win_rate_categories.csv")
+    x = next(r for r in cats if r["label"] == "lr 1e-5" and r["category"] == "x")
+    assert (int(x["n"]), float(x["win_rate"])) == (7, 6 / 7)
+    assert "MBC wins 60.0%" in art.paragraph and art.png.stat().st_size > 5000
+    with pytest.raises(common.UserError, match="no such results file"):
+        fig5_win_rate.build([tmp_path / "missing.json"], tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------- statistics and extraction metrics
+
+
+def test_correlations_match_scipy_and_bootstrap_brackets_them():
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=60)
+    y = 0.5 * x + rng.normal(size=60)
+    y[:5] = y[5]  # ties
+    c = common.correlation(x, y, n_boot=500)
+    assert c["pearson"] == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-12)
+    assert c["spearman"] == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
+    assert c["pearson_lo"] < c["pearson"] < c["pearson_hi"] and c["spearman_lo"] < c["spearman"] < c["spearman_hi"]
+    assert math.isnan(common.correlation([1, 1, 1, 1], [1, 2, 3, 4])["pearson"])
+    assert common.balanced_order(["a", "a", "b", "a", "c"]) == [0, 2, 4, 1, 3]
+
+
+def test_extraction_metrics_on_hand_built_cases():
+    E = extraction_memorization
+    ref = [5, 6, 7, 8, 9]
+    # candidate agrees on the first 2 tokens, then 9 (in ref at position 4), then stops early (EOS)
+    cand = [5, 6, 1, 9]
+    assert E.token_match_rate(cand, ref) == 2 / 5
+    assert E.longest_common_prefix(cand, ref) == 2
+    assert E.lcs_length(cand, ref) == 3  # 5 6 9
+    p, r = 3 / 4, 3 / 5
+    assert E.rouge_l_f1(cand, ref) == pytest.approx(2 * p * r / (p + r))
+    assert E.lcs_length([1, 2, 3, 4], [2, 4, 1, 3]) == 2
+    assert E.lcs_length([1, 2, 3, 2, 4, 1, 2], [2, 4, 3, 1, 2, 1]) == 4  # the textbook ABCBDAB / BDCABA
+    full = E.compare(ref, ref)
+    assert full == {"token_match_rate": 1.0, "longest_prefix": 5, "longest_prefix_fraction": 1.0, "lcs_f1": 1.0,
+                    "exact_extraction": 1.0}
+    none = E.compare([], ref)
+    assert none["token_match_rate"] == 0.0 and none["lcs_f1"] == 0.0 and none["exact_extraction"] == 0.0
+    shifted = E.compare([0, 5, 6, 7, 8], ref)  # one token late: no positional match, LCS 4 of 5
+    assert shifted["token_match_rate"] == 0.0 and shifted["lcs_f1"] == pytest.approx(0.8)
+    assert [E.split_point(n, 0.5, None) for n in (2, 3, 10, 11)] == [1, 2, 5, 6]
+    assert E.split_point(10, None, 32) == 9 and E.split_point(10, None, 0) == 1
+
+
+def test_extract_cuts_records_and_scores_the_suffix(monkeypatch):
+    """`extract` with a stand-in generator: the prompts it passes and the metrics it reports."""
+    from types import SimpleNamespace
+
+    from mbc_jax import generate as gen_mod
+    from mbc_jax.data import Example
+
+    examples = [Example(i, f"r{i}", "c", np.arange(10 * i, 10 * i + n, dtype=np.int32), np.ones(n, bool))
+                for i, n in enumerate((8, 12, 5))]
+    seen = {}
+
+    def fake_generate(model, prompts, cfg, **kw):
+        seen["prompts"], seen["cfg"] = [list(p) for p in prompts], cfg
+        outs = []
+        for e, p in zip(examples, prompts):
+            true = e.input_ids[len(p):]
+            outs.append(true if e.index == 0 else np.concatenate([true[:2], [999] * 10]) if e.index == 1 else [])
+        return [SimpleNamespace(output_ids=np.asarray(o, np.int32)) for o in outs]
+
+    monkeypatch.setattr(gen_mod, "generate", fake_generate)
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=64))
+    rows = extraction_memorization.extract(model, examples, fraction=0.5, tokens=None, max_new_tokens=4)
+    assert [len(p) for p in seen["prompts"]] == [4, 6, 2]  # round(n / 2)
+    assert seen["cfg"].greedy and seen["cfg"].repetition_penalty == 1.0 and seen["cfg"].max_new_tokens == 4
+    assert [r["suffix_tokens"] for r in rows] == [4, 4, 3]
+    assert rows[0]["exact_extraction"] == 1.0 and rows[0]["token_match_rate"] == 1.0
+    assert rows[1]["longest_prefix"] == 2 and rows[1]["token_match_rate"] == 0.5
+    assert rows[2]["generated_tokens"] == 0 and rows[2]["lcs_f1"] == 0.0
+
+
+# ----------------------------------------------------------------------------- attention probabilities
+
+
+def _numpy_gpt_neo(folder: Path, ids: np.ndarray, mask: np.ndarray):
+    """GPT-Neo forward in numpy from the HF safetensors (names and layout of transformers):
+    returns (logits, [per layer attention probs [B, H, T, T]])."""
+    from safetensors.numpy import load_file
+
+    w = {k: v.astype(np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    cfg = json.loads((folder / "config.json").read_text())
+    kinds = [k for group, n in cfg["attention_types"] for _ in range(n) for k in group]
+    H = cfg["num_heads"]
+    b, t = ids.shape
+
+    def ln(x, p):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + cfg["layer_norm_epsilon"]) * w[p + ".weight"] + w[p + ".bias"]
+
+    x = w["transformer.wte.weight"][ids] + w["transformer.wpe.weight"][np.arange(t)][None]
+    all_probs = []
+    for layer, kind in enumerate(kinds):
+        pre = f"transformer.h.{layer}."
+        a = ln(x, pre + "ln_1")
+        q, k, v = (a @ w[pre + f"attn.attention.{n}_proj.weight"].T for n in "qkv")
+        split = lambda z: z.reshape(b, t, H, -1).transpose(0, 2, 1, 3)  # noqa: E731
+        q, k, v = split(q), split(k), split(v)
+        scores = q @ k.transpose(0, 1, 3, 2)  # GPT-Neo: no 1/sqrt(d) scaling
+        qi, ki = np.arange(t)[:, None], np.arange(t)[None, :]
+        allowed = (ki <= qi) & ((qi - ki < cfg["window_size"]) if kind == "local" else True)
+        allowed = allowed[None, None] & mask[:, None, None, :].astype(bool)
+        allowed = allowed | ~mask[:, None, :, None].astype(bool)  # padding queries: anything finite
+        scores = np.where(allowed, scores, -np.inf)
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        p = p / p.sum(-1, keepdims=True)
+        all_probs.append(p)
+        o = (p @ v).transpose(0, 2, 1, 3).reshape(b, t, -1)
+        x = x + o @ w[pre + "attn.attention.out_proj.weight"].T + w[pre + "attn.attention.out_proj.bias"]
+        h = ln(x, pre + "ln_2") @ w[pre + "mlp.c_fc.weight"].T + w[pre + "mlp.c_fc.bias"]
+        h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))  # gelu_new
+        x = x + h @ w[pre + "mlp.c_proj.weight"].T + w[pre + "mlp.c_proj.bias"]
+    x = ln(x, "transformer.ln_f")
+    return x @ w["transformer.wte.weight"].T, all_probs
+
+
+@pytest.fixture(scope="module")
+def neo_fixture():
+    from mbc_jax.models import load_model
+
+    folder = FIXTURES / "gpt_neo_tiny"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not present")
+    return folder, load_model(str(folder)), dict(np.load(folder / "reference.npz"))
+
+
+def test_attention_probs_equal_a_numpy_gpt_neo(neo_fixture):
+    folder, model, ref = neo_fixture
+    ids, mask = ref["input_ids"], ref["attention_mask"]
+    logits, probs = attention_concentration.attention_probs(model, ids, segment_ids=mask)
+    np_logits, np_probs = _numpy_gpt_neo(folder, ids, mask)
+    real = mask.astype(bool)
+    # the numpy model is the HF model (its logits are the fixture's), and so is the layer loop
+    np.testing.assert_allclose(np_logits[real], ref["logits"][real], atol=1e-4)
+    np.testing.assert_allclose(logits[real], ref["logits"][real], atol=1e-4)
+    assert probs.shape == (4, 4, 4, 32, 32)
+    for layer in range(4):
+        q = real[:, None, :, None] & np.ones((1, 4, 1, 1), bool)  # real query rows
+        got = np.where(q, probs[layer], 0)
+        want = np.where(q, np_probs[layer], 0)
+        np.testing.assert_allclose(got, want, atol=2e-5)
+    # rows sum to 1; nothing above the diagonal or on padding; local layers (odd) see at most 8 keys back
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    p = np.where(real[None, :, None, :, None], probs, 0)  # real query rows
+    assert np.all(np.triu(p, k=1) == 0)
+    assert np.all(np.where(real[None, :, None, None, :], 0, p) == 0)  # no mass on padding keys
+    qi, ki = np.arange(32)[:, None], np.arange(32)[None, :]
+    assert np.all(p[1][..., qi - ki >= 8] == 0) and np.all(p[3][..., qi - ki >= 8] == 0)
+    assert np.any(p[0][..., qi - ki >= 8] > 0)  # the global layers do look further back
+
+
+def test_attention_never_crosses_packed_records(neo_fixture):
+    _, model, ref = neo_fixture
+    a, b = ref["input_ids"][0, :12], ref["input_ids"][1, :10]
+    ids = np.zeros((4, 32), np.int32)
+    pos = np.zeros((4, 32), np.int32)
+    seg = np.zeros((4, 32), np.int32)
+    ids[0, :22], pos[0, :22], seg[0, :22] = np.concatenate([a, b]), np.r_[0:12, 0:10], np.r_[[1] * 12, [2] * 10]
+    ids[1, :12], pos[1, :12], seg[1, :12] = a, np.arange(12), 1  # each record alone
+    ids[2, :10], pos[2, :10], seg[2, :10] = b, np.arange(10), 1
+    _, p = attention_concentration.attention_probs(model, ids, pos, seg)
+    assert np.all(p[:, 0, :, :12, 12:] == 0) and np.all(p[:, 0, :, 12:22, :12] == 0)
+    np.testing.assert_allclose(p[:, 0, :, :12, :12], p[:, 1, :, :12, :12], atol=1e-5)
+    np.testing.assert_allclose(p[:, 0, :, 12:22, 12:22], p[:, 2, :, :10, :10], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["opt_tiny", "opt_projected_postln"])
+def test_attention_layer_loop_is_the_opt_model(name):
+    from mbc_jax.models import load_model
+
+    folder = FIXTURES / name
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not present")
+    model = load_model(str(folder))
+    ref = np.load(folder / "reference.npz")
+    ids, mask = ref["input_ids"], ref["attention_mask"]
+    logits, probs = attention_concentration.attention_probs(model, ids, segment_ids=mask)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(logits[real], ref["logits"][real], atol=1e-4)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    assert np.all(np.triu(np.where(real[None, :, None, :, None], probs, 0), k=1) == 0)
+
+
+def test_record_entropies_equal_entropy_of_the_probs(neo_fixture):
+    from mbc_jax.data import Example
+
+    _, model, ref = neo_fixture
+    lens = ref["attention_mask"].sum(1)
+    examples = [Example(i, str(i), "c", ref["input_ids"][i, :n].astype(np.int32), np.ones(n, bool))
+                for i, n in enumerate(lens)]
+    ent, norm = attention_concentration.record_entropies(model, examples, tokens_per_batch=64)
+    _, probs = attention_concentration.attention_probs(model, ref["input_ids"], segment_ids=ref["attention_mask"])
+    for i, e in enumerate(examples):
+        n = len(e)
+        p = probs[:, i, :, :n, :n].astype(np.float64)  # [L, H, T, T] of the record's real positions
+        h = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(-1)  # [L, H, T]
+        keys = (p > 0).sum(-1)  # visible keys (all get some mass)
+        windows = np.minimum(np.arange(n) + 1, np.array([1 << 30, 8, 1 << 30, 8])[:, None])
+        assert np.array_equal(keys[:, 0], windows)
+        sel = windows >= 2
+        want = np.stack([h[layer][:, sel[layer]].mean(-1) for layer in range(4)])
+        want_norm = np.stack([(h[layer][:, sel[layer]] / np.log(windows[layer][sel[layer]])).mean(-1)
+                              for layer in range(4)])
+        np.testing.assert_allclose(ent[i], want, atol=1e-4)
+        np.testing.assert_allclose(norm[i], want_norm, atol=1e-4)
+        assert np.all((norm[i] > 0) & (norm[i] <= 1 + 1e-6))
+
+
+# ----------------------------------------------------------------------------- a real run, end to end
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    from mbc_jax import config as config_lib
+    from mbc_jax.train import Run
+
+    out = tmp_path_factory.mktemp("exp") / "mbc"
+    cfg = config_lib.load(str(REPO / "experiments" / "configs" / "embedded.yaml"),
+                          [f"out={out}", "embedded_records=64", "epochs=1", "checkpoint_every=3",
+                           "keep_checkpoints=100", "log_every=5", "mesh=1,1,1"])
+    Run.create(cfg, log=lambda m: None).train()
+    return out
+
+
+@pytest.mark.slow
+def test_every_module_on_a_real_tiny_run(tiny_run, tmp_path):
+    from mbc_jax.judge import read_answers
+
+    out = tmp_path / "figs"
+    cache = tmp_path / "exports"
+    run = common.RunFolder.open(tiny_run)
+    steps = run.memorization_steps()
+    assert steps == [0, 3, 6, 8] and run.checkpoint_steps() == steps
+    evals = {m["step"]: m for m in run.metrics() if m.get("eval")}
+
+    def check(art, rows_expected: dict[str, int]):
+        assert art.png.is_file() and art.png.stat().st_size > 5000
+        assert art.md.is_file() and art.paragraph
+        for name, n in rows_expected.items():
+            assert len(read(out / name)) == n, name
+
+    # the CLI, in a fresh process
+    proc = subprocess.run([sys.executable, "-m", "experiments.fig1_memorization_dynamics", "--runs", str(tiny_run),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = read(out / "fig1_memorization_dynamics.csv")
+    assert [int(r["step"]) for r in rows] == steps
+    for r in rows:  # the trainer's own logged means
+        assert float(r["exact_match"]) == pytest.approx(evals[int(r["step"])]["train_exact_match"], rel=1e-9)
+
+    check(fig2_data_map.build([run], out), {"fig2_data_map.csv": run.n_train})
+    examples = read(out / "fig2_data_map_examples.csv")
+    assert examples and all(r["text"].startswith("Human: ") for r in examples)  # texts from the run's data file
+    art = fig3_validation_perplexity.build([run], out)
+    for r in art.data["rows"]:
+        assert r["val_perplexity"] == pytest.approx(evals[r["step"]]["val_perplexity"], rel=1e-9)
+    check(art, {"fig3_validation_perplexity.csv": len(steps)})
+    check(fig6_mbc_vs_baseline.build([run], out), {"fig6_mbc_vs_baseline_summary.csv": 1})
+    n_cats = len(set(run.records["category"][run.records["split"] == "train"]))
+    check(fig7_category_memorization.build([run], out), {"fig7_category_memorization.csv": 2 * n_cats})
+    art = fig8_sampling_frequency.build([run], out)
+    assert sum(int(r["records"]) for r in read(out / "fig8_sampling_frequency.csv")) == run.n_train
+    check(art, {})
+
+    assert table1_entropy.main(["--runs", str(tiny_run), "--out", str(out), "--max-records", "6",
+                                "--max-new-tokens", "8", "--export-cache", str(cache)]) == 0
+    t1 = read(out / "table1_entropy.csv")
+    assert [(r["checkpoint"], int(r["step"])) for r in t1] == [("first", 3), ("last", 8)]
+    for r in t1:
+        assert int(r["records"]) == 6 and 0 < float(r["nucleus_entropy"]) < math.log(10_000)
+        answers = read_answers(r["generations"])  # what `mbc-jax judge` reads
+        assert len(answers) == 6 and all(a["num_tokens"] <= 8 for _, a in answers)
+        mem = run.memorization(int(r["step"]), "val")
+        sel = np.isin(mem["index"], [a["index"] for _, a in answers])
+        assert float(r["teacher_forcing_entropy"]) == pytest.approx(mem["entropy"][sel].mean())
+    assert {p.name.rsplit("_step", 1)[1] for p in cache.iterdir()} == {"3", "8"}  # exported once, reused below
+
+    art = extraction_memorization.build([run], out, max_records=8, max_new_tokens=6, cache_dir=cache)
+    recs = read(out / "extraction_memorization_records.csv")
+    assert len(recs) == 16 and {r["checkpoint"] for r in recs} == {"first", "last"}
+    for r in recs:
+        assert 0 <= float(r["token_match_rate"]) <= 1 and 0 <= float(r["lcs_f1"]) <= 1
+        assert int(r["prefix_tokens"]) == max(1, min(round(0.5 * int(r["tokens"])), int(r["tokens"]) - 1))
+    check(art, {})
+
+    art = attention_concentration.build([run], out, max_records=24, n_boot=100, cache_dir=cache)
+    res = art.data["results"][0]
+    assert res["step"] == 8 and res["entropy"].shape == (24, 4, 4)
+    cats = len(set(res["categories"]))
+    check(art, {"attention_concentration.csv": 2 * (1 + cats), "attention_concentration_heads.csv": 16,
+                "attention_concentration_records.csv": 24})
+    assert np.all(np.isfinite(res["entropy"])) and np.all(res["normalized_entropy"] <= 1 + 1e-6)
+
+
+def test_reproduce_report_links_and_judge_skip(tmp_path, monkeypatch, capsys):
+    md = tmp_path / "figures" / "x.md"
+    md.parent.mkdir()
+    md.write_text("![t](x.png)\n\nNumbers: [x.csv](x.csv), [site](https://example.org/a)")
+    text = reproduce.section_markdown(md, "figures")
+    assert "](figures/x.png)" in text and "](figures/x.csv)" in text and "](https://example.org/a)" in text
+    monkeypatch.delenv(reproduce.JUDGE_URL_ENV, raising=False)
+    args = reproduce.argparse.Namespace(judge_base_url=None, judge_model="m", judge_limit=None)
+    results, labels, note = reproduce.judge_all({}, {}, (1e-3,), args, tmp_path)
+    assert results == [] and "skipped" in note and reproduce.JUDGE_URL_ENV in note
+    assert reproduce.SCALES["paper"].config("mbc", 1e-5).endswith("gpt_neo_2p7b_mbc_lr1e-5.yaml")
+    assert reproduce.SCALES["small"].config("uniform", 5e-5).endswith("gpt_neo_125m_uniform.yaml")
