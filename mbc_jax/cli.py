@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command != "plan":  # plan compiles for fake local devices; everything else may be multi-host
+            from mbc_jax import distributed
+
+            distributed.initialize()
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

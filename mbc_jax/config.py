@@ -59,7 +59,7 @@ class TrainConfig:
     mesh: str | None = None  # "D,F,T"
     seed: int = 0
     checkpoint_every: int = 0  # 0 = once per epoch-equivalent
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # the latest N; step 0 and the last step are always kept too
     log_every: int = 10
     score_tokens_per_batch: int = 4096
     track_memorization: bool = True  # score all records at every checkpoint

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbc_jax import distributed
 from mbc_jax.data import Batch, Example, pack
 from mbc_jax.sharding import batch_divisor, batch_sharding
 
@@ -181,6 +182,7 @@ class Scorer:
 
         def collect(item):
             batch, out = item
+            out = distributed.gather(out)  # every host gets all rows' sums, in the batch's row order
             idx = batch.record_index
             real = idx >= 0
             for k in SUMS:
@@ -189,8 +191,7 @@ class Scorer:
                 progress.update(int(real.sum()))
 
         for batch in batches:
-            arrays = {f.name: jax.device_put(getattr(batch, f.name), sharding)
-                      for f in dataclasses.fields(batch)}
+            arrays = distributed.put_batch(batch, sharding)  # each host feeds only the rows it owns
             shape = (batch.input_ids.shape, batch.record_index.shape)
             if shape not in self._compiled:  # compile explicitly, once per shape, and time it
                 t0 = time.perf_counter()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -28,7 +29,7 @@ import optax
 import yaml
 from jax.sharding import NamedSharding, PartitionSpec
 
-from mbc_jax import UserError
+from mbc_jax import UserError, distributed
 from mbc_jax import config as config_lib
 from mbc_jax.config import TrainConfig
 from mbc_jax.data import Batch, Example, Template, load_records, pack, split_train_val, tokenize
@@ -154,6 +155,8 @@ class RunData:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    if not distributed.is_main():  # run files: process 0 writes them
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -164,14 +167,15 @@ def _prepare_model_dir(cfg: TrainConfig, run_dir: Path) -> tuple[Path, bool]:
     if cfg.model == "embedded" or cfg.data == "embedded":
         from mbc_jax.embedded import materialize
 
-        paths = materialize(run_dir / "data", num_records=cfg.embedded_records, seed=0)
+        with distributed.main_first("materialize embedded"):
+            paths = materialize(run_dir / "data", num_records=cfg.embedded_records, seed=0)
         if cfg.model == "embedded":
             return paths["model"], False
     src = resolve_model_dir(cfg.model)
     return src, any((src / f).is_file() for f in WEIGHT_FILES)
 
 
-def _data_paths(cfg: TrainConfig, run_dir: Path) -> tuple[str, str | None]:
+def data_paths(cfg: TrainConfig, run_dir: Path) -> tuple[str, str | None]:
     if cfg.data == "embedded":
         return str(run_dir / "data" / "data.jsonl"), cfg.val_data or str(run_dir / "data" / "valid.jsonl")
     return cfg.data, cfg.val_data
@@ -205,6 +209,7 @@ class Run:
 
     @classmethod
     def create(cls, cfg: TrainConfig, override: bool = False, log=print) -> "Run":
+        distributed.initialize()  # no-op for one process, and when the CLI already did it
         run_dir = Path(cfg.out)
         run_dir.mkdir(parents=True, exist_ok=True)
         saved = run_dir / "config.yaml"
@@ -216,7 +221,6 @@ class Run:
                     f"{run_dir}: this run folder was made with a different config ({'; '.join(diff)}); "
                     f"use another `out`, or pass --override to continue it with the new config"
                 )
-        _atomic_write(saved, yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
         mesh = make_mesh(cfg.mesh)
         model_dir, has_weights = _prepare_model_dir(cfg, run_dir)
         runtime = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat=cfg.remat)
@@ -233,14 +237,17 @@ class Run:
         # the run keeps its own copy of the model's config and tokenizer, for export
         (run_dir / "model").mkdir(exist_ok=True)
         _atomic_write(run_dir / "model" / "config.json", json.dumps(model.hf_config, indent=2) + "\n")
-        if model.tokenizer is not None:
+        if model.tokenizer is not None and distributed.is_main():
             model.tokenizer.save_pretrained(str(run_dir / "model"))
         data = cls._load_data(cfg, run_dir, model, log)
-        return cls(cfg, run_dir, model, data, log)
+        run = cls(cfg, run_dir, model, data, log)
+        # written last, once the config has proved valid against the model and data
+        _atomic_write(saved, yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
+        return run
 
     @staticmethod
     def _load_data(cfg: TrainConfig, run_dir: Path, model: Model, log) -> RunData:
-        train_path, val_path = _data_paths(cfg, run_dir)
+        train_path, val_path = data_paths(cfg, run_dir)
         template = Template.from_file(cfg.template) if cfg.template else Template()
         max_length = min(cfg.max_length, model.config.max_position_embeddings)
         if cfg.max_length > model.config.max_position_embeddings:
@@ -283,13 +290,16 @@ class Run:
             self.tx, lambda _, sharding: sharding, jax.eval_shape(self.tx.init, params),
             jax.tree_util.tree_map(lambda p: p.sharding, params), transform_non_params=lambda _: replicated)
         opt_state = jax.jit(self.tx.init, out_shardings=opt_shardings)(params)
-        return {"params": params, "opt_state": opt_state, "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
+        # from numpy: device_put of a jax array onto a multi-process sharding fails with one device per process
+        return {"params": params, "opt_state": opt_state, "step": jax.device_put(np.zeros((), np.int32), replicated)}
 
     def _checkpoint_manager(self):
         import orbax.checkpoint as ocp
 
+        # keep_period = total steps: step 0 (the untrained model) and the last step are never deleted,
+        # so first-vs-last analyses (Table 1, extraction) always find both
         options = ocp.CheckpointManagerOptions(max_to_keep=self.cfg.keep_checkpoints, create=True,
-                                               enable_async_checkpointing=True)
+                                               keep_period=self.total_steps, enable_async_checkpointing=True)
         return ocp.CheckpointManager((self.dir / "checkpoints").absolute(), options=options)
 
     def _restore(self, manager, step: int, state: dict) -> dict:
@@ -412,11 +422,12 @@ class Run:
         metrics_path = self.dir / "metrics.jsonl"
         _truncate_metrics(metrics_path, start)
         for f in (self.dir / "memorization").glob("step_*.csv"):  # evaluated after the checkpoint: redo
-            if int(f.stem[5:]) > start:
+            if int(f.stem[5:]) > start and distributed.is_main():
                 f.unlink()
         from tensorboardX import SummaryWriter
 
-        tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start if start else None)
+        tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start if start else None,
+                           write_to_disk=distributed.is_main())
         step_fn = jax.jit(make_train_step(self.model.module, self.tx, self.schedule, cfg.loss_on, cfg.grad_accum),
                           donate_argnums=(0,))
         ckpt_steps = set(range(0, self.total_steps, self.checkpoint_every)) | {self.total_steps}
@@ -429,7 +440,7 @@ class Run:
         bar = tqdm(total=self.total_steps, initial=start, desc=f"train {cfg.sampler}", unit="step", file=sys.stderr,
                    dynamic_ncols=True, disable=None)
         t_run = time.perf_counter()
-        with open(metrics_path, "a") as mf:
+        with open(metrics_path if distributed.is_main() else os.devnull, "a") as mf:
             def emit(rec: dict) -> None:
                 mf.write(json.dumps(rec) + "\n")
                 mf.flush()
@@ -451,7 +462,7 @@ class Run:
                     self._refresh_mbc(step, state["params"])
                 idx = self.sampler.draw(step)
                 batch = self.train_batch(idx)
-                arrays = {f.name: jax.device_put(getattr(batch, f.name), sharding) for f in dataclasses.fields(batch)}
+                arrays = distributed.put_batch(batch, sharding)  # each host feeds only the rows it owns
                 t0 = time.perf_counter()
                 state, m = step_fn(state, arrays)
                 loss = float(m["loss"])
@@ -463,7 +474,7 @@ class Run:
                         f"step {step}: the loss is {loss}; the batch held records {', '.join(ids)}. The last "
                         f"checkpoint is kept; lower learning_rate or set grad_clip, then rerun to resume")
                 if isinstance(self.sampler, MBCSampler) and cfg.mbc.refresh == "incremental":
-                    self._update_from_losses(step, batch, m["per_record"])
+                    self._update_from_losses(step, batch, distributed.gather(m["per_record"]))
                 real = int((batch.segment_ids != 0).sum())
                 interval["loss"] += loss
                 interval["n"] += 1
@@ -498,7 +509,7 @@ class Run:
         _write_csv(self.dir / "sampling.csv", rows, ("index", "id", "category", "draws", "weight"))
         last_eval = {}
         path = self.dir / "metrics.jsonl"
-        for line in path.read_text().splitlines():
+        for line in (path.read_text().splitlines() if path.exists() else []):  # process 0's file
             rec = json.loads(line)
             if rec.get("eval"):
                 last_eval = rec
@@ -522,6 +533,8 @@ def _eval_line(ev: dict) -> str:
 def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
     import csv
 
+    if not distributed.is_main():  # run files: process 0 writes them
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:

@@ -77,11 +77,15 @@ def run(args: argparse.Namespace) -> int:
         scores = scorer(model.params, examples, batches, progress=bar)
     seconds = time.perf_counter() - t0
     rows = sorted(scores.rows(examples), key=lambda r: r["index"])
-    write_jsonl(args.out, rows)
+    from mbc_jax import distributed
+
+    main_process = distributed.is_main()  # every process has all rows; process 0 writes them
+    if main_process:
+        write_jsonl(args.out, rows)
     skipped = [{"source": src, "skipped": msg} for src, msg in load_report.skipped + tok_report.skipped]
     skipped += [{"index": i, "id": rid, "skipped": f"dropped: {n} tokens > --max-length {max_length}"}
                 for i, rid, n in tok_report.dropped]
-    if skipped:
+    if skipped and main_process:
         write_jsonl(args.out + ".skipped.jsonl", skipped)
     real = sum(len(e) for e in examples)
     padded = sum(b.input_ids.size for b in batches)

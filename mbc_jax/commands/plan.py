@@ -1,0 +1,332 @@
+"""`mbc-jax plan`: will this config fit on that hardware? Compile ahead of time and count bytes.
+
+    mbc-jax plan --config experiments/configs/gpt_neo_2p7b_mbc_lr1e-5.yaml --mesh 1,-1,1 \\
+        --devices 16 --device-memory 16
+
+Builds the mesh on N fake CPU devices, the model's parameters and AdamW state as abstract shapes
+with their shardings (`jax.eval_shape`: nothing is allocated, so a 2.7B model plans on a laptop),
+and compiles the train step and the scorer for them exactly as `mbc-jax train` does. Reports per
+device: parameters and optimizer state (from the shardings), and from XLA's memory analysis of
+each compiled program its arguments, outputs and temporaries (activations, gradients,
+workspace), and whether the larger of the two peaks fits `--device-memory` (GiB; exit code 1 if
+not). Only the model's `config.json` is read: a local folder, the local Hugging Face cache, the
+built-in shapes in `mbc_jax/model_configs/`, or `--model-config FILE`.
+
+The numbers are what XLA's CPU compiler plans for the sharded program; a TPU or GPU compiler
+fuses differently (and CPU computes bfloat16 matmuls in float32), so leave some headroom.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mbc_jax import UserError
+from mbc_jax.commands.common import add_mesh_arg
+
+GIB = 1 << 30
+BUILTIN = Path(__file__).resolve().parents[1] / "model_configs"
+CHILD_ENV = "MBC_JAX_PLAN_CHILD"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="compile the train step and scorer for a mesh on fake devices; per-device memory")
+    p.add_argument("--config", default=None, help="training config YAML (see experiments/configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. batch_size=16")
+    add_mesh_arg(p)
+    p.add_argument("--devices", type=int, default=None,
+                   help="number of devices (default: the mesh's size; needed when the mesh has a -1)")
+    p.add_argument("--device-memory", type=float, default=None, metavar="GIB",
+                   help="memory per device in GiB (32 for TPU v4, 16 for v5e, 80 for H100); exit 1 if it does not fit")
+    p.add_argument("--model-config", default=None, metavar="FILE",
+                   help="config.json (or its folder) to use instead of the config's `model`")
+    p.add_argument("--segments", type=int, default=None,
+                   help="records per packed scoring row to plan for (default: max_length // 32)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the plan's numbers (bytes) as JSON to FILE")
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def _device_count(mesh: tuple[int, int, int], devices: int | None) -> int:
+    known = math.prod(d for d in mesh if d != -1)
+    if devices is None:
+        if -1 in mesh:
+            raise UserError(f"--mesh {','.join(map(str, mesh))} has a -1: give --devices N (the chips of the slice)")
+        return known
+    if devices < 1:
+        raise UserError(f"--devices: must be positive, got {devices}")
+    if devices % known or (-1 not in mesh and known != devices):
+        raise UserError(f"--mesh {','.join(map(str, mesh))} does not fit {devices} devices "
+                        f"(the sizes must multiply to {devices}, with -1 for the rest)")
+    return devices
+
+
+def _with_device_count(flags: str, n: int) -> str:
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
+    return f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def _cpu_devices(n: int) -> list | None:
+    """N CPU devices in this process, or None when JAX already started with fewer (re-run needed)."""
+    import jax
+    from jax._src import xla_bridge
+
+    if not xla_bridge.backends_are_initialized():  # not too late: start JAX's CPU backend with N devices
+        os.environ["XLA_FLAGS"] = _with_device_count(os.environ.get("XLA_FLAGS", ""), n)
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", n)
+    try:
+        cpus = jax.devices("cpu")
+    except RuntimeError:  # JAX started without its CPU backend
+        return None
+    return cpus[:n] if len(cpus) >= n else None
+
+
+def _rerun(argv: list[str], n: int) -> int:
+    """Runs this plan again in a fresh process that starts JAX with N CPU devices."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=_with_device_count(os.environ.get("XLA_FLAGS", ""), n))
+    env[CHILD_ENV] = "1"
+    sys.stdout.flush()
+    return subprocess.run([sys.executable, "-m", "mbc_jax", "plan", *argv], env=env).returncode
+
+
+# ----------------------------------------------------------------------------- model config
+
+
+def _read_config(path: Path, what: str) -> dict:
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise UserError(f"{what}: {path}: no such file")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}")
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: expected a JSON object (a Hugging Face config.json)")
+    return cfg
+
+
+def builtin_config(name: str) -> Path | None:
+    """The built-in config.json for a hub id such as EleutherAI/gpt-neo-2.7B (case-insensitive)."""
+    key = name.rstrip("/").split("/")[-1].lower()
+    for f in BUILTIN.glob("*.json"):
+        if f.stem.lower() == key:
+            return f
+    return None
+
+
+def model_config(cfg: Any, model_config_file: str | None) -> tuple[dict, str]:
+    """(config.json dict, where it came from) for the training config's model, without weights."""
+    if model_config_file:
+        return _read_config(Path(model_config_file).expanduser(), "--model-config"), model_config_file
+    name = cfg.model
+    if name == "embedded":
+        import tempfile
+
+        from mbc_jax.embedded import materialize
+
+        with tempfile.TemporaryDirectory(prefix="mbc-plan-") as tmp:
+            paths = materialize(tmp, num_records=cfg.embedded_records, seed=0)
+            return _read_config(paths["config"], "model"), "the embedded model"
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _read_config(path, "model"), str(path / "config.json")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+        if isinstance(cached, str):
+            return _read_config(Path(cached), "model"), cached
+    except Exception:  # not a valid repo id, or no cache: try the built-in shapes
+        pass
+    builtin = builtin_config(name)
+    if builtin is not None:
+        return _read_config(builtin, "model"), f"built-in {builtin.name}"
+    known = ", ".join(sorted(f.stem for f in BUILTIN.glob("*.json")))
+    raise UserError(f"model {name!r}: no local folder, not in the Hugging Face cache, and no built-in shapes "
+                    f"(built-in: {known}); pass --model-config path/to/config.json")
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def _bytes_per_device(tree: Any) -> int:
+    from mbc_jax.sharding import per_device_bytes
+
+    per = per_device_bytes(tree)
+    return max(per.values()) if per else 0
+
+
+def _memory(compiled: Any) -> dict[str, int]:
+    m = compiled.memory_analysis()
+    if m is None:
+        raise UserError("this JAX's CPU compiler gives no memory analysis; upgrade jax")
+    out = {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
+           "aliased": int(m.alias_size_in_bytes), "temporaries": int(m.temp_size_in_bytes)}
+    out["peak"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
+    return out
+
+
+def _abstract_batch(rows: int, length: int, segments: int, sharding: Any) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    tok = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=sharding)
+    return {"input_ids": tok, "segment_ids": tok, "positions": tok,
+            "response_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_, sharding=sharding),
+            "record_index": jax.ShapeDtypeStruct((rows, segments), jnp.int32, sharding=sharding)}
+
+
+def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None) -> dict:
+    """Compiles the train step and the scorer for `cfg` on a mesh of `devices`; per-device bytes."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from mbc_jax.models import abstract_params, config_from_hf
+    from mbc_jax.scoring import Scorer
+    from mbc_jax.sharding import batch_divisor, batch_sharding, make_mesh, mesh_str
+    from mbc_jax.train import make_optimizer, make_train_step
+
+    mcfg = config_from_hf(hf_config).replace(dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat=cfg.remat)
+    if cfg.max_length > mcfg.max_position_embeddings:
+        raise UserError(f"max_length: {cfg.max_length} exceeds the model's {mcfg.max_position_embeddings} positions")
+    mesh = make_mesh(cfg.mesh, devices)
+    abstract, shardings, module = abstract_params(mcfg, mesh)
+    sds = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
+    params = jax.tree_util.tree_map(sds, abstract, shardings)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    tx, schedule = make_optimizer(cfg, max(1, cfg.steps // cfg.grad_accum) if cfg.steps else 1000)
+    opt_abstract = jax.eval_shape(tx.init, params)
+    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_abstract, shardings,
+                                          transform_non_params=lambda _: replicated)
+    opt_state = jax.tree_util.tree_map(sds, opt_abstract, opt_shardings)
+    state = {"params": params, "opt_state": opt_state, "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)}
+
+    div = batch_divisor(mesh)
+    shard = batch_sharding(mesh)
+    # the most rows a train batch takes (Run.train_batch): one record per row, rounded up to the mesh
+    train_rows = -(-cfg.batch_size // div) * div
+    train_batch = _abstract_batch(train_rows, cfg.max_length, cfg.batch_size, shard)
+    t0 = time.perf_counter()
+    step = jax.jit(make_train_step(module, tx, schedule, cfg.loss_on, cfg.grad_accum), donate_argnums=(0,))
+    train = _memory(step.lower(state, train_batch).compile())
+    train_seconds = time.perf_counter() - t0
+
+    scorer = Scorer(module, mesh, seq_len=cfg.max_length, tokens_per_batch=cfg.score_tokens_per_batch)
+    segments = segments or max(1, cfg.max_length // 32)
+    score_batch = _abstract_batch(scorer.rows, cfg.max_length, segments, shard)
+    t0 = time.perf_counter()
+    score = _memory(scorer._fn.lower(params, score_batch).compile())
+    score_seconds = time.perf_counter() - t0
+
+    param_bytes, opt_bytes = _bytes_per_device(params), _bytes_per_device(opt_state)
+    # while scoring (MBC re-score, memorization snapshots) the optimizer state stays on the device
+    score["peak_with_optimizer_state"] = score["peak"] + opt_bytes
+    return {
+        "mesh": mesh_str(mesh), "devices": len(mesh.devices.flat), "parameters": mcfg.num_params(),
+        "dtype": cfg.dtype, "param_dtype": cfg.param_dtype, "remat": cfg.remat,
+        "train_batch": [train_rows, cfg.max_length], "score_batch": [scorer.rows, cfg.max_length, segments],
+        "per_device": {"parameters": param_bytes, "optimizer_state": opt_bytes,
+                       "activations_and_temporaries": train["temporaries"], "train_step": train, "scorer": score},
+        "peak_per_device": max(train["peak"], score["peak_with_optimizer_state"]),
+        "compile_seconds": {"train_step": round(train_seconds, 1), "scorer": round(score_seconds, 1)},
+    }
+
+
+def gib(n: int) -> str:
+    """Bytes in the largest binary unit that keeps the number at least 1 (KiB, MiB, GiB)."""
+    for unit, size in (("GiB", GIB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def report(result: dict, model: str, source: str, memory_gib: float | None) -> str:
+    pd, tr, sc = result["per_device"], result["per_device"]["train_step"], result["per_device"]["scorer"]
+    rows, length = result["train_batch"]
+    srows, _, segs = result["score_batch"]
+    lines = [
+        f"plan: {model} ({result['parameters'] / 1e9:.3g} B parameters; shapes from {source})",
+        f"mesh {result['mesh']} on {result['devices']} devices; compute {result['dtype']}, params "
+        f"{result['param_dtype']}, remat {result['remat']}",
+        f"train batch {rows} x {length} tokens; scoring batch {srows} x {length} tokens ({segs} records per row)",
+        "",
+        f"{'per device':<34}{'train step':>14}{'scorer':>14}",
+        f"{'  parameters':<34}{gib(pd['parameters']):>14}{gib(pd['parameters']):>14}",
+        f"{'  optimizer state (AdamW)':<34}{gib(pd['optimizer_state']):>14}{gib(pd['optimizer_state']):>14}",
+        f"{'  compiled arguments':<34}{gib(tr['arguments']):>14}{gib(sc['arguments']):>14}",
+        f"{'  compiled outputs (not aliased)':<34}{gib(tr['outputs'] - tr['aliased']):>14}"
+        f"{gib(sc['outputs'] - sc['aliased']):>14}",
+        f"{'  activations + temporaries':<34}{gib(tr['temporaries']):>14}{gib(sc['temporaries']):>14}",
+        f"{'  peak':<34}{gib(tr['peak']):>14}{gib(sc['peak_with_optimizer_state']):>14}",
+        f"(compiled in {result['compile_seconds']['train_step']} s and {result['compile_seconds']['scorer']} s; "
+        f"the scorer's peak counts the optimizer state, which stays on the device while scoring)",
+    ]
+    peak = result["peak_per_device"]
+    if memory_gib is not None:
+        share = peak / (memory_gib * GIB)
+        verdict = "fits" if share <= 1 else "does not fit"
+        lines.append(f"device memory {memory_gib:g} GiB: {verdict} (peak {gib(peak)} = {share:.0%})")
+    else:
+        lines.append(f"peak per device {gib(peak)} (give --device-memory GIB for a verdict)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mbc_jax import config as config_lib
+    from mbc_jax.sharding import parse_mesh
+
+    if args.mesh is None:
+        raise UserError("--mesh D,F,T is required (e.g. 1,-1,1 for FSDP over all devices)")
+    if args.device_memory is not None and args.device_memory <= 0:
+        raise UserError(f"--device-memory: must be positive (GiB), got {args.device_memory}")
+    if args.segments is not None and args.segments < 1:
+        raise UserError(f"--segments: must be positive, got {args.segments}")
+    mesh = parse_mesh(args.mesh)
+    n = _device_count(mesh, args.devices)
+    cfg = config_lib.load(args.config, [*args.overrides, f"mesh={args.mesh}"])
+    hf_config, source = model_config(cfg, args.model_config)
+    from mbc_jax.models import config_from_hf
+
+    config_from_hf(hf_config, source)  # a bad config.json is a one-line error before any device work
+    devices = _cpu_devices(n)
+    if devices is None:
+        if os.environ.get(CHILD_ENV):
+            raise UserError(f"could not start JAX with {n} CPU devices")
+        return _rerun(_argv(args), n)
+    result = plan(cfg, hf_config, devices, args.segments)
+    fits = args.device_memory is None or result["peak_per_device"] <= args.device_memory * GIB
+    print(report(result, cfg.model, source, args.device_memory))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**result, "model": cfg.model, "model_config": source,
+                                    "device_memory_gib": args.device_memory,
+                                    "fits": fits if args.device_memory is not None else None}, indent=2) + "\n")
+    return 0 if fits else 1
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The command line of this plan, for the re-run."""
+    out = [f"--mesh={args.mesh}"]  # "=": a mesh such as -1,1,1 is not taken for an option
+    for flag, value in (("--config", args.config), ("--devices", args.devices), ("--device-memory", args.device_memory),
+                        ("--model-config", args.model_config), ("--segments", args.segments)):
+        if value is not None:
+            out += [flag, str(value)]
+    if args.json:
+        out += ["--json", str(Path(args.json).absolute())]
+    return out + list(args.overrides)

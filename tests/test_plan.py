@@ -1,0 +1,88 @@
+"""`mbc-jax plan`: per-device bytes equal the analytic numbers, the verdict and exit code, built-in
+shapes, and the re-run with more fake devices than this process has."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mbc_jax.cli import main as cli
+from mbc_jax.commands.plan import builtin_config
+from mbc_jax.models import config_from_hf
+
+TINY = dict(model_type="gpt_neo", vocab_size=100, hidden_size=64, num_layers=2, num_heads=4, window_size=8,
+            attention_types=[[["global", "local"], 1]], max_position_embeddings=64)
+SMALL_RUN = ["batch_size=8", "max_length=64", "score_tokens_per_batch=512"]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def analytic_param_bytes(fsdp: int) -> int:
+    """float32 bytes per device: every weight with an `embed` dimension is split over fsdp; the
+    LayerNorms and the MLP input bias (no `embed` dimension) are replicated."""
+    cfg = config_from_hf(TINY)
+    e, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+    replicated = layers * 2 * 2 * e + 2 * e + layers * f  # ln_attn + ln_mlp (scale, bias), ln_final, fc_in bias
+    sharded = cfg.num_params() - replicated
+    assert sharded % fsdp == 0
+    return 4 * (sharded // fsdp + replicated)
+
+
+def test_bytes_per_device_are_analytic_and_too_little_memory_does_not_fit(tiny_config, tmp_path, capsys):
+    numbers = tmp_path / "plan.json"
+    rc = cli(["plan", "--mesh", "1,-1,1", "--devices", "8", "--model-config", str(tiny_config),
+              "--device-memory", "0.001", "--json", str(numbers), *SMALL_RUN])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "data=1 x fsdp=8 x tensor=1 on 8 devices" in out
+    assert "device memory 0.001 GiB: does not fit" in out
+    plan = json.loads(numbers.read_text())
+    assert plan["fits"] is False and plan["peak_per_device"] > 0.001 * 2**30
+    per = plan["per_device"]
+    assert per["parameters"] == analytic_param_bytes(8)
+    # AdamW: two moments shaped and sharded like the params, plus replicated int32 step counts
+    assert 2 * per["parameters"] <= per["optimizer_state"] <= 2 * per["parameters"] + 16
+    train = per["train_step"]
+    # the compiled step's arguments are the state (params, moments, step) and this device's batch rows:
+    # 1 of the 8 rows of 64 tokens (ids, segments, positions int32; response mask bool); record_index
+    # only lends its shape to the step, so jit drops it
+    assert train["arguments"] == per["parameters"] + per["optimizer_state"] + 4 + 64 * (3 * 4 + 1)
+    assert train["aliased"] > 0.99 * (per["parameters"] + per["optimizer_state"])  # the donated state
+    assert train["temporaries"] > 0 and plan["peak_per_device"] == max(
+        train["peak"], per["scorer"]["peak"] + per["optimizer_state"])
+
+
+def test_more_devices_than_this_process_has_reruns(tiny_config, tmp_path, capfd):
+    """pytest's JAX has 8 CPU devices: a 16-device plan runs in a fresh process (like a v5e-16 plan)."""
+    numbers = tmp_path / "plan.json"
+    rc = cli(["plan", "--mesh=2,-1,1", "--devices", "16", "--device-memory", "16", "--model-config", str(tiny_config),
+              "--json", str(numbers), *SMALL_RUN])
+    assert rc == 0 and "device memory 16 GiB: fits" in capfd.readouterr().out
+    plan = json.loads(numbers.read_text())
+    assert plan["devices"] == 16 and plan["mesh"] == "data=2 x fsdp=8 x tensor=1" and plan["fits"] is True
+    assert plan["per_device"]["parameters"] == analytic_param_bytes(8)
+
+
+def test_builtin_shapes_are_the_published_models():
+    cfg = config_from_hf(json.loads(builtin_config("EleutherAI/gpt-neo-2.7B").read_text()))
+    assert (cfg.num_params(), cfg.hidden_size, cfg.num_layers, cfg.num_heads) == (2_651_307_520, 2560, 32, 20)
+    assert cfg.layer_windows[:2] == (1 << 30, 256) and len(set(cfg.layer_windows)) == 2
+    assert config_from_hf(json.loads(builtin_config("EleutherAI/gpt-neo-125m").read_text())).num_params() == 125_198_592
+    assert builtin_config("facebook/opt-unknown") is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mesh", "1,-1,1"], "give --devices"),
+    (["--mesh", "2,2,1", "--devices", "8"], "does not fit 8 devices"),
+    (["--mesh", "1,1,1", "model=org/unknown-model"], "pass --model-config"),
+])
+def test_bad_input_is_one_line(args, message, capsys):
+    assert cli(["plan", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
