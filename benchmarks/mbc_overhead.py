@@ -1,0 +1,229 @@
+"""Wall-clock of MBC training over a uniform baseline of the same steps: prints one JSON line.
+
+    python benchmarks/mbc_overhead.py [--workload embedded|dolly] [--epochs 15] [--layers L --hidden H --heads N]
+        [--modes full,incremental] [--fractions 0.1] [--repeats 1] [--records R] [--set key=value ...]
+
+Runs the real trainer (`mbc_jax.train.Run`, configs from `mbc_jax.config.load`) once with the
+uniform sampler and once per MBC mode, all with the same steps, k = N / batch (one re-score per
+epoch-equivalent), memorization tracking off and a single checkpoint interval, so only the sampler
+(and the scoring it triggers) differs. Each run has its own temporary run folder, deleted after.
+With `--repeats` > 1 the runs alternate (baseline first, then reversed order, ...) and the min per
+configuration is kept: on a shared machine only ratios from one process mean anything.
+
+Workloads:
+- `embedded` (default): `experiments/configs/embedded.yaml`, the README's demo run (600 generated
+  records, tiny GPT-Neo, batch 8, 15 epochs); `--layers/--hidden/--heads` swap in a bigger GPT-Neo
+  (same tokenizer).
+- `dolly`: the shared benchmark records (`../shared/bench/dolly256_gptneo.jsonl`, pre-tokenized,
+  max_length 512) on a random gpt-neo-125M shape trimmed to `--layers` (default 2) layers.
+
+Per MBC run it reports: wall seconds, ratio to the baseline, seconds inside scoring (refreshes),
+the scorer's compile seconds, tokens scored and trained, and the FLOP floor of the ratio,
+1 + scored tokens / (3 x trained tokens) (one forward per scored token against forward + backward
+per trained token), on real tokens and on the padded tokens the packed batches actually compute.
+After training it re-scores every record with the final parameters and reports the Spearman rank
+correlation of the sampler's stored perplexities, and of its sampling weights, with the fresh ones
+(plus the total-variation distance of the two weight vectors): how stale the weights have become.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from score_throughput import SHARED, bench_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED_CONFIG = ROOT / "experiments" / "configs" / "embedded.yaml"
+DOLLY = SHARED / "bench" / "dolly256_gptneo.jsonl"
+
+
+class CountingScorer:
+    """Wraps the run's Scorer: counts real and padded tokens scored, and refresh calls."""
+
+    def __init__(self, scorer):
+        self._scorer = scorer
+        self.calls = self.real_tokens = self.padded_tokens = 0
+
+    def __getattr__(self, name):
+        return getattr(self._scorer, name)
+
+    def __call__(self, params, examples, batches=None, progress=None):
+        batches = self._scorer.batches(examples) if batches is None else batches
+        self.calls += 1
+        self.real_tokens += int(sum(len(e) for e in examples))
+        self.padded_tokens += int(sum(b.input_ids.size for b in batches))
+        return self._scorer(params, examples, batches, progress)
+
+
+def model_folder(tmp: Path, workload: str, args) -> str:
+    """'embedded', or a folder with a config.json (and the embedded tokenizer) for a bigger shape."""
+    if workload == "embedded":
+        if not (args.layers or args.hidden or args.heads):
+            return "embedded"
+        from mbc_jax.embedded import materialize
+
+        paths = materialize(tmp / "embedded", seed=0)
+        folder = tmp / "model"
+        shutil.copytree(paths["model"], folder)
+        cfg = json.loads((folder / "config.json").read_text())
+    else:
+        folder = tmp / "model"
+        folder.mkdir()
+        cfg = bench_config(args.layers or 2)
+    layers = args.layers or cfg["num_layers"]
+    cfg.update(num_layers=layers, attention_types=[[["global", "local"], layers // 2]],
+               attention_layers=["global", "local"] * (layers // 2))
+    if args.hidden:
+        cfg["hidden_size"] = args.hidden
+    if args.heads:
+        cfg["num_heads"] = args.heads
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    return str(folder)
+
+
+def base_overrides(tmp: Path, args) -> tuple[str | None, list[str]]:
+    model = model_folder(tmp, args.workload, args)
+    common = [f"epochs={args.epochs}", "track_memorization=false", "checkpoint_every=1000000000",
+              "keep_checkpoints=1", "log_every=1000000", "mbc.k=0", f"model={model}"]
+    if args.workload == "embedded":
+        return str(EMBEDDED_CONFIG), common + list(args.set)
+    data = DOLLY
+    if args.records:
+        data = tmp / "dolly.jsonl"
+        data.write_text("".join(DOLLY.read_text().splitlines(keepends=True)[: args.records]))
+    return None, common + [f"data={data}", "schema=tokens", "max_length=512", "loss_on=response", "batch_size=8",
+                           "learning_rate=5e-4", "init=random"] + list(args.set)
+
+
+def one_run(name: str, tmp: Path, config: str | None, overrides: list[str], correlate: bool) -> dict:
+    from mbc_jax import config as config_lib
+    from mbc_jax.samplers import MBCSampler, mbc_weights
+    from mbc_jax.train import Run
+
+    out = tmp / name
+    cfg = config_lib.load(config, overrides + [f"out={out}"])
+    run = Run.create(cfg, log=lambda *a, **k: None)
+    run.scorer = counter = CountingScorer(run.scorer)
+    padded = {"tokens": 0}
+    train_batch = run.train_batch
+
+    def counted_batch(idx):
+        batch = train_batch(idx)
+        padded["tokens"] += int(batch.input_ids.size)
+        return batch
+
+    run.train_batch = counted_batch
+    summary = run.train()
+    lengths = np.array([len(e) for e in run.data.train])
+    res = {"run": name, "wall_seconds": summary["wall_seconds"], "train_seconds": summary["train_seconds"],
+           "score_seconds": summary["score_seconds"], "checkpoint_seconds": summary["checkpoint_seconds"],
+           "steps": run.total_steps, "k": run.mbc_k, "train_records": len(run.data.train),
+           "trained_real_tokens": int((run.sampler.counts * lengths).sum()), "trained_padded_tokens": padded["tokens"],
+           "refreshes": counter.calls, "scored_real_tokens": counter.real_tokens,
+           "scored_padded_tokens": counter.padded_tokens, "score_compile_seconds": counter.compile_seconds,
+           "distinct_records_drawn": summary["distinct_records_drawn"]}
+    if correlate and isinstance(run.sampler, MBCSampler):
+        from scipy.stats import spearmanr
+
+        fresh_scores = run.scorer._scorer(run.params, run.data.train, run.train_batches)  # not counted: after training
+        fresh = run._mbc_perplexity(fresh_scores)
+        stored = run.sampler.perplexity
+        p_stored = run.sampler.probabilities()
+        p_fresh = mbc_weights(fresh, run.sampler.power, run.sampler.floor)
+        res.update({"spearman_perplexity": round(float(spearmanr(stored, fresh).statistic), 4),
+                    "spearman_weights": round(float(spearmanr(p_stored, p_fresh).statistic), 4),
+                    "weights_total_variation": round(float(0.5 * np.abs(p_stored - p_fresh).sum()), 4),
+                    "stalest_scored_step": int(run.sampler.scored_step.min())})
+    del run
+    shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", choices=("embedded", "dolly"), default="embedded")
+    ap.add_argument("--epochs", type=float, default=15.0, help="epoch-equivalents per run (re-scores, for MBC)")
+    ap.add_argument("--layers", type=int, default=0, help="model layers (embedded: default its 4; dolly: default 2)")
+    ap.add_argument("--hidden", type=int, default=0, help="hidden size (default: the workload's)")
+    ap.add_argument("--heads", type=int, default=0, help="attention heads (default: the workload's)")
+    ap.add_argument("--records", type=int, default=0, help="dolly: use the first R records (default all 256)")
+    ap.add_argument("--modes", default="full,incremental", help="MBC refresh modes to run")
+    ap.add_argument("--fractions", default="0.1", help="incremental: comma list of mbc.refresh_fraction values")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--set", nargs="*", default=[], metavar="key=value", help="more config overrides for every run")
+    args = ap.parse_args()
+
+    import jax
+
+    tmp = Path(tempfile.mkdtemp(prefix="mbc-overhead-"))
+    try:
+        config, common = base_overrides(tmp, args)
+        plan = [("baseline", ["sampler=uniform"])]
+        for mode in filter(None, args.modes.split(",")):
+            if mode == "full":
+                plan.append(("mbc_full", ["sampler=mbc", "mbc.refresh=full"]))
+            elif mode == "incremental":
+                for f in filter(None, args.fractions.split(",")):
+                    plan.append((f"mbc_incremental_{f}", ["sampler=mbc", "mbc.refresh=incremental",
+                                                          f"mbc.refresh_fraction={f}"]))
+            else:
+                raise SystemExit(f"--modes: unknown mode {mode!r} (full, incremental)")
+        results: dict[str, list[dict]] = {name: [] for name, _ in plan}
+        t_all = time.perf_counter()
+        for r in range(args.repeats):
+            order = plan if r % 2 == 0 else [plan[0]] + plan[:0:-1]
+            for name, extra in order:
+                results[name].append(one_run(f"{name}_{r}", tmp, config, common + extra, correlate=r == 0))
+                print(f"{name} #{r}: {results[name][-1]['wall_seconds']:.1f} s", file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def best(name: str) -> dict:
+        runs = results[name]
+        first = runs[0]
+        out = dict(min(runs, key=lambda x: x["wall_seconds"]))
+        out.update({k: first[k] for k in first if k.startswith(("spearman", "weights_", "stalest"))})
+        out["wall_seconds_all"] = [round(x["wall_seconds"], 2) for x in runs]
+        out.pop("run")
+        return out
+
+    base = best("baseline")
+    out = {"benchmark": "mbc_overhead", "impl": "mbc-jax", "jax": jax.__version__, "backend": jax.default_backend(),
+           "workload": args.workload, "epochs": args.epochs, "repeats": args.repeats,
+           "model": {"layers": args.layers or None, "hidden": args.hidden or None, "heads": args.heads or None},
+           "steps": base["steps"], "k": base["k"], "train_records": base["train_records"],
+           "baseline_seconds": round(base["wall_seconds"], 2), "baseline_train_seconds": round(base["train_seconds"], 2),
+           "targets": {"mbc_full": 1.40, "mbc_incremental": 1.10}}
+    for name, _ in plan[1:]:
+        m = best(name)
+        steady = m["wall_seconds"] - m["score_compile_seconds"]
+        out[name] = {
+            "seconds": round(m["wall_seconds"], 2), "ratio": round(m["wall_seconds"] / base["wall_seconds"], 3),
+            "ratio_without_scorer_compile": round(steady / base["wall_seconds"], 3),
+            "score_seconds": round(m["score_seconds"], 2), "score_compile_seconds": round(m["score_compile_seconds"], 2),
+            "train_seconds": round(m["train_seconds"], 2), "refreshes": m["refreshes"],
+            "scored_real_tokens": m["scored_real_tokens"], "trained_real_tokens": m["trained_real_tokens"],
+            "flop_floor_real": round(1 + m["scored_real_tokens"] / (3 * m["trained_real_tokens"]), 3),
+            "flop_floor_padded": round(1 + m["scored_padded_tokens"] / (3 * m["trained_padded_tokens"]), 3),
+            "distinct_records_drawn": m["distinct_records_drawn"],
+            **{k: m[k] for k in m if k.startswith(("spearman", "weights_", "stalest"))},
+            "wall_seconds_all": m["wall_seconds_all"],
+        }
+    out["baseline_wall_seconds_all"] = base["wall_seconds_all"]
+    out["total_seconds"] = round(time.perf_counter() - t_all, 1)
+    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Train-step throughput on the shared workload shape (../shared/bench): prints one JSON line.
+
+    python benchmarks/train_throughput.py [--layers 12] [--batch 8] [--seq-len 256] [--repeats 5]
+        [--dtype float32] [--remat none] [--chunk 1024] [--variants "dtype=bfloat16;remat=dots"] [--no-peer]
+        [--alt-train PATCHED_train.py --variants "train=alt"]
+
+Model: random weights in the real gpt-neo-125M shape (score_throughput.bench_config), AdamW
+(0.9, 0.999, weight decay 0), one fixed 8 x 256 batch of random token ids with the loss on every
+target (labels = ids, like the peer). The step is the trainer's own: `mbc_jax.train.make_train_step`,
+jitted with the state donated. Reports the step time (min over repeats after a warm-up step), real
+tokens/s, model GFLOP/s (6 x params x tokens, the peer's convention), MFU against the measured
+float32 matmul peak of this machine (`mbc_jax.train.peak_flops_per_device`), compile time and
+peak RSS.
+
+Timings on a shared machine are noisy, so everything compared is measured in this one process,
+interleaved: `--variants` adds configurations (`;`-separated, each `key=value,...` over dtype,
+remat, chunk, train) whose steps alternate with the main one; `train=alt` takes make_train_step from
+the file given by `--alt-train` (a proposed copy of mbc_jax/train.py: A/B a trainer change without
+editing the package). Unless `--no-peer` the peer itself
+(HF transformers GPTNeoForCausalLM + torch AdamW, 2 threads, as in hf_torch_baseline.py) runs
+interleaved too, so `speedup_vs_peer_same_run` is a same-time ratio. The peer's published numbers
+(../shared/bench/RESULTS.md) are printed alongside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from score_throughput import bench_config  # noqa: E402
+
+PEER_TRAIN_TOKENS_PER_S = 154.7  # ../shared/bench/RESULTS.md, measured 2026-11-23
+PEER_TRAIN_STEP_S = 13.2
+PEER_TRAIN_GFLOPS = 116.2
+VARIANT_KEYS = ("dtype", "remat", "chunk", "train")
+
+
+def parse_variant(text: str, base: dict) -> dict:
+    out = dict(base)
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, _, value = item.partition("=")
+        if key not in VARIANT_KEYS or not value:
+            raise SystemExit(f"--variants: {item!r}: expected key=value with key one of {', '.join(VARIANT_KEYS)}")
+        out[key] = int(value) if key == "chunk" else value
+    return out
+
+
+def label(v: dict) -> str:
+    return f"dtype={v['dtype']},remat={v['remat']},chunk={v['chunk']},train={v['train']}"
+
+
+def load_train_module(path: str | None):
+    """mbc_jax.train, or a patched copy of it loaded from `path` under another module name."""
+    if path is None:
+        import mbc_jax.train as train_lib
+
+        return train_lib
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mbc_jax_train_alt", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class JaxStep:
+    """One configuration: its own model (same seed), optimizer state and compiled step."""
+
+    def __init__(self, hf_cfg: dict, v: dict, batch: dict, train_lib, lr: float = 1e-5):
+        import jax
+        import optax
+
+        from mbc_jax.models import init_model
+        from mbc_jax.sharding import batch_sharding
+
+        self.v = v
+        self.model = init_model(hf_cfg, seed=0, dtype=v["dtype"], remat=v["remat"])
+        tx = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
+        sched = optax.constant_schedule(lr)
+        # make_train_step looks its head-loss function up at trace time: bind this variant's chunk size
+        name = "fused_nll_loss" if hasattr(train_lib, "fused_nll_loss") else "chunked_nll"
+        original = getattr(train_lib, name)
+        setattr(train_lib, name, functools.partial(original, chunk=v["chunk"]))
+        try:
+            fn = jax.jit(train_lib.make_train_step(self.model.module, tx, sched, "full"), donate_argnums=(0,))
+            params = self.model.params
+            self.state = {"params": params, "opt_state": jax.jit(tx.init)(params),
+                          "step": jax.numpy.zeros((), jax.numpy.int32)}
+            shard = batch_sharding(self.model.mesh)
+            self.batch = {k: jax.device_put(a, shard) for k, a in batch.items()}
+            t0 = time.perf_counter()
+            self.fn = fn.lower(self.state, self.batch).compile()
+            self.compile_s = time.perf_counter() - t0
+        finally:
+            setattr(train_lib, name, original)
+        self.times: list[float] = []
+        self.model.params = None  # the state owns (and donates) the params now
+
+    def step(self, record: bool = True) -> float:
+        t0 = time.perf_counter()
+        self.state, m = self.fn(self.state, self.batch)
+        loss = float(m["loss"])  # blocks until the step is done
+        if record:
+            self.times.append(time.perf_counter() - t0)
+        return loss
+
+
+class PeerStep:
+    """The peer's train step (hf_torch_baseline.py), on the same random batch."""
+
+    def __init__(self, hf_cfg: dict, ids: np.ndarray, threads: int):
+        import torch
+        from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        self.torch = torch
+        self.model = GPTNeoForCausalLM(GPTNeoConfig(**hf_cfg)).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=0.0)
+        self.ids = torch.tensor(ids, dtype=torch.long)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.times: list[float] = []
+
+    def step(self, record: bool = True) -> float:
+        t0 = time.perf_counter()
+        loss = self.model(input_ids=self.ids, labels=self.ids).loss
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad()
+        if record:
+            self.times.append(time.perf_counter() - t0)
+        return float(loss.detach())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=5, help="timed steps per configuration (min is reported)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--remat", default="none", choices=("none", "full", "dots"))
+    ap.add_argument("--chunk", type=int, default=1024, help="positions per chunk of chunked_nll (the trainer's default: 1024)")
+    ap.add_argument("--variants", default="", help="more configurations, interleaved: 'dtype=bfloat16;remat=dots,chunk=512'")
+    ap.add_argument("--alt-train", default=None, help="a patched copy of mbc_jax/train.py, used by variants with train=alt")
+    ap.add_argument("--no-peer", action="store_true", help="skip running the HF torch peer in this process")
+    ap.add_argument("--peer-repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for the peer")
+    args = ap.parse_args()
+
+    import jax
+
+    from mbc_jax.train import peak_flops_per_device, train_flops_per_token
+
+    hf_cfg = bench_config(args.layers)
+    b, t = args.batch, args.seq_len
+    ids = np.random.default_rng(0).integers(0, hf_cfg["vocab_size"], (b, t)).astype(np.int32)
+    batch = {"input_ids": ids, "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
+             "segment_ids": np.ones((b, t), np.int32), "response_mask": np.ones((b, t), bool),
+             "record_index": np.arange(b, dtype=np.int32)[:, None]}
+    base = {"dtype": args.dtype, "remat": args.remat, "chunk": args.chunk, "train": "repo"}
+    variants = [base] + [parse_variant(s, base) for s in args.variants.split(";") if s.strip()]
+    if any(v["train"] not in ("repo", "alt") for v in variants) or (any(v["train"] == "alt" for v in variants)
+                                                                    and not args.alt_train):
+        raise SystemExit("--variants: train=alt needs --alt-train FILE (train=repo is the package's trainer)")
+    modules = {"repo": load_train_module(None), "alt": load_train_module(args.alt_train) if args.alt_train else None}
+
+    runners = [JaxStep(hf_cfg, v, batch, modules[v["train"]]) for v in variants]
+    peer = None
+    if not args.no_peer:
+        try:
+            peer = PeerStep(hf_cfg, ids, args.threads)
+        except ImportError as e:
+            print(f"peer skipped: {e}", file=sys.stderr)
+
+    # warm-up (first execution after compile), then interleave: every round runs each config once
+    losses = {label(r.v): r.step(record=False) for r in runners}
+    if peer is not None:
+        peer.step(record=False)
+    peaks = []
+    rounds = max(args.repeats, args.peer_repeats if peer else 0)
+    for i in range(rounds):
+        peaks += [peak_flops_per_device(0.0) for _ in range(3)]
+        for r in runners:
+            if i < args.repeats:
+                losses[label(r.v)] = r.step()
+        if peer is not None and i < args.peer_repeats:
+            peer.step()
+    peak = max(peaks) * len(jax.devices())  # the matmul probe is short; its best run is the least disturbed
+
+    params = runners[0].model.config.num_params()
+    tokens = b * t
+    analytic = train_flops_per_token(runners[0].model.config, t)
+
+    def summary(r: JaxStep) -> dict:
+        dt = min(r.times)
+        return {"config": label(r.v), "step_seconds": round(dt, 3), "step_seconds_median": round(float(np.median(r.times)), 3),
+                "tokens_per_s": round(tokens / dt, 1), "model_gflops_per_s": round(6 * params * tokens / dt / 1e9, 1),
+                "mfu": round(6 * params * tokens / dt / peak, 3), "mfu_analytic": round(analytic * tokens / dt / peak, 3),
+                "compile_seconds": round(r.compile_s, 1), "final_loss": round(losses[label(r.v)], 4)}
+
+    main_s = summary(runners[0])
+    out = {"benchmark": "train_throughput", "impl": "mbc-jax", "jax": jax.__version__,
+           "backend": jax.default_backend(), "devices": len(jax.devices()), "layers": args.layers,
+           "params": params, "batch": [b, t], "tokens_per_step": tokens, **main_s,
+           "repeats": args.repeats, "matmul_peak_gflops_per_s": round(peak / 1e9, 1),
+           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "peer_tokens_per_s": PEER_TRAIN_TOKENS_PER_S, "peer_step_seconds": PEER_TRAIN_STEP_S,
+           "speedup_vs_peer": round(main_s["tokens_per_s"] / PEER_TRAIN_TOKENS_PER_S, 2)}
+    if peer is not None:
+        pdt = min(peer.times)
+        out.update({"peer_same_run_step_seconds": round(pdt, 3), "peer_same_run_tokens_per_s": round(tokens / pdt, 1),
+                    "peer_same_run_repeats": len(peer.times),
+                    "speedup_vs_peer_same_run": round(pdt / main_s["step_seconds"], 2)})
+    if len(runners) > 1:
+        out["variants"] = [{**summary(r), "speed_vs_first": round(main_s["step_seconds"] / min(r.times), 3)}
+                           for r in runners[1:]]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
