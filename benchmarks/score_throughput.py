@@ -1,12 +1,16 @@
 """Scoring throughput on the shared workload (../shared/bench): prints one JSON line.
 
     python benchmarks/score_throughput.py [--records 256] [--layers 12] [--seq-len 512]
-        [--tokens-per-batch 2048] [--chunk 128] [--dtype float32] [--mode pack|bucket|pad]
+        [--tokens-per-batch 2048] [--chunk 512] [--dtype float32] [--mode pack|bucket|pad] [--peer]
 
 Model: random weights in the real gpt-neo-125M shape (../shared/tokenizers/gpt-neo-125M/config.json),
 float32. Records: dolly256_gptneo.jsonl (pre-tokenized). Reports real tokens/s (tokens of the
 records), padded tokens/s (all positions computed), compile time and peak memory, next to the
 peer's number from ../shared/bench/RESULTS.md (HF transformers PyTorch, same machine kind).
+
+Machines of the same kind differ by tens of percent in speed, so `--peer` also runs the peer script
+itself (../shared/bench/hf_torch_baseline.py, needs torch) on the same records just before this
+benchmark, and reports `speedup_vs_peer_same_run`: the ratio that compares like with like.
 """
 
 from __future__ import annotations
@@ -50,7 +54,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--mode", choices=("pack", "bucket", "pad"), default="pack")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--peer", action="store_true", help="run the HF torch peer script on the same records first")
     args = ap.parse_args()
+    peer = run_peer(args.records, args.layers) if args.peer else None
 
     import jax
 
@@ -91,7 +97,24 @@ def main() -> None:
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peer_real_tokens_per_s": PEER_SCORE_TOKENS_PER_S, "speedup_vs_peer": round(tps / PEER_SCORE_TOKENS_PER_S, 2),
         "mean_perplexity": float(np.nanmean(scores.perplexity())),
+        **({} if peer is None else {
+            "peer_same_run_real_tokens_per_s": peer["score_real_tokens_per_s"],
+            "peer_same_run_torch": peer["torch"],
+            "speedup_vs_peer_same_run": round(tps / peer["score_real_tokens_per_s"], 2)}),
     }))
+
+
+def run_peer(records: int, layers: int) -> dict:
+    """Runs the peer's own script in a subprocess (its scoring, then its train steps) and returns its JSON."""
+    import subprocess
+    import sys
+
+    script = SHARED / "bench" / "hf_torch_baseline.py"
+    out = subprocess.run([sys.executable, str(script), "--records", str(records), "--layers", str(layers)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{script}: the peer failed (is torch installed?):\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

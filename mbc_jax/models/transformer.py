@@ -120,11 +120,49 @@ class Attention(nn.Module):
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, i, 0, 0))
             k_pos, k_seg = cache["pos"], cache["seg"]
             cache = {"k": k, "v": v}
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
-        scores = jnp.where(attention_mask(pos, seg, k_pos, k_seg, window), scores, NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, e)
-        return Linear(e, ("heads", "embed"), cfg.out_bias, cfg, name="o")(out), cache
+        k = k.astype(q.dtype)
+        if cache is None:
+            per_head = cfg.attention_impl == "per_head" or (
+                cfg.attention_impl == "auto" and jax.default_backend() == "cpu"
+                and (self.mesh is None or self.mesh.shape.get("tensor", 1) == 1))
+            out = causal_attention(q, k, v, pos, seg, window, cfg.attention_block, per_head)
+        else:
+            out = _attend(q, k, v, pos, seg, k_pos, k_seg, window)
+        return Linear(e, ("heads", "embed"), cfg.out_bias, cfg, name="o")(out.reshape(b, t, e)), cache
+
+
+def causal_attention(q, k, v, pos, seg, window, block: int = 128, per_head: bool = False):
+    """Attention without a KV cache, where every record's tokens lie in position order along the row.
+
+    Causal block skipping: query block i only needs keys [0, (i+1) * block), so at T = 512 with
+    blocks of 128 only 10/16 of the score matrix is computed (the skipped entries would be masked
+    to exactly zero). `per_head` loops over heads with `lax.map` so that one head's scores for the
+    whole batch stay in cache between the matmul, the mask, the softmax and the second matmul: on
+    CPU this halves attention time; accelerators prefer one batched einsum.
+    """
+    t = q.shape[1]
+
+    def attend(q, k, v):
+        if not block or t <= block or t % block:
+            return _attend(q, k, v, pos, seg, pos, seg, window)
+        return jnp.concatenate([
+            _attend(q[:, i:i + block], k[:, :i + block], v[:, :i + block], pos[:, i:i + block],
+                    seg[:, i:i + block], pos[:, :i + block], seg[:, :i + block], window)
+            for i in range(0, t, block)], axis=1)
+
+    if not per_head:
+        return attend(q, k, v)
+    heads = [x.transpose(2, 0, 1, 3)[:, :, :, None] for x in (q, k, v)]  # [H, B, T, 1, D]
+    out = jax.lax.map(lambda xs: attend(*xs), heads)
+    return out[:, :, :, 0].transpose(1, 2, 0, 3)
+
+
+def _attend(q, k, v, q_pos, q_seg, k_pos, k_seg, window):
+    """Softmax attention of q [B, Tq, H, D] over k, v [B, Tk, H, D] under `attention_mask`."""
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(attention_mask(q_pos, q_seg, k_pos, k_seg, window), scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
 class Mlp(nn.Module):
