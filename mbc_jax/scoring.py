@@ -47,47 +47,52 @@ def token_stats(hidden: jax.Array, head: jax.Array, nxt: jax.Array, token_chunk:
     """Per-position NLL, argmax match and entropy [B, T] from final hidden states [B, T, E].
 
     Never forms the [B, T, V] logits: tokens go `token_chunk` at a time, and within a chunk the
-    vocabulary goes in blocks of about `vocab_chunk` columns, keeping running statistics (max,
-    argmax, sum of exp, sum of exp * logit, target logit) as in an online softmax. A block of
-    [token_chunk, vocab_chunk] float32 logits stays in cache while it is reduced, which makes the
-    reductions nearly free next to the matmul.
+    vocabulary goes in equal blocks of about `vocab_chunk` columns (plus a short tail block),
+    keeping running statistics (max, argmax, sum of exp, sum of exp * logit) as in an online
+    softmax. Each block of logits is read twice after the matmul writes it: once for the argmax
+    (its max comes from the same pass) and once for the exp sums. The target's logit is a dot
+    product with its own head column, not a search through the block.
     """
     b, t, e = hidden.shape
     v = head.shape[1]
-    n_vocab = max(1, -(-v // vocab_chunk))
-    vc = -(-v // n_vocab)
-    w = jnp.pad(head, ((0, 0), (0, vc * n_vocab - v))).reshape(e, n_vocab, vc).swapaxes(0, 1)
-    offsets = jnp.arange(n_vocab, dtype=jnp.int32) * vc
+    n_blocks = max(1, v // vocab_chunk)
+    vc = v // n_blocks  # n_blocks blocks of vc columns, then a tail of v - n_blocks * vc < n_blocks
     n = b * t
     tc = min(token_chunk, n)
     pad = -n % tc
+    dtype = hidden.dtype
     h = jnp.pad(hidden.reshape(n, e), ((0, pad), (0, 0))).reshape(-1, tc, e)
     y = jnp.pad(nxt.reshape(n), (0, pad)).reshape(-1, tc)
+    w = head.astype(dtype)
+    blocks = w[:, :n_blocks * vc].reshape(e, n_blocks, vc).swapaxes(0, 1)
+    offsets = jnp.arange(n_blocks, dtype=jnp.int32) * vc
+    tail = w[:, n_blocks * vc:]
 
     def tokens(_, xs):
         hc, yc = xs
 
-        def vocab(carry, ws):
-            top, z, zl, arg, tgt = carry
-            wc, off = ws
-            col = off + jnp.arange(vc, dtype=jnp.int32)
-            logits = jnp.dot(hc, wc.astype(hc.dtype), preferred_element_type=jnp.float32)
-            logits = jnp.where(col < v, logits, -jnp.inf)
-            block_top = logits.max(-1)
+        def block(carry, wc, off):
+            top, z, zl, arg = carry
+            logits = jnp.dot(hc, wc, preferred_element_type=jnp.float32)
+            a = jnp.argmax(logits, -1).astype(jnp.int32)
+            block_top = jnp.take_along_axis(logits, a[:, None], -1)[:, 0]
             new_top = jnp.maximum(top, block_top)
             ex = jnp.exp(logits - new_top[:, None])
             decay = jnp.exp(top - new_top)
             z = z * decay + ex.sum(-1)
-            zl = zl * decay + jnp.where(col < v, ex * logits, 0.0).sum(-1)
-            arg = jnp.where(block_top > top, off + jnp.argmax(logits, -1).astype(jnp.int32), arg)
-            tgt = tgt + jnp.where(col[None, :] == yc[:, None], logits, 0.0).sum(-1)
-            return (new_top, z, zl, arg, tgt), None
+            zl = zl * decay + (ex * logits).sum(-1)
+            arg = jnp.where(block_top > top, off + a, arg)  # ties keep the earlier (lower) index
+            return new_top, z, zl, arg
 
         zeros = jnp.zeros((tc,), jnp.float32)
-        init = (jnp.full((tc,), -jnp.inf), zeros, zeros, jnp.zeros((tc,), jnp.int32), zeros)
-        (top, z, zl, arg, tgt), _ = jax.lax.scan(vocab, init, (w, offsets))
+        carry = (jnp.full((tc,), -jnp.inf), zeros, zeros, jnp.zeros((tc,), jnp.int32))
+        carry, _ = jax.lax.scan(lambda c, ws: (block(c, *ws), None), carry, (blocks, offsets))
+        if tail.shape[1]:
+            carry = block(carry, tail, jnp.int32(n_blocks * vc))
+        top, z, zl, arg = carry
+        target = jnp.einsum("te,te->t", hc, jnp.take(w, yc, axis=1).T, preferred_element_type=jnp.float32)
         lse = top + jnp.log(z)
-        return None, (lse - tgt, (arg == yc).astype(jnp.float32), lse - zl / z)
+        return None, (lse - target, (arg == yc).astype(jnp.float32), lse - zl / z)
 
     _, (nll, match, ent) = jax.lax.scan(tokens, None, (h, y))
     unflat = lambda a: a.reshape(-1)[:n].reshape(b, t)  # noqa: E731
