@@ -350,36 +350,39 @@ def test_bfloat16_compute_and_params(shared_dir):
         assert agree > 0.9
 
 
-@pytest.mark.parametrize("impl,block,mesh", [("einsum", 16, "1,1,1"), ("per_head", 16, "1,1,1"),
-                                             ("per_head", 0, "1,1,1"), ("per_head", 16, "2,2,2")])
-def test_blocked_attention_equals_one_score_matrix(impl, block, mesh, shared_dir):
-    """Causal block skipping and the per-head loop are pure reorganizations: packed rows with
-    several records, padding and local windows give the logits and gradients of one full masked
-    score matrix."""
-    import jax.numpy as jnp
-
-    rng = np.random.default_rng(3)
-    b, t = 4, 64
+def _packed_rows(b: int = 4, t: int = 64, seed: int = 3):
+    """Random records packed along rows (segments, positions restarting), then padding."""
+    rng = np.random.default_rng(seed)
     seg = np.zeros((b, t), np.int32)
     pos = np.zeros((b, t), np.int32)
-    for r in range(b):  # records of random lengths packed along the row, then padding
+    for r in range(b):
         i, s = 0, 1
         while i < t - 6:
-            n = int(rng.integers(3, 40))
-            n = min(n, t - 4 - i)
+            n = min(int(rng.integers(3, 40)), t - 4 - i)
             seg[r, i:i + n], pos[r, i:i + n] = s, np.arange(n)
             i, s = i + n, s + 1
-    ids = jnp.asarray(rng.integers(0, 64, (b, t)), jnp.int32)
-    seg, pos = jnp.asarray(seg), jnp.asarray(pos)
-    out = {}
-    for key, kw, m in (("ref", dict(attention_impl="einsum", attention_block=0), "1,1,1"),
-                       ("new", dict(attention_impl=impl, attention_block=block), mesh)):
-        model = load_model(str(FIXTURES / "gpt_neo_tiny"), mesh=make_mesh(m), with_tokenizer=False, **kw)
-        fwd = lambda p: model.module.apply({"params": p}, ids, pos, seg)  # noqa: E731
-        logits = fwd(model.params)
-        grads = jax.grad(lambda p: (fwd(p) * (seg != 0)[..., None]).astype(jnp.float32).std())(model.params)
-        out[key] = (logits, grads)
-    real = np.asarray(seg) != 0
-    np.testing.assert_allclose(np.asarray(out["new"][0])[real], np.asarray(out["ref"][0])[real], rtol=1e-5, atol=1e-5)
-    for a, c in zip(jax.tree_util.tree_leaves(out["ref"][1]), jax.tree_util.tree_leaves(out["new"][1])):
-        np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-7)
+    return rng.integers(0, 64, (b, t)).astype(np.int32), pos, seg
+
+
+def _logits_and_grads(ids, pos, seg, mesh: str, **runtime):
+    import jax.numpy as jnp
+
+    model = load_model(str(FIXTURES / "gpt_neo_tiny"), mesh=make_mesh(mesh), with_tokenizer=False, **runtime)
+    fwd = lambda p: model.module.apply({"params": p}, ids, pos, seg)  # noqa: E731
+    loss = lambda p: (fwd(p) * (seg != 0)[..., None]).astype(jnp.float32).std()  # noqa: E731
+    return fwd(model.params), jax.grad(loss)(model.params)
+
+
+def test_blocked_attention_equals_one_score_matrix(shared_dir):
+    """Causal block skipping and the per-head loop are pure reorganizations: packed rows with
+    several records, padding and local windows (window 8, records up to 39 tokens, blocks of 16)
+    give the logits and gradients of one full masked score matrix, on one device and sharded."""
+    ids, pos, seg = _packed_rows()
+    ref_logits, ref_grads = _logits_and_grads(ids, pos, seg, "1,1,1", attention_impl="einsum", attention_block=0)
+    real = seg != 0
+    for impl, mesh in (("einsum", "1,1,1"), ("per_head", "2,2,2")):
+        logits, grads = _logits_and_grads(ids, pos, seg, mesh, attention_impl=impl, attention_block=16)
+        np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(ref_logits)[real], rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{impl} on {mesh}")
+        for a, c in zip(jax.tree_util.tree_leaves(ref_grads), jax.tree_util.tree_leaves(grads)):
+            np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-7, err_msg=f"{impl} on {mesh}")

@@ -19,7 +19,7 @@ from mbc_jax import UserError
 from mbc_jax import config as config_lib
 from mbc_jax.samplers import MBCSampler, UniformSampler, mbc_weights
 
-TINY_RUN = ["model=embedded", "data=embedded", "embedded_records=64", "epochs=3", "batch_size=8",
+TINY_RUN = ["model=embedded", "data=embedded", "embedded_records=64", "epochs=2", "batch_size=8",
             "checkpoint_every=4", "log_every=2", "learning_rate=3e-3", "max_length=256", "keep_checkpoints=2",
             "mesh=1,1,1"]
 
