@@ -126,8 +126,8 @@ def test_vocab_chunking_matches_single_block(tiny_model):
     h = jax.random.normal(jax.random.PRNGKey(0), (3, 10, 32))
     w = jax.random.normal(jax.random.PRNGKey(1), (32, 97))
     y = jax.random.randint(jax.random.PRNGKey(2), (3, 10), 0, 97)
-    one = token_stats(h, w, y, token_chunk=30, vocab_chunk=1000)
-    many = token_stats(h, w, y, token_chunk=7, vocab_chunk=10)  # uneven chunks, padded vocab
+    one = token_stats(h, w.T, y, token_chunk=30, vocab_chunk=1000)
+    many = token_stats(h, w.T, y, token_chunk=7, vocab_chunk=10)  # uneven chunks, padded vocab
     logits = np.asarray(h @ w, np.float64)
     lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     p = np.exp(logits - lse[..., None])

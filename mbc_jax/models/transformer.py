@@ -300,6 +300,10 @@ class CausalLM(nn.Module):
         """The [word_embed_dim, vocab] LM-head matrix (the tied embedding, transposed)."""
         return self.embed_tokens.T if self.cfg.tie_word_embeddings else self.lm_head
 
+    def unembedding(self) -> Array:
+        """The LM head as rows, [vocab, word_embed_dim]: the tied embedding as stored (no copy)."""
+        return self.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head.T
+
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> Cache:
     """An empty KV cache for `length` positions (prompt + new tokens)."""
