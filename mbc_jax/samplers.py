@@ -101,10 +101,13 @@ class MBCSampler(Sampler):
         key = jax.random.fold_in(self.key, step)
         return np.asarray(jax.random.choice(key, self.n, (self.batch_size,), replace=True, p=p), np.int64)
 
+    def staleness_order(self) -> np.ndarray:
+        """Record indices, measured longest ago first (never measured first of all; ties by index)."""
+        return np.lexsort((np.arange(self.n), self.scored_step))
+
     def stalest(self, fraction: float) -> np.ndarray:
         """The `fraction` of records measured longest ago (ties by index): re-scored next."""
-        k = max(1, int(round(fraction * self.n)))
-        return np.lexsort((np.arange(self.n), self.scored_step))[:k]
+        return self.staleness_order()[:max(1, int(round(fraction * self.n)))]
 
     def state(self) -> dict[str, np.ndarray]:
         return {"counts": self.counts.copy(), "perplexity": self.perplexity.copy(),

@@ -50,22 +50,75 @@ class TrainingDiverged(UserError):
 # ----------------------------------------------------------------------------- the train step
 
 
-def chunked_nll(hidden: jax.Array, head: jax.Array, nxt: jax.Array, chunk: int = 1024) -> jax.Array:
-    """Per-position NLL [B, T], `chunk` positions of logits at a time, recomputed in the backward pass."""
+def fused_nll_loss(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, weight: jax.Array,
+                   chunk: int = 1024) -> tuple[jax.Array, jax.Array]:
+    """(sum over positions of weight * NLL, per-position NLL [B, T]) through the LM head, with its
+    gradient computed in the forward pass.
+
+    hidden [B, T, E]; unembed [V, E] (the LM head as rows, `CausalLM.unembedding`); nxt [B, T]
+    target ids; weight [B, T] (the loss mask divided by the target count: the loss is linear in
+    it). Logits go `chunk` positions at a time and are never stored: while a chunk's logits are in
+    hand, d loss / d logits = weight * (softmax - onehot) is formed and turned into the chunk's
+    hidden-state gradient and its share of the head gradient right away. Backward then only scales
+    the stored gradients by the incoming cotangent: three head matmuls per chunk instead of the
+    four (forward, recompute, two gradients) of a rematerialized chunked loss.
+
+    The per-position NLL output is for logging (MBC's incremental refresh): it carries no gradient.
+    """
     b, t, e = hidden.shape
     n = b * t
     c = min(chunk, n)
     pad = -n % c
     h = jnp.pad(hidden.reshape(n, e), ((0, pad), (0, 0))).reshape(-1, c, e)
     y = jnp.pad(nxt.reshape(n), (0, pad)).reshape(-1, c)
+    w = jnp.pad(weight.reshape(n).astype(jnp.float32), (0, pad)).reshape(-1, c)
+    loss, nll = _fused_head(h, unembed, y, w)
+    return loss, nll.reshape(-1)[:n].reshape(b, t)
 
-    @jax.checkpoint
-    def one(xs):
-        hc, yc = xs
-        logits = jnp.dot(hc, head.astype(hc.dtype), preferred_element_type=jnp.float32)
-        return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, yc[:, None], -1)[:, 0]
 
-    return jax.lax.map(one, (h, y)).reshape(-1)[:n].reshape(b, t)
+def _head_pass(h, unembed, y, w, grads: bool):
+    """Chunks h [C, c, E] through the head: (loss, nll [C, c]) and, with `grads`, (dh, d_unembed)."""
+    rows = unembed.astype(h.dtype)
+
+    def one(d_head, xs):
+        hc, yc, wc = xs
+        logits = jnp.einsum("te,ve->tv", hc, rows, preferred_element_type=jnp.float32)
+        top = logits.max(-1, keepdims=True)
+        ex = jnp.exp(logits - top)
+        z = ex.sum(-1, keepdims=True)
+        nll = (top + jnp.log(z))[:, 0] - jnp.take_along_axis(logits, yc[:, None], -1)[:, 0]
+        if not grads:
+            return d_head, (nll, None)
+        d_logits = (ex * (wc[:, None] / z)).at[jnp.arange(yc.shape[0]), yc].add(-wc).astype(hc.dtype)
+        dh = jnp.dot(d_logits, rows, preferred_element_type=jnp.float32).astype(hc.dtype)
+        d_head = d_head + jnp.einsum("tv,te->ve", d_logits, hc, preferred_element_type=jnp.float32)
+        return d_head, (nll, dh)
+
+    init = jnp.zeros(unembed.shape if grads else (), jnp.float32)
+    d_head, (nll, dh) = jax.lax.scan(one, init, (h, y, w))
+    loss = jnp.where(w != 0, w * nll, 0.0).sum()
+    return loss, nll, dh, (d_head.astype(unembed.dtype) if grads else None)
+
+
+@jax.custom_vjp
+def _fused_head(h, unembed, y, w):
+    loss, nll, _, _ = _head_pass(h, unembed, y, w, grads=False)
+    return loss, nll
+
+
+def _fused_head_fwd(h, unembed, y, w):
+    loss, nll, dh, d_head = _head_pass(h, unembed, y, w, grads=True)
+    return (loss, nll), (dh, d_head, nll)
+
+
+def _fused_head_bwd(res, cts):
+    dh, d_head, nll = res
+    ct = cts[0]  # the per-position NLL output is for logging: its cotangent is ignored
+    y_zero = np.zeros(nll.shape, jax.dtypes.float0)  # target ids are integers
+    return ct.astype(dh.dtype) * dh, ct.astype(d_head.dtype) * d_head, y_zero, ct * nll
+
+
+_fused_head.defvjp(_fused_head_fwd, _fused_head_bwd)
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -92,12 +145,11 @@ def make_train_step(module: Any, tx: optax.GradientTransformation, schedule: opt
     def loss_fn(params, batch):
         hidden = module.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"],
                               return_hidden=True)
-        head = module.apply({"params": params}, method=module.head_matrix)
+        unembed = module.apply({"params": params}, method=module.unembedding)
         nxt, full, resp = targets(batch)
         mask = resp if loss_on == "response" else full
-        nll = chunked_nll(hidden, head, nxt)
         count = mask.sum()
-        loss = jnp.where(mask, nll, 0.0).sum() / jnp.maximum(count, 1)
+        loss, nll = fused_nll_loss(hidden, unembed, nxt, mask / jnp.maximum(count, 1))
         s = batch["record_index"].shape[1]  # per-record sums, for MBC's incremental refresh
         per_record = {"nll": segment_sums(jax.lax.stop_gradient(nll), mask, batch["segment_ids"], s),
                       "count": segment_sums(jnp.ones_like(nll), mask, batch["segment_ids"], s)}
@@ -347,13 +399,36 @@ class Run:
         assert isinstance(self.sampler, MBCSampler)
         t0 = time.perf_counter()
         if self.cfg.mbc.refresh == "incremental" and step > 0:
-            which = self.sampler.stalest(self.cfg.mbc.refresh_fraction)
-            subset = [self.data.train[i] for i in which]
-            scores = self.scorer(params, subset)
+            which, batches = self._refresh_subset()
+            scores = self.scorer(params, [self.data.train[i] for i in which], batches)
             self.sampler.set_perplexities(self._mbc_perplexity(scores), step, which)
         else:
             self.sampler.set_perplexities(self._mbc_perplexity(self._score_train(step, params)), step)
         self.seconds["score"] += time.perf_counter() - t0
+
+    def _refresh_subset(self) -> tuple[np.ndarray, list[Batch]]:
+        """Incremental refresh: the stalest `refresh_fraction` of records, topped up with the next
+        stalest ones for as long as they fit in the packed batches the fraction needs anyway (those
+        positions are computed either way; without the top-up a small fraction leaves most of one
+        batch as padding). Returns the record indices and their packed batches."""
+        order = self.sampler.staleness_order()
+        train = self.data.train
+        k = max(1, int(round(self.cfg.mbc.refresh_fraction * len(order))))
+        batches = self.scorer.batches([train[i] for i in order[:k]])
+        room = len(batches) * self.scorer.rows * self.scorer.seq_len - sum(len(train[i]) for i in order[:k])
+        hi = k
+        while hi < len(order) and len(train[order[hi]]) <= room:
+            room -= len(train[order[hi]])
+            hi += 1
+        best, lo = (order[:k], batches), k + 1  # binary search: the longest prefix that packs as tightly
+        while lo <= hi:
+            m = (lo + hi) // 2
+            topped = self.scorer.batches([train[i] for i in order[:m]])
+            if len(topped) == len(batches):
+                best, lo = (order[:m], topped), m + 1
+            else:
+                hi = m - 1
+        return best
 
     def _update_from_losses(self, step: int, batch: Batch, per_record: dict) -> None:
         """Incremental refresh: the drawn records' perplexities from the train step's own losses."""

@@ -140,6 +140,26 @@ def test_mbc_stalest_records():
     np.testing.assert_array_equal(s.stalest(0.6), [1, 2, 3])
 
 
+def test_incremental_refresh_fills_the_batches_it_needs(tmp_path):
+    """The stalest fraction always, then the next stalest while they pack into no more batches."""
+    from mbc_jax.train import Run
+
+    args = [f"out={tmp_path / 'r'}", *TINY_RUN, "sampler=mbc", "mbc.refresh=incremental", "mbc.refresh_fraction=0.1"]
+    run = Run.create(config_lib.load(None, args), log=lambda *a: None)
+    n = len(run.data.train)
+    run.sampler.set_perplexities(np.ones(n), step=0)
+    run.sampler.set_perplexities(np.ones(n - 10), step=5, which=np.arange(10, n))  # 0..9 are stalest
+    which, batches = run._refresh_subset()
+    order = run.sampler.staleness_order()
+    k = round(0.1 * n)
+    np.testing.assert_array_equal(which, order[:len(which)])
+    assert set(which[:10].tolist()) <= set(range(10)) and len(which) > k
+    alone = run.scorer.batches([run.data.train[i] for i in order[:k]])
+    assert len(batches) == len(alone)
+    packed = sorted(int(i) for b in batches for i in b.record_index.ravel() if i >= 0)
+    assert packed == list(range(len(which)))
+
+
 # ------------------------------------------------------------------ train step
 
 
@@ -173,6 +193,39 @@ def test_packed_train_loss_equals_per_record_losses():
     alone = [loss_of([e], 1) for e in examples]
     assert packed_n == sum(n for _, n in alone)
     assert packed_loss == pytest.approx(sum(l * n for l, n in alone) / packed_n, rel=1e-5)
+
+
+def test_fused_head_loss_and_gradients_equal_plain_autodiff():
+    """The head loss whose gradient is formed in the forward pass equals jax.grad of the plain loss."""
+    import jax.numpy as jnp
+
+    from mbc_jax.train import fused_nll_loss
+
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    h = jax.random.normal(k[0], (3, 11, 16))
+    rows = jax.random.normal(k[1], (97, 16))
+    y = jax.random.randint(k[2], (3, 11), 0, 97)
+    mask = jax.random.bernoulli(k[3], 0.7, (3, 11))
+    weight = mask / mask.sum()
+
+    def plain(h, rows):
+        logits = h @ rows.T
+        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[..., None], -1)[..., 0]
+        return (weight * nll).sum(), nll
+
+    def fused(h, rows):
+        return fused_nll_loss(h, rows, y, weight, chunk=7)  # chunks that do not divide 33 positions
+
+    (want, want_nll), want_g = jax.value_and_grad(plain, (0, 1), has_aux=True)(h, rows)
+    (got, got_nll), got_g = jax.value_and_grad(fused, (0, 1), has_aux=True)(h, rows)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(got_nll, want_nll, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_g, want_g):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+    # scaled cotangent, and the value alone (no gradient work)
+    got_g2 = jax.grad(lambda h, r: 3.0 * fused(h, r)[0], (0, 1))(h, rows)
+    np.testing.assert_allclose(got_g2[1], 3.0 * want_g[1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(fused)(h, rows)[0], want, rtol=1e-5)
 
 
 def test_learning_rate_schedule_linear_decay_no_warmup():

@@ -60,7 +60,11 @@ class Linear(nn.Module):
             jnp.dtype(self.cfg.param_dtype),
         )
         dtype = jnp.dtype(self.cfg.dtype)
-        y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+        # As one 2-D matmul over all positions: XLA:CPU lowers the backward of a 3-D `x @ kernel`
+        # (the kernel gradient contracts over batch and length at once) to a slow generic loop,
+        # 1.5x the time of the same matmuls on [batch * length, features].
+        lead = x.shape[:-1]
+        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), kernel.astype(dtype)).reshape(*lead, self.features)
         if self.use_bias:
             bias = self.param(
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
