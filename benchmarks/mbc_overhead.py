@@ -162,6 +162,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--set", nargs="*", default=[], metavar="key=value", help="more config overrides for every run")
     args = ap.parse_args()
+    from mbc_jax.launch import ensure_huge_pages
+
+    ensure_huge_pages()  # as the CLI does; the peer, a child process or run in this one, gets the same environment
 
     import jax
 

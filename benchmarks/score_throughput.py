@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -55,8 +56,14 @@ def main() -> None:
     ap.add_argument("--mode", choices=("pack", "bucket", "pad"), default="pack")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--peer", action="store_true", help="run the HF torch peer script on the same records first")
+    ap.add_argument("--peer-huge-pages", action="store_true",
+                    help="give the peer this process's huge-page malloc tunable too (default: the peer's own default "
+                         "environment, as ../shared/bench/RESULTS.md measured it)")
     args = ap.parse_args()
-    peer = run_peer(args.records, args.layers) if args.peer else None
+    from mbc_jax.launch import ensure_huge_pages
+
+    ensure_huge_pages()  # as the CLI does; the peer, a child process or run in this one, gets the same environment
+    peer = run_peer(args.records, args.layers, args.peer_huge_pages) if args.peer else None
 
     import jax
 
@@ -95,23 +102,33 @@ def main() -> None:
         "score_seconds": round(dt, 2), "real_tokens_per_s": round(tps, 1),
         "padded_tokens_per_s": round(padded / dt, 1), "compile_seconds": round(compile_s, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "peer_real_tokens_per_s": PEER_SCORE_TOKENS_PER_S, "speedup_vs_peer": round(tps / PEER_SCORE_TOKENS_PER_S, 2),
         "mean_perplexity": float(np.nanmean(scores.perplexity())),
         **({} if peer is None else {
             "peer_same_run_real_tokens_per_s": peer["score_real_tokens_per_s"],
-            "peer_same_run_torch": peer["torch"],
+            "peer_same_run_torch": peer["torch"], "peer_same_run_huge_pages": args.peer_huge_pages,
             "speedup_vs_peer_same_run": round(tps / peer["score_real_tokens_per_s"], 2)}),
     }))
 
 
-def run_peer(records: int, layers: int) -> dict:
+def run_peer(records: int, layers: int, huge_pages: bool = False) -> dict:
     """Runs the peer's own script in a subprocess (its scoring, then its train steps) and returns its JSON."""
     import subprocess
     import sys
 
+    from mbc_jax.launch import TUNABLE
+
+    env = dict(os.environ)
+    if not huge_pages:  # the environment the peer was published with
+        rest = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and t != TUNABLE]
+        env.pop("GLIBC_TUNABLES", None)
+        if rest:
+            env["GLIBC_TUNABLES"] = ":".join(rest)
+
     script = SHARED / "bench" / "hf_torch_baseline.py"
     out = subprocess.run([sys.executable, str(script), "--records", str(records), "--layers", str(layers)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{script}: the peer failed (is torch installed?):\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -156,6 +156,9 @@ def main() -> None:
     ap.add_argument("--peer-repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the peer")
     args = ap.parse_args()
+    from mbc_jax.launch import ensure_huge_pages
+
+    ensure_huge_pages()  # as the CLI does; the peer, a child process or run in this one, gets the same environment
 
     import jax
 

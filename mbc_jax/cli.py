@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as a program (not called from Python): set up the process first
+        from mbc_jax.launch import ensure_huge_pages
+
+        ensure_huge_pages()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
