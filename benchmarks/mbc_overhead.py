@@ -164,7 +164,7 @@ def main() -> None:
     args = ap.parse_args()
     from mbc_jax.launch import ensure_huge_pages
 
-    ensure_huge_pages()  # as the CLI does; the peer, a child process or run in this one, gets the same environment
+    ensure_huge_pages()  # as the CLI does: the runs measured are the trainer as users run it
 
     import jax
 

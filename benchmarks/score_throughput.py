@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     from mbc_jax.launch import ensure_huge_pages
 
-    ensure_huge_pages()  # as the CLI does; the peer, a child process or run in this one, gets the same environment
+    ensure_huge_pages()  # as the CLI does; the peer's subprocess drops it unless --peer-huge-pages
     peer = run_peer(args.records, args.layers, args.peer_huge_pages) if args.peer else None
 
     import jax
@@ -117,14 +117,9 @@ def run_peer(records: int, layers: int, huge_pages: bool = False) -> dict:
     import subprocess
     import sys
 
-    from mbc_jax.launch import TUNABLE
+    from mbc_jax.launch import without_huge_pages
 
-    env = dict(os.environ)
-    if not huge_pages:  # the environment the peer was published with
-        rest = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and t != TUNABLE]
-        env.pop("GLIBC_TUNABLES", None)
-        if rest:
-            env["GLIBC_TUNABLES"] = ":".join(rest)
+    env = dict(os.environ) if huge_pages else without_huge_pages(os.environ)  # default: as the peer was published
 
     script = SHARED / "bench" / "hf_torch_baseline.py"
     out = subprocess.run([sys.executable, str(script), "--records", str(records), "--layers", str(layers)],

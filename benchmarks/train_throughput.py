@@ -158,7 +158,7 @@ def main() -> None:
     args = ap.parse_args()
     from mbc_jax.launch import ensure_huge_pages
 
-    ensure_huge_pages()  # as the CLI does; the peer, a child process or run in this one, gets the same environment
+    ensure_huge_pages()  # as the CLI does; the peer runs in this process, so it gets the same environment
 
     import jax
 

@@ -38,6 +38,15 @@ def huge_pages_would_help() -> bool:
         return False
 
 
+def without_huge_pages(env: dict[str, str]) -> dict[str, str]:
+    """A copy of `env` with this module's tunable taken out (any other glibc tunables kept)."""
+    env = dict(env)
+    rest = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and t != TUNABLE]
+    if rest:
+        env["GLIBC_TUNABLES"] = ":".join(rest)
+    return env
+
+
 def ensure_huge_pages() -> None:
     """Re-executes this process with huge pages for malloc, when that helps (see the module doc)."""
     if not huge_pages_would_help() or "jax" in sys.modules:

@@ -21,6 +21,13 @@ def test_huge_pages_only_when_asked_for_and_not_yet_set(monkeypatch):
     assert not launch.huge_pages_would_help()
 
 
+def test_without_huge_pages_keeps_other_tunables():
+    env = {"GLIBC_TUNABLES": "glibc.malloc.check=0:glibc.malloc.hugetlb=1", "HOME": "/h"}
+    assert launch.without_huge_pages(env) == {"GLIBC_TUNABLES": "glibc.malloc.check=0", "HOME": "/h"}
+    assert launch.without_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == {}
+    assert env["GLIBC_TUNABLES"].endswith("hugetlb=1")  # the input is not modified
+
+
 def test_cli_reexecutes_once_with_the_tunable_and_keeps_other_tunables():
     env = {k: v for k, v in os.environ.items() if k != "MBC_JAX_HUGE_PAGES"}
     env["GLIBC_TUNABLES"] = "glibc.malloc.check=0"

@@ -300,10 +300,6 @@ class CausalLM(nn.Module):
             return jnp.dot(hidden.astype(dtype), self.embed_tokens.astype(dtype).T)
         return jnp.dot(hidden.astype(dtype), self.lm_head.astype(dtype))
 
-    def head_matrix(self) -> Array:
-        """The [word_embed_dim, vocab] LM-head matrix (the tied embedding, transposed)."""
-        return self.embed_tokens.T if self.cfg.tie_word_embeddings else self.lm_head
-
     def unembedding(self) -> Array:
         """The LM head as rows, [vocab, word_embed_dim]: the tied embedding as stored (no copy)."""
         return self.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head.T
