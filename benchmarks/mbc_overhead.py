@@ -21,6 +21,10 @@ Per MBC run it reports: wall seconds, ratio to the baseline, seconds inside scor
 the scorer's compile seconds, tokens scored and trained, and the FLOP floor of the ratio,
 1 + scored tokens / (3 x trained tokens) (one forward per scored token against forward + backward
 per trained token), on real tokens and on the padded tokens the packed batches actually compute.
+MBC draws with replacement and favours high-perplexity records, which are often the long ones, so
+its batches can hold more tokens than the baseline's over the same steps: `train_work_vs_baseline`
+is its trained (padded) positions over the baseline's, and `ratio_per_trained_position` divides
+the wall-clock ratio by it (the cost of the sampler and its scoring per position trained).
 After training it re-scores every record with the final parameters and reports the Spearman rank
 correlation of the sampler's stored perplexities, and of its sampling weights, with the fresh ones
 (plus the total-variation distance of the two weight vectors): how stale the weights have become.
@@ -206,6 +210,8 @@ def main() -> None:
            "model": {"layers": args.layers or None, "hidden": args.hidden or None, "heads": args.heads or None},
            "steps": base["steps"], "k": base["k"], "train_records": base["train_records"],
            "baseline_seconds": round(base["wall_seconds"], 2), "baseline_train_seconds": round(base["train_seconds"], 2),
+           "baseline_trained_real_tokens": base["trained_real_tokens"],
+           "baseline_trained_padded_tokens": base["trained_padded_tokens"],
            "targets": {"mbc_full": 1.40, "mbc_incremental": 1.10}}
     for name, _ in plan[1:]:
         m = best(name)
@@ -216,6 +222,10 @@ def main() -> None:
             "score_seconds": round(m["score_seconds"], 2), "score_compile_seconds": round(m["score_compile_seconds"], 2),
             "train_seconds": round(m["train_seconds"], 2), "refreshes": m["refreshes"],
             "scored_real_tokens": m["scored_real_tokens"], "trained_real_tokens": m["trained_real_tokens"],
+            "trained_padded_tokens": m["trained_padded_tokens"],
+            "train_work_vs_baseline": round(m["trained_padded_tokens"] / base["trained_padded_tokens"], 3),
+            "ratio_per_trained_position": round(m["wall_seconds"] / m["trained_padded_tokens"]
+                                                / (base["wall_seconds"] / base["trained_padded_tokens"]), 3),
             "flop_floor_real": round(1 + m["scored_real_tokens"] / (3 * m["trained_real_tokens"]), 3),
             "flop_floor_padded": round(1 + m["scored_padded_tokens"] / (3 * m["trained_padded_tokens"]), 3),
             "distinct_records_drawn": m["distinct_records_drawn"],

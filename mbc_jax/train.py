@@ -121,6 +121,19 @@ def _fused_head_bwd(res, cts):
 _fused_head.defvjp(_fused_head_fwd, _fused_head_bwd)
 
 
+def row_bucket(used: int, most: int, divisor: int = 1) -> int:
+    """Rows of a packed train batch that needs `used` rows (of at most `most`): the next size in
+    1, 2, 3, 4, 6, 8, 12, 16, ... (powers of two and 1.5x powers of two), rounded up to a multiple
+    of the mesh's batch divisor. Each size compiles the train step once, so sizes stay few (about
+    2 log2(batch)), while at most a third of a batch's rows are padding: 5 rows run as 6, not 8.
+    (With powers of two alone, 16% of the positions of Dolly batches of 8 records at 512 were
+    padding rows.)"""
+    power = 1 << max(0, (used - 1).bit_length())  # the next power of two
+    size = power * 3 // 4 if power >= 4 and used <= power * 3 // 4 else power
+    size = -(-max(size, divisor) // divisor) * divisor
+    return min(size, -(-most // divisor) * divisor)
+
+
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with linear warmup (default none) and linear decay to `end_learning_rate`."""
     decay_steps = max(1, total_steps - cfg.warmup_steps)
@@ -468,13 +481,11 @@ class Run:
     # ------------------------------------------------------------------ batches
 
     def train_batch(self, idx: np.ndarray) -> Batch:
-        """The drawn records packed into rows of max_length; row count bucketed to a power of two."""
+        """The drawn records packed into rows of max_length; row count bucketed (`row_bucket`)."""
         examples = [self.data.train[i] for i in idx]
-        div = batch_divisor(self.model.mesh)
         (batch,) = pack(examples, self.cfg.max_length, rows_per_batch=len(examples))
         used = int((batch.segment_ids != 0).any(1).sum())
-        rows = 1 << max(0, (used - 1).bit_length())
-        rows = min(-(-max(rows, div) // div) * div, -(-len(examples) // div) * div)
+        rows = row_bucket(used, len(examples), batch_divisor(self.model.mesh))
         s = self.cfg.batch_size
         ri = np.full((rows, s), -1, np.int32)
         ri[: min(rows, len(batch.record_index)), : batch.record_index.shape[1]] = batch.record_index[:rows]

@@ -160,6 +160,36 @@ def test_incremental_refresh_fills_the_batches_it_needs(tmp_path):
     assert packed == list(range(len(which)))
 
 
+def test_row_bucket_sizes_are_few_and_pad_by_at_most_a_third():
+    from mbc_jax.train import row_bucket
+
+    for most in (1, 7, 8, 32, 100):
+        for divisor in (1, 2, 4):
+            sizes = set()
+            for used in range(1, most + 1):
+                rows = row_bucket(used, most, divisor)
+                cap = -(-most // divisor) * divisor
+                assert used <= rows <= cap and rows % divisor == 0
+                if divisor == 1 and rows < cap:
+                    assert (rows - used) * 3 <= rows, (used, rows)  # at most a third of the rows pad
+                sizes.add(rows)
+            assert len(sizes) <= 2 * max(1, most).bit_length()
+    assert [row_bucket(u, 8) for u in range(1, 9)] == [1, 2, 3, 4, 6, 6, 8, 8]
+
+
+def test_train_batch_holds_every_drawn_record_in_bucketed_rows(tmp_path):
+    from mbc_jax.train import Run, row_bucket
+
+    run = Run.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN]), log=lambda *a: None)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        idx = rng.choice(len(run.data.train), run.cfg.batch_size, replace=True)
+        batch = run.train_batch(idx)
+        used = int((batch.segment_ids != 0).any(1).sum())
+        assert batch.input_ids.shape == (row_bucket(used, len(idx)), run.cfg.max_length)
+        assert sorted(batch.record_index[batch.record_index >= 0].tolist()) == sorted(idx.tolist())
+
+
 # ------------------------------------------------------------------ train step
 
 
