@@ -42,6 +42,24 @@ def targets(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Arra
     return nxt, full, resp
 
 
+def position_chunks(chunk: int, *arrays: jax.Array) -> list[jax.Array]:
+    """[B, T, ...] arrays flattened over positions and cut into [n_chunks, c, ...] with
+    c = min(chunk, B * T), the last chunk zero-padded (`unchunk` undoes it)."""
+    n = arrays[0].shape[0] * arrays[0].shape[1]
+    c = min(chunk, n)
+    pad = -n % c
+    out = []
+    for a in arrays:
+        flat = a.reshape(n, *a.shape[2:])
+        out.append(jnp.pad(flat, ((0, pad),) + ((0, 0),) * (flat.ndim - 1)).reshape(-1, c, *a.shape[2:]))
+    return out
+
+
+def unchunk(chunked: jax.Array, b: int, t: int) -> jax.Array:
+    """[n_chunks, c] per-position values back to [B, T] (dropping the padding)."""
+    return chunked.reshape(-1)[:b * t].reshape(b, t)
+
+
 def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chunk: int = 512,
                 vocab_chunk: int = 2048) -> dict[str, jax.Array]:
     """Per-position NLL, argmax match and entropy [B, T] from final hidden states [B, T, E].
@@ -61,12 +79,8 @@ def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chu
     v = unembed.shape[0]
     n_blocks = max(1, v // vocab_chunk)
     vc = v // n_blocks  # n_blocks blocks of vc rows, then a tail of v - n_blocks * vc < n_blocks
-    n = b * t
-    tc = min(token_chunk, n)
-    pad = -n % tc
-    dtype = hidden.dtype
-    h = jnp.pad(hidden.reshape(n, e), ((0, pad), (0, 0))).reshape(-1, tc, e)
-    y = jnp.pad(nxt.reshape(n), (0, pad)).reshape(-1, tc)
+    h, y = position_chunks(token_chunk, hidden, nxt)
+    tc, dtype = h.shape[1], hidden.dtype
     w = unembed.astype(dtype)
     blocks = w[:n_blocks * vc].reshape(n_blocks, vc, e)
     offsets = jnp.arange(n_blocks, dtype=jnp.int32) * vc
@@ -99,8 +113,7 @@ def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chu
         return None, (lse - target, (arg == yc).astype(jnp.float32), lse - zl / z)
 
     _, (nll, match, ent) = jax.lax.scan(tokens, None, (h, y))
-    unflat = lambda a: a.reshape(-1)[:n].reshape(b, t)  # noqa: E731
-    return {"nll": unflat(nll), "match": unflat(match), "entropy": unflat(ent)}
+    return {"nll": unchunk(nll, b, t), "match": unchunk(match, b, t), "entropy": unchunk(ent, b, t)}
 
 
 def segment_sums(values: jax.Array, mask: jax.Array, seg: jax.Array, num_segments: int) -> jax.Array:

@@ -36,7 +36,7 @@ from mbc_jax.data import Batch, Example, Template, load_records, pack, split_tra
 from mbc_jax.models import Model, abstract_params, init_model, load_model, resolve_model_dir
 from mbc_jax.models.hf_io import WEIGHT_FILES
 from mbc_jax.samplers import MBCSampler, Sampler, UniformSampler
-from mbc_jax.scoring import Scorer, Scores, segment_sums, targets
+from mbc_jax.scoring import Scorer, Scores, position_chunks, segment_sums, targets, unchunk
 from mbc_jax.sharding import batch_divisor, batch_sharding, make_mesh
 
 MEMORIZATION_COLUMNS = ("step", "split", "index", "id", "category", "tokens", "response_tokens", "exact_match",
@@ -65,15 +65,9 @@ def fused_nll_loss(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, weight
 
     The per-position NLL output is for logging (MBC's incremental refresh): it carries no gradient.
     """
-    b, t, e = hidden.shape
-    n = b * t
-    c = min(chunk, n)
-    pad = -n % c
-    h = jnp.pad(hidden.reshape(n, e), ((0, pad), (0, 0))).reshape(-1, c, e)
-    y = jnp.pad(nxt.reshape(n), (0, pad)).reshape(-1, c)
-    w = jnp.pad(weight.reshape(n).astype(jnp.float32), (0, pad)).reshape(-1, c)
+    h, y, w = position_chunks(chunk, hidden, nxt, weight.astype(jnp.float32))
     loss, nll = _fused_head(h, unembed, y, w)
-    return loss, nll.reshape(-1)[:n].reshape(b, t)
+    return loss, unchunk(nll, *hidden.shape[:2])
 
 
 def _head_pass(h, unembed, y, w, grads: bool):

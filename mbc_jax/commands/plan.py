@@ -107,13 +107,9 @@ def _read_config(path: Path, what: str) -> dict:
         path = path / "config.json"
     if not path.is_file():
         raise UserError(f"{what}: {path}: no such file")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}")
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path}: expected a JSON object (a Hugging Face config.json)")
-    return cfg
+    from mbc_jax.models.config import read_config_json
+
+    return read_config_json(path)
 
 
 def builtin_config(name: str) -> Path | None:

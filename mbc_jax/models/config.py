@@ -186,15 +186,21 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
     return mc
 
 
-def load_config(model_dir: str | Path, **runtime: Any) -> ModelConfig:
-    """Reads `config.json` from a checkpoint folder; `runtime` sets dtype, param_dtype, remat."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise UserError(f"{model_dir}: no config.json in this folder (is it a Hugging Face checkpoint folder?)")
+def read_config_json(path: str | Path) -> dict:
+    """A Hugging Face config.json as a dict; errors name the file (and the line of bad JSON)."""
+    path = Path(path)
     try:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}")
     if not isinstance(cfg, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return config_from_hf(cfg, str(path)).replace(**runtime)
+        raise UserError(f"{path}: expected a JSON object (a Hugging Face config.json)")
+    return cfg
+
+
+def load_config(model_dir: str | Path, **runtime: Any) -> ModelConfig:
+    """Reads `config.json` from a checkpoint folder; `runtime` sets dtype, param_dtype, remat."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{model_dir}: no config.json in this folder (is it a Hugging Face checkpoint folder?)")
+    return config_from_hf(read_config_json(path), str(path)).replace(**runtime)
