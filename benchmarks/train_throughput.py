@@ -1,7 +1,7 @@
 """Train-step throughput on the shared workload shape (../shared/bench): prints one JSON line.
 
     python benchmarks/train_throughput.py [--layers 12] [--batch 8] [--seq-len 256] [--repeats 5]
-        [--dtype float32] [--remat none] [--chunk 1024] [--variants "dtype=bfloat16;remat=dots"] [--no-peer]
+        [--dtype float32] [--remat none] [--chunk 1024] [--variants "dtype=bfloat16;remat=dots"] [--no-peer] [--peer-huge-pages]
         [--alt-train PATCHED_train.py --variants "train=alt"]
 
 Model: random weights in the real gpt-neo-125M shape (score_throughput.bench_config), AdamW
@@ -18,8 +18,11 @@ remat, chunk, train) whose steps alternate with the main one; `train=alt` takes 
 the file given by `--alt-train` (a proposed copy of mbc_jax/train.py: A/B a trainer change without
 editing the package). Unless `--no-peer` the peer itself
 (HF transformers GPTNeoForCausalLM + torch AdamW, 2 threads, as in hf_torch_baseline.py) runs
-interleaved too, so `speedup_vs_peer_same_run` is a same-time ratio. The peer's published numbers
-(../shared/bench/RESULTS.md) are printed alongside.
+interleaved too, one step at a time in its own process (in ours, torch's threads and buffers slowed
+our steps by 9%), so `speedup_vs_peer_same_run` is a same-time ratio. The peer's process has its
+default environment, as published, unless `--peer-huge-pages` gives it our malloc tunable too
+(`peer_same_run_huge_pages` says which). The peer's published numbers (../shared/bench/RESULTS.md)
+are printed alongside.
 """
 
 from __future__ import annotations
@@ -141,6 +144,56 @@ class PeerStep:
         return float(loss.detach())
 
 
+class PeerProcess:
+    """The peer's train step in its own process (`--peer-worker`), stepped on request so that its
+    steps interleave with ours. In our process it slowed our steps by 9% (10.58 -> 11.54 s): torch's
+    threads and its gigabytes of logits share the cores and the allocator with XLA."""
+
+    def __init__(self, args, huge_pages: bool):
+        import os
+        import subprocess
+
+        from mbc_jax.launch import without_huge_pages
+
+        env = dict(os.environ) if huge_pages else without_huge_pages(os.environ)  # default: as published
+        cmd = [sys.executable, __file__, "--peer-worker", "--layers", str(args.layers), "--batch", str(args.batch),
+               "--seq-len", str(args.seq_len), "--threads", str(args.threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.params = self._reply()["params"]
+        self.times: list[float] = []
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise ImportError(f"the peer worker exited ({self.proc.wait()}); is torch installed?")
+        return json.loads(line)
+
+    def step(self, record: bool = True) -> float:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        r = self._reply()
+        if record:
+            self.times.append(r["seconds"])
+        return r["loss"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def peer_worker(args) -> None:
+    """`--peer-worker`: one PeerStep, a step per 'step' line on stdin, a JSON line back for each."""
+    hf_cfg = bench_config(args.layers)
+    ids = np.random.default_rng(0).integers(0, hf_cfg["vocab_size"], (args.batch, args.seq_len)).astype(np.int32)
+    peer = PeerStep(hf_cfg, ids, args.threads)
+    print(json.dumps({"params": peer.params}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        loss = peer.step()
+        print(json.dumps({"seconds": peer.times[-1], "loss": loss}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=12)
@@ -152,13 +205,25 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=1024, help="positions per chunk of chunked_nll (the trainer's default: 1024)")
     ap.add_argument("--variants", default="", help="more configurations, interleaved: 'dtype=bfloat16;remat=dots,chunk=512'")
     ap.add_argument("--alt-train", default=None, help="a patched copy of mbc_jax/train.py, used by variants with train=alt")
-    ap.add_argument("--no-peer", action="store_true", help="skip running the HF torch peer in this process")
+    ap.add_argument("--no-peer", action="store_true", help="skip running the HF torch peer")
     ap.add_argument("--peer-repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the peer")
+    ap.add_argument("--peer-huge-pages", action="store_true",
+                    help="give the peer's process this process's huge-page malloc tunable too (default: the peer's "
+                         "own default environment, as ../shared/bench/RESULTS.md measured it)")
+    ap.add_argument("--gap", type=float, default=1.0,
+                    help="seconds of idle before each timed step, so one side's spinning threads do not tax the next")
+    ap.add_argument("--block", type=int, default=1,
+                    help="consecutive steps per configuration per turn (1: strict alternation). Measured here, "
+                         "strict alternation with the peer slowed our steps by ~10%%; turns of a few steps keep "
+                         "the same-run comparison without that cross-talk")
+    ap.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.peer_worker:
+        return peer_worker(args)
     from mbc_jax.launch import ensure_huge_pages
 
-    ensure_huge_pages()  # as the CLI does; the peer runs in this process, so it gets the same environment
+    ensure_huge_pages()  # as the CLI does; the peer's process drops it unless --peer-huge-pages
 
     import jax
 
@@ -181,7 +246,7 @@ def main() -> None:
     peer = None
     if not args.no_peer:
         try:
-            peer = PeerStep(hf_cfg, ids, args.threads)
+            peer = PeerProcess(args, args.peer_huge_pages)
         except ImportError as e:
             print(f"peer skipped: {e}", file=sys.stderr)
 
@@ -191,12 +256,14 @@ def main() -> None:
         peer.step(record=False)
     peaks = []
     rounds = max(args.repeats, args.peer_repeats if peer else 0)
-    for i in range(rounds):
+    for i in range(0, rounds, args.block):
         peaks += [peak_flops_per_device(0.0) for _ in range(3)]
         for r in runners:
-            if i < args.repeats:
+            for _ in range(max(0, min(args.block, args.repeats - i))):
+                time.sleep(args.gap)
                 losses[label(r.v)] = r.step()
-        if peer is not None and i < args.peer_repeats:
+        for _ in range(max(0, min(args.block, args.peer_repeats - i)) if peer is not None else 0):
+            time.sleep(args.gap)
             peer.step()
     peak = max(peaks) * len(jax.devices())  # the matmul probe is short; its best run is the least disturbed
 
@@ -220,9 +287,10 @@ def main() -> None:
            "peer_tokens_per_s": PEER_TRAIN_TOKENS_PER_S, "peer_step_seconds": PEER_TRAIN_STEP_S,
            "speedup_vs_peer": round(main_s["tokens_per_s"] / PEER_TRAIN_TOKENS_PER_S, 2)}
     if peer is not None:
+        peer.close()
         pdt = min(peer.times)
         out.update({"peer_same_run_step_seconds": round(pdt, 3), "peer_same_run_tokens_per_s": round(tokens / pdt, 1),
-                    "peer_same_run_repeats": len(peer.times),
+                    "peer_same_run_repeats": len(peer.times), "peer_same_run_huge_pages": args.peer_huge_pages,
                     "speedup_vs_peer_same_run": round(pdt / main_s["step_seconds"], 2)})
     if len(runners) > 1:
         out["variants"] = [{**summary(r), "speed_vs_first": round(main_s["step_seconds"] / min(r.times), 3)}

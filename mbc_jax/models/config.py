@@ -58,7 +58,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     remat: str = "none"  # "none" | "full" | "dots" (save matmul outputs)
     attention_block: int = 128  # causal block skipping without a KV cache (0: one full score matrix)
-    attention_impl: str = "auto"  # "einsum" | "per_head" (lax.map over heads) | "auto" (per_head on CPU)
+    attention_impl: str = "auto"  # "einsum" | "per_head" (lax.map over heads) | "auto" (per_head on CPU,
+    # except in the train step: train.make_train_step picks einsum, faster with gradients)
 
     @property
     def head_dim(self) -> int:
