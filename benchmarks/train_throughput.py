@@ -1,7 +1,8 @@
 """Train-step throughput on the shared workload shape (../shared/bench): prints one JSON line.
 
     python benchmarks/train_throughput.py [--layers 12] [--batch 8] [--seq-len 256] [--repeats 5]
-        [--dtype float32] [--remat none] [--chunk 1024] [--variants "dtype=bfloat16;remat=dots"] [--no-peer] [--peer-huge-pages]
+        [--dtype float32] [--remat none] [--chunk 1024] [--variants "dtype=bfloat16;remat=dots"]
+        [--no-peer] [--peer-huge-pages] [--block 3]
         [--alt-train PATCHED_train.py --variants "train=alt"]
 
 Model: random weights in the real gpt-neo-125M shape (score_throughput.bench_config), AdamW
@@ -14,15 +15,17 @@ peak RSS.
 
 Timings on a shared machine are noisy, so everything compared is measured in this one process,
 interleaved: `--variants` adds configurations (`;`-separated, each `key=value,...` over dtype,
-remat, chunk, train) whose steps alternate with the main one; `train=alt` takes make_train_step from
-the file given by `--alt-train` (a proposed copy of mbc_jax/train.py: A/B a trainer change without
+remat, chunk, train, attention = auto|einsum|per_head) whose steps alternate with the main one;
+`train=alt` takes make_train_step from the file given by `--alt-train` (a proposed copy of
+mbc_jax/train.py: A/B a trainer change without
 editing the package). Unless `--no-peer` the peer itself
-(HF transformers GPTNeoForCausalLM + torch AdamW, 2 threads, as in hf_torch_baseline.py) runs
-interleaved too, one step at a time in its own process (in ours, torch's threads and buffers slowed
-our steps by 9%), so `speedup_vs_peer_same_run` is a same-time ratio. The peer's process has its
-default environment, as published, unless `--peer-huge-pages` gives it our malloc tunable too
-(`peer_same_run_huge_pages` says which). The peer's published numbers (../shared/bench/RESULTS.md)
-are printed alongside.
+(HF transformers GPTNeoForCausalLM + torch AdamW, 2 threads, as in hf_torch_baseline.py) takes turns
+too, in its own process, so `speedup_vs_peer_same_run` compares steps timed in the same minutes.
+Turns are `--block` steps long (default 3): with strict alternation (`--block 1`) our steps ran
+~10% slower than alone and the peer's faster, whether the peer ran in this process or its own.
+The peer's process has its default environment, as published, unless `--peer-huge-pages` gives it
+our malloc tunable too (`peer_same_run_huge_pages` says which). The peer's published numbers
+(../shared/bench/RESULTS.md) are printed alongside.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from score_throughput import bench_config  # noqa: E402
 PEER_TRAIN_TOKENS_PER_S = 154.7  # ../shared/bench/RESULTS.md, measured 2026-11-23
 PEER_TRAIN_STEP_S = 13.2
 PEER_TRAIN_GFLOPS = 116.2
-VARIANT_KEYS = ("dtype", "remat", "chunk", "train")
+VARIANT_KEYS = ("dtype", "remat", "chunk", "train", "attention")
 
 
 def parse_variant(text: str, base: dict) -> dict:
@@ -57,7 +60,7 @@ def parse_variant(text: str, base: dict) -> dict:
 
 
 def label(v: dict) -> str:
-    return f"dtype={v['dtype']},remat={v['remat']},chunk={v['chunk']},train={v['train']}"
+    return f"dtype={v['dtype']},remat={v['remat']},chunk={v['chunk']},train={v['train']},attention={v['attention']}"
 
 
 def load_train_module(path: str | None):
@@ -86,7 +89,7 @@ class JaxStep:
         from mbc_jax.sharding import batch_sharding
 
         self.v = v
-        self.model = init_model(hf_cfg, seed=0, dtype=v["dtype"], remat=v["remat"])
+        self.model = init_model(hf_cfg, seed=0, dtype=v["dtype"], remat=v["remat"], attention_impl=v["attention"])
         tx = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
         sched = optax.constant_schedule(lr)
         # make_train_step looks its head-loss function up at trace time: bind this variant's chunk size
@@ -145,9 +148,8 @@ class PeerStep:
 
 
 class PeerProcess:
-    """The peer's train step in its own process (`--peer-worker`), stepped on request so that its
-    steps interleave with ours. In our process it slowed our steps by 9% (10.58 -> 11.54 s): torch's
-    threads and its gigabytes of logits share the cores and the allocator with XLA."""
+    """The peer's train step in its own process (`--peer-worker`, its own environment), stepped on
+    request so that its turns interleave with ours."""
 
     def __init__(self, args, huge_pages: bool):
         import os
@@ -213,10 +215,9 @@ def main() -> None:
                          "own default environment, as ../shared/bench/RESULTS.md measured it)")
     ap.add_argument("--gap", type=float, default=1.0,
                     help="seconds of idle before each timed step, so one side's spinning threads do not tax the next")
-    ap.add_argument("--block", type=int, default=1,
-                    help="consecutive steps per configuration per turn (1: strict alternation). Measured here, "
-                         "strict alternation with the peer slowed our steps by ~10%%; turns of a few steps keep "
-                         "the same-run comparison without that cross-talk")
+    ap.add_argument("--block", type=int, default=3,
+                    help="consecutive timed steps per configuration per turn (1: strict alternation, which "
+                         "here slowed our steps by ~10%% and sped the peer's up: see benchmarks/README.md)")
     ap.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.peer_worker:
@@ -235,7 +236,7 @@ def main() -> None:
     batch = {"input_ids": ids, "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
              "segment_ids": np.ones((b, t), np.int32), "response_mask": np.ones((b, t), bool),
              "record_index": np.arange(b, dtype=np.int32)[:, None]}
-    base = {"dtype": args.dtype, "remat": args.remat, "chunk": args.chunk, "train": "repo"}
+    base = {"dtype": args.dtype, "remat": args.remat, "chunk": args.chunk, "train": "repo", "attention": "auto"}
     variants = [base] + [parse_variant(s, base) for s in args.variants.split(";") if s.strip()]
     if any(v["train"] not in ("repo", "alt") for v in variants) or (any(v["train"] == "alt" for v in variants)
                                                                     and not args.alt_train):
