@@ -183,11 +183,15 @@ class PeerProcess:
         self.proc.wait()
 
 
+def bench_ids(hf_cfg: dict, batch: int, seq_len: int) -> np.ndarray:
+    """The fixed random batch of token ids that both sides train on."""
+    return np.random.default_rng(0).integers(0, hf_cfg["vocab_size"], (batch, seq_len)).astype(np.int32)
+
+
 def peer_worker(args) -> None:
     """`--peer-worker`: one PeerStep, a step per 'step' line on stdin, a JSON line back for each."""
     hf_cfg = bench_config(args.layers)
-    ids = np.random.default_rng(0).integers(0, hf_cfg["vocab_size"], (args.batch, args.seq_len)).astype(np.int32)
-    peer = PeerStep(hf_cfg, ids, args.threads)
+    peer = PeerStep(hf_cfg, bench_ids(hf_cfg, args.batch, args.seq_len), args.threads)
     print(json.dumps({"params": peer.params}), flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
@@ -214,7 +218,8 @@ def main() -> None:
                     help="give the peer's process this process's huge-page malloc tunable too (default: the peer's "
                          "own default environment, as ../shared/bench/RESULTS.md measured it)")
     ap.add_argument("--gap", type=float, default=1.0,
-                    help="seconds of idle before each timed step, so one side's spinning threads do not tax the next")
+                    help="seconds of idle before each timed step (the session-4 figures used 1; against strict "
+                         "alternation's cross-talk it made no measurable difference, turns of --block steps did)")
     ap.add_argument("--block", type=int, default=3,
                     help="consecutive timed steps per configuration per turn (1: strict alternation, which "
                          "here slowed our steps by ~10%% and sped the peer's up: see benchmarks/README.md)")
@@ -232,7 +237,7 @@ def main() -> None:
 
     hf_cfg = bench_config(args.layers)
     b, t = args.batch, args.seq_len
-    ids = np.random.default_rng(0).integers(0, hf_cfg["vocab_size"], (b, t)).astype(np.int32)
+    ids = bench_ids(hf_cfg, b, t)
     batch = {"input_ids": ids, "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
              "segment_ids": np.ones((b, t), np.int32), "response_mask": np.ones((b, t), bool),
              "record_index": np.arange(b, dtype=np.int32)[:, None]}

@@ -178,6 +178,7 @@ def test_row_bucket_sizes_are_few_and_pad_by_at_most_a_third():
 
 
 def test_train_batch_holds_every_drawn_record_in_bucketed_rows(tmp_path):
+    from mbc_jax.sharding import batch_divisor
     from mbc_jax.train import Run, row_bucket
 
     run = Run.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN]), log=lambda *a: None)
@@ -186,7 +187,8 @@ def test_train_batch_holds_every_drawn_record_in_bucketed_rows(tmp_path):
         idx = rng.choice(len(run.data.train), run.cfg.batch_size, replace=True)
         batch = run.train_batch(idx)
         used = int((batch.segment_ids != 0).any(1).sum())
-        assert batch.input_ids.shape == (row_bucket(used, len(idx)), run.cfg.max_length)
+        rows = row_bucket(used, len(idx), batch_divisor(run.model.mesh))
+        assert batch.input_ids.shape == (rows, run.cfg.max_length)
         assert sorted(batch.record_index[batch.record_index >= 0].tolist()) == sorted(idx.tolist())
 
 
