@@ -23,8 +23,10 @@ the scorer's compile seconds, tokens scored and trained, and the FLOP floor of t
 per trained token), on real tokens and on the padded tokens the packed batches actually compute.
 MBC draws with replacement and favours high-perplexity records, which are often the long ones, so
 its batches can hold more tokens than the baseline's over the same steps: `train_work_vs_baseline`
-is its trained (padded) positions over the baseline's, and `ratio_per_trained_position` divides
-the wall-clock ratio by it (the cost of the sampler and its scoring per position trained).
+is its trained (padded) positions over the baseline's, `ratio_per_trained_position` divides
+the wall-clock ratio by it (the cost of the sampler and its scoring per position trained), and
+`flop_floor_vs_baseline` is the FLOP floor of the raw ratio once that extra work is counted
+(train_work_vs_baseline x flop_floor_padded).
 After training it re-scores every record with the final parameters and reports the Spearman rank
 correlation of the sampler's stored perplexities, and of its sampling weights, with the fresh ones
 (plus the total-variation distance of the two weight vectors): how stale the weights have become.
@@ -228,6 +230,10 @@ def main() -> None:
                                                 / (base["wall_seconds"] / base["trained_padded_tokens"]), 3),
             "flop_floor_real": round(1 + m["scored_real_tokens"] / (3 * m["trained_real_tokens"]), 3),
             "flop_floor_padded": round(1 + m["scored_padded_tokens"] / (3 * m["trained_padded_tokens"]), 3),
+            # The targets' premise (N forwards against 3N for the same training) holds only when both runs
+            # train the same positions; this floor also counts the extra positions MBC chose to train.
+            "flop_floor_vs_baseline": round(m["trained_padded_tokens"] / base["trained_padded_tokens"]
+                                            * (1 + m["scored_padded_tokens"] / (3 * m["trained_padded_tokens"])), 3),
             "distinct_records_drawn": m["distinct_records_drawn"],
             **{k: m[k] for k in m if k.startswith(("spearman", "weights_", "stalest"))},
             "wall_seconds_all": m["wall_seconds_all"],

@@ -56,6 +56,7 @@ class TrainConfig:
     dtype: str = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
     param_dtype: str = "float32"
     remat: str = "none"  # "none", "full", "dots"
+    dropout: float | None = None  # training dropout: None = the model config.json's rates; a number sets all
     mesh: str | None = None  # "D,F,T"
     seed: int = 0
     checkpoint_every: int = 0  # 0 = once per epoch-equivalent
@@ -183,6 +184,8 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
         raise UserError(f"{where}: val_fraction: must be in [0, 1), got {cfg.val_fraction}")
     if not 0 < cfg.mbc.refresh_fraction <= 1:
         raise UserError(f"{where}: mbc.refresh_fraction: must be in (0, 1], got {cfg.mbc.refresh_fraction}")
+    if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
+        raise UserError(f"{where}: dropout: must be in [0, 1) (or empty for the model's own rates), got {cfg.dropout}")
     if cfg.mbc.floor > 1:
         raise UserError(f"{where}: mbc.floor: must be at most 1 (a share of the uniform probability)")
     if cfg.steps == 0 and cfg.epochs == 0:

@@ -145,17 +145,33 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTr
     return tx, schedule
 
 
+def model_runtime(cfg: TrainConfig) -> dict:
+    """The train config's choices that override the model's `ModelConfig` (see `models.load_model`)."""
+    runtime = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat=cfg.remat)
+    if cfg.dropout is not None:  # one rate for all three places; else the model's config.json rates
+        runtime.update(embed_dropout=cfg.dropout, attention_dropout=cfg.dropout, resid_dropout=cfg.dropout)
+    return runtime
+
+
 def make_train_step(module: Any, tx: optax.GradientTransformation, schedule: optax.Schedule, loss_on: str,
-                    grad_accum: int = 1):
-    """state, batch -> state, metrics. Loss = mean NLL over the loss targets of all records in the batch."""
+                    grad_accum: int = 1, seed: int = 0):
+    """state, batch -> state, metrics. Loss = mean NLL over the loss targets of all records in the batch.
+
+    Dropout (the module config's rates) uses the key fold_in(key(seed), state["step"]): a pure
+    function of the step, so a resumed run drops exactly what an uninterrupted one would.
+    """
     if module.cfg.attention_impl == "auto":
         # With gradients the batched einsum beats CPU's per-head loop (which wins for scoring): the
         # 125M-shape 8 x 256 train step 10.96 -> 10.60 s. Both are tested equal, gradients included.
         module = module.clone(cfg=module.cfg.replace(attention_impl="einsum"))
+    mc = module.cfg
+    if mc.embed_dropout or mc.attention_dropout or mc.resid_dropout:
+        module = module.clone(deterministic=False)
 
-    def loss_fn(params, batch):
+    def loss_fn(params, batch, step):
+        rngs = {} if module.deterministic else {"dropout": jax.random.fold_in(jax.random.key(seed), step)}
         hidden = module.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"],
-                              return_hidden=True)
+                              return_hidden=True, rngs=rngs)
         unembed = module.apply({"params": params}, method=module.unembedding)
         nxt, full, resp = targets(batch)
         mask = resp if loss_on == "response" else full
@@ -167,7 +183,8 @@ def make_train_step(module: Any, tx: optax.GradientTransformation, schedule: opt
         return loss, (count, per_record)
 
     def step(state, batch):
-        (loss, (count, per_record)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+        (loss, (count, per_record)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], batch, state["step"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "targets": count,
@@ -286,7 +303,7 @@ class Run:
                 )
         mesh = make_mesh(cfg.mesh)
         model_dir, has_weights = _prepare_model_dir(cfg, run_dir)
-        runtime = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat=cfg.remat)
+        runtime = model_runtime(cfg)
         if cfg.init == "pretrained" and not has_weights:
             raise UserError(f"{model_dir}: no weights (init: pretrained); use init=random to start from random weights")
         if has_weights and cfg.init != "random":
@@ -512,7 +529,8 @@ class Run:
 
         tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start if start else None,
                            write_to_disk=distributed.is_main())
-        step_fn = jax.jit(make_train_step(self.model.module, self.tx, self.schedule, cfg.loss_on, cfg.grad_accum),
+        step_fn = jax.jit(make_train_step(self.model.module, self.tx, self.schedule, cfg.loss_on, cfg.grad_accum,
+                                          seed=cfg.seed),
                           donate_argnums=(0,))
         ckpt_steps = set(range(0, self.total_steps, self.checkpoint_every)) | {self.total_steps}
         peak = peak_flops_per_device(cfg.peak_tflops) * len(jax.devices())

@@ -386,3 +386,62 @@ def test_blocked_attention_equals_one_score_matrix(shared_dir):
                                    err_msg=f"{impl} on {mesh}")
         for a, c in zip(jax.tree_util.tree_leaves(ref_grads), jax.tree_util.tree_leaves(grads)):
             np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-7, err_msg=f"{impl} on {mesh}")
+
+
+# ------------------------------------------------------------------ dropout (training only)
+
+
+def test_dropout_rates_read_from_hf_configs(tmp_path):
+    from mbc_jax.models.config import config_from_hf
+
+    neo = config_from_hf(dict(model_type="gpt_neo", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+                              max_position_embeddings=64, embed_dropout=0.1, attention_dropout=0.2, resid_dropout=0.3))
+    assert (neo.embed_dropout, neo.attention_dropout, neo.resid_dropout) == (0.1, 0.2, 0.3)
+    opt = config_from_hf(dict(model_type="opt", vocab_size=64, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                              num_attention_heads=4, max_position_embeddings=64, dropout=0.1, attention_dropout=0.0))
+    # HF OPT drops out the two residual branches (and attention probabilities), not the embeddings
+    assert (opt.embed_dropout, opt.attention_dropout, opt.resid_dropout) == (0.0, 0.0, 0.1)
+    with pytest.raises(UserError, match=r"cfg.json: resid_dropout: expected a dropout rate in \[0, 1\), got 1.5"):
+        config_from_hf(dict(model_type="gpt_neo", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+                            max_position_embeddings=64, resid_dropout=1.5), "cfg.json")
+
+
+def test_dropout_function_zeroes_its_rate_and_rescales_the_rest():
+    from mbc_jax.models.transformer import dropout
+
+    x = jax.random.normal(jax.random.key(0), (400, 500))
+    y = np.asarray(dropout(x, 0.3, jax.random.key(1)))
+    kept = y != 0
+    assert abs(1 - kept.mean() - 0.3) < 0.005  # 200k Bernoulli draws: 5 standard deviations is 0.005
+    np.testing.assert_allclose(y[kept], np.asarray(x)[kept] / 0.7, rtol=1e-6)
+
+
+def _dropout_model(mesh: str, rate: float, impl: str = "einsum"):
+    cfg = json.loads((FIXTURES / "gpt_neo_tiny" / "config.json").read_text())
+    cfg.update(embed_dropout=rate, attention_dropout=rate, resid_dropout=rate)
+    return init_model(cfg, mesh=make_mesh(mesh), seed=0, attention_impl=impl, attention_block=16)
+
+
+def test_dropout_applies_only_in_training_and_is_a_function_of_the_key(shared_dir):
+    """Inference ignores the rates; training with a key is reproducible, differs between keys, and
+    with a vanishing rate (nothing dropped) computes exactly the inference function. Sharded over
+    2 x 2 x 2 devices, the same key drops the same elements as on one device."""
+    ids, pos, seg = _packed_rows()
+    real = seg != 0
+    plain = _dropout_model("1,1,1", 0.0)
+    model = _dropout_model("1,1,1", 0.2)
+    ref = np.asarray(plain.module.apply({"params": plain.params}, ids, pos, seg))
+    np.testing.assert_array_equal(np.asarray(model.module.apply({"params": model.params}, ids, pos, seg)), ref)
+
+    def train_logits(m, key):
+        return np.asarray(m.module.clone(deterministic=False).apply(
+            {"params": m.params}, ids, pos, seg, rngs={"dropout": jax.random.key(key)}))
+
+    a, b, c = train_logits(model, 0), train_logits(model, 0), train_logits(model, 1)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - ref)[real].mean() > 0.01 and np.abs(a - c)[real].mean() > 0.01
+    for impl in ("einsum", "per_head"):
+        tiny = train_logits(_dropout_model("1,1,1", 1e-9, impl), 0)
+        np.testing.assert_allclose(tiny[real], ref[real], rtol=1e-5, atol=1e-5, err_msg=impl)
+    sharded = train_logits(_dropout_model("2,2,2", 0.2), 0)
+    np.testing.assert_allclose(sharded[real], a[real], rtol=1e-5, atol=1e-5)

@@ -52,7 +52,7 @@ def _metric_lines(run: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["mbc"])
 def test_kill_and_resume_equals_uninterrupted(tmp_path, sampler):
-    extra = [f"sampler={sampler}", "mbc.k=5"]
+    extra = [f"sampler={sampler}", "mbc.k=5", "dropout=0.1"]  # dropout masks must replay too
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(straight, extra), check=True, env=_env(), capture_output=True, timeout=600)
 
@@ -227,6 +227,39 @@ def test_packed_train_loss_equals_per_record_losses():
     assert packed_loss == pytest.approx(sum(l * n for l, n in alone) / packed_n, rel=1e-5)
 
 
+def test_train_step_dropout_is_a_function_of_seed_and_step(tmp_path):
+    """`dropout=` reaches the model; the train step's masks depend on (seed, step) only, so a
+    resumed run replays them; a rate of 0 is the deterministic step."""
+    import functools
+
+    import jax.numpy as jnp
+
+    from mbc_jax.train import Run, make_train_step, model_runtime
+
+    assert "resid_dropout" not in model_runtime(config_lib.load(None, []))  # default: the model's own rates
+    run = Run.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN, "dropout=0.1"]), log=lambda *a: None)
+    mc = run.model.module.cfg
+    assert (mc.embed_dropout, mc.attention_dropout, mc.resid_dropout) == (0.1, 0.1, 0.1)
+    b = run.train_batch(np.arange(8))
+    batch = {k: jnp.asarray(getattr(b, k)) for k in
+             ("input_ids", "segment_ids", "positions", "response_mask", "record_index")}
+
+    @functools.cache
+    def compiled(module, seed):
+        return jax.jit(make_train_step(module, run.tx, run.schedule, "response", seed=seed))
+
+    def loss(module, step, seed=0):
+        state = {"params": run.model.params, "opt_state": run.tx.init(run.model.params),
+                 "step": jnp.asarray(step, jnp.int32)}
+        return float(compiled(module, seed)(state, batch)[1]["loss"])
+
+    m = run.model.module
+    assert loss(m, 3) == loss(m, 3)
+    assert len({loss(m, 3), loss(m, 4), loss(m, 3, seed=1)}) == 3
+    no_drop = m.clone(cfg=mc.replace(embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0))
+    assert loss(no_drop, 3) == loss(no_drop, 4) != loss(m, 3)
+
+
 def test_fused_head_loss_and_gradients_equal_plain_autodiff():
     """The head loss whose gradient is formed in the forward pass equals jax.grad of the plain loss."""
     import jax.numpy as jnp
@@ -300,6 +333,7 @@ def test_yaml_file_errors_name_the_file(tmp_path):
     ("batch_size=abc", "batch_size: expected int"),
     ("sampler=random", "sampler: 'random' is not one of mbc, uniform"),
     ("mbc.floor=2", "mbc.floor: must be at most 1"),
+    ("dropout=1", r"dropout: must be in \[0, 1\)"),
 ])
 def test_bad_values(override, msg):
     with pytest.raises(UserError, match=msg):

@@ -195,9 +195,9 @@ def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None) 
     from mbc_jax.models import abstract_params, config_from_hf
     from mbc_jax.scoring import Scorer
     from mbc_jax.sharding import batch_divisor, batch_sharding, make_mesh, mesh_str
-    from mbc_jax.train import make_optimizer, make_train_step
+    from mbc_jax.train import make_optimizer, make_train_step, model_runtime
 
-    mcfg = config_from_hf(hf_config).replace(dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat=cfg.remat)
+    mcfg = config_from_hf(hf_config).replace(**model_runtime(cfg))
     if cfg.max_length > mcfg.max_position_embeddings:
         raise UserError(f"max_length: {cfg.max_length} exceeds the model's {mcfg.max_position_embeddings} positions")
     mesh = make_mesh(cfg.mesh, devices)
@@ -218,7 +218,8 @@ def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None) 
     train_rows = -(-cfg.batch_size // div) * div
     train_batch = _abstract_batch(train_rows, cfg.max_length, cfg.batch_size, shard)
     t0 = time.perf_counter()
-    step = jax.jit(make_train_step(module, tx, schedule, cfg.loss_on, cfg.grad_accum), donate_argnums=(0,))
+    step = jax.jit(make_train_step(module, tx, schedule, cfg.loss_on, cfg.grad_accum, seed=cfg.seed),
+                   donate_argnums=(0,))
     train = _memory(step.lower(state, train_batch).compile())
     train_seconds = time.perf_counter() - t0
 

@@ -12,6 +12,7 @@ names each choice explicitly so the Flax module has no family-specific branches 
 | layer norm          | pre-LN + final LN                | pre-LN + final LN, or post-LN (no final LN) |
 | positions           | learned, offset 0                | learned, offset 2                     |
 | embedding dim       | hidden                           | `word_embed_proj_dim` (+ project_in/out) |
+| dropout (training)  | `embed_dropout`, `attention_dropout`, `resid_dropout` | `attention_dropout`, `dropout` (residual branches) |
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class ModelConfig:
     eos_token_id: int | None = None
     pad_token_id: int | None = None
     tie_word_embeddings: bool = True
+    # Dropout rates, applied only in training (`CausalLM(deterministic=False)`): after the embeddings, on
+    # the attention probabilities, and on each residual branch (attention output, MLP output).
+    embed_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    resid_dropout: float = 0.0
     # Run-time choices (not from config.json).
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype
@@ -107,6 +113,13 @@ def _req(cfg: dict, key: str, where: str, kind: type = int) -> Any:
     return value
 
 
+def _rate(cfg: dict, key: str, where: str) -> float:
+    value = cfg.get(key) or 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise UserError(f"{where}: {key}: expected a dropout rate in [0, 1), got {value!r}")
+    return float(value)
+
+
 def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
     """Builds a `ModelConfig` from a Hugging Face config dict; `where` names it in errors."""
     model_type = cfg.get("model_type")
@@ -127,6 +140,7 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
         eos_token_id=cfg.get("eos_token_id"),
         pad_token_id=cfg.get("pad_token_id"),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        attention_dropout=_rate(cfg, "attention_dropout", where),
     )
     if model_type == "gpt_neo":
         num_layers = _req(cfg, "num_layers", where)
@@ -160,6 +174,8 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
             layer_norm_affine=True,
             position_offset=0,
             word_embed_dim=hidden,
+            embed_dropout=_rate(cfg, "embed_dropout", where),
+            resid_dropout=_rate(cfg, "resid_dropout", where),
         )
     else:  # opt
         num_layers = _req(cfg, "num_hidden_layers", where)
@@ -181,6 +197,7 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
             layer_norm_affine=bool(cfg.get("layer_norm_elementwise_affine", True)),
             position_offset=2,
             word_embed_dim=cfg.get("word_embed_proj_dim") or common["hidden_size"],
+            resid_dropout=_rate(cfg, "dropout", where),  # OPT: none on the embeddings
         )
     if mc.hidden_size % mc.num_heads:
         raise UserError(f"{where}: hidden_size {mc.hidden_size} is not divisible by the number of heads {mc.num_heads}")

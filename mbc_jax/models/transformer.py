@@ -41,6 +41,12 @@ def _activation(name: str):
     }[name]
 
 
+def dropout(x: Array, rate: float, key: Array) -> Array:
+    """Inverted dropout: each element zeroed with probability `rate`, the rest scaled by 1 / (1 - rate)."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
 def _normal(std: float):
     return nn.initializers.normal(stddev=std)
 
@@ -101,6 +107,7 @@ def attention_mask(q_pos: Array, q_seg: Array, k_pos: Array, k_seg: Array, windo
 class Attention(nn.Module):
     cfg: ModelConfig
     mesh: Mesh | None = None
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x, pos, seg, window, cache: Cache | None = None):
@@ -125,17 +132,24 @@ class Attention(nn.Module):
             k_pos, k_seg = cache["pos"], cache["seg"]
             cache = {"k": k, "v": v}
         k = k.astype(q.dtype)
+        drop = None
+        if not self.deterministic and cfg.attention_dropout:
+            drop = (self.make_rng("dropout"), cfg.attention_dropout)
         if cache is None:
             per_head = cfg.attention_impl == "per_head" or (
                 cfg.attention_impl == "auto" and jax.default_backend() == "cpu"
                 and (self.mesh is None or self.mesh.shape.get("tensor", 1) == 1))
-            out = causal_attention(q, k, v, pos, seg, window, cfg.attention_block, per_head)
+            out = causal_attention(q, k, v, pos, seg, window, cfg.attention_block, per_head, drop)
         else:
-            out = _attend(q, k, v, pos, seg, k_pos, k_seg, window)
-        return Linear(e, ("heads", "embed"), cfg.out_bias, cfg, name="o")(out.reshape(b, t, e)), cache
+            out = _attend(q, k, v, pos, seg, k_pos, k_seg, window, drop)
+        out = Linear(e, ("heads", "embed"), cfg.out_bias, cfg, name="o")(out.reshape(b, t, e))
+        if not self.deterministic and cfg.resid_dropout:
+            out = dropout(out, cfg.resid_dropout, self.make_rng("dropout"))
+        return out, cache
 
 
-def causal_attention(q, k, v, pos, seg, window, block: int = 128, per_head: bool = False):
+def causal_attention(q, k, v, pos, seg, window, block: int = 128, per_head: bool = False,
+                     drop: tuple[Array, float] | None = None):
     """Attention without a KV cache, where every record's tokens lie in position order along the row.
 
     Causal block skipping: query block i only needs keys [0, (i+1) * block), so at T = 512 with
@@ -143,42 +157,55 @@ def causal_attention(q, k, v, pos, seg, window, block: int = 128, per_head: bool
     to exactly zero). `per_head` loops over heads with `lax.map` so that one head's scores for the
     whole batch stay in cache between the matmul, the mask, the softmax and the second matmul: on
     CPU this halves attention time; accelerators prefer one batched einsum.
+
+    `drop = (key, rate)` applies dropout to the attention probabilities (training); each query block
+    (and head, per head) draws its mask from its own fold of `key`.
     """
     t = q.shape[1]
 
-    def attend(q, k, v):
+    def attend(q, k, v, key):
+        fold = lambda i: None if drop is None else (jax.random.fold_in(key, i), drop[1])  # noqa: E731
         if not block or t <= block or t % block:
-            return _attend(q, k, v, pos, seg, pos, seg, window)
+            return _attend(q, k, v, pos, seg, pos, seg, window, fold(0))
         return jnp.concatenate([
             _attend(q[:, i:i + block], k[:, :i + block], v[:, :i + block], pos[:, i:i + block],
-                    seg[:, i:i + block], pos[:, :i + block], seg[:, :i + block], window)
+                    seg[:, i:i + block], pos[:, :i + block], seg[:, :i + block], window, fold(i))
             for i in range(0, t, block)], axis=1)
 
+    key = None if drop is None else drop[0]
     if not per_head:
-        return attend(q, k, v)
+        return attend(q, k, v, key)
     heads = [x.transpose(2, 0, 1, 3)[:, :, :, None] for x in (q, k, v)]  # [H, B, T, 1, D]
-    out = jax.lax.map(lambda xs: attend(*xs), heads)
+    keys = None if drop is None else jax.random.split(key, q.shape[2])
+    out = jax.lax.map(lambda xs: attend(*xs), (*heads, keys))
     return out[:, :, :, 0].transpose(1, 2, 0, 3)
 
 
-def _attend(q, k, v, q_pos, q_seg, k_pos, k_seg, window):
-    """Softmax attention of q [B, Tq, H, D] over k, v [B, Tk, H, D] under `attention_mask`."""
+def _attend(q, k, v, q_pos, q_seg, k_pos, k_seg, window, drop: tuple[Array, float] | None = None):
+    """Softmax attention of q [B, Tq, H, D] over k, v [B, Tk, H, D] under `attention_mask`;
+    `drop = (key, rate)`: dropout on the probabilities."""
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(attention_mask(q_pos, q_seg, k_pos, k_seg, window), scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    if drop is not None:
+        probs = dropout(probs, drop[1], drop[0])
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
 class Mlp(nn.Module):
     cfg: ModelConfig
     mesh: Mesh | None = None
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
         y = Linear(cfg.intermediate_size, ("embed", "mlp"), cfg.mlp_bias, cfg, name="fc_in")(x)
         y = constrain(_activation(cfg.activation)(y), self.mesh, ("batch", "length", "act_mlp"))
-        return Linear(x.shape[-1], ("mlp", "embed"), cfg.mlp_bias, cfg, name="fc_out")(y)
+        y = Linear(x.shape[-1], ("mlp", "embed"), cfg.mlp_bias, cfg, name="fc_out")(y)
+        if not self.deterministic and cfg.resid_dropout:
+            y = dropout(y, cfg.resid_dropout, self.make_rng("dropout"))
+        return y
 
 
 class Block(nn.Module):
@@ -186,12 +213,13 @@ class Block(nn.Module):
 
     cfg: ModelConfig
     mesh: Mesh | None = None
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x, pos, seg, window, cache):
         cfg = self.cfg
-        attn = Attention(cfg, self.mesh, name="attn")
-        mlp = Mlp(cfg, self.mesh, name="mlp")
+        attn = Attention(cfg, self.mesh, self.deterministic, name="attn")
+        mlp = Mlp(cfg, self.mesh, self.deterministic, name="mlp")
         ln_attn, ln_mlp = LayerNorm(cfg, name="ln_attn"), LayerNorm(cfg, name="ln_mlp")
         if cfg.pre_layer_norm:
             a, cache = attn(ln_attn(x), pos, seg, window, cache)
@@ -217,10 +245,14 @@ class CausalLM(nn.Module):
     hidden states [B, T, word_embed_dim] with `return_hidden=True`, for chunked heads such as the
     scorer's). Defaults: positions 0..T-1, every token in segment 1. With `cache=` it returns
     `(logits, new_cache)` for incremental decoding.
+
+    `deterministic=False` (the train step's clone) applies the config's dropout rates and needs a
+    "dropout" rng: `apply(..., rngs={"dropout": key})`; every layer folds its own key.
     """
 
     cfg: ModelConfig
     mesh: Mesh | None = None
+    deterministic: bool = True
 
     def setup(self):
         cfg = self.cfg
@@ -247,11 +279,11 @@ class CausalLM(nn.Module):
         self.layers = nn.scan(
             block,
             variable_axes={"params": 0},
-            split_rngs={"params": True},
+            split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast, nn.broadcast, 0, 0),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg, self.mesh)
+        )(cfg, self.mesh, self.deterministic)
         if cfg.final_layer_norm:
             self.ln_final = LayerNorm(cfg)
 
@@ -268,6 +300,8 @@ class CausalLM(nn.Module):
         if cfg.has_projection:
             x = self.project_in(x)
         x = x + jnp.take(self.embed_positions, positions + cfg.position_offset, axis=0).astype(dtype)
+        if not self.deterministic and cfg.embed_dropout:
+            x = dropout(x, cfg.embed_dropout, self.make_rng("dropout"))
         x = constrain(x, self.mesh, ("batch", "length", "act_embed"))
         windows = jnp.asarray(cfg.layer_windows, jnp.int32)
         if cache is not None:
