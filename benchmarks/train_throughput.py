@@ -14,11 +14,12 @@ float32 matmul peak of this machine (`mbc_jax.train.peak_flops_per_device`), com
 peak RSS.
 
 Timings on a shared machine are noisy, so everything compared is measured in this one process,
-interleaved: `--variants` adds configurations (`;`-separated, each `key=value,...` over dtype,
-remat, chunk, train, attention = auto|einsum|per_head) whose steps alternate with the main one;
-`train=alt` takes make_train_step from the file given by `--alt-train` (a proposed copy of
-mbc_jax/train.py: A/B a trainer change without
-editing the package). Unless `--no-peer` the peer itself
+interleaved: `--variants` adds configurations (`;`-separated, each `key=value,...`) whose steps
+alternate with the main one. Keys: dtype, remat, chunk, train, attention = auto|einsum|per_head,
+dropout = model|RATE (RATE on the embeddings, attention probabilities and residual branches;
+`model`: the config's rates, 0 for GPT-Neo). `train=alt` takes make_train_step from the file given
+by `--alt-train` (a proposed copy of mbc_jax/train.py: A/B a trainer change without editing the
+package). Unless `--no-peer` the peer itself
 (HF transformers GPTNeoForCausalLM + torch AdamW, 2 threads, as in hf_torch_baseline.py) takes turns
 too, in its own process, so `speedup_vs_peer_same_run` compares steps timed in the same minutes.
 Turns are `--block` steps long (default 3): with strict alternation (`--block 1`) our steps ran
@@ -46,7 +47,7 @@ from score_throughput import bench_config  # noqa: E402
 PEER_TRAIN_TOKENS_PER_S = 154.7  # ../shared/bench/RESULTS.md, measured 2026-11-23
 PEER_TRAIN_STEP_S = 13.2
 PEER_TRAIN_GFLOPS = 116.2
-VARIANT_KEYS = ("dtype", "remat", "chunk", "train", "attention")
+VARIANT_KEYS = ("dtype", "remat", "chunk", "train", "attention", "dropout")
 
 
 def parse_variant(text: str, base: dict) -> dict:
@@ -60,7 +61,7 @@ def parse_variant(text: str, base: dict) -> dict:
 
 
 def label(v: dict) -> str:
-    return f"dtype={v['dtype']},remat={v['remat']},chunk={v['chunk']},train={v['train']},attention={v['attention']}"
+    return ",".join(f"{k}={v[k]}" for k in VARIANT_KEYS)
 
 
 def load_train_module(path: str | None):
@@ -89,7 +90,10 @@ class JaxStep:
         from mbc_jax.sharding import batch_sharding
 
         self.v = v
-        self.model = init_model(hf_cfg, seed=0, dtype=v["dtype"], remat=v["remat"], attention_impl=v["attention"])
+        rates = {} if v["dropout"] == "model" else {
+            k: float(v["dropout"]) for k in ("embed_dropout", "attention_dropout", "resid_dropout")}
+        self.model = init_model(hf_cfg, seed=0, dtype=v["dtype"], remat=v["remat"], attention_impl=v["attention"],
+                                **rates)
         tx = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
         sched = optax.constant_schedule(lr)
         # make_train_step looks its head-loss function up at trace time: bind this variant's chunk size
@@ -241,7 +245,8 @@ def main() -> None:
     batch = {"input_ids": ids, "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
              "segment_ids": np.ones((b, t), np.int32), "response_mask": np.ones((b, t), bool),
              "record_index": np.arange(b, dtype=np.int32)[:, None]}
-    base = {"dtype": args.dtype, "remat": args.remat, "chunk": args.chunk, "train": "repo", "attention": "auto"}
+    base = {"dtype": args.dtype, "remat": args.remat, "chunk": args.chunk, "train": "repo", "attention": "auto",
+            "dropout": "model"}
     variants = [base] + [parse_variant(s, base) for s in args.variants.split(";") if s.strip()]
     if any(v["train"] not in ("repo", "alt") for v in variants) or (any(v["train"] == "alt" for v in variants)
                                                                     and not args.alt_train):
