@@ -329,7 +329,7 @@ def test_remat_gives_the_same_logits_and_gradients(shared_dir):
     for remat in ("none", "full", "dots"):
         model = load_model(str(FIXTURES / "gpt_neo_tiny"), mesh=make_mesh("1,1,1"), remat=remat)
         loss = lambda p: model.module.apply({"params": p}, ids).astype(jnp.float32).std()  # noqa: E731
-        grads[remat] = jax.grad(loss)(model.params)
+        grads[remat] = jax.jit(jax.grad(loss))(model.params)
     for remat in ("full", "dots"):
         for a, b in zip(jax.tree_util.tree_leaves(grads["none"]), jax.tree_util.tree_leaves(grads[remat])):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
@@ -445,3 +445,19 @@ def test_dropout_applies_only_in_training_and_is_a_function_of_the_key(shared_di
         np.testing.assert_allclose(tiny[real], ref[real], rtol=1e-5, atol=1e-5, err_msg=impl)
     sharded = train_logits(_dropout_model("2,2,2", 0.2), 0)
     np.testing.assert_allclose(sharded[real], a[real], rtol=1e-5, atol=1e-5)
+
+
+def test_remat_replays_the_dropout_masks(shared_dir):
+    """A rematerialized layer recomputes its forward with the same dropout masks: the gradients
+    equal those of the stored forward."""
+    import jax.numpy as jnp
+
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 32)))
+    grads = {}
+    model = _dropout_model("1,1,1", 0.2)
+    for remat in ("none", "full"):
+        m = model.module.clone(cfg=model.module.cfg.replace(remat=remat), deterministic=False)
+        loss = lambda p: m.apply({"params": p}, ids, rngs={"dropout": jax.random.key(3)}).astype(jnp.float32).std()  # noqa: E731
+        grads[remat] = jax.jit(jax.grad(loss))(model.params)
+    for a, b in zip(jax.tree_util.tree_leaves(grads["none"]), jax.tree_util.tree_leaves(grads["full"])):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-8)
