@@ -87,11 +87,11 @@ class JaxStep:
         import optax
 
         from mbc_jax.models import init_model
+        from mbc_jax.models.config import DROPOUT_FIELDS
         from mbc_jax.sharding import batch_sharding
 
         self.v = v
-        rates = {} if v["dropout"] == "model" else {
-            k: float(v["dropout"]) for k in ("embed_dropout", "attention_dropout", "resid_dropout")}
+        rates = {} if v["dropout"] == "model" else dict.fromkeys(DROPOUT_FIELDS, float(v["dropout"]))
         self.model = init_model(hf_cfg, seed=0, dtype=v["dtype"], remat=v["remat"], attention_impl=v["attention"],
                                 **rates)
         tx = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)

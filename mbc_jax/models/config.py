@@ -26,6 +26,7 @@ from mbc_jax import UserError
 
 SUPPORTED_MODEL_TYPES = ("gpt_neo", "opt")
 ACTIVATIONS = ("gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu", "swish")
+DROPOUT_FIELDS = ("embed_dropout", "attention_dropout", "resid_dropout")  # ModelConfig's training dropout rates
 GLOBAL_WINDOW = 1 << 30  # "window" of a global-attention layer: larger than any sequence
 
 

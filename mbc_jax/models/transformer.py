@@ -47,6 +47,13 @@ def dropout(x: Array, rate: float, key: Array) -> Array:
     return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
 
 
+def _train_dropout(module: nn.Module, x: Array, rate: float) -> Array:
+    """`dropout` with the module's "dropout" rng when it is a training clone and `rate` is set; else x."""
+    if module.deterministic or not rate:
+        return x
+    return dropout(x, rate, module.make_rng("dropout"))
+
+
 def _normal(std: float):
     return nn.initializers.normal(stddev=std)
 
@@ -143,9 +150,7 @@ class Attention(nn.Module):
         else:
             out = _attend(q, k, v, pos, seg, k_pos, k_seg, window, drop)
         out = Linear(e, ("heads", "embed"), cfg.out_bias, cfg, name="o")(out.reshape(b, t, e))
-        if not self.deterministic and cfg.resid_dropout:
-            out = dropout(out, cfg.resid_dropout, self.make_rng("dropout"))
-        return out, cache
+        return _train_dropout(self, out, cfg.resid_dropout), cache
 
 
 def causal_attention(q, k, v, pos, seg, window, block: int = 128, per_head: bool = False,
@@ -203,9 +208,7 @@ class Mlp(nn.Module):
         y = Linear(cfg.intermediate_size, ("embed", "mlp"), cfg.mlp_bias, cfg, name="fc_in")(x)
         y = constrain(_activation(cfg.activation)(y), self.mesh, ("batch", "length", "act_mlp"))
         y = Linear(x.shape[-1], ("mlp", "embed"), cfg.mlp_bias, cfg, name="fc_out")(y)
-        if not self.deterministic and cfg.resid_dropout:
-            y = dropout(y, cfg.resid_dropout, self.make_rng("dropout"))
-        return y
+        return _train_dropout(self, y, cfg.resid_dropout)
 
 
 class Block(nn.Module):
@@ -300,8 +303,7 @@ class CausalLM(nn.Module):
         if cfg.has_projection:
             x = self.project_in(x)
         x = x + jnp.take(self.embed_positions, positions + cfg.position_offset, axis=0).astype(dtype)
-        if not self.deterministic and cfg.embed_dropout:
-            x = dropout(x, cfg.embed_dropout, self.make_rng("dropout"))
+        x = _train_dropout(self, x, cfg.embed_dropout)
         x = constrain(x, self.mesh, ("batch", "length", "act_embed"))
         windows = jnp.asarray(cfg.layer_windows, jnp.int32)
         if cache is not None:
