@@ -3,7 +3,7 @@
     python benchmarks/mbc_overhead.py [--workload embedded|dolly] [--epochs 15] [--layers L --hidden H --heads N]
         [--modes full,incremental] [--fractions 0.1] [--repeats 1] [--records R] [--set key=value ...]
 
-Runs the real trainer (`mbc_jax.train.Run`, configs from `mbc_jax.config.load`) once with the
+Runs the real trainer (`mbc_jax.train.Trainer`, configs from `mbc_jax.config.load`) once with the
 uniform sampler and once per MBC mode, all with the same steps, k = N / batch (one re-score per
 epoch-equivalent), memorization tracking off and a single checkpoint interval, so only the sampler
 (and the scoring it triggers) differs. Each run has its own temporary run folder, deleted after.
@@ -57,24 +57,6 @@ EMBEDDED_CONFIG = ROOT / "experiments" / "configs" / "embedded.yaml"
 DOLLY = SHARED / "bench" / "dolly256_gptneo.jsonl"
 
 
-class CountingScorer:
-    """Wraps the run's Scorer: counts real and padded tokens scored, and refresh calls."""
-
-    def __init__(self, scorer):
-        self._scorer = scorer
-        self.calls = self.real_tokens = self.padded_tokens = 0
-
-    def __getattr__(self, name):
-        return getattr(self._scorer, name)
-
-    def __call__(self, params, examples, batches=None, progress=None):
-        batches = self._scorer.batches(examples) if batches is None else batches
-        self.calls += 1
-        self.real_tokens += int(sum(len(e) for e in examples))
-        self.padded_tokens += int(sum(b.input_ids.size for b in batches))
-        return self._scorer(params, examples, batches, progress)
-
-
 def model_folder(tmp: Path, workload: str, args) -> str:
     """'embedded', or a folder with a config.json (and the embedded tokenizer) for a bigger shape."""
     if workload == "embedded":
@@ -117,44 +99,35 @@ def base_overrides(tmp: Path, args) -> tuple[str | None, list[str]]:
 
 def one_run(name: str, tmp: Path, config: str | None, overrides: list[str], correlate: bool) -> dict:
     from mbc_jax import config as config_lib
-    from mbc_jax.samplers import MBCSampler, mbc_weights
-    from mbc_jax.train import Run
+    from mbc_jax.samplers import MBCSampler, mbc_weights, record_perplexity
+    from mbc_jax.train import Trainer
 
     out = tmp / name
     cfg = config_lib.load(config, overrides + [f"out={out}"])
-    run = Run.create(cfg, log=lambda *a, **k: None)
-    run.scorer = counter = CountingScorer(run.scorer)
-    padded = {"tokens": 0}
-    train_batch = run.train_batch
-
-    def counted_batch(idx):
-        batch = train_batch(idx)
-        padded["tokens"] += int(batch.input_ids.size)
-        return batch
-
-    run.train_batch = counted_batch
-    summary = run.train()
-    lengths = np.array([len(e) for e in run.data.train])
+    trainer = Trainer.create(cfg, log=lambda *a, **k: None)
+    summary = trainer.train()
+    tokens = summary["tokens"]  # the trainer's own counts of trained and MBC-scored positions
     res = {"run": name, "wall_seconds": summary["wall_seconds"], "train_seconds": summary["train_seconds"],
            "score_seconds": summary["score_seconds"], "checkpoint_seconds": summary["checkpoint_seconds"],
-           "steps": run.total_steps, "k": run.mbc_k, "train_records": len(run.data.train),
-           "trained_real_tokens": int((run.sampler.counts * lengths).sum()), "trained_padded_tokens": padded["tokens"],
-           "refreshes": counter.calls, "scored_real_tokens": counter.real_tokens,
-           "scored_padded_tokens": counter.padded_tokens, "score_compile_seconds": counter.compile_seconds,
+           "steps": trainer.total_steps, "k": trainer.mbc_k, "train_records": len(trainer.data.train),
+           "trained_real_tokens": tokens["trained_real"], "trained_padded_tokens": tokens["trained_padded"],
+           "refreshes": summary["mbc_refreshes"], "scored_real_tokens": tokens["mbc_scored_real"],
+           "scored_padded_tokens": tokens["mbc_scored_padded"], "score_compile_seconds": summary["score_compile_seconds"],
            "distinct_records_drawn": summary["distinct_records_drawn"]}
-    if correlate and isinstance(run.sampler, MBCSampler):
+    sampler = trainer.sampler
+    if correlate and isinstance(sampler, MBCSampler):
         from scipy.stats import spearmanr
 
-        fresh_scores = run.scorer._scorer(run.params, run.data.train, run.train_batches)  # not counted: after training
-        fresh = run._mbc_perplexity(fresh_scores)
-        stored = run.sampler.perplexity
-        p_stored = run.sampler.probabilities()
-        p_fresh = mbc_weights(fresh, run.sampler.power, run.sampler.floor)
+        fresh_scores = trainer.scorer(trainer.params, trainer.data.train, trainer.train_batches)  # after training
+        fresh = record_perplexity(fresh_scores, sampler.response)
+        stored = sampler.perplexity
+        p_stored = sampler.probabilities()
+        p_fresh = mbc_weights(fresh, sampler.power, sampler.floor)
         res.update({"spearman_perplexity": round(float(spearmanr(stored, fresh).statistic), 4),
                     "spearman_weights": round(float(spearmanr(p_stored, p_fresh).statistic), 4),
                     "weights_total_variation": round(float(0.5 * np.abs(p_stored - p_fresh).sum()), 4),
-                    "stalest_scored_step": int(run.sampler.scored_step.min())})
-    del run
+                    "stalest_scored_step": int(sampler.scored_step.min())})
+    del trainer
     shutil.rmtree(out, ignore_errors=True)
     return res
 

@@ -10,7 +10,7 @@ Model: random weights in the real gpt-neo-125M shape (score_throughput.bench_con
 target (labels = ids, like the peer). The step is the trainer's own: `mbc_jax.train.make_train_step`,
 jitted with the state donated. Reports the step time (min over repeats after a warm-up step), real
 tokens/s, model GFLOP/s (6 x params x tokens, the peer's convention), MFU against the measured
-float32 matmul peak of this machine (`mbc_jax.train.peak_flops_per_device`), compile time and
+float32 matmul peak of this machine (`mbc_jax.flops.peak_flops_per_device`), compile time and
 peak RSS.
 
 Timings on a shared machine are noisy, so everything compared is measured in this one process,
@@ -237,7 +237,7 @@ def main() -> None:
 
     import jax
 
-    from mbc_jax.train import peak_flops_per_device, train_flops_per_token
+    from mbc_jax.flops import peak_flops_per_device, train_flops_per_token
 
     hf_cfg = bench_config(args.layers)
     b, t = args.batch, args.seq_len

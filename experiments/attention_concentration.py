@@ -35,7 +35,8 @@ import jax
 import numpy as np
 
 from experiments import common
-from experiments.common import Artifact, RunFolder, fmt
+from experiments.common import Artifact, fmt
+from mbc_jax.run_folder import RunFolder
 
 NAME = "attention_concentration"
 TITLE = "Attention concentration vs memorization"

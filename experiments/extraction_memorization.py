@@ -30,7 +30,8 @@ from typing import Sequence
 import numpy as np
 
 from experiments import common
-from experiments.common import Artifact, RunFolder, fmt
+from experiments.common import Artifact, fmt
+from mbc_jax.run_folder import RunFolder
 
 NAME = "extraction_memorization"
 TITLE = "Extraction memorization: greedy continuation of training-record prefixes"

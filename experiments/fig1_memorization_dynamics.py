@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from experiments import common
-from experiments.common import Artifact, RunFolder, fmt
+from experiments.common import Artifact, fmt
+from mbc_jax.run_folder import RunFolder
 
 NAME = "fig1_memorization_dynamics"
 TITLE = "Figure 1: memorization dynamics during SFT"

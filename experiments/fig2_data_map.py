@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from experiments import common
-from experiments.common import Artifact, RunFolder, fmt
+from experiments.common import Artifact, fmt
+from mbc_jax.run_folder import RunFolder
 
 NAME = "fig2_data_map"
 TITLE = "Figure 2: data map of memorization"

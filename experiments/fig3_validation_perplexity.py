@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from experiments import common
-from experiments.common import Artifact, RunFolder, fmt
+from experiments.common import Artifact, fmt
+from mbc_jax.run_folder import RunFolder
 
 NAME = "fig3_validation_perplexity"
 TITLE = "Figure 3: validation perplexity"

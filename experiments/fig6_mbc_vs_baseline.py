@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from experiments import common
-from experiments.common import Artifact, RunFolder, fmt
+from experiments.common import Artifact, fmt
+from mbc_jax.run_folder import RunFolder
 from experiments.fig1_memorization_dynamics import dynamics
 from experiments.fig3_validation_perplexity import curve as val_curve
 

@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from experiments import common
-from experiments.common import Artifact, RunFolder, fmt
+from experiments.common import Artifact, fmt
+from mbc_jax.run_folder import RunFolder
 
 NAME = "fig7_category_memorization"
 TITLE = "Figure 7: memorization by category"

@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 
 from experiments import common
-from experiments.common import Artifact, RunFolder, fmt
+from experiments.common import Artifact, fmt
+from mbc_jax.run_folder import RunFolder
 
 NAME = "fig8_sampling_frequency"
 TITLE = "Figure 8: sampling frequency of training records"

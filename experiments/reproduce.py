@@ -39,6 +39,7 @@ from typing import Callable
 import yaml
 
 from mbc_jax import UserError
+from mbc_jax.run_folder import RunFolder
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 JUDGE_URL_ENV = "MBC_JUDGE_BASE_URL"
@@ -132,7 +133,7 @@ def run_overrides(scale: Scale, sampler: str, lr: float, out_dir: Path, args: ar
 
 def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[str, float], Path]:
     from mbc_jax import config as config_lib
-    from mbc_jax.train import Run
+    from mbc_jax.train import Trainer
 
     data = args.data
     if data and scale.max_train_records:
@@ -154,7 +155,7 @@ def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[s
                     continue
             log(f"training {sampler} at lr {lr_name(lr)} -> {folder} ({Path(config).name})")
             t0 = time.perf_counter()
-            Run.create(cfg, log=lambda m: log(f"  {m}")).train()
+            Trainer.create(cfg, log=lambda m: log(f"  {m}")).train()
             log(f"  done in {time.perf_counter() - t0:.0f}s")
     return runs
 
@@ -197,7 +198,7 @@ def section_markdown(md: Path, prefix: str) -> str:
 
 def write_report(out: Path, scale_name: str, scale: Scale, runs, sections: list[tuple[str, str]], notes: list[str],
                  timings: list[tuple[str, float]]) -> Path:
-    from experiments.common import RunFolder, fmt, markdown_table
+    from experiments.common import fmt, markdown_table
 
     lines = [f"# MBC reproduction report ({scale_name} scale)", "", scale.note + ".", ""]
     rows = []
@@ -247,7 +248,7 @@ def reproduce(args: argparse.Namespace) -> int:
     run_dirs = train_all(scale, args, out)
     timings.append(("train (4 runs)", time.perf_counter() - t0))
     lrs = scale.learning_rates
-    folders = {k: common.RunFolder.open(v) for k, v in run_dirs.items()}
+    folders = {k: RunFolder.open(v) for k, v in run_dirs.items()}
     every = [folders[(s, lr)] for lr in lrs for s in SAMPLERS]
     baselines = [folders[("uniform", lr)] for lr in lrs]
 

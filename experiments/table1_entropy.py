@@ -6,7 +6,7 @@ sampling vs teacher forcing.
 
 - teacher forcing: the `entropy` column of the snapshot's validation rows (mean entropy of the
   full predictive distribution along the reference response; written by the trainer);
-- nucleus sampling: the run's checkpoint is exported (`mbc_jax.train.export_run`) and answers the
+- nucleus sampling: the run's checkpoint is exported (`mbc_jax.checkpoints.export_run`) and answers the
   same records' prompts with the paper's settings (top-p 0.9, temperature 0.7, repetition penalty
   1.2); entropy of the full predictive distribution (temperature 1, before any processing) along
   the sampled continuation, averaged over its tokens (`mbc_jax.generate`).
@@ -29,7 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from experiments import common
-from experiments.common import Artifact, RunFolder, fmt
+from experiments.common import Artifact, fmt
+from mbc_jax.run_folder import RunFolder
 
 NAME = "table1_entropy"
 TITLE = "Table 1: entropy of the output distribution, nucleus sampling vs teacher forcing"

@@ -1,20 +1,50 @@
-"""Batch samplers: which training records each step sees.
+"""Batch samplers: which training records each step sees. MBC (Algorithm 1 of Ge et al.) lives here.
 
-Both draw as a pure function of (seed, step[, weights]), so a resumed run draws exactly what an
-uninterrupted one would, whatever the number of hosts:
+The trainer calls, around every step s (steps completed so far):
 
-- `UniformSampler`: without replacement, a fresh permutation every epoch (the baseline).
-- `MBCSampler`: Memorization-Based Curriculum. Every k steps the trainer re-scores the training
-  records and calls `set_perplexities`; weights are proportional to perplexity ** power (higher
-  perplexity = less memorized = more likely), mixed with a floor so no record reaches zero, and
-  every batch is `jax.random.choice(key, N, (batch,), replace=True, p=weights)`. No epochs.
+    sampler.before_step(s, params, score_fn)   # MBC: re-score when due
+    idx = sampler.draw(s)                      # the records of step s's batch
+    ...train step...
+    sampler.after_step(s, record_index, per_record_losses)   # MBC incremental: the step's own losses
+
+Drawing is a pure function of (seed, step[, weights]), so a resumed run draws exactly what an
+uninterrupted one would, whatever the number of hosts.
+
+- `UniformSampler` (the baseline): without replacement, a fresh permutation every epoch; its
+  `before_step` and `after_step` do nothing.
+- `MBCSampler`, Memorization-Based Curriculum. Algorithm 1:
+    every k steps: perplexity_i = exp(mean NLL of record i under the current model), for all i
+    p_i = perplexity_i ** power / sum_j perplexity_j ** power   (power 1 in the paper)
+    every step: batch = jax.random.choice(key, N, (B,), replace=True, p=p)   (no epochs)
+  Higher perplexity = less memorized = more likely. Our choices where the paper is silent:
+  `power`, a `floor` mixing in floor / N of uniform probability (an opt-in damping extension),
+  and which perplexity (`response` over the response targets, `full` over the dialogue).
+  Extension, opt-in (`refresh="incremental"`): instead of re-scoring all N records every k steps,
+  each drawn record's perplexity is updated from the train step's own loss (`after_step`), and
+  every k steps only the stalest `refresh_fraction` of records is re-scored, topped up with the
+  next stalest ones that fit in the same packed batches.
+
+`score_fn(params, order, count) -> (which, scores)` is the trainer's scorer: it scores the records
+`order[:count]` (and may score more of `order`, in order, when they come at no extra cost), and
+returns the indices it scored and a `Scores`-like object with `.perplexity(response: bool)` for
+them. A fake one makes this module testable without a model.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Callable
+from typing import Any, Protocol
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+class PerplexityScores(Protocol):
+    def perplexity(self, response: bool = False) -> np.ndarray: ...
+
+
+ScoreFn = Callable[[Any, np.ndarray, int], tuple[np.ndarray, PerplexityScores]]
 
 
 class Sampler:
@@ -22,6 +52,13 @@ class Sampler:
         self.n, self.batch_size = num_records, batch_size
         self.key = jax.random.PRNGKey(seed)
         self.counts = np.zeros(num_records, np.int64)
+
+    def before_step(self, step: int, params: Any, score_fn: ScoreFn) -> None:
+        """Called before drawing step `step`'s batch: re-score when due (MBC)."""
+
+    def after_step(self, step: int, record_index: np.ndarray, per_record_losses: dict[str, np.ndarray]) -> None:
+        """Called after step `step`: `record_index` [rows, S] (-1 = none) names the training records
+        of the batch; `per_record_losses` {"nll": summed NLL, "count": loss targets}, both [rows, S]."""
 
     def indices(self, step: int) -> np.ndarray:
         raise NotImplementedError
@@ -77,19 +114,40 @@ def mbc_weights(perplexity: np.ndarray, power: float = 1.0, floor: float = 0.1) 
     return p / p.sum()
 
 
+def record_perplexity(scores: PerplexityScores, response: bool) -> np.ndarray:
+    """The perplexity MBC weighs by: over the response targets (`response`) or the whole dialogue.
+    A record without response targets falls back to its full-dialogue perplexity."""
+    ppl = scores.perplexity(response)
+    return np.where(np.isfinite(ppl), ppl, scores.perplexity(False))
+
+
 class MBCSampler(Sampler):
-    def __init__(self, num_records: int, batch_size: int, seed: int, power: float = 1.0, floor: float = 0.1):
+    """Memorization-Based Curriculum: draws with replacement, weights from perplexities re-measured
+    every `k` steps (see the module docstring)."""
+
+    def __init__(self, num_records: int, batch_size: int, seed: int, power: float = 1.0, floor: float = 0.1,
+                 k: int = 1, response: bool = True, refresh: str = "full", refresh_fraction: float = 0.1):
         super().__init__(num_records, batch_size, seed)
-        self.power, self.floor = power, floor
+        if refresh not in ("full", "incremental"):
+            raise ValueError(f"refresh: {refresh!r} is not 'full' or 'incremental'")
+        self.power, self.floor, self.k, self.response = power, floor, max(1, k), response
+        self.refresh, self.refresh_fraction = refresh, refresh_fraction
         self.perplexity = np.ones(num_records)  # until the first score: uniform
         self.scored_step = np.full(num_records, -1, np.int64)  # when each record's perplexity was measured
         self._p = None
 
-    def set_perplexities(self, perplexity: np.ndarray, step: int, which: np.ndarray | None = None) -> None:
-        which = np.arange(self.n) if which is None else np.asarray(which)
-        self.perplexity[which] = perplexity
-        self.scored_step[which] = step
-        self._p = None
+    # ------------------------------------------------------------------ Algorithm 1
+
+    def before_step(self, step: int, params: Any, score_fn: ScoreFn) -> None:
+        """Every k steps: re-score all records (or, incremental after step 0, the stalest ones)."""
+        if step % self.k:
+            return
+        if self.refresh == "incremental" and step > 0:
+            order, count = self.staleness_order(), max(1, int(round(self.refresh_fraction * self.n)))
+        else:
+            order, count = np.arange(self.n), self.n
+        which, scores = score_fn(params, order, count)
+        self.set_perplexities(record_perplexity(scores, self.response), step, which)
 
     def probabilities(self) -> np.ndarray:
         if self._p is None:
@@ -101,6 +159,25 @@ class MBCSampler(Sampler):
         key = jax.random.fold_in(self.key, step)
         return np.asarray(jax.random.choice(key, self.n, (self.batch_size,), replace=True, p=p), np.int64)
 
+    # ------------------------------------------------------------------ the incremental extension
+
+    def after_step(self, step: int, record_index: np.ndarray, per_record_losses: dict[str, np.ndarray]) -> None:
+        """Incremental refresh: the drawn records' perplexities from the train step's own losses."""
+        if self.refresh != "incremental":
+            return
+        idx = np.asarray(record_index)
+        real = idx >= 0
+        nll, count = np.asarray(per_record_losses["nll"])[real], np.asarray(per_record_losses["count"])[real]
+        ok = count > 0
+        if ok.any():
+            self.set_perplexities(np.exp(nll[ok] / count[ok]), step, idx[real][ok])
+
+    def set_perplexities(self, perplexity: np.ndarray, step: int, which: np.ndarray | None = None) -> None:
+        which = np.arange(self.n) if which is None else np.asarray(which)
+        self.perplexity[which] = perplexity
+        self.scored_step[which] = step
+        self._p = None
+
     def staleness_order(self) -> np.ndarray:
         """Record indices, measured longest ago first (never measured first of all; ties by index)."""
         return np.lexsort((np.arange(self.n), self.scored_step))
@@ -108,6 +185,8 @@ class MBCSampler(Sampler):
     def stalest(self, fraction: float) -> np.ndarray:
         """The `fraction` of records measured longest ago (ties by index): re-scored next."""
         return self.staleness_order()[:max(1, int(round(fraction * self.n)))]
+
+    # ------------------------------------------------------------------ checkpointed state
 
     def state(self) -> dict[str, np.ndarray]:
         return {"counts": self.counts.copy(), "perplexity": self.perplexity.copy(),
@@ -118,3 +197,14 @@ class MBCSampler(Sampler):
         self.perplexity = np.asarray(state["perplexity"], np.float64).copy()
         self.scored_step = np.asarray(state["scored_step"], np.int64).copy()
         self._p = None
+
+
+def make_sampler(cfg: Any, num_records: int, k: int) -> Sampler:
+    """The sampler a `TrainConfig` asks for; `k` is the resolved re-scoring interval (`mbc.k` or
+    one epoch-equivalent)."""
+    if cfg.sampler == "uniform":
+        return UniformSampler(num_records, cfg.batch_size, cfg.seed)
+    m = cfg.mbc
+    response = m.metric == "response" or (m.metric == "loss" and cfg.loss_on == "response")
+    return MBCSampler(num_records, cfg.batch_size, cfg.seed, m.power, m.floor, k=k, response=response,
+                      refresh=m.refresh, refresh_fraction=m.refresh_fraction)

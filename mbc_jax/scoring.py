@@ -23,41 +23,10 @@ import numpy as np
 
 from mbc_jax import distributed
 from mbc_jax.data import Batch, Example, pack
+from mbc_jax.loss import position_chunks, segment_sums, targets, unchunk
 from mbc_jax.sharding import batch_divisor, batch_sharding
 
 SUMS = ("tokens", "nll", "match", "entropy", "response_tokens", "response_nll", "response_match", "response_entropy")
-
-
-def targets(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(next-token ids, full-target mask, response-target mask), each [B, T].
-
-    Position t predicts token t+1 when both lie in the same (non-padding) record; it is a response
-    target when token t+1 is a response token.
-    """
-    ids, seg = batch["input_ids"], batch["segment_ids"]
-    nxt = jnp.pad(ids[:, 1:], ((0, 0), (0, 1)))
-    nxt_seg = jnp.pad(seg[:, 1:], ((0, 0), (0, 1)))
-    full = (seg != 0) & (nxt_seg == seg)
-    resp = full & jnp.pad(batch["response_mask"][:, 1:], ((0, 0), (0, 1)))
-    return nxt, full, resp
-
-
-def position_chunks(chunk: int, *arrays: jax.Array) -> list[jax.Array]:
-    """[B, T, ...] arrays flattened over positions and cut into [n_chunks, c, ...] with
-    c = min(chunk, B * T), the last chunk zero-padded (`unchunk` undoes it)."""
-    n = arrays[0].shape[0] * arrays[0].shape[1]
-    c = min(chunk, n)
-    pad = -n % c
-    out = []
-    for a in arrays:
-        flat = a.reshape(n, *a.shape[2:])
-        out.append(jnp.pad(flat, ((0, pad),) + ((0, 0),) * (flat.ndim - 1)).reshape(-1, c, *a.shape[2:]))
-    return out
-
-
-def unchunk(chunked: jax.Array, b: int, t: int) -> jax.Array:
-    """[n_chunks, c] per-position values back to [B, T] (dropping the padding)."""
-    return chunked.reshape(-1)[:b * t].reshape(b, t)
 
 
 def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chunk: int = 512,
@@ -114,12 +83,6 @@ def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chu
 
     _, (nll, match, ent) = jax.lax.scan(tokens, None, (h, y))
     return {"nll": unchunk(nll, b, t), "match": unchunk(match, b, t), "entropy": unchunk(ent, b, t)}
-
-
-def segment_sums(values: jax.Array, mask: jax.Array, seg: jax.Array, num_segments: int) -> jax.Array:
-    """[B, S]: sum of `values` over positions of segment s+1 where `mask` holds."""
-    onehot = (seg[:, :, None] == jnp.arange(1, num_segments + 1)[None, None, :]) & mask[:, :, None]
-    return jnp.einsum("bt,bts->bs", values.astype(jnp.float32), onehot.astype(jnp.float32))
 
 
 def score_batch(module: Any, params: Any, batch: dict[str, jax.Array], chunk: int = 512) -> dict[str, jax.Array]:
@@ -194,6 +157,35 @@ class Scorer:
 
     def batches(self, examples: Sequence[Example]) -> list[Batch]:
         return pack(examples, self.seq_len, self.rows, self.max_segments)
+
+    def lower(self, params: Any, batch: dict[str, Any]) -> Any:
+        """The scoring program lowered for `params` and one batch (arrays or `jax.ShapeDtypeStruct`s
+        with shardings): `.compile()` it, e.g. to read its memory analysis (`mbc-jax plan`)."""
+        return self._fn.lower(params, batch)
+
+    def prefix_batches(self, examples: Sequence[Example], order: np.ndarray, count: int
+                       ) -> tuple[np.ndarray, list[Batch]]:
+        """(records, their packed batches): `order[:count]`, topped up with the records that follow in
+        `order` for as long as they pack into no more batches than `order[:count]` alone needs.
+
+        Those positions are computed either way: without the top-up a small subset leaves most of
+        its last batch as padding. Returns the longest such prefix of `order`.
+        """
+        batches = self.batches([examples[i] for i in order[:count]])
+        room = len(batches) * self.rows * self.seq_len - sum(len(examples[i]) for i in order[:count])
+        hi = count
+        while hi < len(order) and len(examples[order[hi]]) <= room:
+            room -= len(examples[order[hi]])
+            hi += 1
+        best, lo = (order[:count], batches), count + 1  # binary search: the longest prefix that packs as tightly
+        while lo <= hi:
+            m = (lo + hi) // 2
+            topped = self.batches([examples[i] for i in order[:m]])
+            if len(topped) == len(batches):
+                best, lo = (order[:m], topped), m + 1
+            else:
+                hi = m - 1
+        return best
 
     def __call__(self, params: Any, examples: Sequence[Example], batches: list[Batch] | None = None,
                  progress: Any = None) -> Scores:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import FIXTURES
+from mbc_jax.run_folder import RunFolder
 from experiments import (attention_concentration, common, extraction_memorization, fig1_memorization_dynamics,
                          fig2_data_map, fig3_validation_perplexity, fig5_win_rate, fig6_mbc_vs_baseline,
                          fig7_category_memorization, fig8_sampling_frequency, reproduce, table1_entropy)
@@ -99,7 +100,7 @@ def read(path: Path) -> list[dict]:
 @pytest.fixture
 def run_and_truth(tmp_path):
     truth = synthetic_run(tmp_path / "run")
-    return common.RunFolder.open(tmp_path / "run"), truth
+    return RunFolder.open(tmp_path / "run"), truth
 
 
 # ----------------------------------------------------------------------------- reading
@@ -124,10 +125,10 @@ def test_read_csv_types_and_record_matrix(run_and_truth):
 
 def test_open_run_errors_name_the_file(tmp_path):
     with pytest.raises(common.UserError, match="no such run folder"):
-        common.RunFolder.open(tmp_path / "nope")
+        RunFolder.open(tmp_path / "nope")
     (tmp_path / "r").mkdir()
     with pytest.raises(common.UserError, match=r"config.yaml: missing"):
-        common.RunFolder.open(tmp_path / "r")
+        RunFolder.open(tmp_path / "r")
 
 
 # ----------------------------------------------------------------------------- figures from snapshots
@@ -490,7 +491,7 @@ def test_every_module_on_a_real_tiny_run(tiny_run, tmp_path):
 
     out = tmp_path / "figs"
     cache = tmp_path / "exports"
-    run = common.RunFolder.open(tiny_run)
+    run = RunFolder.open(tiny_run)
     steps = run.memorization_steps()
     assert steps == [0, 3, 6, 8] and run.checkpoint_steps() == steps
     evals = {m["step"]: m for m in run.metrics() if m.get("eval")}

@@ -17,7 +17,6 @@ import pytest
 
 from mbc_jax import UserError
 from mbc_jax import config as config_lib
-from mbc_jax.samplers import MBCSampler, UniformSampler, mbc_weights
 
 TINY_RUN = ["model=embedded", "data=embedded", "embedded_records=64", "epochs=2", "batch_size=8",
             "checkpoint_every=4", "log_every=2", "learning_rate=3e-3", "max_length=256", "keep_checkpoints=2",
@@ -38,7 +37,7 @@ def _train_cmd(out: Path, extra: list[str]) -> list[str]:
 def _final_tensors(run: Path, tmp: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
-    from mbc_jax.train import export_run
+    from mbc_jax.checkpoints import export_run
 
     out, _ = export_run(run, tmp / f"export-{run.name}")
     return load_file(str(out / "model.safetensors"))
@@ -88,70 +87,21 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, sampler):
     assert (straight / "sampling.csv").read_text() == (killed / "sampling.csv").read_text()
 
 
-# ------------------------------------------------------------------ samplers
-
-
-def test_uniform_sampler_is_a_permutation_per_epoch():
-    s = UniformSampler(num_records=10, batch_size=4, seed=0)
-    draws = np.concatenate([s.draw(step) for step in range(5)])  # 20 draws = 2 epochs
-    assert sorted(draws[:10]) == list(range(10)) and sorted(draws[10:20]) == list(range(10))
-    assert not np.array_equal(draws[:10], draws[10:20])  # reshuffled
-    assert (s.counts == 2).all()
-    fresh = UniformSampler(10, 4, seed=0)
-    np.testing.assert_array_equal(fresh.indices(3), s.indices(3))  # pure function of (seed, step)
-
-
-def test_mbc_weights_proportional_with_floor():
-    ppl = np.array([1.0, 2.0, 4.0, 8.0])
-    np.testing.assert_allclose(mbc_weights(ppl, floor=0.0), ppl / ppl.sum())
-    p = mbc_weights(ppl, floor=0.2)
-    np.testing.assert_allclose(p, 0.8 * ppl / ppl.sum() + 0.2 / 4)
-    assert p.min() >= 0.2 / 4
-    np.testing.assert_allclose(mbc_weights(ppl, power=0.0, floor=0.0), 0.25)
-    np.testing.assert_allclose(mbc_weights(ppl, power=2.0, floor=0.0), ppl**2 / (ppl**2).sum())
-    # a record with no finite perplexity counts as the least memorized
-    np.testing.assert_allclose(mbc_weights(np.array([1.0, np.nan, 3.0]), floor=0.0), [1 / 7, 3 / 7, 3 / 7])
-
-
-def test_mbc_sampler_draw_frequencies_follow_weights():
-    n, batch = 6, 64
-    s = MBCSampler(n, batch, seed=1, power=1.0, floor=0.0)
-    ppl = np.array([1.0, 1.0, 2.0, 2.0, 4.0, 10.0])
-    s.set_perplexities(ppl, step=0)
-    steps = 400
-    for step in range(steps):
-        s.draw(step)
-    freq = s.counts / (steps * batch)
-    want = ppl / ppl.sum()
-    # multinomial: 4 standard errors
-    se = np.sqrt(want * (1 - want) / (steps * batch))
-    assert (np.abs(freq - want) < 4 * se).all(), (freq, want)
-    # pure function of (seed, step, weights)
-    other = MBCSampler(n, batch, seed=1, floor=0.0)
-    other.set_perplexities(ppl, step=0)
-    np.testing.assert_array_equal(other.indices(123), s.indices(123))
-    assert not np.array_equal(other.indices(124), s.indices(123))
-
-
-def test_mbc_stalest_records():
-    s = MBCSampler(5, 2, seed=0)
-    s.set_perplexities(np.ones(5), step=0)
-    s.set_perplexities(np.ones(2), step=3, which=np.array([0, 4]))
-    np.testing.assert_array_equal(s.stalest(0.6), [1, 2, 3])
+# ------------------------------------------------------------------ MBC's scoring batches
 
 
 def test_incremental_refresh_fills_the_batches_it_needs(tmp_path):
     """The stalest fraction always, then the next stalest while they pack into no more batches."""
-    from mbc_jax.train import Run
+    from mbc_jax.train import Trainer
 
     args = [f"out={tmp_path / 'r'}", *TINY_RUN, "sampler=mbc", "mbc.refresh=incremental", "mbc.refresh_fraction=0.1"]
-    run = Run.create(config_lib.load(None, args), log=lambda *a: None)
+    run = Trainer.create(config_lib.load(None, args), log=lambda *a: None)
     n = len(run.data.train)
     run.sampler.set_perplexities(np.ones(n), step=0)
     run.sampler.set_perplexities(np.ones(n - 10), step=5, which=np.arange(10, n))  # 0..9 are stalest
-    which, batches = run._refresh_subset()
     order = run.sampler.staleness_order()
     k = round(0.1 * n)
+    which, batches = run.scorer.prefix_batches(run.data.train, order, k)
     np.testing.assert_array_equal(which, order[:len(which)])
     assert set(which[:10].tolist()) <= set(range(10)) and len(which) > k
     alone = run.scorer.batches([run.data.train[i] for i in order[:k]])
@@ -161,7 +111,7 @@ def test_incremental_refresh_fills_the_batches_it_needs(tmp_path):
 
 
 def test_row_bucket_sizes_are_few_and_pad_by_at_most_a_third():
-    from mbc_jax.train import row_bucket
+    from mbc_jax.data import row_bucket
 
     for most in (1, 7, 8, 32, 100):
         for divisor in (1, 2, 4):
@@ -179,9 +129,10 @@ def test_row_bucket_sizes_are_few_and_pad_by_at_most_a_third():
 
 def test_train_batch_holds_every_drawn_record_in_bucketed_rows(tmp_path):
     from mbc_jax.sharding import batch_divisor
-    from mbc_jax.train import Run, row_bucket
+    from mbc_jax.data import row_bucket
+    from mbc_jax.train import Trainer
 
-    run = Run.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN]), log=lambda *a: None)
+    run = Trainer.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN]), log=lambda *a: None)
     rng = np.random.default_rng(0)
     for _ in range(5):
         idx = rng.choice(len(run.data.train), run.cfg.batch_size, replace=True)
@@ -234,10 +185,10 @@ def test_train_step_dropout_is_a_function_of_seed_and_step(tmp_path):
 
     import jax.numpy as jnp
 
-    from mbc_jax.train import Run, make_train_step, model_runtime
+    from mbc_jax.train import Trainer, make_train_step, model_runtime
 
     assert "resid_dropout" not in model_runtime(config_lib.load(None, []))  # default: the model's own rates
-    run = Run.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN, "dropout=0.1"]), log=lambda *a: None)
+    run = Trainer.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN, "dropout=0.1"]), log=lambda *a: None)
     mc = run.model.module.cfg
     assert (mc.embed_dropout, mc.attention_dropout, mc.resid_dropout) == (0.1, 0.1, 0.1)
     b = run.train_batch(np.arange(8))
@@ -264,7 +215,7 @@ def test_fused_head_loss_and_gradients_equal_plain_autodiff():
     """The head loss whose gradient is formed in the forward pass equals jax.grad of the plain loss."""
     import jax.numpy as jnp
 
-    from mbc_jax.train import fused_nll_loss
+    from mbc_jax.loss import fused_nll_loss
 
     k = jax.random.split(jax.random.PRNGKey(0), 4)
     h = jax.random.normal(k[0], (3, 11, 16))
@@ -341,11 +292,11 @@ def test_bad_values(override, msg):
 
 
 def test_batch_larger_than_data(tmp_path):
-    from mbc_jax.train import Run
+    from mbc_jax.train import Trainer
 
     cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", "embedded_records=40", "val_fraction=0", "batch_size=64"])
     with pytest.raises(UserError, match="batch_size: 64 is larger than the 40 training records"):
-        Run.create(cfg, log=lambda *a: None)
+        Trainer.create(cfg, log=lambda *a: None)
 
 
 def test_nan_loss_stops_naming_step_and_records(tmp_path, monkeypatch):
@@ -364,29 +315,29 @@ def test_nan_loss_stops_naming_step_and_records(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_lib, "make_train_step", poisoned)
     cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN])
-    run = train_lib.Run.create(cfg, log=lambda *a: None)
+    run = train_lib.Trainer.create(cfg, log=lambda *a: None)
     with pytest.raises(UserError, match=r"step 2: the loss is nan; the batch held records (train-\d+, ){7}train-\d+"):
         run.train()
 
 
 def test_run_folder_with_different_config_is_refused(tmp_path):
-    from mbc_jax.train import Run
+    from mbc_jax.train import Trainer
 
     base = [f"out={tmp_path / 'r'}", *TINY_RUN, "epochs=1"]
-    Run.create(config_lib.load(None, base), log=lambda *a: None).train()
+    Trainer.create(config_lib.load(None, base), log=lambda *a: None).train()
     with pytest.raises(UserError, match=r"made with a different config \(learning_rate: 0.003 -> 0.001\)"):
-        Run.create(config_lib.load(None, [*base, "learning_rate=1e-3"]), log=lambda *a: None)
+        Trainer.create(config_lib.load(None, [*base, "learning_rate=1e-3"]), log=lambda *a: None)
     # allowed with override; and a finished run re-run is a no-op resume
-    Run.create(config_lib.load(None, [*base, "learning_rate=1e-3"]), override=True, log=lambda *a: None)
+    Trainer.create(config_lib.load(None, [*base, "learning_rate=1e-3"]), override=True, log=lambda *a: None)
 
 
 def test_disk_full_during_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
 
-    from mbc_jax.train import Run
+    from mbc_jax.train import Trainer
 
     args = [f"out={tmp_path / 'r'}", *TINY_RUN, "epochs=1", "sampler=uniform"]
-    run = Run.create(config_lib.load(None, args), log=lambda *a: None)
+    run = Trainer.create(config_lib.load(None, args), log=lambda *a: None)
     real_save = ocp.CheckpointManager.save
 
     def full_disk(self, step, *a, **k):
@@ -398,7 +349,7 @@ def test_disk_full_during_save_keeps_last_good_checkpoint(tmp_path, monkeypatch)
     with pytest.raises(UserError, match=r"checkpoint of step 4 failed.*last good checkpoint is step 0"):
         run.train()
     monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
-    summary = Run.create(config_lib.load(None, args), log=lambda *a: None).train()
+    summary = Trainer.create(config_lib.load(None, args), log=lambda *a: None).train()
     assert summary["steps"] == 8 and summary["final"]["step"] == 8
 
 
@@ -406,10 +357,10 @@ def test_run_folder_contents(tmp_path):
     """The files docs/run_folder.md promises, read back independently with the csv module."""
     import csv
 
-    from mbc_jax.train import Run
+    from mbc_jax.train import Trainer
 
     run_dir = tmp_path / "r"
-    summary = Run.create(config_lib.load(None, [f"out={run_dir}", *TINY_RUN, "epochs=1"]), log=lambda *a: None).train()
+    summary = Trainer.create(config_lib.load(None, [f"out={run_dir}", *TINY_RUN, "epochs=1"]), log=lambda *a: None).train()
     for name in ("config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json", "model/config.json"):
         assert (run_dir / name).is_file(), name
     steps = sorted(int(f.stem[5:]) for f in (run_dir / "memorization").glob("step_*.csv"))

@@ -188,10 +188,8 @@ def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None) 
     import time
 
     import jax
-    import jax.numpy as jnp
-    import optax
-    from jax.sharding import NamedSharding, PartitionSpec
 
+    from mbc_jax.checkpoints import abstract_train_state
     from mbc_jax.models import abstract_params, config_from_hf
     from mbc_jax.scoring import Scorer
     from mbc_jax.sharding import batch_divisor, batch_sharding, make_mesh, mesh_str
@@ -202,19 +200,14 @@ def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None) 
         raise UserError(f"max_length: {cfg.max_length} exceeds the model's {mcfg.max_position_embeddings} positions")
     mesh = make_mesh(cfg.mesh, devices)
     abstract, shardings, module = abstract_params(mcfg, mesh)
-    sds = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
-    params = jax.tree_util.tree_map(sds, abstract, shardings)
-    replicated = NamedSharding(mesh, PartitionSpec())
+    params = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     tx, schedule = make_optimizer(cfg, max(1, cfg.steps // cfg.grad_accum) if cfg.steps else 1000)
-    opt_abstract = jax.eval_shape(tx.init, params)
-    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_abstract, shardings,
-                                          transform_non_params=lambda _: replicated)
-    opt_state = jax.tree_util.tree_map(sds, opt_abstract, opt_shardings)
-    state = {"params": params, "opt_state": opt_state, "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)}
+    state = abstract_train_state(tx, params, mesh)
+    params, opt_state = state["params"], state["opt_state"]
 
     div = batch_divisor(mesh)
     shard = batch_sharding(mesh)
-    # the most rows a train batch takes (Run.train_batch): one record per row, rounded up to the mesh
+    # the most rows a train batch takes (Trainer.train_batch): one record per row, rounded up to the mesh
     train_rows = -(-cfg.batch_size // div) * div
     train_batch = _abstract_batch(train_rows, cfg.max_length, cfg.batch_size, shard)
     t0 = time.perf_counter()
@@ -227,7 +220,7 @@ def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None) 
     segments = segments or max(1, cfg.max_length // 32)
     score_batch = _abstract_batch(scorer.rows, cfg.max_length, segments, shard)
     t0 = time.perf_counter()
-    score = _memory(scorer._fn.lower(params, score_batch).compile())
+    score = _memory(scorer.lower(params, score_batch).compile())
     score_seconds = time.perf_counter() - t0
 
     param_bytes, opt_bytes = _bytes_per_device(params), _bytes_per_device(opt_state)

@@ -31,17 +31,17 @@ def register(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from mbc_jax import config as config_lib
-    from mbc_jax.train import Run
+    from mbc_jax.train import Trainer
 
     overrides = list(args.overrides) + ([f"mesh={args.mesh}"] if args.mesh else [])
     cfg = config_lib.load(args.config, overrides)
-    summary = Run.create(cfg, override=args.override).train()
+    summary = Trainer.create(cfg, override=args.override).train()
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from mbc_jax.train import export_run
+    from mbc_jax.checkpoints import export_run
 
     out, step = export_run(args.run, args.out, args.step)
     print(f"exported step {step} of {args.run} -> {out}")
@@ -53,14 +53,14 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / 
 
 def run_demo(args: argparse.Namespace) -> int:
     from mbc_jax import config as config_lib
-    from mbc_jax.train import Run
+    from mbc_jax.train import Trainer
 
     summaries = {}
     for sampler in ("mbc", "uniform"):
         cfg = config_lib.load(str(DEMO_CONFIG) if DEMO_CONFIG.is_file() else None,
                               [f"out={Path(args.out) / sampler}", f"sampler={sampler}", *args.overrides])
         print(f"=== {sampler} run -> {cfg.out}")
-        summaries[sampler] = Run.create(cfg).train()
+        summaries[sampler] = Trainer.create(cfg).train()
     print(compare(summaries))
     return 0
 
