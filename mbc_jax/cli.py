@@ -21,7 +21,7 @@ COMMAND_MODULES = (
     "mbc_jax.commands.train",
     "mbc_jax.commands.export",
     "mbc_jax.commands.generate",
-    "mbc_jax.judge",
+    "mbc_jax.commands.judge",
     "mbc_jax.commands.plan",
 )
 
