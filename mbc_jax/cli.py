@@ -13,13 +13,12 @@ import sys
 
 from mbc_jax import UserError
 
-# module path -> registered lazily so `mbc-jax --help` stays fast and a broken optional
-# dependency of one command does not break the others.
+# The modules that register the sub-commands, in `--help` order; one that fails to import is an error.
+# `export` and `demo` are registered by commands/train.py.
 COMMAND_MODULES = (
     "mbc_jax.commands.info",
     "mbc_jax.commands.score",
     "mbc_jax.commands.train",
-    "mbc_jax.commands.export",
     "mbc_jax.commands.generate",
     "mbc_jax.commands.judge",
     "mbc_jax.commands.plan",
@@ -30,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mbc-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # command not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
