@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from mbc_jax import UserError
+from mbc_jax import UserError, exit_code
 
 INT_COLUMNS = ("step", "index", "tokens", "response_tokens", "draws")
 FIRST_LAST = ("first", "last")
@@ -555,13 +555,13 @@ def log(msg: str) -> None:
 
 
 def run_cli(fn: Callable[[], Artifact]) -> int:
-    """Run a module's main body: UserError -> one line on stderr, exit 2; else print what was written."""
-    try:
+    """Run a module's main body and print what it wrote; the exit code as for `mbc-jax` (`mbc_jax.exit_code`)."""
+
+    def body() -> int:
         art = fn()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    written = [p for p in (art.png, *art.csvs, art.md) if p is not None]
-    print(f"{art.name}: wrote {', '.join(str(p) for p in written)}")
-    print(art.paragraph)
-    return 0
+        written = [p for p in (art.png, *art.csvs, art.md) if p is not None]
+        print(f"{art.name}: wrote {', '.join(str(p) for p in written)}")
+        print(art.paragraph)
+        return 0
+
+    return exit_code(body)

@@ -2,16 +2,15 @@
 
 Each module that offers a command defines `register(subparsers)`, which adds its parser and sets
 `func` to a callable taking the parsed arguments and returning an exit code. Errors a user can act
-on are raised as `UserError` and printed as one line (no traceback).
+on are raised as `UserError` and printed as one line (no traceback); see `mbc_jax.errors.exit_code`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
-from mbc_jax import UserError
+from mbc_jax import exit_code
 
 # The modules that register the sub-commands, in `--help` order; one that fails to import is an error.
 # `export` and `demo` are registered by commands/train.py.
@@ -43,15 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        if args.command != "plan":  # plan compiles for fake local devices; everything else may be multi-host
-            from mbc_jax import distributed
+    return exit_code(lambda: _run(args))
 
-            distributed.initialize()
-        return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+def _run(args: argparse.Namespace) -> int | None:
+    if args.command != "plan":  # plan compiles for fake local devices; everything else may be multi-host
+        from mbc_jax import distributed
+
+        distributed.initialize()
+    return args.func(args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mbc_jax import UserError
+from mbc_jax import UserError, exit_code
 from mbc_jax.judge import API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_MODEL, JudgeConfig, judge_files, summary_line
 
 
@@ -87,14 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mbc-jax")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["judge", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; judgments so far are cached, rerun to resume", file=sys.stderr)
-        return 130
+    return exit_code(lambda: args.func(args),
+                     interrupted="interrupted; judgments so far are cached, rerun to resume")
 
 
 if __name__ == "__main__":
