@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from mbc_jax import UserError
+from mbc_jax import UserError, exit_code
 from mbc_jax.run_folder import RunFolder, fmt_lr, read_csv, write_csv  # noqa: F401 (the experiment modules use them from here)
 
 FIRST_LAST = ("first", "last")
@@ -261,13 +261,13 @@ def log(msg: str) -> None:
 
 
 def run_cli(fn: Callable[[], Artifact]) -> int:
-    """Run a module's main body: UserError -> one line on stderr, exit 2; else print what was written."""
-    try:
+    """Run a module's main body and print what it wrote; the exit code as for `mbc-jax` (`mbc_jax.exit_code`)."""
+
+    def body() -> int:
         art = fn()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    written = [p for p in (art.png, *art.csvs, art.md) if p is not None]
-    print(f"{art.name}: wrote {', '.join(str(p) for p in written)}")
-    print(art.paragraph)
-    return 0
+        written = [p for p in (art.png, *art.csvs, art.md) if p is not None]
+        print(f"{art.name}: wrote {', '.join(str(p) for p in written)}")
+        print(art.paragraph)
+        return 0
+
+    return exit_code(body)

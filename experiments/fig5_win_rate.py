@@ -25,7 +25,7 @@ CATEGORY_COLUMNS = ("label", "category", "n", "win", "tie", "loss", "win_rate", 
 
 
 def load(paths: Sequence[str | Path], labels: Sequence[str] | None) -> dict[str, dict]:
-    from mbc_jax.winrate import load_results
+    from mbc_jax.judge.winrate import load_results
 
     if labels and len(labels) != len(paths):
         raise common.UserError(f"--labels: {len(labels)} labels for {len(paths)} results files; give one per file")
@@ -70,7 +70,7 @@ def describe(results: dict[str, dict]) -> str:
 
 
 def build(results_paths: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None) -> Artifact:
-    from mbc_jax.winrate import plot_win_rates
+    from mbc_jax.judge.winrate import plot_win_rates
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

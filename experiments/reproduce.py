@@ -38,7 +38,7 @@ from typing import Callable
 
 import yaml
 
-from mbc_jax import UserError
+from mbc_jax import UserError, exit_code
 from mbc_jax.run_folder import RunFolder
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -343,14 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-judge", action="store_true", help="do not judge even when an endpoint is configured")
     p.add_argument("--keep-exports", action="store_true", help="keep the exported checkpoints (OUT/exports)")
     args = p.parse_args(argv)
-    try:
-        return reproduce(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume the training runs", file=sys.stderr)
-        return 130
+    return exit_code(lambda: reproduce(args),
+                     interrupted="interrupted; run the same command again to resume the training runs")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """mbc-jax: memorization during supervised fine-tuning, and Memorization-Based Curriculum training."""
 
+from mbc_jax.errors import UserError, exit_code
+
 __version__ = "0.1.0"
 
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one clear line by the CLI, never a traceback."""
+__all__ = ["UserError", "exit_code", "__version__"]

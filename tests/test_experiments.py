@@ -239,7 +239,7 @@ def test_fig8_counts_equal_sampling_csv(tmp_path):
 
 
 def test_fig5_win_rates_from_judge_results(tmp_path):
-    from mbc_jax.winrate import summarize
+    from mbc_jax.judge.winrate import summarize
 
     paths = []
     for k, (wins, ties, losses) in enumerate([(6, 3, 1), (2, 2, 6)]):

@@ -1,4 +1,4 @@
-"""Tests for mbc_jax/judge.py and mbc_jax/winrate.py.
+"""Tests for the mbc_jax/judge package (winrate included) and the `mbc-jax judge` command.
 
 The judge runs against a real HTTP server on 127.0.0.1 (started here, ephemeral port) that
 speaks the chat-completions shape. The server decides each verdict from a script keyed by
@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mbc_jax import UserError, judge, winrate
+from mbc_jax import UserError, judge
+from mbc_jax.commands import judge as judge_command
+from mbc_jax.judge import winrate
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-DO-NOT-LEAK-4f9c2e7a1b"
@@ -272,9 +274,9 @@ def test_known_script_rates_per_order_counts_and_cli(tmp_path, server_factory, c
     server = server_factory(script=KNOWN)
     a, b = answer_files(tmp_path)
     out = tmp_path / "out" / "results.json"
-    rc = judge.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
-                     "--model", "judge-test", "--concurrency", "3", "--no-progress",
-                     "--bootstrap", "300"])
+    rc = judge_command.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
+                             "--model", "judge-test", "--concurrency", "3", "--no-progress",
+                             "--bootstrap", "300"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "mbc wins 40.0%" in printed and "uniform wins 20.0%" in printed
@@ -319,8 +321,8 @@ def test_known_script_rates_per_order_counts_and_cli(tmp_path, server_factory, c
 
     # A rerun pays nothing and reproduces the results exactly (seeded bootstrap).
     before = out.read_text()
-    assert judge.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
-                       "--model", "judge-test", "--no-progress", "--bootstrap", "300"]) == 0
+    assert judge_command.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
+                               "--model", "judge-test", "--no-progress", "--bootstrap", "300"]) == 0
     assert sum(server.requests.values()) == 20
     again = json.loads(out.read_text())
     assert again["calls"]["cached"] == 20 and again["calls"]["api_calls"] == 0
@@ -328,8 +330,8 @@ def test_known_script_rates_per_order_counts_and_cli(tmp_path, server_factory, c
     assert strip(again) == strip(json.loads(before))
 
     # A different judge model is a different cache key: it pays again.
-    judge.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
-                "--model", "other-judge", "--no-progress", "--bootstrap", "50"])
+    judge_command.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
+                        "--model", "other-judge", "--no-progress", "--bootstrap", "50"])
     assert sum(server.requests.values()) == 40
 
 
@@ -398,7 +400,7 @@ def test_killed_midway_then_resumed_loses_nothing_pays_nothing_twice(tmp_path, s
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mbc_jax.judge", "--a", str(a), "--b", str(b), "--out", str(out),
+        [sys.executable, "-m", "mbc_jax.commands.judge", "--a", str(a), "--b", str(b), "--out", str(out),
          "--base-url", server.url, "--model", "judge-test", "--concurrency", "2",
          "--backoff", "0.01", "--timeout", "30", "--no-progress"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -505,8 +507,8 @@ def test_missing_key_for_remote_endpoint(tmp_path):
     with pytest.raises(UserError, match=r"no API key .*judge\.example\.com.*OPENAI_API_KEY"):
         judge.judge_files(a, b, tmp_path / "r.json", base_url="https://judge.example.com/v1",
                           progress=False)
-    assert judge.main(["--a", str(a), "--b", str(b), "--out", str(tmp_path / "r.json"),
-                       "--base-url", "https://judge.example.com/v1"]) == 2
+    assert judge_command.main(["--a", str(a), "--b", str(b), "--out", str(tmp_path / "r.json"),
+                               "--base-url", "https://judge.example.com/v1"]) == 2
 
 
 def test_api_key_is_sent_but_never_written_or_logged(tmp_path, server_factory, monkeypatch, capsys):
@@ -514,13 +516,13 @@ def test_api_key_is_sent_but_never_written_or_logged(tmp_path, server_factory, m
     server = server_factory(script=KNOWN, failures={(0, "a_first"): ["429"]})
     a, b = answer_files(tmp_path, qs=range(3))
     out = tmp_path / "out" / "results.json"
-    assert judge.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
-                       "--backoff", "0.001"]) == 0
+    assert judge_command.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
+                               "--backoff", "0.001"]) == 0
     assert set(server.auth) == {f"Bearer {SECRET}"}
     # A server that rejects the key and echoes it: the error names the problem, not the key.
     server.mode = "401"
-    rc = judge.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
-                     "--model", "fresh-model"])
+    rc = judge_command.main(["--a", str(a), "--b", str(b), "--out", str(out), "--base-url", server.url,
+                             "--model", "fresh-model"])
     captured = capsys.readouterr()
     assert rc == 2 and "HTTP 401" in captured.err and "check OPENAI_API_KEY" in captured.err
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -533,12 +535,12 @@ def test_api_key_is_sent_but_never_written_or_logged(tmp_path, server_factory, m
 
 def test_register_adds_the_judge_command():
     parser = argparse.ArgumentParser()
-    judge.register(parser.add_subparsers(dest="command"))
+    judge_command.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["judge", "--a", "A", "--b", "B", "--out", "o.json",
                               "--base-url", "http://127.0.0.1:8000/v1", "--model", "m",
                               "--concurrency", "2", "--max-retries", "1", "--timeout", "3",
                               "--cache", "c", "--name-a", "x", "--name-b", "y", "--seed", "7"])
-    assert args.func is judge.run and args.seed == 7 and args.cache == "c"
+    assert args.func is judge_command.run and args.seed == 7 and args.cache == "c"
     assert (args.concurrency, args.max_retries, args.timeout) == (2, 1, 3.0)
 
 

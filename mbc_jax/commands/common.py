@@ -49,15 +49,17 @@ def load_template(args: argparse.Namespace):
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     """Writes rows atomically (to a temporary name, then renamed); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    from mbc_jax.run_folder import atomic_write
+
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+
+    def body(f) -> None:
+        nonlocal n
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
-    tmp.replace(path)
+
+    atomic_write(path, body)
     return n
 
 

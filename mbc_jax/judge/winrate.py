@@ -1,7 +1,7 @@
 """Win / tie / loss rates of a pairwise comparison, with bootstrap confidence intervals, and the
 paper's Figure 5 style chart (one stacked horizontal bar per comparison or category).
 
-Input: one judgment per matched pair, as written by `mbc_jax.judge` (the `.judgments.jsonl`
+Input: one judgment per matched pair, as made by `mbc_jax.judge.protocol.judgment` (the `.judgments.jsonl`
 file next to the results JSON): `outcome` is "A", "B" or "tie" (None for a pair the judge never
 gave a valid verdict for; such pairs are counted in `n_invalid` and left out of the rates),
 `category`, and per presentation order the positional verdict (`verdict_a_first`,
@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mbc_jax.judge.protocol import ORDERS
+
 OUTCOMES = ("A", "tie", "B")
-ORDERS = ("a_first", "b_first")
 
 
 def bootstrap_rates(

@@ -1,0 +1,110 @@
+"""Answer files: read the JSONL written by `mbc-jax generate` and pair two models' answers.
+
+Records are matched by `id`, or by `index` when some record has no `id`; a prompt must read the
+same in both files. Records found in only one file are reported, not judged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mbc_jax import UserError
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One prompt answered by both models."""
+
+    key: str
+    id: object
+    index: object
+    category: str
+    question: str
+    answer_a: str
+    answer_b: str
+    where_a: str  # file:line
+    where_b: str
+
+
+@dataclass
+class Matched:
+    """The pairs two answer files have in common, the field that matched them, and the rest."""
+
+    pairs: list[Pair]
+    field: str  # "id" or "index"
+    only_a: list[str]
+    only_b: list[str]
+
+
+def read_answers(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) for every non-blank line of a JSONL answer file."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read answer file ({e.strerror})") from None
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); answer files are JSONL "
+                            "written by `mbc-jax generate`") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object per line")
+        for name in ("prompt", "output_text"):
+            if not isinstance(rec.get(name), str):
+                raise UserError(f"{path}:{lineno}: field `{name}` missing or not a string; answer "
+                                "files need `prompt` and `output_text` (from `mbc-jax generate`)")
+        records.append((lineno, rec))
+    if not records:
+        raise UserError(f"{path}: no records")
+    return records
+
+
+def _key_field(a: list[tuple[int, dict]], b: list[tuple[int, dict]]) -> str:
+    for name in ("id", "index"):
+        if all(rec.get(name) is not None for _, rec in a + b):
+            return name
+    raise UserError("cannot match the answer files: every record of both files needs an `id` "
+                    "(or else an `index`) field")
+
+
+def match_answers(path_a: str | Path, path_b: str | Path) -> Matched:
+    """Pair the records of two answer files by `id` (else `index`), in A's order."""
+    a, b = read_answers(path_a), read_answers(path_b)
+    name = _key_field(a, b)
+
+    def by_key(path, records):
+        out: dict[str, tuple[int, dict]] = {}
+        for lineno, rec in records:
+            k = str(rec[name])
+            if k in out:
+                raise UserError(f"{path}:{lineno}: duplicate {name} {k!r} (first on line "
+                                f"{out[k][0]}); records must be unique to be matched")
+            out[k] = (lineno, rec)
+        return out
+
+    map_a, map_b = by_key(path_a, a), by_key(path_b, b)
+    pairs = []
+    for k, (line_a, rec_a) in map_a.items():
+        if k not in map_b:
+            continue
+        line_b, rec_b = map_b[k]
+        if rec_a["prompt"].strip() != rec_b["prompt"].strip():
+            raise UserError(f"{path_b}:{line_b}: prompt of {name} {k!r} differs from "
+                            f"{path_a}:{line_a}; both files must answer the same prompts")
+        category = rec_a.get("category") or rec_b.get("category") or "(none)"
+        pairs.append(Pair(k, rec_a.get("id"), rec_a.get("index"), str(category),
+                          rec_a["prompt"], rec_a["output_text"], rec_b["output_text"],
+                          f"{path_a}:{line_a}", f"{path_b}:{line_b}"))
+    only_a = [k for k in map_a if k not in map_b]
+    only_b = [k for k in map_b if k not in map_a]
+    if not pairs:
+        raise UserError(f"no record of {path_a} matches one of {path_b} by {name}; are they "
+                        "answers to the same data?")
+    return Matched(pairs, name, only_a, only_b)

@@ -1,0 +1,151 @@
+"""One comparison of two answer files: match, judge in both orders, summarize, write the outputs.
+
+`judge_files(A, B, OUT)` is what `mbc-jax judge --a A --b B --out OUT` runs. Empty answers stop it
+with the file:line of each (unless `allow_empty`; they are then counted as `n_empty`); a pair
+without two valid verdicts is reported (`n_invalid`), left out of the rates and retried by the
+next run. Outputs: the results JSON (OUT), the per-pair judgments next to it
+(`<stem>.judgments.jsonl`, with the judge's explanations), and the chart `<stem>.png` with its
+numbers `<stem>.csv`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mbc_jax import UserError
+from mbc_jax.judge import winrate
+from mbc_jax.judge.answers import match_answers
+from mbc_jax.judge.client import (Judge, JudgeConfig, JudgeUnavailable, JudgmentCache, make_client, public_url,
+                                  resolve_endpoint)
+from mbc_jax.judge.protocol import load_template
+from mbc_jax.run_folder import atomic_write
+
+
+def output_paths(out: str | Path) -> dict[str, Path]:
+    """The files of one comparison: results JSON, judgments JSONL, chart PNG and its CSV."""
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix == ".json" else out
+    return {"results": out, "judgments": Path(f"{stem}.judgments.jsonl"),
+            "png": Path(f"{stem}.png"), "csv": Path(f"{stem}.csv")}
+
+
+def default_name(path: str | Path, other: str | Path) -> str:
+    """A short label for a model: the file stem, or the folder if both stems are equal."""
+    path, other = Path(path), Path(other)
+    if path.stem != other.stem:
+        return path.stem
+    return path.resolve().parent.name or path.stem
+
+
+def judge_files(
+    path_a: str | Path,
+    path_b: str | Path,
+    out: str | Path,
+    *,
+    config: JudgeConfig | None = None,
+    base_url: str | None = None,
+    cache_dir: str | Path | None = None,
+    name_a: str | None = None,
+    name_b: str | None = None,
+    template: str | Path | None = None,
+    seed: int = 0,
+    n_boot: int = 1000,
+    allow_empty: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+    sleep: Callable[[float], None] | None = None,
+    on_result: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Judge A against B, write results JSON, judgments JSONL and chart; return the results."""
+    config = config or JudgeConfig()
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    url, key = resolve_endpoint(base_url)
+    tmpl = load_template(template)
+    matched = match_answers(path_a, path_b)
+    name_a = name_a or default_name(path_a, path_b)
+    name_b = name_b or default_name(path_b, path_a)
+    if matched.only_a or matched.only_b:
+        log(f"warning: {len(matched.only_a)} record(s) only in {path_a}, "
+            f"{len(matched.only_b)} only in {path_b}: not judged (matched by "
+            f"{matched.field}; first: {(matched.only_a + matched.only_b)[:5]})")
+    pairs = matched.pairs
+    if limit is not None and limit < len(pairs):
+        log(f"note: --limit {limit}: judging the first {limit} of {len(pairs)} matched pairs")
+        pairs = pairs[:limit]
+    empty = [(p.where_a, "a") for p in pairs if not p.answer_a.strip()]
+    empty += [(p.where_b, "b") for p in pairs if not p.answer_b.strip()]
+    if empty and not allow_empty:
+        where = ", ".join(w for w, _ in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise UserError(f"{where}: empty output_text ({len(empty)} empty answer(s) in all); "
+                        "regenerate them, or pass --allow-empty to judge them as they are")
+
+    paths = output_paths(out)
+    cache = JudgmentCache(cache_dir if cache_dir is not None
+                          else paths["results"].parent / "judge_cache")
+    judge = Judge(make_client(url, key, config.timeout), config, cache, tmpl, secrets=[key],
+                  sleep=sleep, endpoint=url)
+    started = time.monotonic()
+    try:
+        judgments = judge.judge_pairs(pairs, progress=progress, on_result=on_result)
+    except JudgeUnavailable as e:
+        raise UserError(f"judge endpoint {public_url(url)} unreachable or failing after retries "
+                        f"({e}); {len(cache)} judgment(s) are cached in {cache.dir}: rerun the "
+                        "same command to resume") from None
+    summary = winrate.summarize(judgments, n_boot=n_boot, seed=seed)
+    n_invalid = summary["overall"]["n_invalid"]
+    results = {
+        "name_a": name_a,
+        "name_b": name_b,
+        "a": str(path_a),
+        "b": str(path_b),
+        "judge": {
+            "model": config.model,
+            "base_url": public_url(url),
+            "params": config.params(),
+            "template": tmpl.path,
+            "template_sha256": tmpl.sha256,
+            "protocol": "both orders; a win needs both orders to agree, otherwise tie",
+        },
+        "n_pairs": len(pairs),
+        "n_invalid": n_invalid,
+        "n_empty": {"a": sum(1 for _, s in empty if s == "a"),
+                    "b": sum(1 for _, s in empty if s == "b")},
+        "matched_by": matched.field,
+        "unmatched": {"only_in_a": matched.only_a, "only_in_b": matched.only_b},
+        "calls": {**judge.stats.as_dict(), "cache_dir": str(cache.dir),
+                  "seconds": round(time.monotonic() - started, 3)},
+        **summary,
+    }
+    paths["results"].parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(paths["judgments"],
+                  "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in judgments))
+    atomic_write(paths["results"], json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    if summary["overall"]["n"]:
+        winrate.plot_win_rates(winrate.summary_rows(results), paths["png"], name_a=name_a,
+                               name_b=name_b, title=f"{name_a} vs {name_b} (judge: {config.model})")
+    if n_invalid:
+        log(f"warning: {n_invalid} pair(s) got no valid verdict after {config.max_retries} "
+            "retries; they are left out of the rates and will be retried by the next run")
+    return results
+
+
+def _fmt(block: dict, part: str) -> str:
+    lo, hi = block[f"{part}_ci"]
+    return f"{100 * block[f'{part}_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def summary_line(results: dict, out: str | Path) -> str:
+    """One line for the terminal: pairs and calls, the three rates with their CIs, consistency."""
+    o = results["overall"]
+    calls = results["calls"]
+    head = (f"judged {o['n']} pairs ({calls['api_calls']} API calls, {calls['cached']} cached)")
+    if not o["n"]:
+        return head + f"; no valid judgments; wrote {out}"
+    return (f"{head}: {results['name_a']} wins {_fmt(o, 'win')}, tie {_fmt(o, 'tie')}, "
+            f"{results['name_b']} wins {_fmt(o, 'loss')}; consistency "
+            f"{100 * o['consistency']:.1f}%; wrote {out}")

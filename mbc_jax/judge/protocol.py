@@ -1,0 +1,138 @@
+"""The judging protocol: the prompt template, the verdict format, and how two orders make one outcome.
+
+- Every pair is judged twice, with A's answer shown first (`a_first`) and with B's answer shown
+  first (`b_first`); the template labels whichever answer is shown first "Assistant A".
+- A verdict must contain exactly one of [[A]], [[B]], [[C]] (C = tie); the same token may be
+  repeated but no two different ones may appear. Anything else is an invalid verdict.
+- A pair is a win for a model only when both orders pick it; otherwise it is a tie.
+
+The template file has '#' header lines, then a `[system]` (optional) and a `[user]` section with
+the placeholders {question}, {answer_a} and {answer_b}; the default is `templates/judge_pairwise.txt`
+(the paper's Figure 4 judge prompt; see the note in that file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mbc_jax import UserError
+from mbc_jax.judge.answers import Pair
+
+TEMPLATE_PATH = Path(__file__).parent.parent / "templates" / "judge_pairwise.txt"
+ORDERS = ("a_first", "b_first")
+_VERDICT_RE = re.compile(r"\[\[([ABC])\]\]")
+_PLACEHOLDER_RE = re.compile(r"\{(question|answer_a|answer_b)\}")
+
+
+@dataclass(frozen=True)
+class JudgeTemplate:
+    """The judging prompt: an optional system message and a user message with placeholders."""
+
+    system: str | None
+    user: str
+    path: str
+    sha256: str
+
+    def render(self, question: str, first: str, second: str) -> list[dict[str, str]]:
+        """Chat messages for one presentation order (`first` is labelled Assistant A)."""
+        values = {"question": question, "answer_a": first, "answer_b": second}
+
+        def fill(text: str) -> str:  # one pass: placeholders inside an answer stay literal
+            return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], text)
+
+        messages = [{"role": "user", "content": fill(self.user)}]
+        if self.system is not None:
+            messages.insert(0, {"role": "system", "content": fill(self.system)})
+        return messages
+
+
+def load_template(path: str | Path | None = None) -> JudgeTemplate:
+    """Parse a template file: '#' header lines, then `[system]` and `[user]` sections."""
+    path = Path(path) if path is not None else TEMPLATE_PATH
+    try:
+        raw = path.read_text()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the judge template ({e.strerror})") from None
+    sections: dict[str, list[str]] = {}
+    current: str | None = None
+    for lineno, line in enumerate(raw.splitlines(), 1):
+        marker = line.strip().lower()
+        if marker in ("[system]", "[user]"):
+            current = marker[1:-1]
+            if current in sections:
+                raise UserError(f"{path}:{lineno}: second {line.strip()} section")
+            sections[current] = []
+        elif current is None:
+            if line.strip() and not line.startswith("#"):
+                raise UserError(f"{path}:{lineno}: text before the first [system] or [user] "
+                                "line; header lines must start with '#'")
+        else:
+            sections[current].append(line)
+    if "user" not in sections:
+        raise UserError(f"{path}: no [user] section; the template needs one")
+    user = "\n".join(sections["user"]).strip("\n")
+    system = "\n".join(sections["system"]).strip("\n") if "system" in sections else None
+    missing = [p for p in ("question", "answer_a", "answer_b")
+               if "{" + p + "}" not in (system or "") + user]
+    if missing:
+        raise UserError(f"{path}: placeholder(s) {', '.join('{'+m+'}' for m in missing)} missing")
+    return JudgeTemplate(system, user, str(path), hashlib.sha256(raw.encode()).hexdigest())
+
+
+class InvalidVerdict(ValueError):
+    """The judge's reply does not contain exactly one kind of [[A]] / [[B]] / [[C]]."""
+
+
+def parse_verdict(text: str | None) -> str:
+    """'A', 'B' or 'C' (tie) from a judge reply; InvalidVerdict unless exactly one kind appears."""
+    found = set(_VERDICT_RE.findall(text or ""))
+    if len(found) != 1:
+        what = "no verdict" if not found else "conflicting verdicts " + "/".join(
+            f"[[{v}]]" for v in sorted(found))
+        raise InvalidVerdict(what)
+    return found.pop()
+
+
+def winner_of(verdict: str, order: str) -> str:
+    """Map a positional verdict to the model it favours: 'A', 'B' or 'tie'."""
+    if verdict == "C":
+        return "tie"
+    first_is_a = order == "a_first"
+    return "A" if (verdict == "A") == first_is_a else "B"
+
+
+def combine(winner_a_first: str, winner_b_first: str) -> str:
+    """A win needs both orders to agree; anything else is a tie."""
+    return winner_a_first if winner_a_first == winner_b_first else "tie"
+
+
+def shown(pair: Pair, order: str) -> tuple[str, str]:
+    """(first, second): the two answers of `pair` in the order the judge sees them."""
+    return (pair.answer_a, pair.answer_b) if order == "a_first" else (pair.answer_b, pair.answer_a)
+
+
+def judgment(pair: Pair, entries: Mapping[str, dict]) -> dict:
+    """One pair's judgment from its two judge replies (`entries[order]`, verdict None if invalid).
+
+    Holds the pair's key, id, index and category, per order the positional verdict and the winner
+    it implies, the combined `outcome` and whether the orders agreed (`consistent`; both None
+    unless both verdicts are valid), the judge's text per order, and the error of an invalid one.
+    """
+    j: dict = {"key": pair.key, "id": pair.id, "index": pair.index, "category": pair.category}
+    for order in ORDERS:
+        verdict = entries[order]["verdict"]
+        j[f"verdict_{order}"] = verdict
+        j[f"winner_{order}"] = winner_of(verdict, order) if verdict else None
+    ok = j["verdict_a_first"] is not None and j["verdict_b_first"] is not None
+    j["outcome"] = combine(j["winner_a_first"], j["winner_b_first"]) if ok else None
+    j["consistent"] = (j["winner_a_first"] == j["winner_b_first"]) if ok else None
+    for order in ORDERS:
+        entry = entries[order]
+        j[f"judge_text_{order}"] = entry.get("text")
+        if entry["verdict"] is None:
+            j[f"error_{order}"] = entry.get("error")
+    return j
