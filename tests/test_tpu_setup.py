@@ -184,6 +184,47 @@ def test_dry_run_prints_gcloud_and_touches_nothing(script, args, first, env, tmp
     assert calls(env) == [] and not (tmp_path / "out").exists() and not Path(env["MBC_TPU_STATE_DIR"]).exists()
 
 
+@pytest.mark.parametrize(
+    "script, args, rc, message",
+    [
+        ("create_tpu.sh", ["a", "--type"], 1, "--type needs a value"),
+        ("create_tpu.sh", ["a", "--accelerator-type", ""], 1, "--type needs a value"),
+        ("create_tpu.sh", ["a", "b", "--help"], 2, "unexpected argument 'b' (the name is already 'a')"),
+        ("create_tpu.sh", ["a", "--spot=1"], 2, "unknown option --spot=1"),
+        ("run.sh", ["a", "b"], 2, "unexpected argument 'b' (put the command after --)"),
+        ("run.sh", ["a", "--env"], 1, "--env needs KEY=VALUE"),
+        ("logs.sh", ["a", "-n=5"], 2, "unknown option -n=5"),
+        ("logs.sh", ["a", "--run-id"], 1, "--run needs a value"),
+        ("logs.sh", ["a", "--save"], 1, "--save needs a directory"),
+        ("delete_tpu.sh", ["a", "--zone=z", "--"], 2, "unknown option --"),
+        ("fetch.sh", ["a", "b", "c", "d"], 2, "too many arguments: a b c d"),
+        ("install.sh", ["a", "--pip-args"], 1, "--pip-args needs a value"),
+        ("gpu_setup.sh", ["--zone", "z"], 2, "unknown option --zone"),
+        ("gpu_setup.sh", ["a"], 2, "unexpected argument 'a'"),
+    ],
+)
+def test_flag_errors(script, args, rc, message, env):
+    p = sh(script, *args, env=env, rc=rc, DRY_RUN="1")
+    assert message in p.stderr and p.stdout == "" and calls(env) == []
+
+
+def test_flag_spellings(env):
+    # aliases, --flag=VALUE (empty allowed), --dry-run anywhere, everything after -- passed on as is
+    p = sh("create_tpu.sh", "--dry-run", "a", "--accelerator-type=v4-32", "--runtime-version", "rv", "--zone=z",
+           "--project=", "--", "--x=1", "--help", env=env)  # fmt: skip
+    assert p.stdout == (
+        "+ gcloud compute tpus tpu-vm create a --zone=z --accelerator-type=v4-32 --version=rv --x=1 --help\n"
+    )
+    p = sh("logs.sh", "a", "--zone", "z", "--run-id=r1", "-n", "3", "--worker=0", "--no-follow", env=env, DRY_RUN="1")
+    assert p.stdout.startswith("+ gcloud compute tpus tpu-vm ssh a --worker=0 --zone=z --command=")
+    assert '\nD="$LOGROOT"/r1\n' in p.stdout and p.stdout.endswith('\ntail -n 3 "$F"\'\n')
+    p = sh("install.sh", "a", "--zone", "z", "--git=u", "--pip-args", "", "--no-check", env=env, DRY_RUN="1")
+    assert "\nGIT_URL=u\n" in p.stdout and "\nPIP_ARGS=\n" in p.stdout and "\nCHECK=0\n" in p.stdout
+    p = sh("delete_tpu.sh", "a", "--zone", "z", "-y", "--async", env=env, DRY_RUN="1")
+    assert p.stdout == "+ gcloud compute tpus tpu-vm delete a --zone=z --quiet --async\n"
+    assert calls(env) == []
+
+
 def test_missing_gcloud_is_a_clear_error(env):
     p = sh("create_tpu.sh", "mbc-v4", env=env, rc=1, GCLOUD="/nonexistent/gcloud")
     assert "not found on PATH" in p.stderr and "https://cloud.google.com/sdk/docs/install" in p.stderr

@@ -72,6 +72,116 @@ require_gcloud() {
   To only see what would run: DRY_RUN=1 $0 ..."
 }
 
+# --- command-line flags -----------------------------------------------------------------------
+# A script declares its flags with `flag`, then calls `parse_flags "$@"`. Every script also takes
+# -h/--help (prints its `usage`, exit 0) and --dry-run (DRY_RUN=1); any other word that starts
+# with '-' and is not declared is an unknown option (exit 2). VAR is one of the script's
+# upper-case globals, set to its default before parse_flags runs.
+#
+#   flag NAMES value VAR [MESSAGE]           VAR=the next word, or for a long name the text after
+#                                            '=' (--zone=Z); a missing or empty next word stops
+#                                            the script (exit 1) with MESSAGE
+#   flag NAMES value-or-empty VAR [MESSAGE]  the same, but the next word may be empty
+#   flag NAMES append VAR [MESSAGE]          like value, but adds it to the array VAR (repeatable)
+#   flag NAMES set VAR VALUE                 a switch: VAR=VALUE (takes no '=' form)
+#   flag -- rest VAR                         the array VAR gets every word after --
+#   flag ARG name VAR [HINT]                 a word that is not a flag: VAR, given at most once;
+#                                            HINT ends the error for a second one ({} stands for
+#                                            the first)
+#   flag ARG list VAR                        the words that are not flags, in the array VAR
+#
+# NAMES: one spelling, or several joined by '|'; MESSAGE defaults to 'FIRST-NAME needs a value'.
+# Without an ARG line a word that is not a flag is an error, and so is -- without a -- line.
+FLAG_NAMES=() FLAG_KINDS=() FLAG_VARS=() FLAG_ARGS=()
+flag() {
+  local arg=${4-}
+  case "$2" in
+    value | value-or-empty | append) arg=${4:-"${1%%|*} needs a value"} ;;
+  esac
+  FLAG_NAMES+=("|$1|")
+  FLAG_KINDS+=("$2")
+  FLAG_VARS+=("$3")
+  FLAG_ARGS+=("$arg")
+}
+
+# --zone ZONE and --project PROJECT: every script that addresses a TPU takes them.
+flag_tpu_target() {
+  flag --zone value ZONE
+  flag --project value PROJECT
+}
+
+# Sets FLAG_INDEX to the index of the declared flag spelled $1 (the count of flags: none is).
+FLAG_INDEX=0
+find_flag() {
+  local n=${#FLAG_NAMES[@]}
+  FLAG_INDEX=0
+  [[ $1 != *'|'* ]] || { FLAG_INDEX=$n; return 0; }
+  while [ "$FLAG_INDEX" -lt "$n" ] && [[ ${FLAG_NAMES[FLAG_INDEX]} != *"|$1|"* ]]; do
+    FLAG_INDEX=$((FLAG_INDEX + 1))
+  done
+}
+
+# A word that is not a flag: to the ARG line's VAR (or an error, see above).
+take_argument() {
+  local var arg current before
+  find_flag ARG
+  [ "$FLAG_INDEX" -lt ${#FLAG_NAMES[@]} ] || die_usage "unexpected argument '$1'"
+  var=${FLAG_VARS[FLAG_INDEX]} arg=${FLAG_ARGS[FLAG_INDEX]}
+  if [ "${FLAG_KINDS[FLAG_INDEX]}" = list ]; then
+    eval "$var+=(\"\$1\")"
+    return 0
+  fi
+  current=${!var}
+  if [ -n "$current" ]; then
+    if [[ $arg == *'{}'* ]]; then
+      before=${arg%%'{}'*}
+      arg=$before$current${arg#*'{}'}
+    fi
+    die_usage "unexpected argument '$1'${arg:+ $arg}"
+  fi
+  printf -v "$var" '%s' "$1"
+}
+
+parse_flags() {
+  local word key value inline kind var arg
+  while [ $# -gt 0 ]; do
+    word=$1
+    case "$word" in
+      -h | --help) usage; exit 0 ;;
+      --dry-run) DRY_RUN=1; shift; continue ;;
+      -*) ;;
+      *) take_argument "$word"; shift; continue ;;
+    esac
+    key=$word inline=0
+    if [[ $word == --*=* ]]; then key=${word%%=*} value=${word#*=} inline=1; fi
+    find_flag "$key"
+    [ "$FLAG_INDEX" -lt ${#FLAG_NAMES[@]} ] || die_usage "unknown option $word"
+    kind=${FLAG_KINDS[FLAG_INDEX]} var=${FLAG_VARS[FLAG_INDEX]} arg=${FLAG_ARGS[FLAG_INDEX]}
+    case "$kind" in
+      value | value-or-empty | append)
+        if [ "$inline" = 0 ]; then
+          # a missing value: bash prints "2: MESSAGE" and exits 1
+          if [ "$kind" = value-or-empty ]; then : "${2?$arg}"; else : "${2:?$arg}"; fi
+          value=$2
+          shift
+        fi
+        if [ "$kind" = append ]; then eval "$var+=(\"\$value\")"; else printf -v "$var" '%s' "$value"; fi
+        ;;
+      set)
+        [ "$inline" = 0 ] || die_usage "unknown option $word"
+        printf -v "$var" '%s' "$arg"
+        ;;
+      rest)
+        [ "$inline" = 0 ] || die_usage "unknown option $word"
+        shift
+        eval "$var=(\"\$@\")"
+        return 0
+        ;;
+    esac
+    shift
+  done
+}
+
 # --- which TPU --------------------------------------------------------------------------------
 # create_tpu.sh records zone / project / type per TPU name here, so the later scripts need only
 # the name. Plain KEY=VALUE lines; no credentials are ever written.

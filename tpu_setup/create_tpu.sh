@@ -40,26 +40,15 @@ EOF
 
 NAME="" TYPE="" ZONE="" VERSION="" PROJECT="" SPOT=${TPU_SPOT:-0} QUEUED=0 WAIT=1
 EXTRA=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -h | --help) usage; exit 0 ;;
-    --type | --accelerator-type) TYPE=${2:?--type needs a value}; shift 2 ;;
-    --type=* | --accelerator-type=*) TYPE=${1#*=}; shift ;;
-    --zone) ZONE=${2:?--zone needs a value}; shift 2 ;;
-    --zone=*) ZONE=${1#*=}; shift ;;
-    --version | --runtime-version) VERSION=${2:?--version needs a value}; shift 2 ;;
-    --version=* | --runtime-version=*) VERSION=${1#*=}; shift ;;
-    --project) PROJECT=${2:?--project needs a value}; shift 2 ;;
-    --project=*) PROJECT=${1#*=}; shift ;;
-    --spot) SPOT=1; shift ;;
-    --queued) QUEUED=1; shift ;;
-    --no-wait) WAIT=0; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    --) shift; EXTRA=("$@"); break ;;
-    -*) die_usage "unknown option $1" ;;
-    *) [ -z "$NAME" ] || die_usage "unexpected argument '$1' (the name is already '$NAME')"; NAME=$1; shift ;;
-  esac
-done
+flag ARG name NAME "(the name is already '{}')"
+flag '--type|--accelerator-type' value TYPE
+flag_tpu_target
+flag '--version|--runtime-version' value VERSION
+flag --spot set SPOT 1
+flag --queued set QUEUED 1
+flag --no-wait set WAIT 0
+flag -- rest EXTRA
+parse_flags "$@"
 
 NAME=${NAME:-${TPU_NAME:-mbc-tpu}}
 validate_name "$NAME"

@@ -31,21 +31,12 @@ EOF
 }
 
 NAME="" ZONE="" PROJECT="" QUEUED="" YES=0 ASYNC=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -h | --help) usage; exit 0 ;;
-    --zone) ZONE=${2:?--zone needs a value}; shift 2 ;;
-    --zone=*) ZONE=${1#*=}; shift ;;
-    --project) PROJECT=${2:?--project needs a value}; shift 2 ;;
-    --project=*) PROJECT=${1#*=}; shift ;;
-    --queued) QUEUED=1; shift ;;
-    --yes | -y) YES=1; shift ;;
-    --async) ASYNC=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -*) die_usage "unknown option $1" ;;
-    *) [ -z "$NAME" ] || die_usage "unexpected argument '$1'"; NAME=$1; shift ;;
-  esac
-done
+flag ARG name NAME
+flag_tpu_target
+flag --queued set QUEUED 1
+flag '--yes|-y' set YES 1
+flag --async set ASYNC 1
+parse_flags "$@"
 
 resolve_target
 QUEUED=${QUEUED:-${STATE_QUEUED:-0}}

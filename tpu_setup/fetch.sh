@@ -42,25 +42,13 @@ EOF
 
 NAME="" ZONE="" PROJECT="" WORKER=0 LOCAL="" GCS="" COMPRESS=0
 POS=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -h | --help) usage; exit 0 ;;
-    --zone) ZONE=${2:?--zone needs a value}; shift 2 ;;
-    --zone=*) ZONE=${1#*=}; shift ;;
-    --project) PROJECT=${2:?--project needs a value}; shift 2 ;;
-    --project=*) PROJECT=${1#*=}; shift ;;
-    --worker) WORKER=${2:?--worker needs a value}; shift 2 ;;
-    --worker=*) WORKER=${1#*=}; shift ;;
-    --to) LOCAL=${2:?--to needs a directory}; shift 2 ;;
-    --to=*) LOCAL=${1#*=}; shift ;;
-    --gcs) GCS=${2:?--gcs needs a gs:// URL}; shift 2 ;;
-    --gcs=*) GCS=${1#*=}; shift ;;
-    --compress) COMPRESS=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -*) die_usage "unknown option $1" ;;
-    *) POS+=("$1"); shift ;;
-  esac
-done
+flag ARG list POS
+flag_tpu_target
+flag --worker value WORKER
+flag --to value LOCAL '--to needs a directory'
+flag --gcs value GCS '--gcs needs a gs:// URL'
+flag --compress set COMPRESS 1
+parse_flags "$@"
 
 if [ -n "$GCS" ]; then
   [[ $GCS == gs://?* ]] || die_usage "--gcs '$GCS': expected gs://BUCKET/PATH"

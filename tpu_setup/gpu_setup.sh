@@ -45,22 +45,12 @@ EOF
 }
 
 VENV=${MBC_VENV:-$MBC_REPO_ROOT/.venv} PY="" CUDA=12 TESTS=0 CHECK_ONLY=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -h | --help) usage; exit 0 ;;
-    --venv) VENV=${2:?--venv needs a directory}; shift 2 ;;
-    --venv=*) VENV=${1#*=}; shift ;;
-    --python) PY=${2:?--python needs a value}; shift 2 ;;
-    --python=*) PY=${1#*=}; shift ;;
-    --cuda) CUDA=${2:?--cuda needs 12 or 13}; shift 2 ;;
-    --cuda=*) CUDA=${1#*=}; shift ;;
-    --with-tests) TESTS=1; shift ;;
-    --check-only) CHECK_ONLY=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -*) die_usage "unknown option $1" ;;
-    *) die_usage "unexpected argument '$1'" ;;
-  esac
-done
+flag --venv value VENV '--venv needs a directory'
+flag --python value PY
+flag --cuda value CUDA '--cuda needs 12 or 13'
+flag --with-tests set TESTS 1
+flag --check-only set CHECK_ONLY 1
+parse_flags "$@"
 case "$CUDA" in 12 | 13) ;; *) die_usage "--cuda '$CUDA': expected 12 or 13" ;; esac
 
 run() {

@@ -41,31 +41,16 @@ EOF
 }
 
 NAME="" ZONE="" PROJECT="" WORKER=all GIT_URL="" GIT_REF="" SRC=$MBC_REPO_ROOT PY="" PIP_ARGS="" CHECK=1
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -h | --help) usage; exit 0 ;;
-    --zone) ZONE=${2:?--zone needs a value}; shift 2 ;;
-    --zone=*) ZONE=${1#*=}; shift ;;
-    --project) PROJECT=${2:?--project needs a value}; shift 2 ;;
-    --project=*) PROJECT=${1#*=}; shift ;;
-    --worker) WORKER=${2:?--worker needs a value}; shift 2 ;;
-    --worker=*) WORKER=${1#*=}; shift ;;
-    --git) GIT_URL=${2:?--git needs a URL}; shift 2 ;;
-    --git=*) GIT_URL=${1#*=}; shift ;;
-    --ref) GIT_REF=${2:?--ref needs a value}; shift 2 ;;
-    --ref=*) GIT_REF=${1#*=}; shift ;;
-    --src) SRC=${2:?--src needs a directory}; shift 2 ;;
-    --src=*) SRC=${1#*=}; shift ;;
-    --python) PY=${2:?--python needs a value}; shift 2 ;;
-    --python=*) PY=${1#*=}; shift ;;
-    --pip-args) PIP_ARGS=${2?--pip-args needs a value}; shift 2 ;;
-    --pip-args=*) PIP_ARGS=${1#*=}; shift ;;
-    --no-check) CHECK=0; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -*) die_usage "unknown option $1" ;;
-    *) [ -z "$NAME" ] || die_usage "unexpected argument '$1'"; NAME=$1; shift ;;
-  esac
-done
+flag ARG name NAME
+flag_tpu_target
+flag --worker value WORKER
+flag --git value GIT_URL '--git needs a URL'
+flag --ref value GIT_REF
+flag --src value SRC '--src needs a directory'
+flag --python value PY
+flag --pip-args value-or-empty PIP_ARGS
+flag --no-check set CHECK 0
+parse_flags "$@"
 
 resolve_target
 worker_re='^(all|[0-9]+([,-][0-9]+)*)$'

@@ -34,28 +34,15 @@ EOF
 }
 
 NAME="" ZONE="" PROJECT="" RUN=latest WORKER=all LINES=50 FOLLOW=1 STATUS=0 SAVE=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -h | --help) usage; exit 0 ;;
-    --zone) ZONE=${2:?--zone needs a value}; shift 2 ;;
-    --zone=*) ZONE=${1#*=}; shift ;;
-    --project) PROJECT=${2:?--project needs a value}; shift 2 ;;
-    --project=*) PROJECT=${1#*=}; shift ;;
-    --run | --run-id) RUN=${2:?--run needs a value}; shift 2 ;;
-    --run=* | --run-id=*) RUN=${1#*=}; shift ;;
-    --worker) WORKER=${2:?--worker needs a value}; shift 2 ;;
-    --worker=*) WORKER=${1#*=}; shift ;;
-    -n | --lines) LINES=${2:?--lines needs a value}; shift 2 ;;
-    --lines=*) LINES=${1#*=}; shift ;;
-    --no-follow) FOLLOW=0; shift ;;
-    --status) STATUS=1; shift ;;
-    --save) SAVE=${2:?--save needs a directory}; shift 2 ;;
-    --save=*) SAVE=${1#*=}; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -*) die_usage "unknown option $1" ;;
-    *) [ -z "$NAME" ] || die_usage "unexpected argument '$1'"; NAME=$1; shift ;;
-  esac
-done
+flag ARG name NAME
+flag_tpu_target
+flag '--run|--run-id' value RUN
+flag --worker value WORKER
+flag '--lines|-n' value LINES
+flag --no-follow set FOLLOW 0
+flag --status set STATUS 1
+flag --save value SAVE '--save needs a directory'
+parse_flags "$@"
 
 resolve_target
 validate_run_id "$RUN"

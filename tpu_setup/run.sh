@@ -46,26 +46,15 @@ EOF
 NAME="" ZONE="" PROJECT="" RUN_ID="" FOLLOW=1 FORCE=0 STOP=0
 ENVS=()
 CMD=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -h | --help) usage; exit 0 ;;
-    --zone) ZONE=${2:?--zone needs a value}; shift 2 ;;
-    --zone=*) ZONE=${1#*=}; shift ;;
-    --project) PROJECT=${2:?--project needs a value}; shift 2 ;;
-    --project=*) PROJECT=${1#*=}; shift ;;
-    --run-id) RUN_ID=${2:?--run-id needs a value}; shift 2 ;;
-    --run-id=*) RUN_ID=${1#*=}; shift ;;
-    --env) ENVS+=("${2:?--env needs KEY=VALUE}"); shift 2 ;;
-    --env=*) ENVS+=("${1#*=}"); shift ;;
-    --no-follow) FOLLOW=0; shift ;;
-    --force) FORCE=1; shift ;;
-    --stop) STOP=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    --) shift; CMD=("$@"); break ;;
-    -*) die_usage "unknown option $1" ;;
-    *) [ -z "$NAME" ] || die_usage "unexpected argument '$1' (put the command after --)"; NAME=$1; shift ;;
-  esac
-done
+flag ARG name NAME '(put the command after --)'
+flag_tpu_target
+flag --run-id value RUN_ID
+flag --env append ENVS '--env needs KEY=VALUE'
+flag --no-follow set FOLLOW 0
+flag --force set FORCE 1
+flag --stop set STOP 1
+flag -- rest CMD
+parse_flags "$@"
 
 resolve_target
 [ -z "$RUN_ID" ] || validate_run_id "$RUN_ID"
