@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from mbc_jax import UserError, distributed
 from mbc_jax import config as config_lib
 from mbc_jax.config import TrainConfig
-from mbc_jax.data import Batch, Example, Template, load_records, pack, split_train_val, tokenize
+from mbc_jax.data import Batch, Example, Template, load_records, pack, row_bucket, split_train_val, tokenize
 from mbc_jax.models import Model, abstract_params, init_model, load_model, resolve_model_dir
 from mbc_jax.models.config import DROPOUT_FIELDS
 from mbc_jax.models.hf_io import WEIGHT_FILES
@@ -114,19 +114,6 @@ def _fused_head_bwd(res, cts):
 
 
 _fused_head.defvjp(_fused_head_fwd, _fused_head_bwd)
-
-
-def row_bucket(used: int, most: int, divisor: int = 1) -> int:
-    """Rows of a packed train batch that needs `used` rows (of at most `most`): the next size in
-    1, 2, 3, 4, 6, 8, 12, 16, ... (powers of two and 1.5x powers of two), rounded up to a multiple
-    of the mesh's batch divisor. Each size compiles the train step once, so sizes stay few (about
-    2 log2(batch)), while at most a third of a batch's rows are padding: 5 rows run as 6, not 8.
-    (With powers of two alone, 16% of the positions of Dolly batches of 8 records at 512 were
-    padding rows.)"""
-    power = 1 << max(0, (used - 1).bit_length())  # the next power of two
-    size = power * 3 // 4 if power >= 4 and used <= power * 3 // 4 else power
-    size = -(-max(size, divisor) // divisor) * divisor
-    return min(size, -(-most // divisor) * divisor)
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
