@@ -231,19 +231,19 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def _prepare_model_dir(cfg: TrainConfig, run_dir: Path) -> tuple[Path, bool]:
     """(folder with config.json [+ weights] [+ tokenizer], has_weights)."""
-    if cfg.model == "embedded" or cfg.data == "embedded":
-        from mbc_jax.embedded import materialize
+    if cfg.model == "demo" or cfg.data == "demo":
+        from mbc_jax.demo import materialize
 
-        with distributed.main_first("materialize embedded"):
-            paths = materialize(run_dir / "data", num_records=cfg.embedded_records, seed=0)
-        if cfg.model == "embedded":
+        with distributed.main_first("materialize demo"):
+            paths = materialize(run_dir / "data", num_records=cfg.demo_records, seed=0)
+        if cfg.model == "demo":
             return paths["model"], False
     src = resolve_model_dir(cfg.model)
     return src, any((src / f).is_file() for f in WEIGHT_FILES)
 
 
 def data_paths(cfg: TrainConfig, run_dir: Path) -> tuple[str, str | None]:
-    if cfg.data == "embedded":
+    if cfg.data == "demo":
         return str(run_dir / "data" / "data.jsonl"), cfg.val_data or str(run_dir / "data" / "valid.jsonl")
     return cfg.data, cfg.val_data
 
