@@ -1,6 +1,6 @@
 """Wall-clock of MBC training over a uniform baseline of the same steps: prints one JSON line.
 
-    python benchmarks/mbc_overhead.py [--workload embedded|dolly] [--epochs 15] [--layers L --hidden H --heads N]
+    python benchmarks/mbc_overhead.py [--workload demo|dolly] [--epochs 15] [--layers L --hidden H --heads N]
         [--modes full,incremental] [--fractions 0.1] [--repeats 1] [--records R] [--set key=value ...]
 
 Runs the real trainer (`mbc_jax.train.Trainer`, configs from `mbc_jax.config.load`) once with the
@@ -11,7 +11,7 @@ With `--repeats` > 1 the runs alternate (baseline first, then reversed order, ..
 configuration is kept: on a shared machine only ratios from one process mean anything.
 
 Workloads:
-- `embedded` (default): `experiments/configs/embedded.yaml`, the README's demo run (600 generated
+- `demo` (default): `experiments/configs/demo.yaml`, the README's demo run (600 generated
   records, tiny GPT-Neo, batch 8, 15 epochs); `--layers/--hidden/--heads` swap in a bigger GPT-Neo
   (same tokenizer).
 - `dolly`: the shared benchmark records (`../shared/bench/dolly256_gptneo.jsonl`, pre-tokenized,
@@ -53,18 +53,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_throughput import SHARED, bench_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-EMBEDDED_CONFIG = ROOT / "experiments" / "configs" / "embedded.yaml"
+DEMO_CONFIG = ROOT / "experiments" / "configs" / "demo.yaml"
 DOLLY = SHARED / "bench" / "dolly256_gptneo.jsonl"
 
 
 def model_folder(tmp: Path, workload: str, args) -> str:
-    """'embedded', or a folder with a config.json (and the embedded tokenizer) for a bigger shape."""
-    if workload == "embedded":
+    """'demo', or a folder with a config.json (and the demo tokenizer) for a bigger shape."""
+    if workload == "demo":
         if not (args.layers or args.hidden or args.heads):
-            return "embedded"
-        from mbc_jax.embedded import materialize
+            return "demo"
+        from mbc_jax.demo import materialize
 
-        paths = materialize(tmp / "embedded", seed=0)
+        paths = materialize(tmp / "demo", seed=0)
         folder = tmp / "model"
         shutil.copytree(paths["model"], folder)
         cfg = json.loads((folder / "config.json").read_text())
@@ -87,8 +87,8 @@ def base_overrides(tmp: Path, args) -> tuple[str | None, list[str]]:
     model = model_folder(tmp, args.workload, args)
     common = [f"epochs={args.epochs}", "track_memorization=false", "checkpoint_every=1000000000",
               "keep_checkpoints=1", "log_every=1000000", "mbc.k=0", f"model={model}"]
-    if args.workload == "embedded":
-        return str(EMBEDDED_CONFIG), common + list(args.set)
+    if args.workload == "demo":
+        return str(DEMO_CONFIG), common + list(args.set)
     data = DOLLY
     if args.records:
         data = tmp / "dolly.jsonl"
@@ -134,9 +134,9 @@ def one_run(name: str, tmp: Path, config: str | None, overrides: list[str], corr
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workload", choices=("embedded", "dolly"), default="embedded")
+    ap.add_argument("--workload", choices=("demo", "dolly"), default="demo")
     ap.add_argument("--epochs", type=float, default=15.0, help="epoch-equivalents per run (re-scores, for MBC)")
-    ap.add_argument("--layers", type=int, default=0, help="model layers (embedded: default its 4; dolly: default 2)")
+    ap.add_argument("--layers", type=int, default=0, help="model layers (demo: default its 4; dolly: default 2)")
     ap.add_argument("--hidden", type=int, default=0, help="hidden size (default: the workload's)")
     ap.add_argument("--heads", type=int, default=0, help="attention heads (default: the workload's)")
     ap.add_argument("--records", type=int, default=0, help="dolly: use the first R records (default all 256)")

@@ -67,7 +67,7 @@ def main() -> None:
 
     import jax
 
-    from mbc_jax.data import bucket, default_bucket_lengths, pad_rows
+    from _buckets import bucket, default_bucket_lengths, pad_rows
     from mbc_jax.models import init_model
     from mbc_jax.scoring import Scorer
 

@@ -153,7 +153,7 @@ def measure(run: RunFolder, *, fraction: float | None = 0.5, tokens: int | None 
         with common.checkpoint_model(run, step, cache_dir, mesh) as model:
             examples = select_examples(run, tok, model.config.vocab_size, max_records)
             template = run.template()
-            eos = template.eos_token_id if template.eos_token_id is not None else tok.eos_token_id
+            eos = template.eos_id(tok)
             got = extract(model, examples, fraction=fraction, tokens=tokens, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, eos=eos)
         mem = run.memorization(step, "train")

@@ -1,14 +1,14 @@
 """Reproduce every figure and table: train MBC and the uniform baseline at two learning rates,
 generate, judge (when an endpoint is configured), build every artifact, and write REPORT.md.
 
-    python -m experiments.reproduce --scale tiny                       # 2 CPU cores, < 30 minutes
-    python -m experiments.reproduce --scale tiny --data dolly.jsonl    # a local Dolly file instead
+    python -m experiments.reproduce --scale demo                       # 2 CPU cores, < 30 minutes
+    python -m experiments.reproduce --scale demo --data dolly.jsonl    # a local Dolly file instead
     python -m experiments.reproduce --scale small                      # gpt-neo-125m
     python -m experiments.reproduce --scale paper --judge-base-url http://127.0.0.1:8000/v1   # TPU VM
 
 Scales (see SCALES):
-- tiny: the embedded default (generated demonstrations, tiny random-init GPT-Neo,
-  experiments/configs/embedded.yaml) at learning rates 1e-3 and 3e-3: a model trained from random
+- demo: the demo run (generated demonstrations, tiny random-init GPT-Neo,
+  experiments/configs/demo.yaml) at learning rates 1e-3 and 3e-3: a model trained from random
   weights needs rates far above the paper's 1e-5 / 5e-5, which are for fine-tuning a pretrained
   gpt-neo-2.7B. With `--data FILE` it trains on the first `--max-train-records` records of FILE.
 - small: gpt-neo-125m (experiments/configs/gpt_neo_125m_{mbc,uniform}.yaml) at the paper's rates.
@@ -65,13 +65,13 @@ class Scale:
 
 
 SCALES = {
-    "tiny": Scale(
+    "demo": Scale(
         learning_rates=(1e-3, 3e-3),
-        config=lambda sampler, lr: str(CONFIGS / "embedded.yaml"),
-        overrides=("embedded_records=320", "epochs=8", "keep_checkpoints=1000", "log_every=25"),
+        config=lambda sampler, lr: str(CONFIGS / "demo.yaml"),
+        overrides=("demo_records=320", "epochs=8", "keep_checkpoints=1000", "log_every=25"),
         max_train_records=320, generate_records=80, max_new_tokens=64, extraction_records=160,
         extraction_new_tokens=48, attention_records=400,
-        note="tiny random-init GPT-Neo on the embedded generated suite; learning rates 1e-3 / 3e-3 suit a model "
+        note="tiny random-init GPT-Neo on the demo's generated suite; learning rates 1e-3 / 3e-3 suit a model "
              "trained from scratch (the paper's 1e-5 / 5e-5 are for fine-tuning a pretrained gpt-neo-2.7B)"),
     "small": Scale(
         learning_rates=(1e-5, 5e-5),
@@ -104,7 +104,7 @@ def subset_data(path: str, n: int, out: Path) -> str:
     """The first n records of a local JSONL file, as a file under `out` (others: used whole)."""
     p = Path(path)
     if not (p.is_file() and p.suffix == ".jsonl"):
-        log(f"--data {path}: not a local .jsonl file, so it is used whole (the tiny time budget assumes "
+        log(f"--data {path}: not a local .jsonl file, so it is used whole (the demo time budget assumes "
             f"at most {n} records)")
         return path
     lines = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     from mbc_jax.judge import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.splitlines()[0])
-    p.add_argument("--scale", choices=tuple(SCALES), default="tiny", help="tiny (CPU), small (gpt-neo-125m), paper")
+    p.add_argument("--scale", choices=tuple(SCALES), default="demo", help="demo (CPU), small (gpt-neo-125m), paper")
     p.add_argument("--data", default=None, metavar="PATH_OR_HF_ID", help="training records (default: the scale's)")
     p.add_argument("--model", default=None, metavar="ID", help="checkpoint folder or hub id (default: the scale's)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/reproduce_<scale>)")

@@ -69,7 +69,7 @@ def answer(model, run: RunFolder, records: list, cfg, *, seed: int = 0, batch_si
         raise common.UserError(f"--max-new-tokens {cfg.max_new_tokens}: the model has only {positions} positions")
     template = run.template()
     prompts = build_prompts(records, tok, template, vocab_size=model.config.vocab_size, max_prompt_length=room)
-    eos = template.eos_token_id if template.eos_token_id is not None else tok.eos_token_id
+    eos = template.eos_id(tok)
     pad = next(i for i in (tok.pad_token_id, eos, 0) if i is not None)
     gens = generate(model, [p.ids for p in prompts], cfg, seed=seed, eos_token_id=eos, pad_token_id=pad,
                     batch_size=batch_size, row_keys=[p.index for p in prompts])

@@ -30,9 +30,9 @@ class MBCConfig:
 @dataclasses.dataclass
 class TrainConfig:
     out: str = "runs/run"
-    model: str = "embedded"  # checkpoint folder / hub id, or "embedded" (tiny GPT-Neo of the embedded default)
+    model: str = "demo"  # checkpoint folder / hub id, or "demo" (tiny GPT-Neo of the demo)
     init: str = "auto"  # "auto" (weights if the folder has them, else random), "pretrained", "random"
-    data: str = "embedded"  # records file / hf:NAME, or "embedded" (the generated demonstration suite)
+    data: str = "demo"  # records file / hf:NAME, or "demo" (the generated demonstration suite)
     val_data: str | None = None  # separate validation file; else val_fraction of `data`
     val_fraction: float = 0.1
     schema: str = "auto"
@@ -65,7 +65,7 @@ class TrainConfig:
     score_tokens_per_batch: int = 4096
     track_memorization: bool = True  # score all records at every checkpoint
     peak_tflops: float = 0.0  # per device, for MFU; 0 = a table by device kind (CPU: measured)
-    embedded_records: int = 600
+    demo_records: int = 600
 
 
 CHOICES = {
@@ -79,7 +79,7 @@ CHOICES = {
     "remat": ("none", "full", "dots"),
 }
 POSITIVE = ("learning_rate", "batch_size", "max_length", "grad_accum", "log_every", "keep_checkpoints",
-            "score_tokens_per_batch", "embedded_records")
+            "score_tokens_per_batch", "demo_records")
 NON_NEGATIVE = ("steps", "epochs", "warmup_steps", "weight_decay", "grad_clip", "checkpoint_every", "mbc.k",
                 "mbc.power", "mbc.floor", "end_learning_rate", "peak_tflops")
 # Keys a resumed run may change without `--override`: they do not change what is computed.

@@ -132,7 +132,7 @@ def snapshot_name(step: int) -> str:
 def data_paths(cfg: Any, run_dir: Path) -> tuple[str, str | None]:
     """(train, validation) data of a `TrainConfig` as the run reads them: the demo's generated files
     live in the run folder's data/."""
-    if cfg.data == "embedded":
+    if cfg.data == "demo":
         return str(run_dir / DATA / "data.jsonl"), cfg.val_data or str(run_dir / DATA / "valid.jsonl")
     return cfg.data, cfg.val_data
 

@@ -32,7 +32,8 @@ from mbc_jax import UserError, distributed
 from mbc_jax import config as config_lib
 from mbc_jax.checkpoints import Checkpoints, abstract_train_state, init_train_state
 from mbc_jax.config import TrainConfig
-from mbc_jax.data import Batch, Example, Template, load_records, pack, row_bucket, split_train_val, tokenize
+from mbc_jax.data import Batch, Example, Template, load_records, pack_drawn, split_train_val, tokenize
+from mbc_jax.demo import materialize
 from mbc_jax.flops import peak_flops_per_device, train_flops_per_token
 from mbc_jax.loss import fused_nll_loss, segment_sums, targets
 from mbc_jax.models import Model, init_model, load_model, load_tokenizer, resolve_model_dir
@@ -125,12 +126,10 @@ class RunData:
 
 def _model_dir(cfg: TrainConfig, run_dir: Path) -> tuple[Path, bool]:
     """(folder with config.json [+ weights] [+ tokenizer], has_weights)."""
-    if cfg.model == "embedded" or cfg.data == "embedded":
-        from mbc_jax.embedded import materialize
-
-        with distributed.main_first("materialize embedded"):
-            paths = materialize(run_dir / DATA, num_records=cfg.embedded_records, seed=0)
-        if cfg.model == "embedded":
+    if cfg.model == "demo" or cfg.data == "demo":
+        with distributed.main_first("materialize demo"):
+            paths = materialize(run_dir / DATA, num_records=cfg.demo_records, seed=0)
+        if cfg.model == "demo":
             return paths["model"], False
     src = resolve_model_dir(cfg.model)
     return src, any((src / f).is_file() for f in WEIGHT_FILES)
@@ -276,16 +275,8 @@ class Trainer:
     # ------------------------------------------------------------------ batches
 
     def train_batch(self, idx: np.ndarray) -> Batch:
-        """The drawn records packed into rows of max_length; row count bucketed (`row_bucket`)."""
-        examples = [self.data.train[i] for i in idx]
-        (batch,) = pack(examples, self.cfg.max_length, rows_per_batch=len(examples))
-        used = int((batch.segment_ids != 0).any(1).sum())
-        rows = row_bucket(used, len(examples), batch_divisor(self.model.mesh))
-        ri = np.full((rows, self.cfg.batch_size), -1, np.int32)
-        ri[: min(rows, len(batch.record_index)), : batch.record_index.shape[1]] = batch.record_index[:rows]
-        ri = np.where(ri >= 0, np.asarray(idx)[np.maximum(ri, 0)], -1)  # -> indices into the training set
-        fix = lambda a: np.pad(a[:rows], ((0, max(0, rows - len(a))), (0, 0)))  # noqa: E731
-        return Batch(fix(batch.input_ids), fix(batch.segment_ids), fix(batch.positions), fix(batch.response_mask), ri)
+        """The drawn records packed into rows of max_length; row count bucketed (`data.row_bucket`)."""
+        return pack_drawn(self.data.train, idx, self.cfg.max_length, self.cfg.batch_size, batch_divisor(self.model.mesh))
 
     # ------------------------------------------------------------------ the loop
 

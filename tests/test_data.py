@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks._buckets import bucket, default_bucket_lengths, pad_rows
 from mbc_jax import UserError
 from mbc_jax.data import (
     SCHEMAS,
@@ -20,13 +21,8 @@ from mbc_jax.data import (
     Example,
     Record,
     Template,
-    bucket,
-    default_bucket_lengths,
-    duplicate_report,
     load_records,
     pack,
-    pad_rows,
-    padding_stats,
     split_train_val,
     tokenize,
 )
@@ -441,16 +437,6 @@ def test_split_keeps_duplicates_together_and_works_on_examples():
     assert len(a[1]) == 15 and {e.index for e in a[1]} == {e.index for e in b[1]}
 
 
-def test_duplicate_report():
-    recs = _records(20)
-    recs[5] = Record(index=5, id="dup", category="other", turns=recs[2].turns, schema="dolly")
-    recs[9] = Record(index=9, id="dup2", category=recs[2].category, turns=recs[2].turns, schema="dolly")
-    recs[11] = Record(index=11, id="d", category="", turns=recs[3].turns, schema="dolly")
-    rep = duplicate_report(recs)
-    assert rep == {"groups": [[2, 5, 9], [3, 11]], "n_groups": 2, "n_duplicates": 3, "mixed_category_groups": 2}
-    assert duplicate_report(_records(5))["n_duplicates"] == 0
-
-
 # --------------------------------------------------------------------------------------------
 # batching
 # --------------------------------------------------------------------------------------------
@@ -464,6 +450,13 @@ def _examples(lengths: list[int]) -> list[Example]:
         mask = np.arange(n) >= n // 3
         out.append(Example(index=i, id=str(i), category="", input_ids=ids, response_mask=mask))
     return out
+
+
+def padding_stats(batches: list[Batch]) -> dict:
+    """Real vs padded token counts over a list of batches (efficiency = real / padded)."""
+    real = sum(int((b.segment_ids > 0).sum()) for b in batches)
+    padded = sum(int(b.input_ids.size) for b in batches)
+    return {"real_tokens": real, "efficiency": real / padded if padded else 0.0}
 
 
 def _check_batches(batches: list[Batch], examples: list[Example], max_segments: int | None = None) -> dict[int, tuple]:

@@ -44,7 +44,7 @@ def _write_csv(path: Path, rows: list[dict], columns) -> None:
 def synthetic_run(path: Path, *, sampler: str = "uniform", lr: float = 1e-3, n_train: int = 12, n_val: int = 5,
                   steps=(0, 3, 6, 9), batch_size: int = 4, seed: int = 0) -> dict:
     """A run folder with random but known numbers; returns them. Val records reuse train indices
-    (a separate validation file), as the embedded default does."""
+    (a separate validation file), as the demo does."""
     rng = np.random.default_rng(seed)
     recs = []
     for split, n in (("train", n_train), ("val", n_val)):
@@ -55,7 +55,7 @@ def synthetic_run(path: Path, *, sampler: str = "uniform", lr: float = 1e-3, n_t
                          "response_tokens": resp})
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump({
-        "out": str(path), "model": "embedded", "data": "embedded", "sampler": sampler, "learning_rate": lr,
+        "out": str(path), "model": "demo", "data": "demo", "sampler": sampler, "learning_rate": lr,
         "batch_size": batch_size, "max_length": 64}))
     _write_csv(path / "records.csv", recs, ("index", "id", "category", "split", "tokens", "response_tokens"))
     S, R = len(steps), len(recs)
@@ -478,8 +478,8 @@ def tiny_run(tmp_path_factory):
     from mbc_jax.train import Run
 
     out = tmp_path_factory.mktemp("exp") / "mbc"
-    cfg = config_lib.load(str(REPO / "experiments" / "configs" / "embedded.yaml"),
-                          [f"out={out}", "embedded_records=64", "epochs=1", "checkpoint_every=3",
+    cfg = config_lib.load(str(REPO / "experiments" / "configs" / "demo.yaml"),
+                          [f"out={out}", "demo_records=64", "epochs=1", "checkpoint_every=3",
                            "keep_checkpoints=100", "log_every=5", "mesh=1,1,1"])
     Run.create(cfg, log=lambda m: None).train()
     return out

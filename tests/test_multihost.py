@@ -102,12 +102,12 @@ def losses(run: Path) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_train_losses_equal_single_process_and_resume_across_hosts(tmp_path):
-    from mbc_jax.embedded import materialize
+    from mbc_jax.demo import materialize
 
-    emb = materialize(tmp_path / "embedded", num_records=32, seed=0)
+    demo = materialize(tmp_path / "demo", num_records=32, seed=0)
     # max_length 64: every drawn record fills its own row, so every step has 8 rows (one compile).
     # MBC re-scores all records (the multi-host scorer inside training) before steps 1 and 3.
-    args = ["train", f"model={emb['model']}", f"data={emb['data']}", "steps=3", "batch_size=8", "max_length=64",
+    args = ["train", f"model={demo['model']}", f"data={demo['data']}", "steps=3", "batch_size=8", "max_length=64",
             "sampler=mbc", "mbc.k=2", "val_fraction=0", "track_memorization=false", "log_every=1",
             "checkpoint_every=1"]
     single, two, four = tmp_path / "single", tmp_path / "two", tmp_path / "four"

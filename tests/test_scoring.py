@@ -9,9 +9,10 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks._buckets import bucket
 from conftest import FIXTURES
 from mbc_jax.cli import main as cli
-from mbc_jax.data import Example, bucket, pack
+from mbc_jax.data import Example, pack
 from mbc_jax.models import init_model, load_model
 from mbc_jax.scoring import Scorer
 from mbc_jax.sharding import make_mesh

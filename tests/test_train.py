@@ -18,7 +18,7 @@ import pytest
 from mbc_jax import UserError
 from mbc_jax import config as config_lib
 
-TINY_RUN = ["model=embedded", "data=embedded", "embedded_records=64", "epochs=2", "batch_size=8",
+TINY_RUN = ["model=demo", "data=demo", "demo_records=64", "epochs=2", "batch_size=8",
             "checkpoint_every=4", "log_every=2", "learning_rate=3e-3", "max_length=256", "keep_checkpoints=2",
             "mesh=1,1,1"]
 
@@ -294,7 +294,7 @@ def test_bad_values(override, msg):
 def test_batch_larger_than_data(tmp_path):
     from mbc_jax.train import Trainer
 
-    cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", "embedded_records=40", "val_fraction=0", "batch_size=64"])
+    cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", "demo_records=40", "val_fraction=0", "batch_size=64"])
     with pytest.raises(UserError, match="batch_size: 64 is larger than the 40 training records"):
         Trainer.create(cfg, log=lambda *a: None)
 

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = build_prompts(records, tok, template, vocab_size=model.config.vocab_size, max_prompt_length=max_prompt)
     truncated = [p for p in prompts if p.truncated_from]
-    eos = template.eos_token_id if template.eos_token_id is not None else tok.eos_token_id
+    eos = template.eos_id(tok)
     if eos is None and not cfg.ignore_eos:
         raise UserError("the tokenizer has no eos_token_id: set eos_token_id in the template, or pass --ignore-eos")
     pad = next((i for i in (tok.pad_token_id, eos, 0) if i is not None))

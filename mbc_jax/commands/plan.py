@@ -126,14 +126,14 @@ def model_config(cfg: Any, model_config_file: str | None) -> tuple[dict, str]:
     if model_config_file:
         return _read_config(Path(model_config_file).expanduser(), "--model-config"), model_config_file
     name = cfg.model
-    if name == "embedded":
+    if name == "demo":
         import tempfile
 
-        from mbc_jax.embedded import materialize
+        from mbc_jax.demo import materialize
 
         with tempfile.TemporaryDirectory(prefix="mbc-plan-") as tmp:
-            paths = materialize(tmp, num_records=cfg.embedded_records, seed=0)
-            return _read_config(paths["config"], "model"), "the embedded model"
+            paths = materialize(tmp, num_records=cfg.demo_records, seed=0)
+            return _read_config(paths["config"], "model"), "the demo model"
     path = Path(name).expanduser()
     if path.is_dir():
         return _read_config(path, "model"), str(path / "config.json")

@@ -1,4 +1,4 @@
-"""`mbc-jax train`, `mbc-jax export` and `mbc-jax demo` (the embedded default run)."""
+"""`mbc-jax train`, `mbc-jax export` and `mbc-jax demo` (an MBC and a uniform run on the generated demo data)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_export)
 
-    p = sub.add_parser("demo", help="the embedded default: an MBC and a uniform SFT run on generated data, compared")
+    p = sub.add_parser("demo", help="the demo: an MBC and a uniform SFT run on generated data, compared")
     p.add_argument("--out", default="runs/demo", help="parent folder of the two run folders")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for both runs")
     p.set_defaults(func=run_demo)
@@ -48,7 +48,7 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "embedded.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "demo.yaml"
 
 
 def run_demo(args: argparse.Namespace) -> int:

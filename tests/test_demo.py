@@ -1,4 +1,4 @@
-"""Tests for mbc_jax/embedded.py: the generated suite, its tokenizer and the tiny GPT-Neo config."""
+"""Tests for mbc_jax/demo/: the generated suite, its tokenizer and the tiny GPT-Neo config."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 import pytest
 
 from mbc_jax import UserError
-from mbc_jax import embedded as E
+from mbc_jax import demo as D
 
 COUNTS_600 = {
     "open_qa": 120,
@@ -32,13 +32,13 @@ def prompt_of(r: dict) -> str:
 
 @pytest.fixture(scope="module")
 def suite() -> list[dict]:
-    return E.generate_suite()
+    return D.generate_suite()
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("embedded")
-    paths = E.materialize(out)
+    out = tmp_path_factory.mktemp("demo")
+    paths = D.materialize(out)
     from transformers import AutoTokenizer
 
     return paths, AutoTokenizer.from_pretrained(str(paths["tokenizer"]))
@@ -61,21 +61,21 @@ def encoded(suite, built):
 def test_default_category_counts(suite):
     counts = collections.Counter(r["category"] for r in suite)
     assert dict(counts) == COUNTS_600
-    assert E.category_counts(600) == COUNTS_600
-    assert len(suite) == E.DEFAULT_NUM_RECORDS == 600
+    assert D.category_counts(600) == COUNTS_600
+    assert len(suite) == D.DEFAULT_NUM_RECORDS == 600
     assert min(counts.values()) >= 40 and len(set(counts.values())) >= 5  # unequal, none tiny
 
 
 def test_category_counts_other_sizes():
     for n in (8, 50, 123, 1000, 2500):
-        counts = E.category_counts(n)
+        counts = D.category_counts(n)
         assert sum(counts.values()) == n and min(counts.values()) >= 1
-        assert list(counts) == [c.name for c in E.CATEGORIES]
-    assert E.category_counts(1000)["open_qa"] == 200
-    with pytest.raises(E.EmbeddedError, match="at least 8"):
-        E.category_counts(7)
+        assert list(counts) == [c.name for c in D.CATEGORIES]
+    assert D.category_counts(1000)["open_qa"] == 200
+    with pytest.raises(D.DemoError, match="at least 8"):
+        D.category_counts(7)
     with pytest.raises(UserError, match="distinct 'open_qa' prompts"):  # the made-up world is finite
-        E.generate_suite(6000)
+        D.generate_suite(6000)
 
 
 def test_schema_ids_and_unique_prompts(suite):
@@ -92,8 +92,8 @@ def test_schema_ids_and_unique_prompts(suite):
 
 
 def test_deterministic_and_seed_dependent(suite):
-    assert E.generate_suite(600, 0) == suite
-    other = E.generate_suite(600, 1)
+    assert D.generate_suite(600, 0) == suite
+    other = D.generate_suite(600, 1)
     assert other != suite
     same = {(r["instruction"], r["context"], r["response"]) for r in suite}
     shared = sum((r["instruction"], r["context"], r["response"]) in same for r in other)
@@ -121,15 +121,15 @@ def test_default_suite_bytes_are_pinned(suite, built):
 
 
 def test_each_category_has_its_own_stream(suite):
-    small = E.generate_suite(300, 0)
+    small = D.generate_suite(300, 0)
     key = lambda r: (r["instruction"], r["context"], r["response"], r["category"])  # noqa: E731
     assert {key(r) for r in small} <= {key(r) for r in suite}
 
 
 def test_valid_split_is_disjoint(suite):
-    valid = E.generate_suite(80, 0, split="valid", exclude=suite)
+    valid = D.generate_suite(80, 0, split="valid", exclude=suite)
     assert len(valid) == 80 and valid[0]["id"] == "valid-00000"
-    assert collections.Counter(r["category"] for r in valid) == collections.Counter(E.category_counts(80))
+    assert collections.Counter(r["category"] for r in valid) == collections.Counter(D.category_counts(80))
     train_prompts = {(r["instruction"], r["context"]) for r in suite}
     assert not any((r["instruction"], r["context"]) in train_prompts for r in valid)
     # same world: a country's capital is the same fact in both splits
@@ -138,7 +138,7 @@ def test_valid_split_is_disjoint(suite):
     checked = [r for r in valid if fact(r) and r["response"].split()[3] in capital]
     assert all(capital[r["response"].split()[3]] == r["response"] for r in checked)
     with pytest.raises(ValueError, match="split"):
-        E.generate_suite(10, 0, split="test")
+        D.generate_suite(10, 0, split="test")
 
 
 def test_deterministic_rules_hold(suite):
@@ -170,7 +170,7 @@ def test_vocabulary_is_small(suite):
 
 def test_tokenizer_vocab_and_special_tokens(built):
     _, tok = built
-    assert len(tok) == E.TOKENIZER_VOCAB_SIZE == 2048
+    assert len(tok) == D.TOKENIZER_VOCAB_SIZE == 2048
     assert tok.eos_token == tok.bos_token == "<|endoftext|>" and tok.eos_token_id == tok.bos_token_id == 0
     assert tok.pad_token == "<|pad|>" and tok.pad_token_id == 1
     assert tok.model_max_length == 256
@@ -206,12 +206,12 @@ def test_prompt_and_response_encode_cleanly_apart(encoded, built):
 
 def test_tokenizer_deterministic_and_seed_dependent(suite, built, tmp_path):
     paths, tok = built
-    again = E.build_tokenizer(suite, tmp_path / "again")
+    again = D.build_tokenizer(suite, tmp_path / "again")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / "again" / name).read_bytes() == (paths["tokenizer"] / name).read_bytes()
     text = prompt_of(suite[0]) + " " + suite[0]["response"]
     assert again.encode(text) == tok.encode(text)
-    other = E.build_tokenizer(E.generate_suite(600, 1), tmp_path / "other")
+    other = D.build_tokenizer(D.generate_suite(600, 1), tmp_path / "other")
     assert other.get_vocab() != tok.get_vocab()
 
 
@@ -291,10 +291,10 @@ def test_data_pipeline_reads_the_suite(built, encoded):
 # ---------------------------------------------------------------- model config and materialize
 
 
-def test_tiny_gpt_neo_config_matches_transformers(tmp_path):
+def test_model_config_matches_transformers(tmp_path):
     from transformers import GPTNeoConfig
 
-    cfg = E.tiny_gpt_neo_config(2048)
+    cfg = D.model_config()
     GPTNeoConfig.from_dict(dict(cfg)).save_pretrained(str(tmp_path))
     written = json.loads((tmp_path / "config.json").read_text())
     written.pop("transformers_version")
@@ -312,7 +312,7 @@ def test_materialize_layout_and_idempotence(built, suite, tmp_path):
     assert set(paths) == {"data", "valid", "tokenizer", "model", "config", "manifest"}
     lines = paths["data"].read_text(encoding="utf-8").splitlines()
     assert [json.loads(x) for x in lines] == suite
-    assert len(paths["valid"].read_text().splitlines()) == E.DEFAULT_NUM_VALID == 80
+    assert len(paths["valid"].read_text().splitlines()) == D.DEFAULT_NUM_VALID == 80
     config = json.loads(paths["config"].read_text())
     assert config["vocab_size"] == len(tok) and config["eos_token_id"] == 0 and config["pad_token_id"] == 1
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -321,13 +321,13 @@ def test_materialize_layout_and_idempotence(built, suite, tmp_path):
     assert manifest["categories"] == COUNTS_600 and manifest["vocab_size"] == 2048
     root = paths["data"].parent
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
-    assert E.materialize(root) == paths
+    assert D.materialize(root) == paths
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
     assert after == before  # same bytes, nothing rewritten
 
 
 def test_materialize_small_without_valid(tmp_path):
-    paths = E.materialize(tmp_path, num_records=80, seed=3, num_valid=0)
+    paths = D.materialize(tmp_path, num_records=80, seed=3, num_valid=0)
     assert "valid" not in paths and not (tmp_path / "valid.jsonl").exists()
     assert len(paths["data"].read_text().splitlines()) == 80
     vocab = json.loads(paths["config"].read_text())["vocab_size"]
@@ -335,7 +335,7 @@ def test_materialize_small_without_valid(tmp_path):
 
 
 def test_description_is_honest():
-    text = E.DESCRIPTION.lower()
+    text = D.DESCRIPTION.lower()
     for phrase in ("synthetic", "generated", "not real human data", "600", "gpt-neo"):
         assert phrase in text
-    assert "nothing here is real human data" in E.__doc__.lower()
+    assert "nothing here is real human data" in D.__doc__.lower()

@@ -1,0 +1,367 @@
+"""Demonstration records: the schemas, the readers (JSONL, JSON array, `hf:NAME[:SPLIT]`) and their errors.
+
+    records, report = load_records(path)    # schema auto-detected from the first record's keys
+
+Schemas (optional `id` and `category` in every one; other keys are ignored):
+
+| schema              | keys                                          | scored tokens (response mask)      |
+|---------------------|-----------------------------------------------|------------------------------------|
+| `dolly`             | `instruction`, `context` (optional), `response` | response + EOS                    |
+| `chat`              | `messages: [{role, content}]`, roles system/user/assistant | every assistant turn + its EOS |
+| `prompt_completion` | `prompt`, `completion`                        | completion + EOS                   |
+| `text`              | `text`                                        | every token                        |
+| `tokens`            | `input_ids`, `prompt_length` (optional, 0)    | token j when j >= prompt_length    |
+
+Bad input raises `DataError` ("FILE:LINE: FIELD: problem"), or with `skip_bad=True` becomes a
+counted skip listed in the `LoadReport`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mbc_jax import UserError
+
+SCHEMAS: dict[str, str] = {
+    "dolly": "instruction, context (optional), response",
+    "chat": "messages: [{role, content}]",
+    "prompt_completion": "prompt, completion",
+    "text": "text",
+    "tokens": "input_ids, prompt_length (optional)",
+}
+# auto-detection: the first schema whose key appears in the record wins (in this order)
+_DETECT_KEYS = (
+    ("messages", "chat"),
+    ("input_ids", "tokens"),
+    ("instruction", "dolly"),
+    ("prompt", "prompt_completion"),
+    ("completion", "prompt_completion"),
+    ("text", "text"),
+)
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(UserError):
+    """Bad input data: `str(e)` is "SOURCE: FIELD: problem", SOURCE being "FILE:LINE"."""
+
+    def __init__(self, source: str, field: str | None = None, problem: str | None = None):
+        self.source, self.field, self.problem = source, field, problem
+        super().__init__(source if field is None else f"{source}: {field}: {problem}")
+
+
+def _list_schemas() -> str:
+    return "; ".join(f"{k} ({v})" for k, v in SCHEMAS.items())
+
+
+@dataclass
+class Record:
+    """One raw demonstration as parsed.
+
+    `turns` holds (role, text) for the dialogue schemas: Dolly and prompt/completion become
+    [("user", prompt), ("assistant", response)]. Dolly's `context` is kept apart in `context` and
+    joined to the first user turn by the template (`Template.context_separator`), so the format
+    lives in one place; use `Template.prompt(record)` for the rendered prompt text.
+    """
+
+    index: int
+    id: str
+    category: str
+    turns: list[tuple[str, str]]
+    text: str | None = None
+    input_ids: list[int] | None = None
+    prompt_length: int | None = None
+    source: str = ""
+    schema: str = ""
+    context: str = ""
+
+    def content_key(self) -> str:
+        """Canonical text of what the model sees (id, category, index and source left out)."""
+        return json.dumps(
+            [self.schema, self.turns, self.context, self.text, self.input_ids, self.prompt_length],
+            ensure_ascii=False, separators=(",", ":"),
+        )
+
+
+@dataclass
+class LoadReport:
+    path: str
+    schema: str
+    format: str  # "jsonl", "json" (array) or "hf"
+    records_read: int = 0  # every record seen, including skipped ones
+    records_loaded: int = 0
+    blank_lines: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, message)
+
+    def summary(self, max_listed: int = 20) -> str:
+        s = (f"{self.path}: loaded {self.records_loaded} of {self.records_read} records "
+             f"(schema {self.schema}, {self.format})")
+        if self.skipped:
+            s += f"; skipped {len(self.skipped)} bad record(s):"
+            s += "".join(f"\n  {msg}" for _, msg in self.skipped[:max_listed])
+            if len(self.skipped) > max_listed:
+                s += f"\n  ... and {len(self.skipped) - max_listed} more"
+        return s
+
+
+def json_type_name(v: Any) -> str:
+    """The JSON name of a parsed value's type ("object", "array", "string", ...), for error messages."""
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
+            int: "integer", float: "number"}.get(type(v), type(v).__name__)
+
+
+def _get_str(obj: dict, key: str, source: str, *, required: bool = True, nonempty: bool = False,
+             default: str = "") -> str:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise DataError(source, key, "missing")
+        return default
+    v = obj[key]
+    if not isinstance(v, str):
+        raise DataError(source, key, f"expected a string, got {json_type_name(v)} ({json.dumps(v)[:40]})")
+    if nonempty and not v.strip():
+        raise DataError(source, key, "empty")
+    return v
+
+
+def _get_int(v: Any, source: str, key: str) -> int:
+    if type(v) is not int:
+        raise DataError(source, key, f"expected an integer, got {json_type_name(v)} ({json.dumps(v)[:40]})")
+    return v
+
+
+def _parse_record(obj: Any, schema: str, index: int, source: str) -> Record:
+    if not isinstance(obj, dict):
+        raise DataError(source, "record", f"expected a JSON object, got {json_type_name(obj)}")
+    rid = obj.get("id")
+    if rid is None:
+        rid = str(index)
+    elif isinstance(rid, (str, int)) and not isinstance(rid, bool):
+        rid = str(rid)
+    else:
+        raise DataError(source, "id", f"expected a string or integer, got {json_type_name(rid)}")
+    category = _get_str(obj, "category", source, required=False)
+    rec = Record(index=index, id=rid, category=category, turns=[], source=source, schema=schema)
+    if schema == "dolly":
+        instruction = _get_str(obj, "instruction", source)
+        rec.context = _get_str(obj, "context", source, required=False)
+        response = _get_str(obj, "response", source, nonempty=True)
+        rec.turns = [("user", instruction), ("assistant", response)]
+    elif schema == "prompt_completion":
+        prompt = _get_str(obj, "prompt", source)
+        completion = _get_str(obj, "completion", source, nonempty=True)
+        rec.turns = [("user", prompt), ("assistant", completion)]
+    elif schema == "chat":
+        msgs = obj.get("messages")
+        if msgs is None:
+            raise DataError(source, "messages", "missing")
+        if not isinstance(msgs, list):
+            raise DataError(source, "messages", f"expected an array, got {json_type_name(msgs)}")
+        if not msgs:
+            raise DataError(source, "messages", "empty")
+        for k, m in enumerate(msgs):
+            where = f"messages[{k}]"
+            if not isinstance(m, dict):
+                raise DataError(source, where, f"expected an object with role and content, got {json_type_name(m)}")
+            role = m.get("role")
+            if role is None:
+                raise DataError(source, f"{where}.role", "missing")
+            if not isinstance(role, str) or role not in ROLES:
+                raise DataError(source, f"{where}.role", f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
+            if role == "system" and k != 0:
+                raise DataError(source, f"{where}.role", "a system message must come first")
+            if "content" not in m or m["content"] is None:
+                raise DataError(source, f"{where}.content", "missing")
+            content = m["content"]
+            if not isinstance(content, str):
+                raise DataError(source, f"{where}.content", f"expected a string, got {json_type_name(content)}")
+            if role == "assistant" and not content.strip():
+                raise DataError(source, f"{where}.content", "empty assistant message")
+            rec.turns.append((role, content))
+        if not any(r == "assistant" for r, _ in rec.turns):
+            raise DataError(source, "messages", "no assistant message (nothing to score as response)")
+    elif schema == "text":
+        rec.text = _get_str(obj, "text", source, nonempty=True)
+    elif schema == "tokens":
+        ids = obj.get("input_ids")
+        if ids is None:
+            raise DataError(source, "input_ids", "missing")
+        if not isinstance(ids, list):
+            raise DataError(source, "input_ids", f"expected an array of integers, got {json_type_name(ids)}")
+        if not ids:
+            raise DataError(source, "input_ids", "empty")
+        if not set(map(type, ids)) <= {int}:
+            j = next(j for j, v in enumerate(ids) if type(v) is not int)
+            _get_int(ids[j], source, f"input_ids[{j}]")
+        j = next((j for j, v in enumerate(ids) if not 0 <= v < 2**31), None)
+        if j is not None:
+            raise DataError(source, f"input_ids[{j}]", f"token id {ids[j]} out of range (must be >= 0)")
+        pl = obj.get("prompt_length")
+        pl = 0 if pl is None else _get_int(pl, source, "prompt_length")
+        if pl < 0:
+            raise DataError(source, "prompt_length", f"negative ({pl})")
+        if pl > len(ids):
+            raise DataError(source, "prompt_length", f"{pl} exceeds the record's {len(ids)} tokens")
+        rec.input_ids, rec.prompt_length = ids, pl
+    else:  # pragma: no cover - guarded by load_records
+        raise UserError(f"unknown schema {schema!r}; known schemas: {_list_schemas()}")
+    return rec
+
+
+def _detect_schema(obj: Any) -> str | None:
+    if isinstance(obj, dict):
+        for key, schema in _DETECT_KEYS:
+            if key in obj:
+                return schema
+    return None
+
+
+_Item = tuple[str, Any, "DataError | None"]  # (source, parsed object, error while reading it)
+
+
+def _read_bytes(path: str) -> bytes:
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory, expected a JSONL or JSON file")
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        return f.read()
+
+
+def _iter_jsonl(path: str, data: bytes, report: LoadReport) -> Iterator[_Item]:
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            report.blank_lines += 1
+            continue
+        source = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield source, None, DataError(source, "record", f"invalid UTF-8 at byte {e.start + 1} of the line ({e.reason})")
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield source, None, DataError(source, "record", f"malformed JSON at column {e.colno}: {e.msg} "
+                                              "(JSONL needs one whole JSON object per line)")
+            continue
+        yield source, obj, None
+
+
+def _iter_json_array(path: str, data: bytes) -> Iterator[_Item]:
+    """Elements of a JSON array file, each with the line it starts on."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}", "file", f"invalid UTF-8 ({e.reason}); a JSON array file must be valid UTF-8 throughout")
+    dec = json.JSONDecoder()
+    n = len(text)
+    ws = " \t\r\n"
+
+    def skip(p: int) -> int:
+        while p < n and text[p] in ws:
+            p += 1
+        return p
+
+    line, counted = 1, 0
+
+    def line_at(p: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, p)
+        counted = p
+        return line
+
+    pos = skip(text.index("[") + 1)
+    if pos < n and text[pos] == "]":
+        return
+    while True:
+        source = f"{path}:{line_at(pos)}"
+        try:
+            obj, end = dec.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}", "record", f"malformed JSON at column {e.colno}: {e.msg} "
+                            "(a broken JSON array cannot be skipped; fix it or use JSONL)")
+        yield source, obj, None
+        pos = skip(end)
+        if pos < n and text[pos] == ",":
+            pos = skip(pos + 1)
+            continue
+        if pos < n and text[pos] == "]":
+            if skip(pos + 1) < n:
+                raise DataError(f"{path}:{line_at(skip(pos + 1))}", "file", "extra data after the closing ']'")
+            return
+        raise DataError(f"{path}:{line_at(min(pos, n))}", "file", "malformed JSON array: expected ',' or ']'")
+
+
+def _iter_hf(spec: str) -> Iterator[_Item]:
+    name, _, split = spec[len("hf:"):].partition(":")
+    try:
+        import datasets  # type: ignore[import-not-found]
+    except ImportError:
+        raise UserError(f"{spec}: loading a Hugging Face hub data set needs the `datasets` library: "
+                        "pip install datasets (or download the data set to a JSONL file and pass its path)") from None
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # network, unknown name, ...: all actionable by the user
+        raise UserError(f"{spec}: could not load {name!r} from the hub ({type(e).__name__}: {e}); check the name "
+                        "and your network, or download it to a JSONL file and pass its path") from None
+    for i, row in enumerate(ds):
+        yield f"{spec}:{i + 1}", dict(row), None
+
+
+def load_records(path: str | os.PathLike, schema: str = "auto", skip_bad: bool = False) -> tuple[list[Record], LoadReport]:
+    """Read demonstration records from a JSONL file, a JSON array file (`.gz` too) or `hf:NAME[:SPLIT]`.
+
+    The schema is detected from the first JSON object's keys unless given. Every record gets
+    `index` = its 0-based position among all records in the input (skipped ones included).
+    Bad records raise `DataError`, or with `skip_bad` are skipped and listed in the report
+    (a malformed JSON *array* file, an empty file and an unknown schema override always raise).
+    """
+    path = str(path)
+    if schema != "auto" and schema not in SCHEMAS:
+        raise UserError(f"unknown schema {schema!r}; known schemas: {', '.join(SCHEMAS)} (or auto)")
+    if path.startswith("hf:"):
+        report = LoadReport(path=path, schema=schema, format="hf")
+        items: Iterable[_Item] = _iter_hf(path)
+    else:
+        data = _read_bytes(path)
+        if not data.strip() or data.strip() == b"\xef\xbb\xbf":
+            raise DataError(f"{path}:1", "file", "empty file: no records")
+        is_array = data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+        report = LoadReport(path=path, schema=schema, format="json" if is_array else "jsonl")
+        items = _iter_json_array(path, data) if is_array else _iter_jsonl(path, data, report)
+
+    records: list[Record] = []
+    chosen = None if schema == "auto" else schema
+    for index, (source, obj, err) in enumerate(items):
+        report.records_read += 1
+        try:
+            if err is not None:
+                raise err
+            if chosen is None:
+                chosen = _detect_schema(obj)
+                if chosen is None:
+                    keys = ", ".join(sorted(obj)) if isinstance(obj, dict) else json_type_name(obj)
+                    raise DataError(source, "record", f"unknown schema: keys [{keys}] match none of the known "
+                                    f"schemas: {_list_schemas()}; pass the schema explicitly if it is one of these")
+                report.schema = chosen
+            records.append(_parse_record(obj, chosen, index, source))
+        except DataError as e:
+            if not skip_bad:
+                raise
+            report.skipped.append((source, str(e)))
+    report.records_loaded = len(records)
+    if report.records_read == 0:
+        raise DataError(f"{path}:1", "file", "no records (empty JSON array)" if report.format != "jsonl" else "empty file: no records")
+    if not records:
+        raise UserError(f"{path}: all {report.records_read} records are bad; nothing to load. First problem: "
+                        f"{report.skipped[0][1]}")
+    return records, report
