@@ -3,9 +3,8 @@
 XLA:CPU takes each step's temporary buffers (gigabytes for a training step) fresh from malloc,
 which serves them with mmap; every 4 KiB page is then faulted in and zeroed by the kernel on first
 touch, every step. With glibc's `glibc.malloc.hugetlb=1` tunable those mappings are advised as
-transparent huge pages (2 MiB), which cuts the faults 512-fold: measured here on the gpt-neo-125M
-train step, AdamW's update went 0.82 -> 0.20 s and the backward pass 10.0 -> 8.6 s
-(`benchmarks/README.md`).
+transparent huge pages (2 MiB), which cuts the faults 512-fold (the measured effect is in
+`benchmarks/README.md`, "Measurements behind design choices").
 
 glibc reads tunables only at process start, so `ensure_huge_pages()` re-executes the current
 command once with the tunable added. It does nothing unless: Linux with glibc >= 2.35, the kernel's

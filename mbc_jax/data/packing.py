@@ -112,9 +112,7 @@ def row_bucket(used: int, most: int, divisor: int = 1) -> int:
     """Rows of a packed train batch that needs `used` rows (of at most `most`): the next size in
     1, 2, 3, 4, 6, 8, 12, 16, ... (powers of two and 1.5x powers of two), rounded up to a multiple
     of the mesh's batch divisor. Each size compiles the train step once, so sizes stay few (about
-    2 log2(batch)), while at most a third of a batch's rows are padding: 5 rows run as 6, not 8.
-    (With powers of two alone, 16% of the positions of Dolly batches of 8 records at 512 were
-    padding rows.)"""
+    2 log2(batch)), while at most a third of a batch's rows are padding: 5 rows run as 6, not 8."""
     power = 1 << max(0, (used - 1).bit_length())  # the next power of two
     size = power * 3 // 4 if power >= 4 and used <= power * 3 // 4 else power
     size = -(-max(size, divisor) // divisor) * divisor
