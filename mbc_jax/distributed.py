@@ -17,11 +17,13 @@ process, for the (data, fsdp, tensor) mesh over `jax.devices()`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from typing import Any, Iterator
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mbc_jax import UserError
 
@@ -86,8 +88,6 @@ def is_main() -> bool:
 def barrier(name: str) -> None:
     """Waits until every process gets here (a no-op for one process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -130,8 +130,6 @@ def put_batch(batch: Any, sharding: jax.sharding.Sharding) -> dict[str, jax.Arra
 
     Every process holds the same (global) batch plan; each feeds only the rows its devices own.
     """
-    import dataclasses
-
     fields = {f.name: np.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)}
     return {name: host_local_array(a[local_rows(sharding, a.shape)], sharding, a.shape) for name, a in fields.items()}
 
@@ -140,6 +138,4 @@ def gather(tree: Any) -> Any:
     """Numpy copies of a tree of (possibly multi-host sharded) arrays, whole on every process."""
     if jax.process_count() == 1:
         return jax.tree_util.tree_map(np.asarray, tree)
-    from jax.experimental import multihost_utils
-
     return multihost_utils.process_allgather(tree, tiled=True)

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from mbc_jax.judge.protocol import ORDERS
 
@@ -184,9 +186,6 @@ def plot_win_rates(
     Legend names come from `name_a` / `name_b`, else from the first full results dict, else
     "A" / "B".
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     path = Path(path)
     if not results:
         raise ValueError("plot_win_rates: no results to plot")
