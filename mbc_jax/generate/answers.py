@@ -1,16 +1,26 @@
-"""Answers to records: prompts built as training tokenizes them, the text of outputs, summaries."""
+"""Answers to records: prompts built as training tokenizes them, generation, the answer lines.
+
+    answers = answer_records(model, records, SamplingConfig(), template)
+    answers.rows        # one dict per record: the lines `mbc-jax generate` writes (`mbc-jax judge` reads)
+    answers.summary     # tokens, seconds, mean entropies, stops at EOS, truncated prompts
+
+`mbc-jax generate` and `experiments/table1_entropy.py` both answer records through `answer_records`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from mbc_jax import UserError
 from mbc_jax.data import Template, tokenize
-from mbc_jax.generate.decode import Generation
+from mbc_jax.generate.decode import DEFAULT_BUCKET, Generation, batch_rows, generate
+from mbc_jax.generate.sampling import SamplingConfig
+from mbc_jax.sharding import mesh_str
 
 
 @dataclasses.dataclass
@@ -93,3 +103,83 @@ def summarize(gens: Sequence[Generation], seconds: float) -> dict:
         "stopped_eos": sum(g.stopped == "eos" for g in gens),
         "mean_tokens": n_tok / len(gens) if gens else 0.0,
     }
+
+
+@dataclasses.dataclass
+class Answers:
+    """What `answer_records` returns."""
+
+    rows: list[dict]  # one per record, in the records' order: the lines of `mbc-jax generate`
+    summary: dict  # `summarize` of the generations, plus prompts_truncated and max_prompt_length
+    eos_token_id: int | None  # the token that stops a row (None: none; only with ignore_eos)
+
+
+def _answer_row(prompt: Prompt, gen: Generation, tokenizer: Any) -> dict:
+    """One answer line: index, id, category, prompt (text), output_text (the output decoded without
+    its EOS, stripped), output_ids, entropy, sampling_entropy, num_tokens, stopped, prompt_tokens,
+    prompt_truncated, and reference when the record has one."""
+    ids = [int(i) for i in gen.output_ids]
+    text_ids = ids[:-1] if gen.stopped == "eos" else ids
+    row = {
+        "index": prompt.index, "id": prompt.id, "category": prompt.category, "prompt": prompt.text,
+        "output_text": decode_text(tokenizer, text_ids).strip(),
+        "output_ids": ids, "entropy": gen.entropy, "sampling_entropy": gen.sampling_entropy,
+        "num_tokens": gen.num_tokens, "stopped": gen.stopped,
+        "prompt_tokens": int(prompt.ids.size), "prompt_truncated": bool(prompt.truncated_from),
+    }
+    if prompt.reference is not None:
+        row["reference"] = prompt.reference
+    return row
+
+
+def answer_records(model: Any, records: Sequence[Any], config: SamplingConfig, template: Template | None = None, *,
+                   seed: int = 0, batch_size: int = 32, bucket: int = DEFAULT_BUCKET,
+                   max_prompt_length: int | None = None, on_batch: Callable[[int, int], None] | None = None,
+                   log: Callable[[str], None] | None = None) -> Answers:
+    """Answer every record's prompt with `model` (an `mbc_jax.models.Model` with a tokenizer).
+
+    Prompts are built as training tokenizes the records (`build_prompts`), keeping at most their
+    last `max_prompt_length` tokens (default, and at most: the model's positions minus
+    `config.max_new_tokens`). Generation stops at the template's EOS token (else the tokenizer's)
+    and pads with the tokenizer's pad token (else EOS, else 0); record `index` picks the random
+    stream, so a record's answer does not depend on the others. `log` receives the plan (prompts,
+    settings, rows, mesh) and the truncated prompts; then `on_batch(prompts_done, tokens_generated)`
+    is called with (0, 0) as generation starts (once every check has passed: open a progress bar
+    there) and after each batch. The seconds in the summary time the generation only.
+    """
+    tok = model.tokenizer
+    if tok is None:
+        raise UserError(f"{model.path}: the folder has no tokenizer files (tokenizer.json, vocab.json, ...); "
+                        "generation needs one to encode prompts and decode answers: copy the base model's tokenizer "
+                        "files into the folder")
+    positions = model.config.max_position_embeddings
+    room = positions - config.max_new_tokens
+    if room < 1:
+        raise UserError(f"--max-new-tokens {config.max_new_tokens}: the model has only {positions} positions; "
+                        f"use at most {positions - 1}")
+    max_prompt = max_prompt_length or room
+    if max_prompt > room:
+        raise UserError(f"--max-prompt-length {max_prompt} + --max-new-tokens {config.max_new_tokens} exceeds the "
+                        f"model's {positions} positions; use --max-prompt-length <= {room}")
+    template = template or Template()
+    prompts = build_prompts(records, tok, template, vocab_size=model.config.vocab_size, max_prompt_length=max_prompt)
+    truncated = [p for p in prompts if p.truncated_from]
+    eos = template.eos_token_id if template.eos_token_id is not None else tok.eos_token_id
+    if eos is None and not config.ignore_eos:
+        raise UserError("the tokenizer has no eos_token_id: set eos_token_id in the template, or pass --ignore-eos")
+    pad = next((i for i in (tok.pad_token_id, eos, 0) if i is not None))
+    if log is not None:
+        rows = batch_rows(len(prompts), batch_size, model.mesh)
+        log(f"generate: {len(prompts)} prompts, {config.describe()}, seed {seed}, {rows} rows per batch "
+            f"on mesh {mesh_str(model.mesh)}")
+        if truncated:
+            log(f"generate: {len(truncated)} prompt(s) longer than {max_prompt} tokens kept their last {max_prompt} "
+                f"(ids {', '.join(p.id for p in truncated[:10])}{', ...' if len(truncated) > 10 else ''})")
+    if on_batch is not None:
+        on_batch(0, 0)
+    start = time.perf_counter()
+    gens = generate(model, [p.ids for p in prompts], config, seed=seed, eos_token_id=eos, pad_token_id=pad,
+                    batch_size=batch_size, bucket=bucket, row_keys=[p.index for p in prompts], on_batch=on_batch)
+    summary = summarize(gens, time.perf_counter() - start)
+    summary.update(prompts_truncated=len(truncated), max_prompt_length=max_prompt)
+    return Answers([_answer_row(p, g, tok) for p, g in zip(prompts, gens)], summary, eos)
