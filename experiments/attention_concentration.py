@@ -6,13 +6,11 @@ category, with Pearson / Spearman correlations and bootstrap confidence interval
         [--step STEP] [--max-records 500] [--metric exact_match]
 
 The checkpoint (default: the last saved) is exported and each record, tokenized as in training,
-is run alone (no packing). The Flax model does not return attention probabilities, so this module
-recomputes them from the parameters: the hidden state entering each layer comes from the model's
-own `Block` (so it is exactly the model's), and the layer's attention probabilities are
-softmax(q k^T) of that layer's q / k projections (`Linear` "q" and "k" applied to the layer's
-attention input: after `ln_attn` for pre-LN models, the raw input for post-LN OPT), with the
-model's rules: no scaling for GPT-Neo, q scaled by head_dim**-0.5 for OPT, causal, within the
-layer's window (`cfg.layer_windows`), never across segments; float32 softmax.
+is run alone (no packing). The attention probabilities are the model's own: the forward pass runs
+with the "intermediates" collection mutable, so every layer sows the float32 softmax it weighs its
+values with (see `mbc_jax.models.transformer.CausalLM`: while they are collected, attention runs as
+one batched einsum per layer). The probabilities of all layers of a batch are held at once,
+layers x rows x heads x T^2 floats: lower --tokens-per-batch if that does not fit.
 
 Per record, layer and head: the mean over query positions (those that see at least 2 keys; the
 first token's distribution is always one-hot) of
@@ -32,11 +30,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
 from experiments.common import Artifact, fmt
 from mbc_jax.run_folder import RunFolder
+from mbc_jax.models import sown_attention_probs
+from mbc_jax.models.transformer import attention_mask
+from mbc_jax.sharding import batch_divisor, batch_sharding
 
 NAME = "attention_concentration"
 TITLE = "Attention concentration vs memorization"
@@ -48,50 +50,12 @@ HEAD_COLUMNS = ("run", "step", "layer", "head", "window", "mean_entropy", "mean_
 RECORD_COLUMNS = ("run", "step", "index", "id", "category", "tokens", "memorization", "entropy", "normalized_entropy")
 
 
-# ----------------------------------------------------------------------------- attention from the params
-
-
-def _embed(cfg, params, ids, pos):
-    """The hidden state entering layer 0, as `CausalLM.__call__` builds it."""
-    import jax.numpy as jnp
-
-    from mbc_jax.models.transformer import Linear
-
-    dtype = jnp.dtype(cfg.dtype)
-    x = jnp.take(params["embed_tokens"], ids, axis=0).astype(dtype)
-    if cfg.has_projection:
-        x = Linear(cfg.hidden_size, (None, "embed"), False, cfg).apply({"params": params["project_in"]}, x)
-    return x + jnp.take(params["embed_positions"], pos + cfg.position_offset, axis=0).astype(dtype)
-
-
-def _layer_attention(cfg, p, x, pos, seg, window):
-    """(probs [B, H, T, T] float32, mask [B, 1, T, T]) of one layer with params `p` on input `x`."""
-    import jax.numpy as jnp
-
-    from mbc_jax.models.transformer import NEG_INF, LayerNorm, Linear, attention_mask
-
-    b, t, e = x.shape
-    h, d = cfg.num_heads, cfg.head_dim
-    a = LayerNorm(cfg).apply({"params": p.get("ln_attn", {})}, x) if cfg.pre_layer_norm else x
-
-    def proj(name):
-        y = Linear(e, ("embed", "heads"), cfg.qkv_bias, cfg).apply({"params": p["attn"][name]}, a)
-        return y.reshape(b, t, h, d)
-
-    q, k = proj("q"), proj("k")
-    if cfg.attention_scale:
-        q = q * jnp.asarray(d ** -0.5, q.dtype)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
-    mask = attention_mask(pos, seg, pos, seg, window)
-    probs = jax.nn.softmax(jnp.where(mask, scores, NEG_INF), axis=-1)
-    return probs, mask
+# ----------------------------------------------------------------------------- attention from the model
 
 
 def _entropy_stats(probs, mask, seg):
     """Per row and head: (sum of entropies, sum of normalized entropies) over the queries that see
     >= 2 keys, and the number of those queries (per row)."""
-    import jax.numpy as jnp
-
     plogp = jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0)
     ent = -plogp.sum(-1)  # [B, H, T]
     keys = mask.sum(-1).astype(jnp.float32)  # [B, 1, T]
@@ -102,46 +66,24 @@ def _entropy_stats(probs, mask, seg):
 
 @functools.partial(jax.jit, static_argnames=("module", "what"))
 def _forward(module, what: str, params, ids, pos, seg):
-    """Runs the layers under `lax.scan`: `what` = "probs" -> (logits, probs [L, B, H, T, T]);
-    "entropy" -> (entropy sums [L, B, H], normalized sums [L, B, H], query counts [B])."""
-    import jax.numpy as jnp
-
-    from mbc_jax.models.transformer import Block
-
-    cfg = module.cfg
-    block = Block(cfg, module.mesh)
-    windows = jnp.asarray(cfg.layer_windows, jnp.int32)
-
-    def body(x, xs):
-        p, window = xs
-        probs, mask = _layer_attention(cfg, p, x, pos, seg, window)
-        out = probs if what == "probs" else _entropy_stats(probs, mask, seg)
-        x, _ = block.apply({"params": p}, x, pos, seg, window, None)
-        return x, out
-
-    x, per_layer = jax.lax.scan(body, _embed(cfg, params, ids, pos), (params["layers"], windows))
-    if what == "probs":  # the logits too, to check that the layer loop is the model's
-        from mbc_jax.models.transformer import LayerNorm, Linear
-
-        if cfg.final_layer_norm:
-            x = LayerNorm(cfg).apply({"params": params.get("ln_final", {})}, x)
-        if cfg.has_projection:
-            x = Linear(cfg.word_embed_dim, ("embed", None), False, cfg).apply({"params": params["project_out"]}, x)
-        return module.apply({"params": params}, x, method=type(module).logits), per_layer
-    ent, norm, count = per_layer
+    """One forward pass that collects the attention probabilities: `what` = "probs" -> (logits, probs
+    [L, B, H, T, T]); "entropy" -> (entropy sums [L, B, H], normalized sums [L, B, H], query counts [B])."""
+    logits, state = module.apply({"params": params}, ids, pos, seg, mutable=["intermediates"])
+    probs = sown_attention_probs(state)
+    if what == "probs":
+        return logits, probs
+    windows = jnp.asarray(module.cfg.layer_windows, jnp.int32)
+    masks = jax.vmap(lambda window: attention_mask(pos, seg, pos, seg, window))(windows)  # [L, B, 1, T, T]
+    ent, norm, count = jax.vmap(_entropy_stats, in_axes=(0, 0, None))(probs, masks, seg)
     return ent, norm, count[0]
 
 
 def _put(model, *arrays):
-    from mbc_jax.sharding import batch_sharding
-
     shard = batch_sharding(model.mesh)
     return [jax.device_put(np.asarray(a, np.int32), shard) for a in arrays]
 
 
 def _pad_rows(model, *arrays):
-    from mbc_jax.sharding import batch_divisor
-
     pad = -len(arrays[0]) % batch_divisor(model.mesh)
     return [np.pad(np.asarray(a), ((0, pad), (0, 0))) for a in arrays]
 

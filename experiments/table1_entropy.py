@@ -8,8 +8,9 @@ sampling vs teacher forcing.
   full predictive distribution along the reference response; written by the trainer);
 - nucleus sampling: the run's checkpoint is exported (`mbc_jax.checkpoints.export_run`) and answers the
   same records' prompts with the paper's settings (top-p 0.9, temperature 0.7, repetition penalty
-  1.2); entropy of the full predictive distribution (temperature 1, before any processing) along
-  the sampled continuation, averaged over its tokens (`mbc_jax.generate`).
+  1.2), through `mbc_jax.generate.answer_records` as `mbc-jax generate` does; entropy of the full
+  predictive distribution (temperature 1, before any processing) along the sampled continuation,
+  averaged over its tokens.
 
 Both are averaged over records (each record's mean first). The teacher-forcing number is given over
 the records that were sampled (the comparable one) and over the whole split. The sampled answers
@@ -31,6 +32,7 @@ import numpy as np
 from experiments import common
 from experiments.common import Artifact, fmt
 from mbc_jax.run_folder import RunFolder
+from mbc_jax import generate as g
 
 NAME = "table1_entropy"
 TITLE = "Table 1: entropy of the output distribution, nucleus sampling vs teacher forcing"
@@ -40,9 +42,7 @@ COLUMNS = ("run", "checkpoint", "step", "records", "nucleus_entropy", "nucleus_s
 
 
 def sampling_config(max_new_tokens: int, temperature: float | None = None, top_p: float | None = None,
-                    repetition_penalty: float | None = None):
-    from mbc_jax import generate as g
-
+                    repetition_penalty: float | None = None) -> g.SamplingConfig:
     return g.SamplingConfig(
         temperature=g.DEFAULT_TEMPERATURE if temperature is None else temperature,
         top_p=g.DEFAULT_TOP_P if top_p is None else top_p,
@@ -56,32 +56,6 @@ def select_records(run: RunFolder, split: str, max_records: int | None) -> list:
     order = common.balanced_order([r.category for r in records])
     chosen = sorted(order[:max_records] if max_records else order)
     return [records[i] for i in chosen]
-
-
-def answer(model, run: RunFolder, records: list, cfg, *, seed: int = 0, batch_size: int = 32) -> list[dict]:
-    """Generate for `records` with `model`; rows in the format of `mbc-jax generate`."""
-    from mbc_jax.generate import build_prompts, decode_text, generate
-
-    tok = model.tokenizer
-    positions = model.config.max_position_embeddings
-    room = positions - cfg.max_new_tokens
-    if room < 1:
-        raise common.UserError(f"--max-new-tokens {cfg.max_new_tokens}: the model has only {positions} positions")
-    template = run.template()
-    prompts = build_prompts(records, tok, template, vocab_size=model.config.vocab_size, max_prompt_length=room)
-    eos = template.eos_id(tok)
-    pad = next(i for i in (tok.pad_token_id, eos, 0) if i is not None)
-    gens = generate(model, [p.ids for p in prompts], cfg, seed=seed, eos_token_id=eos, pad_token_id=pad,
-                    batch_size=batch_size, row_keys=[p.index for p in prompts])
-    rows = []
-    for p, g in zip(prompts, gens):
-        ids = [int(i) for i in g.output_ids]
-        rows.append({"index": p.index, "id": p.id, "category": p.category, "prompt": p.text,
-                     "output_text": decode_text(tok, ids[:-1] if g.stopped == "eos" else ids).strip(),
-                     "output_ids": ids, "entropy": g.entropy, "sampling_entropy": g.sampling_entropy,
-                     "num_tokens": g.num_tokens, "stopped": g.stopped, "prompt_tokens": int(p.ids.size),
-                     "prompt_truncated": bool(p.truncated_from), "reference": p.reference})
-    return rows
 
 
 def teacher_forcing(run: RunFolder, step: int, split: str, indices: Sequence[int]) -> tuple[float, float, int]:
@@ -107,20 +81,19 @@ def measure(run: RunFolder, out: Path, *, split: str = "val", max_records: int |
     for which, step in run.first_last_checkpoints(first_step, log).items():
         t0 = time.perf_counter()
         with common.checkpoint_model(run, step, cache_dir, mesh) as model:
-            answers = answer(model, run, records, cfg, seed=seed, batch_size=batch_size)
+            answers = g.answer_records(model, records, cfg, run.template(), seed=seed, batch_size=batch_size)
         path = gen_dir / f"{run.slug}_step{step}.jsonl"
-        path.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers))
-        tf, tf_all, n_all = teacher_forcing(run, step, split, [a["index"] for a in answers])
-        ent = np.array([a["entropy"] for a in answers if a["num_tokens"]])
-        sent = np.array([a["sampling_entropy"] for a in answers if a["num_tokens"]])
-        rows.append({"run": run.label, "checkpoint": which, "step": step, "records": len(answers),
-                     "nucleus_entropy": float(ent.mean()), "nucleus_sampling_entropy": float(sent.mean()),
-                     "mean_new_tokens": float(np.mean([a["num_tokens"] for a in answers])),
-                     "stopped_eos": sum(a["stopped"] == "eos" for a in answers),
+        path.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers.rows))
+        tf, tf_all, n_all = teacher_forcing(run, step, split, [a["index"] for a in answers.rows])
+        summary = answers.summary
+        rows.append({"run": run.label, "checkpoint": which, "step": step, "records": summary["records"],
+                     "nucleus_entropy": summary["mean_entropy"],
+                     "nucleus_sampling_entropy": summary["mean_sampling_entropy"],
+                     "mean_new_tokens": summary["mean_tokens"], "stopped_eos": summary["stopped_eos"],
                      "teacher_forcing_entropy": tf, "teacher_forcing_entropy_all": tf_all,
                      "teacher_forcing_records_all": n_all, "generations": str(path)})
-        log(f"{NAME}: {run.label} step {step}: {len(answers)} {split} records, nucleus entropy {ent.mean():.3f}, "
-            f"teacher forcing {tf:.3f} ({time.perf_counter() - t0:.0f}s)")
+        log(f"{NAME}: {run.label} step {step}: {summary['records']} {split} records, nucleus entropy "
+            f"{summary['mean_entropy']:.3f}, teacher forcing {tf:.3f} ({time.perf_counter() - t0:.0f}s)")
     return rows
 
 
@@ -185,8 +158,6 @@ def build(runs: Sequence[RunFolder], out: str | Path, *, split: str = "val", max
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mbc_jax import generate as g
-
     p = common.base_parser(NAME, __doc__)
     p.add_argument("--split", default="val", choices=("val", "train"), help="records to generate for (default: val)")
     p.add_argument("--max-records", type=int, default=64, metavar="N",

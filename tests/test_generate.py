@@ -421,6 +421,32 @@ def test_cli_end_to_end(tmp_path, tiny_neo_dir, tokenizer, capsys):
     assert len(greedy) == 2 and all(x["sampling_entropy"] == 0.0 for x in greedy)
 
 
+def test_answer_records_are_the_cli_lines(tmp_path, tiny_neo_dir, capsys):
+    """`answer_records` (what `experiments/table1_entropy.py` calls) gives exactly the lines and the
+    summary `mbc-jax generate` writes; its progress callback opens with (0, 0), then counts records
+    and tokens after each batch."""
+    from mbc_jax.cli import main
+    from mbc_jax.data import load_records
+    from mbc_jax.generate import answer_records
+
+    rows = [{"id": f"r{i}", "instruction": f"Question number {i}?", "response": f"Answer {i}."} for i in range(5)]
+    data = _write(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "a.jsonl"
+    assert main(["generate", "--model", str(tiny_neo_dir), "--data", str(data), "--max-new-tokens", "6",
+                 "--seed", "3", "--out", str(out)]) == 0
+    capsys.readouterr()
+    calls = []
+    answers = answer_records(load_model(str(tiny_neo_dir)), load_records(data)[0], SamplingConfig(max_new_tokens=6),
+                             seed=3, on_batch=lambda *a: calls.append(a))
+    assert [json.loads(x) for x in out.read_text().splitlines()] == answers.rows
+    meta = json.loads((tmp_path / "a.meta.json").read_text())
+    assert meta["eos_token_id"] == answers.eos_token_id == 50256
+    for key in ("records", "tokens", "mean_entropy", "mean_sampling_entropy", "stopped_eos", "mean_tokens",
+                "prompts_truncated", "max_prompt_length"):
+        assert meta["summary"][key] == answers.summary[key], key
+    assert calls == [(0, 0), (5, answers.summary["tokens"])]
+
+
 def test_cli_errors(tmp_path, tiny_neo_dir, capsys):
     from mbc_jax.cli import main
 

@@ -3,6 +3,7 @@ checkpoint formats, export round trips, sharded == single-device, and bad checkp
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 
@@ -386,6 +387,61 @@ def test_blocked_attention_equals_one_score_matrix(shared_dir):
                                    err_msg=f"{impl} on {mesh}")
         for a, c in zip(jax.tree_util.tree_leaves(ref_grads), jax.tree_util.tree_leaves(grads)):
             np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-7, err_msg=f"{impl} on {mesh}")
+
+
+# ------------------------------------------------------------------ attention probabilities (sow)
+
+
+def _reference_probs(q, k, pos, seg, windows, scale: float) -> np.ndarray:
+    """Float64 softmax of q . k [L, B, T, H, D] under the model's mask rule, written out: same
+    non-padding segment, causal by position, within the layer's window. [L, B, H, T, T]."""
+    scores = np.einsum("lbqhd,lbkhd->lbhqk", q.astype(np.float64) * scale, k.astype(np.float64))
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
+    dist = pos[:, :, None] - pos[:, None, :]
+    allowed = same[None] & (dist[None] >= 0) & (dist[None] < np.asarray(windows)[:, None, None, None])
+    scores = np.where(allowed[:, :, None], scores, -np.inf)
+    with np.errstate(invalid="ignore"):  # padding queries see nothing: nan rows, never compared
+        e = np.exp(scores - scores.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("name", ["gpt_neo_tiny", "opt_projected_postln"])
+def test_sown_attention_probs_are_each_layers_softmax(name, shared_dir):
+    """`apply(..., mutable=["intermediates"])` returns every layer's attention probabilities: the
+    softmax of that layer's own q . k scores (recomputed in float64 from the q and k projections the
+    same forward pass computed), masked causally, within the layer's window, to its own segment.
+    Packed rows with local windows, under the per-head loop and causal blocks the model would
+    otherwise pick (the sow path takes one score matrix); the logits stay those of the plain forward.
+    With a KV cache the probabilities span the cache, zero on its unwritten slots."""
+    from mbc_jax.models import init_cache, sown_attention_probs
+    from mbc_jax.models.transformer import Linear
+
+    model = load_model(str(FIXTURES / name), mesh=make_mesh("1,1,1"), with_tokenizer=False,
+                       attention_impl="per_head", attention_block=16)
+    cfg, apply = model.config, functools.partial(model.module.apply, {"params": model.params})
+    ids, pos, seg = _packed_rows()
+    ids = ids % cfg.vocab_size
+    real = seg != 0
+    plain = np.asarray(apply(ids, pos, seg))
+    is_qk = lambda mdl, _: isinstance(mdl, Linear) and mdl.name in ("q", "k")  # noqa: E731
+    logits, state = apply(ids, pos, seg, mutable=["intermediates"], capture_intermediates=is_qk)
+    probs = np.asarray(sown_attention_probs(state))
+    b, t = ids.shape
+    assert probs.shape == (cfg.num_layers, b, cfg.num_heads, t, t) and probs.dtype == np.float32
+    layers = state["intermediates"]["layers"]["attn"]
+    q, k = (np.asarray(layers[n]["__call__"][0]).reshape(cfg.num_layers, b, t, cfg.num_heads, -1) for n in "qk")
+    want = _reference_probs(q, k, pos, seg, cfg.layer_windows, cfg.head_dim ** -0.5 if cfg.attention_scale else 1.0)
+    rows = np.broadcast_to(real[None, :, None, :, None], probs.shape)  # real query rows
+    np.testing.assert_allclose(probs[rows], want[rows], rtol=0, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(logits)[real], plain[real], rtol=1e-5, atol=1e-5)
+
+    cache = init_cache(cfg, b, t + 8)
+    (_, _), state = apply(ids, pos, seg, cache=cache, mutable=["intermediates"])
+    cached = np.asarray(sown_attention_probs(state))
+    assert cached.shape == (cfg.num_layers, b, cfg.num_heads, t, t + 8)
+    # another program (scores over the whole cache): its rounding differs
+    np.testing.assert_allclose(cached[..., :t][rows], probs[rows], rtol=0, atol=1e-5)
+    assert np.all(cached[..., t:][rows[..., :8]] == 0)
 
 
 # ------------------------------------------------------------------ dropout (training only)

@@ -3,7 +3,7 @@
     mbc-jax generate --model run/final --data test.jsonl --out answers.jsonl      # paper defaults
 
 Each output line: index, id, category, prompt (text), output_text, output_ids, entropy,
-sampling_entropy (see `mbc_jax.generate` for both distributions), num_tokens, stopped
+sampling_entropy (see `mbc_jax.generate.decode` for both distributions), num_tokens, stopped
 ("eos" | "length"), prompt_tokens, prompt_truncated, and reference (the held-out response) when the
 record has one. The settings and the run summary go to OUT's stem + `.meta.json`.
 """
@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from mbc_jax import UserError
@@ -87,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: is a folder; give a file name such as {out / 'answers.jsonl'}")
 
     from mbc_jax.data import load_records
-    from mbc_jax.generate import batch_rows, build_prompts, decode_text, generate, summarize
-    from mbc_jax.sharding import mesh_str
+    from mbc_jax.generate import answer_records
 
     template = load_template(args)
     records, load_report = load_records(args.data, schema=args.schema, skip_bad=args.skip_bad)
@@ -98,77 +96,35 @@ def run(args: argparse.Namespace) -> int:
         records = records[:args.limit]
 
     model = load_model_from_args(args)
-    mesh, tok = model.mesh, model.tokenizer
-    if tok is None:
-        raise UserError(f"--model {args.model}: the folder has no tokenizer files (tokenizer.json, vocab.json, ...); "
-                        "generation needs one to encode prompts and decode answers: copy the base model's tokenizer "
-                        "files into the folder")
-    positions = model.config.max_position_embeddings
-    room = positions - cfg.max_new_tokens
-    if room < 1:
-        raise UserError(f"--max-new-tokens {cfg.max_new_tokens}: the model has only {positions} positions; "
-                        f"use at most {positions - 1}")
-    max_prompt = args.max_prompt_length or room
-    if max_prompt > room:
-        raise UserError(f"--max-prompt-length {max_prompt} + --max-new-tokens {cfg.max_new_tokens} exceeds the "
-                        f"model's {positions} positions; use --max-prompt-length <= {room}")
-
-    prompts = build_prompts(records, tok, template, vocab_size=model.config.vocab_size, max_prompt_length=max_prompt)
-    truncated = [p for p in prompts if p.truncated_from]
-    eos = template.eos_id(tok)
-    if eos is None and not cfg.ignore_eos:
-        raise UserError("the tokenizer has no eos_token_id: set eos_token_id in the template, or pass --ignore-eos")
-    pad = next((i for i in (tok.pad_token_id, eos, 0) if i is not None))
-    rows = batch_rows(len(prompts), args.batch_size, mesh)
-    print(f"generate: {len(prompts)} prompts, {cfg.describe()}, seed {args.seed}, {rows} rows per batch "
-          f"on mesh {mesh_str(mesh)}", file=sys.stderr)
-    if truncated:
-        print(f"generate: {len(truncated)} prompt(s) longer than {max_prompt} tokens kept their last {max_prompt} "
-              f"(ids {', '.join(p.id for p in truncated[:10])}{', ...' if len(truncated) > 10 else ''})",
-              file=sys.stderr)
-
-    bar = progress(len(prompts), "generate")
+    bar = None  # opened by answer_records' first on_batch(0, 0), once its checks have passed
 
     def on_batch(done: int, tokens: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress(len(records), "generate")
         bar.update(done - bar.n)
-        bar.set_postfix(tokens=tokens, refresh=False)
+        if done:
+            bar.set_postfix(tokens=tokens, refresh=False)
 
-    start = time.perf_counter()
     try:
-        gens = generate(model, [p.ids for p in prompts], cfg, seed=args.seed, eos_token_id=eos, pad_token_id=pad,
-                        batch_size=args.batch_size, bucket=args.bucket, row_keys=[p.index for p in prompts],
-                        on_batch=on_batch)
+        answers = answer_records(model, records, cfg, template, seed=args.seed, batch_size=args.batch_size,
+                                 bucket=args.bucket, max_prompt_length=args.max_prompt_length, on_batch=on_batch,
+                                 log=lambda line: print(line, file=sys.stderr))
     finally:
-        bar.close()
-    seconds = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+    write_jsonl(out, answers.rows)
 
-    rows_out = []
-    for p, g in zip(prompts, gens):
-        ids = [int(i) for i in g.output_ids]
-        text_ids = ids[:-1] if g.stopped == "eos" else ids
-        rec = {
-            "index": p.index, "id": p.id, "category": p.category, "prompt": p.text,
-            "output_text": decode_text(tok, text_ids).strip(),
-            "output_ids": ids, "entropy": g.entropy, "sampling_entropy": g.sampling_entropy,
-            "num_tokens": g.num_tokens, "stopped": g.stopped,
-            "prompt_tokens": int(p.ids.size), "prompt_truncated": bool(p.truncated_from),
-        }
-        if p.reference is not None:
-            rec["reference"] = p.reference
-        rows_out.append(rec)
-    write_jsonl(out, rows_out)
-
-    summary = summarize(gens, seconds)
-    summary.update(prompts_truncated=len(truncated), max_prompt_length=max_prompt)
+    summary = answers.summary
     meta = {"model": model.path, "data": str(args.data), "out": str(out), "seed": args.seed,
-            "sampling": dataclasses.asdict(cfg), "eos_token_id": eos, "template": template.to_dict(),
+            "sampling": dataclasses.asdict(cfg), "eos_token_id": answers.eos_token_id, "template": template.to_dict(),
             "entropy": "full softmax of the raw logits (temperature 1, before penalty/top-k/top-p), nats",
             "sampling_entropy": "softmax of the processed logits the token was drawn from (0 for greedy), nats",
             "summary": summary}
     tmp = meta_path(out).with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, meta_path(out))
-    print(f"generated {summary['records']} records, {summary['tokens']} tokens in {seconds:.1f}s "
+    print(f"generated {summary['records']} records, {summary['tokens']} tokens in {summary['seconds']:.1f}s "
           f"({summary['tokens_per_second']:.1f} tok/s); mean entropy {summary['mean_entropy']:.3f} nats "
           f"(sampling {summary['mean_sampling_entropy']:.3f}); stopped at EOS {summary['stopped_eos']}/"
           f"{summary['records']}; wrote {out}")

@@ -22,12 +22,12 @@ from jax.sharding import Mesh
 from mbc_jax import UserError
 from mbc_jax.models import hf_io
 from mbc_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, config_from_hf, load_config
-from mbc_jax.models.transformer import CausalLM, init_cache
+from mbc_jax.models.transformer import CausalLM, init_cache, sown_attention_probs
 from mbc_jax.sharding import batch_divisor, batch_sharding, make_mesh, mesh_str, tree_shardings
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES", "ModelConfig", "config_from_hf", "load_config", "CausalLM", "init_cache",
-    "Model", "abstract_params", "init_model", "load_model", "export_model", "resolve_model_dir",
+    "sown_attention_probs", "Model", "abstract_params", "init_model", "load_model", "export_model", "resolve_model_dir",
 ]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",

@@ -7,12 +7,17 @@ batch (segment 0 = padding), several records packed into one row (attention neve
 segment boundary; positions restart per record) and a KV cache for decoding (unwritten cache slots
 have segment 0).
 
+The attention probabilities of every layer can be read out: `apply(..., mutable=["intermediates"])`
+makes each layer `sow` them, and `sown_attention_probs` picks them from the returned collection. It is
+opt-in: without that `mutable`, `sow` does nothing and the program is the same as without the hook.
+
 Every parameter carries logical axis names (see `mbc_jax.sharding.RULES`).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,6 +32,7 @@ Array = jax.Array
 Cache = dict[str, Array]  # k, v: [L, B, S, H, D]; pos, seg: [B, S]; index: [] (next slot to write)
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
+ATTENTION_PROBS = "attention_probs"  # name of the sown attention probabilities in the "intermediates" collection
 
 
 def _activation(name: str):
@@ -142,19 +148,24 @@ class Attention(nn.Module):
         drop = None
         if not self.deterministic and cfg.attention_dropout:
             drop = (self.make_rng("dropout"), cfg.attention_dropout)
+        # Collecting the probabilities (the caller made "intermediates" mutable) takes one score matrix
+        # per layer, batched over heads: the per-head loop and the causal blocks never hold it whole.
+        collect = self.is_mutable_collection("intermediates")
+        record = functools.partial(self.sow, "intermediates", ATTENTION_PROBS) if collect else None
         if cache is None:
-            per_head = cfg.attention_impl == "per_head" or (
+            per_head = not collect and (cfg.attention_impl == "per_head" or (
                 cfg.attention_impl == "auto" and jax.default_backend() == "cpu"
-                and (self.mesh is None or self.mesh.shape.get("tensor", 1) == 1))
-            out = causal_attention(q, k, v, pos, seg, window, cfg.attention_block, per_head, drop)
+                and (self.mesh is None or self.mesh.shape.get("tensor", 1) == 1)))
+            block = 0 if collect else cfg.attention_block
+            out = causal_attention(q, k, v, pos, seg, window, block, per_head, drop, record)
         else:
-            out = _attend(q, k, v, pos, seg, k_pos, k_seg, window, drop)
+            out = _attend(q, k, v, pos, seg, k_pos, k_seg, window, drop, record)
         out = Linear(e, ("heads", "embed"), cfg.out_bias, cfg, name="o")(out.reshape(b, t, e))
         return _train_dropout(self, out, cfg.resid_dropout), cache
 
 
 def causal_attention(q, k, v, pos, seg, window, block: int = 128, per_head: bool = False,
-                     drop: tuple[Array, float] | None = None):
+                     drop: tuple[Array, float] | None = None, record: Callable[[Array], Any] | None = None):
     """Attention without a KV cache, where every record's tokens lie in position order along the row.
 
     Causal block skipping: query block i only needs keys [0, (i+1) * block), so at T = 512 with
@@ -165,13 +176,18 @@ def causal_attention(q, k, v, pos, seg, window, block: int = 128, per_head: bool
 
     `drop = (key, rate)` applies dropout to the attention probabilities (training); each query block
     (and head, per head) draws its mask from its own fold of `key`.
+
+    `record(probs)` receives the probabilities [B, H, T, T]; only with one score matrix (no blocks,
+    no per-head loop), since it sees them whole.
     """
     t = q.shape[1]
+    if record is not None and (per_head or (block and t > block and t % block == 0)):
+        raise ValueError("record needs one score matrix: block=0 (or T <= block) and per_head=False")
 
     def attend(q, k, v, key):
         fold = lambda i: None if drop is None else (jax.random.fold_in(key, i), drop[1])  # noqa: E731
         if not block or t <= block or t % block:
-            return _attend(q, k, v, pos, seg, pos, seg, window, fold(0))
+            return _attend(q, k, v, pos, seg, pos, seg, window, fold(0), record)
         return jnp.concatenate([
             _attend(q[:, i:i + block], k[:, :i + block], v[:, :i + block], pos[:, i:i + block],
                     seg[:, i:i + block], pos[:, :i + block], seg[:, :i + block], window, fold(i))
@@ -186,12 +202,17 @@ def causal_attention(q, k, v, pos, seg, window, block: int = 128, per_head: bool
     return out[:, :, :, 0].transpose(1, 2, 0, 3)
 
 
-def _attend(q, k, v, q_pos, q_seg, k_pos, k_seg, window, drop: tuple[Array, float] | None = None):
+def _attend(q, k, v, q_pos, q_seg, k_pos, k_seg, window, drop: tuple[Array, float] | None = None,
+            record: Callable[[Array], Any] | None = None):
     """Softmax attention of q [B, Tq, H, D] over k, v [B, Tk, H, D] under `attention_mask`;
-    `drop = (key, rate)`: dropout on the probabilities."""
+    `drop = (key, rate)`: dropout on the probabilities; `record(probs)` receives the float32
+    probabilities [B, H, Tq, Tk] (before the cast to the compute dtype and before dropout)."""
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(attention_mask(q_pos, q_seg, k_pos, k_seg, window), scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if record is not None:
+        record(probs)
+    probs = probs.astype(v.dtype)
     if drop is not None:
         probs = dropout(probs, drop[1], drop[0])
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
@@ -251,6 +272,13 @@ class CausalLM(nn.Module):
 
     `deterministic=False` (the train step's clone) applies the config's dropout rates and needs a
     "dropout" rng: `apply(..., rngs={"dropout": key})`; every layer folds its own key.
+
+    `apply(..., mutable=["intermediates"])` also returns every layer's attention probabilities
+    (`sown_attention_probs` reads them): the float32 softmax each layer weighs its values with (before
+    dropout), [layers, B, heads, T_query, T_key] (T_key: the cache length with `cache=`). While they are
+    collected, attention without a cache runs as one batched einsum per layer (no per-head loop, no
+    causal blocks; `attention_impl` and `attention_block` are set aside), so the probabilities are those
+    of the very computation that produces the returned logits.
     """
 
     cfg: ModelConfig
@@ -281,7 +309,7 @@ class CausalLM(nn.Module):
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
         self.layers = nn.scan(
             block,
-            variable_axes={"params": 0},
+            variable_axes={"params": 0, "intermediates": 0},
             split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast, nn.broadcast, 0, 0),
             length=cfg.num_layers,
@@ -339,6 +367,12 @@ class CausalLM(nn.Module):
     def unembedding(self) -> Array:
         """The LM head as rows, [vocab, word_embed_dim]: the tied embedding as stored (no copy)."""
         return self.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head.T
+
+
+def sown_attention_probs(variables: dict) -> Array:
+    """The attention probabilities [layers, B, heads, T_query, T_key] from the collections that
+    `CausalLM.apply(..., mutable=["intermediates"])` returns."""
+    return variables["intermediates"]["layers"]["attn"][ATTENTION_PROBS][0]
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> Cache:

@@ -1,0 +1,185 @@
+"""Answers to records: prompts built as training tokenizes them, generation, the answer lines.
+
+    answers = answer_records(model, records, SamplingConfig(), template)
+    answers.rows        # one dict per record: the lines `mbc-jax generate` writes (`mbc-jax judge` reads)
+    answers.summary     # tokens, seconds, mean entropies, stops at EOS, truncated prompts
+
+`mbc-jax generate` and `experiments/table1_entropy.py` both answer records through `answer_records`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from mbc_jax import UserError
+from mbc_jax.data import Template, tokenize
+from mbc_jax.generate.decode import DEFAULT_BUCKET, Generation, batch_rows, generate
+from mbc_jax.generate.sampling import SamplingConfig
+from mbc_jax.sharding import mesh_str
+
+
+@dataclasses.dataclass
+class Prompt:
+    """What to generate from for one record, and what the output file says about it."""
+
+    index: int
+    id: str
+    category: str
+    ids: np.ndarray  # int32, the prompt tokens exactly as training tokenizes them
+    text: str  # the prompt as text (what a judge reads)
+    reference: str | None  # the held-out response, if the record has one
+    truncated_from: int = 0  # original prompt length when the prompt was left-truncated, else 0
+
+
+def decode_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """Token ids -> text, special tokens dropped, no "clean-up" (it would corrupt BPE text)."""
+    return tokenizer.decode([int(i) for i in ids], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def build_prompts(records: Sequence[Any], tokenizer: Any, template: Any = None, *,
+                  vocab_size: int | None = None, max_prompt_length: int | None = None) -> list[Prompt]:
+    """Prompts of records of any `mbc_jax.data` schema, tokenized exactly as training tokenizes them.
+
+    - dialogue schemas (dolly, chat, prompt_completion): every token before the LAST response, i.e.
+      the template rendered up to and including the assistant prefix (earlier turns, with their EOS,
+      included); the reference is the last response's text;
+    - tokens: input_ids[:prompt_length] (the reference is the rest, decoded);
+    - text: the whole text is the prompt (a free continuation; no reference).
+    A prompt longer than `max_prompt_length` keeps its LAST max_prompt_length tokens (the end of
+    the prompt holds the assistant prefix the model must continue); `truncated_from` says so.
+    """
+    template = template or Template()
+    examples, report = tokenize(records, tokenizer, template, max_length=1 << 62, vocab_size=vocab_size)
+    assert len(examples) == len(records), report.summary()
+
+    def decode(ids) -> str:
+        return decode_text(tokenizer, ids) if tokenizer is not None else ""
+
+    out = []
+    for rec, ex in zip(records, examples):
+        ids, mask = ex.input_ids, ex.response_mask
+        reference = None
+        if rec.schema == "tokens" or rec.input_ids is not None:
+            cut = rec.prompt_length or 0
+            if cut < len(ids):
+                reference = decode(ids[cut:])
+            text = decode(ids[:cut])
+        elif rec.text is not None:
+            cut, text = len(ids), rec.text
+        else:
+            # start of the last run of response tokens
+            last = int(np.flatnonzero(mask)[-1])
+            cut = last
+            while cut > 0 and mask[cut - 1]:
+                cut -= 1
+            text = template.prompt(rec)
+            reference = [c for r, c in rec.turns if r == "assistant"][-1]
+        if cut == 0:
+            raise UserError(f"{rec.source}: the prompt is empty (prompt_length 0): nothing to generate from; "
+                            "give the record a prompt_length > 0")
+        prompt = ids[:cut]
+        truncated_from = 0
+        if max_prompt_length is not None and cut > max_prompt_length:
+            prompt, truncated_from = prompt[cut - max_prompt_length:], cut
+        out.append(Prompt(rec.index, rec.id, rec.category, prompt.astype(np.int32), text, reference, truncated_from))
+    return out
+
+
+def summarize(gens: Sequence[Generation], seconds: float) -> dict:
+    """Aggregate numbers of a run (entropies: mean over records of the per-record means)."""
+    n_tok = sum(g.num_tokens for g in gens)
+    ent = [g.entropy for g in gens if g.num_tokens]
+    sent = [g.sampling_entropy for g in gens if g.num_tokens]
+    return {
+        "records": len(gens), "tokens": n_tok, "seconds": seconds,
+        "tokens_per_second": n_tok / seconds if seconds > 0 else float("nan"),
+        "mean_entropy": float(np.mean(ent)) if ent else float("nan"),
+        "mean_sampling_entropy": float(np.mean(sent)) if sent else float("nan"),
+        "stopped_eos": sum(g.stopped == "eos" for g in gens),
+        "mean_tokens": n_tok / len(gens) if gens else 0.0,
+    }
+
+
+@dataclasses.dataclass
+class Answers:
+    """What `answer_records` returns."""
+
+    rows: list[dict]  # one per record, in the records' order: the lines of `mbc-jax generate`
+    summary: dict  # `summarize` of the generations, plus prompts_truncated and max_prompt_length
+    eos_token_id: int | None  # the token that stops a row (None: none; only with ignore_eos)
+
+
+def _answer_row(prompt: Prompt, gen: Generation, tokenizer: Any) -> dict:
+    """One answer line: index, id, category, prompt (text), output_text (the output decoded without
+    its EOS, stripped), output_ids, entropy, sampling_entropy, num_tokens, stopped, prompt_tokens,
+    prompt_truncated, and reference when the record has one."""
+    ids = [int(i) for i in gen.output_ids]
+    text_ids = ids[:-1] if gen.stopped == "eos" else ids
+    row = {
+        "index": prompt.index, "id": prompt.id, "category": prompt.category, "prompt": prompt.text,
+        "output_text": decode_text(tokenizer, text_ids).strip(),
+        "output_ids": ids, "entropy": gen.entropy, "sampling_entropy": gen.sampling_entropy,
+        "num_tokens": gen.num_tokens, "stopped": gen.stopped,
+        "prompt_tokens": int(prompt.ids.size), "prompt_truncated": bool(prompt.truncated_from),
+    }
+    if prompt.reference is not None:
+        row["reference"] = prompt.reference
+    return row
+
+
+def answer_records(model: Any, records: Sequence[Any], config: SamplingConfig, template: Template | None = None, *,
+                   seed: int = 0, batch_size: int = 32, bucket: int = DEFAULT_BUCKET,
+                   max_prompt_length: int | None = None, on_batch: Callable[[int, int], None] | None = None,
+                   log: Callable[[str], None] | None = None) -> Answers:
+    """Answer every record's prompt with `model` (an `mbc_jax.models.Model` with a tokenizer).
+
+    Prompts are built as training tokenizes the records (`build_prompts`), keeping at most their
+    last `max_prompt_length` tokens (default, and at most: the model's positions minus
+    `config.max_new_tokens`). Generation stops at the template's EOS token (else the tokenizer's)
+    and pads with the tokenizer's pad token (else EOS, else 0); record `index` picks the random
+    stream, so a record's answer does not depend on the others. `log` receives the plan (prompts,
+    settings, rows, mesh) and the truncated prompts; then `on_batch(prompts_done, tokens_generated)`
+    is called with (0, 0) as generation starts (once every check has passed: open a progress bar
+    there) and after each batch. The seconds in the summary time the generation only.
+    """
+    tok = model.tokenizer
+    if tok is None:
+        raise UserError(f"{model.path}: the folder has no tokenizer files (tokenizer.json, vocab.json, ...); "
+                        "generation needs one to encode prompts and decode answers: copy the base model's tokenizer "
+                        "files into the folder")
+    positions = model.config.max_position_embeddings
+    room = positions - config.max_new_tokens
+    if room < 1:
+        raise UserError(f"--max-new-tokens {config.max_new_tokens}: the model has only {positions} positions; "
+                        f"use at most {positions - 1}")
+    max_prompt = max_prompt_length or room
+    if max_prompt > room:
+        raise UserError(f"--max-prompt-length {max_prompt} + --max-new-tokens {config.max_new_tokens} exceeds the "
+                        f"model's {positions} positions; use --max-prompt-length <= {room}")
+    template = template or Template()
+    prompts = build_prompts(records, tok, template, vocab_size=model.config.vocab_size, max_prompt_length=max_prompt)
+    truncated = [p for p in prompts if p.truncated_from]
+    eos = template.eos_id(tok)
+    if eos is None and not config.ignore_eos:
+        raise UserError("the tokenizer has no eos_token_id: set eos_token_id in the template, or pass --ignore-eos")
+    pad = next((i for i in (tok.pad_token_id, eos, 0) if i is not None))
+    if log is not None:
+        rows = batch_rows(len(prompts), batch_size, model.mesh)
+        log(f"generate: {len(prompts)} prompts, {config.describe()}, seed {seed}, {rows} rows per batch "
+            f"on mesh {mesh_str(model.mesh)}")
+        if truncated:
+            log(f"generate: {len(truncated)} prompt(s) longer than {max_prompt} tokens kept their last {max_prompt} "
+                f"(ids {', '.join(p.id for p in truncated[:10])}{', ...' if len(truncated) > 10 else ''})")
+    if on_batch is not None:
+        on_batch(0, 0)
+    start = time.perf_counter()
+    gens = generate(model, [p.ids for p in prompts], config, seed=seed, eos_token_id=eos, pad_token_id=pad,
+                    batch_size=batch_size, bucket=bucket, row_keys=[p.index for p in prompts], on_batch=on_batch)
+    summary = summarize(gens, time.perf_counter() - start)
+    summary.update(prompts_truncated=len(truncated), max_prompt_length=max_prompt)
+    return Answers([_answer_row(p, g, tok) for p, g in zip(prompts, gens)], summary, eos)

@@ -1,0 +1,139 @@
+"""How each token is picked: the sampling settings, the logits processing, the entropy of a distribution.
+
+Logits processing follows Hugging Face `generate`, in its order:
+1. repetition penalty (CTRL rule): for every token already in the row's sequence (prompt +
+   generated so far; left padding excluded), a logit l becomes l / r if l > 0 else l * r;
+2. temperature: l / T;
+3. top-k: tokens below the k-th largest logit get -inf (ties with it are kept);
+4. top-p (nucleus): the smallest set of most probable tokens whose probability reaches p is kept
+   (a token is kept iff the probability of the tokens strictly more probable than it is < p; ties
+   at the boundary are kept); the rest get -inf.
+Greedy decoding applies only the penalty, then takes the argmax (as HF's do_sample=False).
+All settings are traced values (`Settings`), so one compiled program serves every sampling
+configuration; the vocabulary sort behind top-k/top-p runs only when one of them is on (`lax.cond`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mbc_jax import UserError
+
+# Paper defaults (nucleus sampling for the judged answers).
+DEFAULT_TOP_P = 0.9
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_REPETITION_PENALTY = 1.2
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick each token. `greedy` ignores temperature, top_k and top_p (not the penalty)."""
+
+    greedy: bool = False
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    top_k: int = 0  # 0: off
+    repetition_penalty: float = DEFAULT_REPETITION_PENALTY  # 1.0: off
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    ignore_eos: bool = False
+
+    def validate(self) -> "SamplingConfig":
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.repetition_penalty > 0:
+            raise UserError(f"repetition penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        if not self.greedy:
+            if not (self.temperature > 0 and math.isfinite(self.temperature)):
+                raise UserError(f"temperature must be > 0, got {self.temperature} (use greedy decoding for the argmax)")
+            if not 0 < self.top_p <= 1:
+                raise UserError(f"top_p must be in (0, 1], got {self.top_p} (1 = off)")
+            if self.top_k < 0:
+                raise UserError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        return self
+
+    def describe(self) -> str:
+        s = "greedy" if self.greedy else (f"sampling T={self.temperature:g} top_p={self.top_p:g}"
+                                          + (f" top_k={self.top_k}" if self.top_k else ""))
+        s += f", repetition penalty {self.repetition_penalty:g}, max {self.max_new_tokens} new tokens"
+        return s + (", ignoring EOS" if self.ignore_eos else "")
+
+
+
+def entropy(logits: jax.Array) -> jax.Array:
+    """Entropy (nats) of softmax(logits) over the last axis, in float32; -inf logits contribute 0."""
+    logits = logits.astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.sum(jnp.where(jnp.isneginf(logits), 0.0, jnp.exp(logp) * logp), axis=-1)
+
+
+def repetition_penalty(logits: jax.Array, present: jax.Array, penalty: jax.Array | float) -> jax.Array:
+    """CTRL rule as HF applies it: where `present`, l -> l / penalty if l > 0 else l * penalty."""
+    penalized = jnp.where(logits < 0, logits * penalty, logits / penalty)
+    return jnp.where(present, penalized, logits)
+
+
+def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
+    """Keep the k largest logits per row (and any tied with the k-th); the rest -> -inf."""
+    return _sorted_filters(logits.astype(jnp.float32), k, 1.0)
+
+
+def top_p_filter(logits: jax.Array, p: jax.Array | float) -> jax.Array:
+    """Nucleus: keep a token iff the tokens more probable than it hold < p of the probability mass."""
+    return _sorted_filters(logits.astype(jnp.float32), 0, p)
+
+
+def _sorted_filters(x: jax.Array, k: jax.Array | int, p: jax.Array | float) -> jax.Array:
+    """top-k (k <= 0: off) then top-p (p >= 1: off) over the last axis, from one descending sort."""
+    vocab = x.shape[-1]
+    desc = -jnp.sort(-x, axis=-1)
+    k = jnp.where(k <= 0, vocab, jnp.minimum(k, vocab))
+    kth = jnp.take_along_axis(desc, jnp.broadcast_to(k - 1, desc.shape[:-1] + (1,)).astype(jnp.int32), axis=-1)
+    desc = jnp.where(desc >= kth, desc, -jnp.inf)  # ties with the k-th are kept, as in HF
+    x = jnp.where(x >= kth, x, -jnp.inf)
+    probs = jax.nn.softmax(desc, axis=-1)
+    # probability mass strictly ahead of each token in the sorted order
+    before = jnp.concatenate([jnp.zeros_like(probs[..., :1]), jnp.cumsum(probs, axis=-1)[..., :-1]], axis=-1)
+    p = jnp.where(p >= 1, jnp.inf, p)
+    cutoff = jnp.min(jnp.where(before < p, desc, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(x >= cutoff, x, -jnp.inf)
+
+
+class Settings(NamedTuple):
+    """A SamplingConfig as traced scalars: changing them never recompiles."""
+
+    greedy: Any
+    temperature: Any
+    top_k: Any
+    top_p: Any
+    penalty: Any
+    ignore_eos: Any
+
+    @classmethod
+    def of(cls, cfg: SamplingConfig) -> "Settings":
+        t, k, p = (1.0, 0, 1.0) if cfg.greedy else (cfg.temperature, cfg.top_k, cfg.top_p)  # greedy: neutral
+        return cls(np.bool_(cfg.greedy), np.float32(t), np.int32(k), np.float32(p),
+                   np.float32(cfg.repetition_penalty), np.bool_(cfg.ignore_eos))
+
+
+def process_logits(raw: jax.Array, present: jax.Array, s: Settings) -> jax.Array:
+    """Raw logits [B, V] -> the logits the next token is drawn from, in HF's order.
+
+    Greedy: only the penalty (the argmax of the result is the token). The sort behind top-k/top-p
+    runs only when one of them is on (`lax.cond`: one branch executes).
+    """
+    x = repetition_penalty(raw.astype(jnp.float32), present, s.penalty)  # penalty 1: exact identity
+
+    def warp(x):
+        x = x / s.temperature  # temperature 1: exact identity
+        needs_sort = (s.top_k > 0) | (s.top_p < 1)
+        return jax.lax.cond(needs_sort, lambda y: _sorted_filters(y, s.top_k, s.top_p), lambda y: y, x)
+
+    return jax.lax.cond(s.greedy, lambda y: y, warp, x)
+
