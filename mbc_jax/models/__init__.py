@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from huggingface_hub import snapshot_download
 from jax.sharding import Mesh
+from transformers import AutoTokenizer
 
 from mbc_jax import UserError
 from mbc_jax.models import hf_io
@@ -104,8 +106,6 @@ def resolve_model_dir(name_or_path: str) -> Path:
         raise UserError(f"{name_or_path}: is a file; pass the checkpoint folder that holds config.json")
     if name_or_path.count("/") > 1 or name_or_path.startswith((".", "/", "~")):
         raise UserError(f"{name_or_path}: no such folder")
-    from huggingface_hub import snapshot_download
-
     patterns = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                 "flax_model.msgpack", *TOKENIZER_FILES]
     try:
@@ -127,8 +127,6 @@ def resolve_model_dir(name_or_path: str) -> Path:
 def load_tokenizer(model_dir: Path) -> Any:
     if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 

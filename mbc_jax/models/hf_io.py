@@ -19,6 +19,9 @@ from typing import Any, Iterable
 
 import jax
 import numpy as np
+from flax import serialization
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from mbc_jax import UserError
 from mbc_jax.models.config import ModelConfig
@@ -90,16 +93,12 @@ class TensorSource:
 
 class SafetensorsSource(TensorSource):
     def __init__(self, files: dict[str, Path], where: str):
-        from safetensors import safe_open
-
         self.where = where
         self._handles = {f: safe_open(str(f), framework="np") for f in set(files.values())}
         self._file_of = files
 
     @classmethod
     def single(cls, path: Path) -> "SafetensorsSource":
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="np") as f:
             names = list(f.keys())
         return cls({n: path for n in names}, str(path))
@@ -142,8 +141,6 @@ class DictSource(TensorSource):
 
 def _flax_msgpack_source(path: Path) -> DictSource:
     """HF Flax checkpoints name tensors like PyTorch's but with kernel [in, out], scale, embedding."""
-    from flax import serialization
-
     tree = serialization.msgpack_restore(path.read_bytes())
     tensors: dict[str, np.ndarray] = {}
 
@@ -275,8 +272,6 @@ def params_to_hf(cfg: ModelConfig, params: Any) -> dict[str, np.ndarray]:
 
 def save_safetensors(tensors: dict[str, np.ndarray], out_dir: Path, max_shard_bytes: int = 5 * 2**30) -> None:
     """`model.safetensors`, or shards plus `model.safetensors.index.json` past `max_shard_bytes`."""
-    from safetensors.numpy import save_file
-
     total = sum(a.nbytes for a in tensors.values())
     if total <= max_shard_bytes:
         save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
