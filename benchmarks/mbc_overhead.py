@@ -112,7 +112,8 @@ def one_run(name: str, tmp: Path, config: str | None, overrides: list[str], corr
            "steps": trainer.total_steps, "k": trainer.mbc_k, "train_records": len(trainer.data.train),
            "trained_real_tokens": tokens["trained_real"], "trained_padded_tokens": tokens["trained_padded"],
            "refreshes": summary["mbc_refreshes"], "scored_real_tokens": tokens["mbc_scored_real"],
-           "scored_padded_tokens": tokens["mbc_scored_padded"], "score_compile_seconds": summary["score_compile_seconds"],
+           "scored_padded_tokens": tokens["mbc_scored_padded"],
+           "score_compile_seconds": summary["score_compile_seconds"],
            "distinct_records_drawn": summary["distinct_records_drawn"]}
     sampler = trainer.sampler
     if correlate and isinstance(sampler, MBCSampler):
@@ -188,7 +189,8 @@ def main() -> None:
            "workload": args.workload, "epochs": args.epochs, "repeats": args.repeats,
            "model": {"layers": args.layers or None, "hidden": args.hidden or None, "heads": args.heads or None},
            "steps": base["steps"], "k": base["k"], "train_records": base["train_records"],
-           "baseline_seconds": round(base["wall_seconds"], 2), "baseline_train_seconds": round(base["train_seconds"], 2),
+           "baseline_seconds": round(base["wall_seconds"], 2),
+           "baseline_train_seconds": round(base["train_seconds"], 2),
            "baseline_trained_real_tokens": base["trained_real_tokens"],
            "baseline_trained_padded_tokens": base["trained_padded_tokens"],
            "targets": {"mbc_full": 1.40, "mbc_incremental": 1.10}}
@@ -202,7 +204,8 @@ def main() -> None:
         out[name] = {
             "seconds": round(m["wall_seconds"], 2), "ratio": round(m["wall_seconds"] / base["wall_seconds"], 3),
             "ratio_without_scorer_compile": round(steady / base["wall_seconds"], 3),
-            "score_seconds": round(m["score_seconds"], 2), "score_compile_seconds": round(m["score_compile_seconds"], 2),
+            "score_seconds": round(m["score_seconds"], 2),
+            "score_compile_seconds": round(m["score_compile_seconds"], 2),
             "train_seconds": round(m["train_seconds"], 2), "refreshes": m["refreshes"],
             "scored_real_tokens": m["scored_real_tokens"], "trained_real_tokens": m["trained_real_tokens"],
             "trained_padded_tokens": m["trained_padded_tokens"],

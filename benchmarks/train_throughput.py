@@ -212,9 +212,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per configuration (min is reported)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--remat", default="none", choices=("none", "full", "dots"))
-    ap.add_argument("--chunk", type=int, default=1024, help="positions per chunk of chunked_nll (the trainer's default: 1024)")
-    ap.add_argument("--variants", default="", help="more configurations, interleaved: 'dtype=bfloat16;remat=dots,chunk=512'")
-    ap.add_argument("--alt-train", default=None, help="a patched copy of mbc_jax/train.py, used by variants with train=alt")
+    ap.add_argument("--chunk", type=int, default=1024,
+                    help="positions per chunk of chunked_nll (the trainer's default: 1024)")
+    ap.add_argument("--variants", default="",
+                    help="more configurations, interleaved: 'dtype=bfloat16;remat=dots,chunk=512'")
+    ap.add_argument("--alt-train", default=None,
+                    help="a patched copy of mbc_jax/train.py, used by variants with train=alt")
     ap.add_argument("--no-peer", action="store_true", help="skip running the HF torch peer")
     ap.add_argument("--peer-repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the peer")
@@ -284,9 +287,11 @@ def main() -> None:
 
     def summary(r: JaxStep) -> dict:
         dt = min(r.times)
-        return {"config": label(r.v), "step_seconds": round(dt, 3), "step_seconds_median": round(float(np.median(r.times)), 3),
+        return {"config": label(r.v), "step_seconds": round(dt, 3),
+                "step_seconds_median": round(float(np.median(r.times)), 3),
                 "tokens_per_s": round(tokens / dt, 1), "model_gflops_per_s": round(6 * params * tokens / dt / 1e9, 1),
-                "mfu": round(6 * params * tokens / dt / peak, 3), "mfu_analytic": round(analytic * tokens / dt / peak, 3),
+                "mfu": round(6 * params * tokens / dt / peak, 3),
+                "mfu_analytic": round(analytic * tokens / dt / peak, 3),
                 "compile_seconds": round(r.compile_s, 1), "final_loss": round(losses[label(r.v)], 4)}
 
     main_s = summary(runners[0])

@@ -35,9 +35,9 @@ import numpy as np
 
 from experiments import common
 from experiments.common import Artifact, fmt
-from mbc_jax.run_folder import RunFolder
 from mbc_jax.models import sown_attention_probs
 from mbc_jax.models.transformer import attention_mask
+from mbc_jax.run_folder import RunFolder
 from mbc_jax.sharding import batch_divisor, batch_sharding
 
 NAME = "attention_concentration"

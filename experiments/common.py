@@ -75,9 +75,9 @@ def checkpoint_model(run: RunFolder, step: int, cache_dir: str | Path | None = N
     Exported with `mbc_jax.checkpoints.export_run` into `cache_dir/<run folder>_step<N>` (kept, and reused
     by later experiments) or into a temporary folder removed afterwards.
     """
+    from mbc_jax.checkpoints import export_run
     from mbc_jax.models import load_model
     from mbc_jax.sharding import make_mesh
-    from mbc_jax.checkpoints import export_run
 
     tmp = None
     if cache_dir is not None:

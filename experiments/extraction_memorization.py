@@ -167,16 +167,19 @@ def measure(run: RunFolder, *, fraction: float | None = 0.5, tokens: int | None 
 
 
 def describe(run_label: str, summary: list[dict], records: list[dict], prefix: str) -> str:
-    f, l = [next(s for s in summary if s["run"] == run_label and s["checkpoint"] == w and s["category"] == "all")
-            for w in common.FIRST_LAST]
+    f, last = [next(s for s in summary if s["run"] == run_label and s["checkpoint"] == w and s["category"] == "all")
+               for w in common.FIRST_LAST]
     s = (f"{run_label} ({f['records']} training records, prefix {prefix}): greedy continuations matched "
          f"{common.pct(f['token_match_rate'])} of the true suffix tokens at the first checkpoint (step {f['step']}) "
          "and "
-         f"{common.pct(l['token_match_rate'])} at the last (step {l['step']}); the longest matching prefix averaged "
-         f"{fmt(f['longest_prefix'], 1)} then {fmt(l['longest_prefix'], 1)} tokens, ROUGE-L F1 {fmt(f['lcs_f1'])} then "
-         f"{fmt(l['lcs_f1'])}, and {common.pct(l['exact_extraction'])} of suffixes were reproduced exactly at the last "
+         f"{common.pct(last['token_match_rate'])} at the last (step {last['step']}); "
+         "the longest matching prefix averaged "
+         f"{fmt(f['longest_prefix'], 1)} then {fmt(last['longest_prefix'], 1)} tokens, "
+         f"ROUGE-L F1 {fmt(f['lcs_f1'])} then "
+         f"{fmt(last['lcs_f1'])}, and {common.pct(last['exact_extraction'])} of suffixes "
+         "were reproduced exactly at the last "
          f"checkpoint (teacher-forced exact memorization of the same records: "
-         f"{fmt(l['teacher_forcing_exact_match'])}).")
+         f"{fmt(last['teacher_forcing_exact_match'])}).")
     cats = [c for c in summary if c["run"] == run_label and c["checkpoint"] == "last" and c["category"] != "all"]
     if len(cats) > 1:
         hi, lo = max(cats, key=lambda c: c["lcs_f1"]), min(cats, key=lambda c: c["lcs_f1"])

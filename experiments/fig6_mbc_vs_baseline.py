@@ -20,9 +20,9 @@ import numpy as np
 
 from experiments import common
 from experiments.common import Artifact, fmt
-from mbc_jax.run_folder import RunFolder
 from experiments.fig1_memorization_dynamics import dynamics
 from experiments.fig3_validation_perplexity import curve as val_curve
+from mbc_jax.run_folder import RunFolder
 
 NAME = "fig6_mbc_vs_baseline"
 TITLE = "Figure 6: MBC vs baseline memorization"

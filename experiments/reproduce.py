@@ -202,7 +202,7 @@ def write_report(out: Path, scale_name: str, scale: Scale, runs, sections: list[
 
     lines = [f"# MBC reproduction report ({scale_name} scale)", "", scale.note + ".", ""]
     rows = []
-    for (sampler, lr), folder in runs.items():
+    for (_sampler, _lr), folder in runs.items():
         rf = RunFolder.open(folder)
         s = rf.summary() or {}
         final = s.get("final", {})
@@ -229,9 +229,19 @@ def write_report(out: Path, scale_name: str, scale: Scale, runs, sections: list[
 
 
 def reproduce(args: argparse.Namespace) -> int:
-    from experiments import (attention_concentration, common, extraction_memorization, fig1_memorization_dynamics,
-                             fig2_data_map, fig3_validation_perplexity, fig5_win_rate, fig6_mbc_vs_baseline,
-                             fig7_category_memorization, fig8_sampling_frequency, table1_entropy)
+    from experiments import (
+        attention_concentration,
+        common,
+        extraction_memorization,
+        fig1_memorization_dynamics,
+        fig2_data_map,
+        fig3_validation_perplexity,
+        fig5_win_rate,
+        fig6_mbc_vs_baseline,
+        fig7_category_memorization,
+        fig8_sampling_frequency,
+        table1_entropy,
+    )
 
     scale = SCALES[args.scale]
     if args.max_records is not None:

@@ -31,8 +31,8 @@ import numpy as np
 
 from experiments import common
 from experiments.common import Artifact, fmt
-from mbc_jax.run_folder import RunFolder
 from mbc_jax import generate as g
+from mbc_jax.run_folder import RunFolder
 
 NAME = "table1_entropy"
 TITLE = "Table 1: entropy of the output distribution, nucleus sampling vs teacher forcing"
@@ -102,14 +102,14 @@ def describe(rows: list[dict], split: str, cfg) -> str:
              f"({cfg.describe()})."]
     lower = 0
     for run in dict.fromkeys(r["run"] for r in rows):
-        f, l = [next(r for r in rows if r["run"] == run and r["checkpoint"] == w) for w in common.FIRST_LAST]
+        f, last = [next(r for r in rows if r["run"] == run and r["checkpoint"] == w) for w in common.FIRST_LAST]
         parts.append(
             f"{run}: at the first checkpoint (step {f['step']}) nucleus sampling gives {fmt(f['nucleus_entropy'])} "
-            f"against {fmt(f['teacher_forcing_entropy'])} under teacher forcing; at the last (step {l['step']}) "
-            f"{fmt(l['nucleus_entropy'])} against {fmt(l['teacher_forcing_entropy'])} (nucleus "
-            f"{l['nucleus_entropy'] - f['nucleus_entropy']:+.3f}, teacher forcing "
-            f"{l['teacher_forcing_entropy'] - f['teacher_forcing_entropy']:+.3f} from first to last).")
-        lower += sum(r["nucleus_entropy"] < r["teacher_forcing_entropy"] for r in (f, l))
+            f"against {fmt(f['teacher_forcing_entropy'])} under teacher forcing; at the last (step {last['step']}) "
+            f"{fmt(last['nucleus_entropy'])} against {fmt(last['teacher_forcing_entropy'])} (nucleus "
+            f"{last['nucleus_entropy'] - f['nucleus_entropy']:+.3f}, teacher forcing "
+            f"{last['teacher_forcing_entropy'] - f['teacher_forcing_entropy']:+.3f} from first to last).")
+        lower += sum(r["nucleus_entropy"] < r["teacher_forcing_entropy"] for r in (f, last))
     n = len(rows)
     verdict = ("the model is more certain along its own sampled continuation than along the reference"
                if 2 * lower > n else "the model is less certain along its own sampled continuation than along "

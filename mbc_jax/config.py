@@ -131,7 +131,7 @@ def _coerce(key: str, value: Any, kind: Any, where: str) -> Any:
             return bool(value)
         return str(value)
     except (TypeError, ValueError):
-        raise UserError(f"{where}: {key}: expected {kind.split(' ')[0]}, got {value!r}")
+        raise UserError(f"{where}: {key}: expected {kind.split(' ')[0]}, got {value!r}") from None
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -203,7 +203,7 @@ def load(path: str | None, overrides: list[str]) -> TrainConfig:
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
-            raise UserError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}")
+            raise UserError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
         if not isinstance(raw, dict):
             raise UserError(f"{path}: expected a mapping of config keys")
         values.update(_flatten(raw))

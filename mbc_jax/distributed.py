@@ -37,7 +37,7 @@ def _env_int(name: str) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise UserError(f"{name}={text!r}: expected an integer")
+        raise UserError(f"{name}={text!r}: expected an integer") from None
 
 
 def _cluster_process_count() -> int:

@@ -34,7 +34,9 @@ from mbc_jax import config as config_lib
 from mbc_jax.data import Template, load_records, tokenize
 from mbc_jax.models import load_tokenizer
 
-CONFIG, RECORDS, METRICS, SAMPLING, SUMMARY = "config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json"
+CONFIG, RECORDS, METRICS, SAMPLING, SUMMARY = (
+    "config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json"
+)
 MEMORIZATION, CHECKPOINTS, TENSORBOARD, MODEL, DATA = "memorization", "checkpoints", "tensorboard", "model", "data"
 
 RECORDS_COLUMNS = ("index", "id", "category", "split", "tokens", "response_tokens")
@@ -184,7 +186,8 @@ class RunWriter:
             return
         metrics = self.path / METRICS
         if metrics.exists():
-            keep = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+            keep = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= step]
             atomic_write(metrics, "".join(k + "\n" for k in keep))
         for f in (self.path / MEMORIZATION).glob("step_*.csv"):
             if int(f.stem[5:]) > step:

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mbc_jax import UserError
 
@@ -51,7 +52,7 @@ def parse_mesh(spec: str | Sequence[int] | None) -> tuple[int, int, int]:
         try:
             dims = tuple(int(p) for p in parts)
         except ValueError:
-            raise UserError(f"--mesh: expected three integers D,F,T (e.g. 2,2,2 or -1,1,1), got {spec!r}")
+            raise UserError(f"--mesh: expected three integers D,F,T (e.g. 2,2,2 or -1,1,1), got {spec!r}") from None
     else:
         dims = tuple(int(d) for d in spec)
     if len(dims) != 3 or any(d == 0 or d < -1 for d in dims) or dims.count(-1) > 1:
@@ -105,7 +106,8 @@ def spec_for(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh, wh
             if name in MUST_DIVIDE:
                 raise UserError(
                     f"mesh {mesh_str(mesh)} does not divide the model: {what} has {size} along '{name}', "
-                    f"not divisible by {_axis_size(mesh, axes)} (mesh axes {axes}); choose a tensor size that divides it"
+                    f"not divisible by {_axis_size(mesh, axes)} (mesh axes {axes}); "
+                    "choose a tensor size that divides it"
                 )
             axes = None  # replicate this dimension rather than shard it unevenly
         names = (axes,) if isinstance(axes, str) else tuple(axes or ())
@@ -116,7 +118,9 @@ def spec_for(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh, wh
     return P(*out)
 
 
-def named_sharding(mesh: Mesh, logical: Sequence[str | None], shape: Sequence[int], what: str = "array") -> NamedSharding:
+def named_sharding(
+    mesh: Mesh, logical: Sequence[str | None], shape: Sequence[int], what: str = "array"
+) -> NamedSharding:
     return NamedSharding(mesh, spec_for(logical, shape, mesh, what))
 
 
@@ -129,7 +133,9 @@ def tree_shardings(abstract_boxed: Any, mesh: Mesh) -> Any:
             return named_sharding(mesh, leaf.names, shape, jax.tree_util.keystr(path))
         return NamedSharding(mesh, P())
 
-    return jax.tree_util.tree_map_with_path(one, abstract_boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    return jax.tree_util.tree_map_with_path(
+        one, abstract_boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )
 
 
 def constrain(x: jax.Array, mesh: Mesh | None, logical: Sequence[str | None]) -> jax.Array:

@@ -151,13 +151,16 @@ def _load_data(cfg: TrainConfig, run_dir: Path, model: Model, log) -> RunData:
     train_path, val_path = data_paths(cfg, run_dir)
     template = Template.from_file(cfg.template) if cfg.template else Template()
     if cfg.max_length > model.config.max_position_embeddings:
-        raise UserError(f"max_length: {cfg.max_length} exceeds the model's {model.config.max_position_embeddings} positions")
+        raise UserError(
+            f"max_length: {cfg.max_length} exceeds the model's {model.config.max_position_embeddings} positions"
+        )
 
     def examples(path: str) -> list[Example]:
         records, report = load_records(path, schema=cfg.schema)
         if model.tokenizer is None and report.schema != "tokens":
             raise UserError(f"{cfg.model}: the model folder has no tokenizer; needed for {report.schema!r} records")
-        out, tok_report = tokenize(records, model.tokenizer, template, cfg.max_length, vocab_size=model.config.vocab_size)
+        out, tok_report = tokenize(records, model.tokenizer, template, cfg.max_length,
+                                   vocab_size=model.config.vocab_size)
         log(report.summary())
         log(tok_report.summary())
         return out
@@ -189,7 +192,8 @@ class Trainer:
         self.checkpoint_every = cfg.checkpoint_every or self.epoch_steps
         self.mbc_k = cfg.mbc.k or self.epoch_steps
         self.tx, self.schedule = make_optimizer(cfg, self.total_steps // cfg.grad_accum)
-        self.scorer = Scorer(model.module, model.mesh, seq_len=cfg.max_length, tokens_per_batch=cfg.score_tokens_per_batch)
+        self.scorer = Scorer(model.module, model.mesh, seq_len=cfg.max_length,
+                             tokens_per_batch=cfg.score_tokens_per_batch)
         self.train_batches = self.scorer.batches(data.train)
         self.scorer.max_segments = self.train_batches[0].record_index.shape[1] if self.train_batches else 1
         self.val_batches = self.scorer.batches(data.val) if data.val else []
@@ -276,7 +280,8 @@ class Trainer:
 
     def train_batch(self, idx: np.ndarray) -> Batch:
         """The drawn records packed into rows of max_length; row count bucketed (`data.row_bucket`)."""
-        return pack_drawn(self.data.train, idx, self.cfg.max_length, self.cfg.batch_size, batch_divisor(self.model.mesh))
+        return pack_drawn(self.data.train, idx, self.cfg.max_length, self.cfg.batch_size,
+                          batch_divisor(self.model.mesh))
 
     # ------------------------------------------------------------------ the loop
 

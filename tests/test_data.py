@@ -144,7 +144,8 @@ def test_multi_turn_chat_scores_only_assistant_turns(tok, tmp_path):
         {"role": "assistant", "content": "Goodbye."},
     ]}
     records, _ = load_records(write_jsonl(tmp_path / "c.jsonl", [row]))
-    assert records[0].id == "7" and [r for r, _ in records[0].turns] == ["system", "user", "assistant", "user", "assistant"]
+    assert records[0].id == "7"
+    assert [r for r, _ in records[0].turns] == ["system", "user", "assistant", "user", "assistant"]
     ex = tokenize(records, tok)[0][0]
     assert tok.decode(ex.input_ids) == (
         "Be brief.\n\nHuman: Hi\n\nAssistant: Hello.<|endoftext|>\n\nHuman: Bye\n\nAssistant: Goodbye.<|endoftext|>")
@@ -193,9 +194,10 @@ def test_default_special_tokens_only_at_the_start(tok, tmp_path):
 
 
 def test_template_from_file_json_and_yaml(tok, tmp_path):
-    (tmp_path / "t.json").write_text(json.dumps({"user_prefix": "### Instruction:\n", "assistant_prefix": "\n### Response:",
-                                                 "add_eos": False}))
-    (tmp_path / "t.yaml").write_text('user_prefix: "### Instruction:\\n"\nassistant_prefix: "\\n### Response:"\nadd_eos: false\n')
+    (tmp_path / "t.json").write_text(json.dumps({"user_prefix": "### Instruction:\n",
+                                                 "assistant_prefix": "\n### Response:", "add_eos": False}))
+    (tmp_path / "t.yaml").write_text('user_prefix: "### Instruction:\\n"\nassistant_prefix: "\\n### Response:"\n'
+                                     'add_eos: false\n')
     t_json, t_yaml = Template.from_file(tmp_path / "t.json"), Template.from_file(tmp_path / "t.yaml")
     assert t_json == t_yaml and t_json.turn_separator == "\n\n" and t_json.add_eos is False
     assert Template.from_dict(t_json.to_dict()) == t_json
@@ -238,7 +240,8 @@ def test_schema_override(tmp_path):
     assert rep.schema == "text" and records[0].text == "t"
     with pytest.raises(DataError, match=r"d\.jsonl:1: instruction: missing"):
         load_records(src, schema="dolly")
-    with pytest.raises(UserError, match="unknown schema 'alpaca'; known schemas: dolly, chat, prompt_completion, text, tokens"):
+    with pytest.raises(UserError,
+                       match="unknown schema 'alpaca'; known schemas: dolly, chat, prompt_completion, text, tokens"):
         load_records(src, schema="alpaca")
 
 
@@ -278,16 +281,22 @@ BAD_FILES = {
                        r"expected a string, got integer \(42\)"),
     "empty_response": ([json.dumps({"instruction": "q", "response": "  \n"}), GOOD], 1, "response", "empty"),
     "not_an_object": ([GOOD, "[1, 2]"], 2, "record", "expected a JSON object, got array"),
-    "bad_id": ([GOOD, json.dumps({"instruction": "q", "response": "a", "id": [1]})], 2, "id", "expected a string or integer"),
+    "bad_id": ([GOOD, json.dumps({"instruction": "q", "response": "a", "id": [1]})], 2, "id",
+               "expected a string or integer"),
     "chat_role": ([json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]})], 1,
                   r"messages\[1\]\.role", "unknown role 'bot' \\(expected one of system, user, assistant\\)"),
-    "chat_content": ([json.dumps({"messages": [{"role": "user", "content": ["q"]}, {"role": "assistant", "content": "a"}]})], 1,
+    "chat_content": ([json.dumps({"messages": [{"role": "user", "content": ["q"]},
+                                               {"role": "assistant", "content": "a"}]})], 1,
                      r"messages\[0\]\.content", "expected a string, got array"),
-    "chat_no_assistant": ([json.dumps({"messages": [{"role": "user", "content": "q"}]})], 1, "messages", "no assistant message"),
-    "chat_empty_assistant": ([json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]})], 1,
+    "chat_no_assistant": ([json.dumps({"messages": [{"role": "user", "content": "q"}]})], 1, "messages",
+                          "no assistant message"),
+    "chat_empty_assistant": ([json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                       {"role": "assistant", "content": ""}]})], 1,
                              r"messages\[1\]\.content", "empty assistant message"),
-    "negative_prompt_length": ([json.dumps({"input_ids": [1, 2], "prompt_length": -1})], 1, "prompt_length", r"negative \(-1\)"),
-    "prompt_length_too_long": ([json.dumps({"input_ids": [1, 2], "prompt_length": 3})], 1, "prompt_length", "exceeds the record's 2 tokens"),
+    "negative_prompt_length": ([json.dumps({"input_ids": [1, 2], "prompt_length": -1})], 1, "prompt_length",
+                               r"negative \(-1\)"),
+    "prompt_length_too_long": ([json.dumps({"input_ids": [1, 2], "prompt_length": 3})], 1, "prompt_length",
+                               "exceeds the record's 2 tokens"),
     "negative_token_id": ([json.dumps({"input_ids": [1, -2]})], 1, r"input_ids\[1\]", "token id -2 out of range"),
     "float_token_id": ([json.dumps({"input_ids": [1, 2.5]})], 1, r"input_ids\[1\]", "expected an integer, got number"),
     "unknown_schema": ([json.dumps({"question": "q", "answer": "a"})], 1, "record",
@@ -304,7 +313,8 @@ def test_bad_record_names_file_line_and_field(tmp_path, name):
         load_records(src)
     assert e.value.source == f"{src}:{line}"
     assert e.value.field is not None
-    assert re.fullmatch(re.escape(f"{src}:{line}: ") + field + ": .*" + problem + ".*", str(e.value), re.S), str(e.value)
+    assert re.fullmatch(re.escape(f"{src}:{line}: ") + field + ": .*" + problem + ".*", str(e.value), re.S), \
+        str(e.value)
     if len(lines) > 1:  # with skip_bad, the bad line is a counted, listed skip and the rest load
         records, rep = load_records(src, skip_bad=True)
         assert rep.records_read == len(lines) and rep.records_loaded == len(lines) - 1 == len(records)
@@ -338,7 +348,8 @@ def test_missing_file_and_all_bad(tmp_path):
     with pytest.raises(UserError, match="nope.jsonl: no such file"):
         load_records(tmp_path / "nope.jsonl")
     src = write_jsonl(tmp_path / "bad.jsonl", ['{"text": ""}', "{"])
-    with pytest.raises(UserError, match=r"all 2 records are bad; nothing to load\. First problem: .*bad\.jsonl:1: text: empty"):
+    with pytest.raises(UserError,
+                       match=r"all 2 records are bad; nothing to load\. First problem: .*bad\.jsonl:1: text: empty"):
         load_records(src, skip_bad=True)
 
 
@@ -350,9 +361,11 @@ def test_malformed_json_array_is_fatal_even_with_skip_bad(tmp_path):
 
 
 def test_token_id_out_of_range_and_too_long_at_tokenize(tmp_path):
-    src = write_jsonl(tmp_path / "t.jsonl", [{"input_ids": [1, 2, 3]}, {"input_ids": [4, 50257, 1]}, {"input_ids": list(range(9))}])
+    src = write_jsonl(tmp_path / "t.jsonl",
+                      [{"input_ids": [1, 2, 3]}, {"input_ids": [4, 50257, 1]}, {"input_ids": list(range(9))}])
     records, _ = load_records(src)
-    with pytest.raises(DataError, match=r"t\.jsonl:2: input_ids\[1\]: token id 50257 out of range for the vocabulary size 50257"):
+    with pytest.raises(DataError,
+                       match=r"t\.jsonl:2: input_ids\[1\]: token id 50257 out of range for the vocabulary size 50257"):
         tokenize(records, None, vocab_size=50257)
     with pytest.raises(DataError, match=r"t\.jsonl:3: input_ids: 9 tokens, longer than the maximum length 8"):
         tokenize(records[:1] + records[2:], None, max_length=8, overflow="error")

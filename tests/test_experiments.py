@@ -17,10 +17,21 @@ import pytest
 import yaml
 
 from conftest import FIXTURES
+from experiments import (
+    attention_concentration,
+    common,
+    extraction_memorization,
+    fig1_memorization_dynamics,
+    fig2_data_map,
+    fig3_validation_perplexity,
+    fig5_win_rate,
+    fig6_mbc_vs_baseline,
+    fig7_category_memorization,
+    fig8_sampling_frequency,
+    reproduce,
+    table1_entropy,
+)
 from mbc_jax.run_folder import RunFolder
-from experiments import (attention_concentration, common, extraction_memorization, fig1_memorization_dynamics,
-                         fig2_data_map, fig3_validation_perplexity, fig5_win_rate, fig6_mbc_vs_baseline,
-                         fig7_category_memorization, fig8_sampling_frequency, reproduce, table1_entropy)
 
 REPO = Path(__file__).resolve().parents[1]
 MEM_COLUMNS = ("step", "split", "index", "id", "category", "tokens", "response_tokens", "exact_match",

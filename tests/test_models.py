@@ -80,7 +80,7 @@ def _hf_torch_checkpoint(kwargs: dict, out_dir, seed: int = 0):
     cfg = AutoConfig.for_model(**kwargs)
     model = AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():  # make LayerNorms and biases non-trivial so they are tested too
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(out_dir)
@@ -247,7 +247,8 @@ def test_random_init_is_sharded_at_creation():
 
 
 def test_mesh_that_does_not_divide_heads_is_a_clear_error(shared_dir):
-    with pytest.raises(UserError, match=r"does not divide the model: 4 attention heads \('heads'\) are not divisible by the tensor axis \(8\)"):
+    with pytest.raises(UserError, match=r"does not divide the model: 4 attention heads \('heads'\) "
+                                        r"are not divisible by the tensor axis \(8\)"):
         load_model(str(FIXTURES / "gpt_neo_tiny"), mesh=make_mesh("1,1,8"))
 
 
@@ -329,7 +330,7 @@ def test_remat_gives_the_same_logits_and_gradients(shared_dir):
     grads = {}
     for remat in ("none", "full", "dots"):
         model = load_model(str(FIXTURES / "gpt_neo_tiny"), mesh=make_mesh("1,1,1"), remat=remat)
-        loss = lambda p: model.module.apply({"params": p}, ids).astype(jnp.float32).std()  # noqa: E731
+        loss = lambda p, model=model: model.module.apply({"params": p}, ids).astype(jnp.float32).std()  # noqa: E731
         grads[remat] = jax.jit(jax.grad(loss))(model.params)
     for remat in ("full", "dots"):
         for a, b in zip(jax.tree_util.tree_leaves(grads["none"]), jax.tree_util.tree_leaves(grads[remat])):
@@ -513,7 +514,9 @@ def test_remat_replays_the_dropout_masks(shared_dir):
     model = _dropout_model("1,1,1", 0.2)
     for remat in ("none", "full"):
         m = model.module.clone(cfg=model.module.cfg.replace(remat=remat), deterministic=False)
-        loss = lambda p: m.apply({"params": p}, ids, rngs={"dropout": jax.random.key(3)}).astype(jnp.float32).std()  # noqa: E731
+        loss = lambda p, m=m: m.apply(  # noqa: E731
+            {"params": p}, ids, rngs={"dropout": jax.random.key(3)}
+        ).astype(jnp.float32).std()
         grads[remat] = jax.jit(jax.grad(loss))(model.params)
     for a, b in zip(jax.tree_util.tree_leaves(grads["none"]), jax.tree_util.tree_leaves(grads["full"])):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-8)

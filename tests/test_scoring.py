@@ -102,7 +102,8 @@ def test_packed_equals_unpacked(tiny_model):
     for i in (0, 7, 23):
         ex = examples[i]
         logits = np.asarray(tiny_model.apply(ex.input_ids[None]), np.float64)[0, :-1]
-        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+        logp = (logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+                - logits.max(-1, keepdims=True))
         nll = -logp[np.arange(len(ex) - 1), ex.input_ids[1:]]
         assert packed.perplexity()[i] == pytest.approx(np.exp(nll.mean()), rel=1e-5)
         match = (logits.argmax(-1) == ex.input_ids[1:])
@@ -155,8 +156,9 @@ def test_sharded_scores_equal_single_device(mesh, tiny_model, tmp_path):
 
 def test_real_tokenizer_dolly_records(tmp_path, shared_dir, capsys):
     """Dolly rows through the real GPT-Neo tokenizer and a random model of the real vocabulary."""
-    from mbc_jax.models import export_model
     from transformers import AutoTokenizer
+
+    from mbc_jax.models import export_model
 
     cfg = dict(TINY, vocab_size=50257, max_position_embeddings=256)
     model = init_model(cfg, mesh=make_mesh("1,1,1", jax.devices()[:1]), seed=0)
@@ -202,5 +204,6 @@ def test_cli_bad_input_is_one_line(tmp_path, shared_dir, capsys):
 def test_cli_text_records_need_a_tokenizer(tmp_path, capsys, shared_dir):
     data = tmp_path / "t.jsonl"
     data.write_text('{"text": "hello"}\n')
-    assert cli(["score", "--model", str(FIXTURES / "gpt_neo_tiny"), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert cli(["score", "--model", str(FIXTURES / "gpt_neo_tiny"), "--data", str(data),
+                "--out", str(tmp_path / "o")]) == 2
     assert "no tokenizer" in capsys.readouterr().err

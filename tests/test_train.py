@@ -45,7 +45,8 @@ def _final_tensors(run: Path, tmp: Path) -> dict[str, np.ndarray]:
 
 def _metric_lines(run: Path) -> list[dict]:
     timing = {"tokens_per_s", "mfu", "step_seconds", "score_seconds", "train_seconds", "loss_mean"}
-    return [{k: v for k, v in json.loads(x).items() if k not in timing} for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in json.loads(x).items() if k not in timing}
+            for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -128,8 +129,8 @@ def test_row_bucket_sizes_are_few_and_pad_by_at_most_a_third():
 
 
 def test_train_batch_holds_every_drawn_record_in_bucketed_rows(tmp_path):
-    from mbc_jax.sharding import batch_divisor
     from mbc_jax.data import row_bucket
+    from mbc_jax.sharding import batch_divisor
     from mbc_jax.train import Trainer
 
     run = Trainer.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN]), log=lambda *a: None)
@@ -175,7 +176,7 @@ def test_packed_train_loss_equals_per_record_losses():
     packed_loss, packed_n = loss_of(examples, 2)
     alone = [loss_of([e], 1) for e in examples]
     assert packed_n == sum(n for _, n in alone)
-    assert packed_loss == pytest.approx(sum(l * n for l, n in alone) / packed_n, rel=1e-5)
+    assert packed_loss == pytest.approx(sum(loss * n for loss, n in alone) / packed_n, rel=1e-5)
 
 
 def test_train_step_dropout_is_a_function_of_seed_and_step(tmp_path):
@@ -188,7 +189,8 @@ def test_train_step_dropout_is_a_function_of_seed_and_step(tmp_path):
     from mbc_jax.train import Trainer, make_train_step, model_runtime
 
     assert "resid_dropout" not in model_runtime(config_lib.load(None, []))  # default: the model's own rates
-    run = Trainer.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN, "dropout=0.1"]), log=lambda *a: None)
+    run = Trainer.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN, "dropout=0.1"]),
+                         log=lambda *a: None)
     mc = run.model.module.cfg
     assert (mc.embed_dropout, mc.attention_dropout, mc.resid_dropout) == (0.1, 0.1, 0.1)
     b = run.train_batch(np.arange(8))
@@ -360,7 +362,8 @@ def test_run_folder_contents(tmp_path):
     from mbc_jax.train import Trainer
 
     run_dir = tmp_path / "r"
-    summary = Trainer.create(config_lib.load(None, [f"out={run_dir}", *TINY_RUN, "epochs=1"]), log=lambda *a: None).train()
+    summary = Trainer.create(config_lib.load(None, [f"out={run_dir}", *TINY_RUN, "epochs=1"]),
+                             log=lambda *a: None).train()
     for name in ("config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json", "model/config.json"):
         assert (run_dir / name).is_file(), name
     steps = sorted(int(f.stem[5:]) for f in (run_dir / "memorization").glob("step_*.csv"))

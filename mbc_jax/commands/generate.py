@@ -18,10 +18,22 @@ import sys
 from pathlib import Path
 
 from mbc_jax import UserError
-from mbc_jax.commands.common import (add_data_args, add_model_args, load_model_from_args, load_template, progress,
-                                     write_jsonl)
-from mbc_jax.generate import (DEFAULT_BUCKET, DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPETITION_PENALTY,
-                              DEFAULT_TEMPERATURE, DEFAULT_TOP_P, SamplingConfig)
+from mbc_jax.commands.common import (
+    add_data_args,
+    add_model_args,
+    load_model_from_args,
+    load_template,
+    progress,
+    write_jsonl,
+)
+from mbc_jax.generate import (
+    DEFAULT_BUCKET,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_REPETITION_PENALTY,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    SamplingConfig,
+)
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -35,9 +47,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "tokenizer files.")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--out", required=True, metavar="FILE", help="answers JSONL to write (settings: FILE stem + .meta.json)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="answers JSONL to write (settings: FILE stem + .meta.json)")
     p.add_argument("--greedy", action="store_true",
-                   help="argmax decoding (the repetition penalty still applies; --repetition-penalty 1 for plain greedy)")
+                   help="argmax decoding (the repetition penalty still applies; "
+                        "--repetition-penalty 1 for plain greedy)")
     p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P, metavar="P",
                    help=f"nucleus mass, 1 = off (default: {DEFAULT_TOP_P})")
     p.add_argument("--top-k", type=int, default=0, metavar="K",
@@ -45,7 +59,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, metavar="T",
                    help=f"softmax temperature (default: {DEFAULT_TEMPERATURE})")
     p.add_argument("--repetition-penalty", type=float, default=DEFAULT_REPETITION_PENALTY, metavar="R",
-                   help=f"CTRL penalty on tokens already in the sequence, 1 = off (default: {DEFAULT_REPETITION_PENALTY})")
+                   help="CTRL penalty on tokens already in the sequence, 1 = off "
+                        f"(default: {DEFAULT_REPETITION_PENALTY})")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
                    help=f"new tokens per record at most (default: {DEFAULT_MAX_NEW_TOKENS})")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at EOS: always generate --max-new-tokens")

@@ -200,7 +200,9 @@ def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None) 
         raise UserError(f"max_length: {cfg.max_length} exceeds the model's {mcfg.max_position_embeddings} positions")
     mesh = make_mesh(cfg.mesh, devices)
     abstract, shardings, module = abstract_params(mcfg, mesh)
-    params = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    params = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
     tx, schedule = make_optimizer(cfg, max(1, cfg.steps // cfg.grad_accum) if cfg.steps else 1000)
     state = abstract_train_state(tx, params, mesh)
     params, opt_state = state["params"], state["opt_state"]

@@ -10,8 +10,17 @@ from collections import defaultdict
 import numpy as np
 
 from mbc_jax import UserError
-from mbc_jax.commands.common import (add_data_args, add_model_args, fmt, load_model_from_args, load_template,
-                                     progress, require_positive, table, write_jsonl)
+from mbc_jax.commands.common import (
+    add_data_args,
+    add_model_args,
+    fmt,
+    load_model_from_args,
+    load_template,
+    progress,
+    require_positive,
+    table,
+    write_jsonl,
+)
 
 
 def register(sub) -> None:
@@ -65,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         raise UserError(f"{args.data}: no records to score")
     if model.tokenizer is None and load_report.schema != "tokens":
-        raise UserError(f"{args.model}: no tokenizer files in the checkpoint folder; needed for {load_report.schema!r} records")
+        raise UserError(
+            f"{args.model}: no tokenizer files in the checkpoint folder; needed for {load_report.schema!r} records"
+        )
     examples, tok_report = tokenize(records, model.tokenizer, load_template(args), max_length, args.overflow,
                                     skip_bad=args.skip_bad, vocab_size=cfg.vocab_size)
     print(load_report.summary(), file=sys.stderr)

@@ -68,7 +68,9 @@ def build_batches(rows: list[list[int]], examples: Sequence[Example], seq_len: i
     return batches
 
 
-def pack(examples: Sequence[Example], seq_len: int, rows_per_batch: int, max_segments: int | None = None) -> list[Batch]:
+def pack(
+    examples: Sequence[Example], seq_len: int, rows_per_batch: int, max_segments: int | None = None
+) -> list[Batch]:
     """Pack several examples per row (best-fit decreasing), rows grouped into equal-shape batches.
 
     Every batch is [rows_per_batch, seq_len] with S = max_segments (or the most segments any row

@@ -244,7 +244,8 @@ def _iter_jsonl(path: str, data: bytes, report: LoadReport) -> Iterator[_Item]:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            yield source, None, DataError(source, "record", f"invalid UTF-8 at byte {e.start + 1} of the line ({e.reason})")
+            yield source, None, DataError(source, "record",
+                                          f"invalid UTF-8 at byte {e.start + 1} of the line ({e.reason})")
             continue
         try:
             obj = json.loads(line)
@@ -261,7 +262,8 @@ def _iter_json_array(path: str, data: bytes) -> Iterator[_Item]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}:{line}", "file", f"invalid UTF-8 ({e.reason}); a JSON array file must be valid UTF-8 throughout")
+        raise DataError(f"{path}:{line}", "file",
+                        f"invalid UTF-8 ({e.reason}); a JSON array file must be valid UTF-8 throughout") from None
     dec = json.JSONDecoder()
     n = len(text)
     ws = " \t\r\n"
@@ -288,7 +290,7 @@ def _iter_json_array(path: str, data: bytes) -> Iterator[_Item]:
             obj, end = dec.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}", "record", f"malformed JSON at column {e.colno}: {e.msg} "
-                            "(a broken JSON array cannot be skipped; fix it or use JSONL)")
+                            "(a broken JSON array cannot be skipped; fix it or use JSONL)") from None
         yield source, obj, None
         pos = skip(end)
         if pos < n and text[pos] == ",":
@@ -317,7 +319,9 @@ def _iter_hf(spec: str) -> Iterator[_Item]:
         yield f"{spec}:{i + 1}", dict(row), None
 
 
-def load_records(path: str | os.PathLike, schema: str = "auto", skip_bad: bool = False) -> tuple[list[Record], LoadReport]:
+def load_records(
+    path: str | os.PathLike, schema: str = "auto", skip_bad: bool = False
+) -> tuple[list[Record], LoadReport]:
     """Read demonstration records from a JSONL file, a JSON array file (`.gz` too) or `hf:NAME[:SPLIT]`.
 
     The schema is detected from the first JSON object's keys unless given. Every record gets
@@ -360,7 +364,8 @@ def load_records(path: str | os.PathLike, schema: str = "auto", skip_bad: bool =
             report.skipped.append((source, str(e)))
     report.records_loaded = len(records)
     if report.records_read == 0:
-        raise DataError(f"{path}:1", "file", "no records (empty JSON array)" if report.format != "jsonl" else "empty file: no records")
+        raise DataError(f"{path}:1", "file",
+                        "no records (empty JSON array)" if report.format != "jsonl" else "empty file: no records")
     if not records:
         raise UserError(f"{path}: all {report.records_read} records are bad; nothing to load. First problem: "
                         f"{report.skipped[0][1]}")

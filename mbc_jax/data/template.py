@@ -167,11 +167,13 @@ class TokenizeReport:
         if self.truncated:
             s += f"\n  truncated to {self.max_length}: {len(self.truncated)} (ids {ids(self.truncated)})"
         if self.no_response:
-            s += f"\n  no response token left (response metrics undefined): {len(self.no_response)} (ids {ids(self.no_response)})"
+            s += (f"\n  no response token left (response metrics undefined): {len(self.no_response)} "
+                  f"(ids {ids(self.no_response)})")
         if self.dropped:
             s += f"\n  dropped, longer than {self.max_length}: {len(self.dropped)} (ids {ids(self.dropped)})"
         if self.skipped:
-            s += f"\n  skipped bad records: {len(self.skipped)}" + "".join(f"\n    {m}" for _, m in self.skipped[:max_listed])
+            s += (f"\n  skipped bad records: {len(self.skipped)}"
+                  + "".join(f"\n    {m}" for _, m in self.skipped[:max_listed]))
         return s
 
 
@@ -259,7 +261,8 @@ def tokenize(
                 raise DataError(rec.source, "text", "encodes to no tokens")
             if vocab_size is not None and (ids.max() >= vocab_size or ids.min() < 0):
                 j = int(np.flatnonzero((ids >= vocab_size) | (ids < 0))[0])
-                raise DataError(rec.source, f"input_ids[{j}]", f"token id {int(ids[j])} out of range for the vocabulary size {vocab_size}")
+                raise DataError(rec.source, f"input_ids[{j}]",
+                                f"token id {int(ids[j])} out of range for the vocabulary size {vocab_size}")
             if len(ids) > max_length and overflow == "error":
                 raise DataError(rec.source, "input_ids" if plan is None else "record",
                                 f"{len(ids)} tokens, longer than the maximum length {max_length}")

@@ -10,9 +10,19 @@
 
 from mbc_jax.generate.answers import Answers, Prompt, answer_records, build_prompts, decode_text, summarize
 from mbc_jax.generate.decode import DEFAULT_BUCKET, MAX_EOS_IDS, Generation, batch_rows, bucket_length, generate
-from mbc_jax.generate.sampling import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPETITION_PENALTY, DEFAULT_TEMPERATURE,
-                                       DEFAULT_TOP_P, SamplingConfig, Settings, entropy, process_logits,
-                                       repetition_penalty, top_k_filter, top_p_filter)
+from mbc_jax.generate.sampling import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_REPETITION_PENALTY,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    SamplingConfig,
+    Settings,
+    entropy,
+    process_logits,
+    repetition_penalty,
+    top_k_filter,
+    top_p_filter,
+)
 
 __all__ = [
     "DEFAULT_BUCKET", "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_REPETITION_PENALTY", "DEFAULT_TEMPERATURE", "DEFAULT_TOP_P",

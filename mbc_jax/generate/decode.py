@@ -155,6 +155,7 @@ def batch_rows(n_prompts: int, batch_size: int, mesh: Any) -> int:
 
 
 MAX_EOS_IDS = 8  # EOS ids are passed as a fixed-size vector, so their number never recompiles
+_PAPER_SAMPLING = SamplingConfig()  # the default of `generate` (frozen: one shared instance is safe)
 
 
 def _eos_array(eos_token_id: int | Sequence[int] | None) -> np.ndarray:
@@ -172,7 +173,7 @@ def _eos_array(eos_token_id: int | Sequence[int] | None) -> np.ndarray:
 def generate(
     model: Any,
     prompts: Sequence[Sequence[int]],
-    config: SamplingConfig = SamplingConfig(),
+    config: SamplingConfig = _PAPER_SAMPLING,
     *,
     seed: int = 0,
     eos_token_id: int | Sequence[int] | None = None,

@@ -14,12 +14,36 @@ agree; anything else is a tie.
 """
 
 from mbc_jax.judge.answers import Matched, Pair, match_answers, read_answers
-from mbc_jax.judge.client import (API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_MODEL, LOCAL_PLACEHOLDER_KEY,
-                                  RETRYABLE_STATUS, Judge, JudgeConfig, JudgeStats, JudgeUnavailable, JudgmentCache,
-                                  is_local_url, make_client, public_url, redact, resolve_endpoint)
+from mbc_jax.judge.client import (
+    API_KEY_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_MODEL,
+    LOCAL_PLACEHOLDER_KEY,
+    RETRYABLE_STATUS,
+    Judge,
+    JudgeConfig,
+    JudgeStats,
+    JudgeUnavailable,
+    JudgmentCache,
+    is_local_url,
+    make_client,
+    public_url,
+    redact,
+    resolve_endpoint,
+)
 from mbc_jax.judge.comparison import default_name, judge_files, output_paths, summary_line
-from mbc_jax.judge.protocol import (ORDERS, TEMPLATE_PATH, InvalidVerdict, JudgeTemplate, combine, judgment,
-                                    load_template, parse_verdict, shown, winner_of)
+from mbc_jax.judge.protocol import (
+    ORDERS,
+    TEMPLATE_PATH,
+    InvalidVerdict,
+    JudgeTemplate,
+    combine,
+    judgment,
+    load_template,
+    parse_verdict,
+    shown,
+    winner_of,
+)
 
 __all__ = [
     "API_KEY_ENV", "DEFAULT_BASE_URL", "DEFAULT_MODEL", "LOCAL_PLACEHOLDER_KEY", "ORDERS", "RETRYABLE_STATUS",

@@ -19,8 +19,15 @@ from pathlib import Path
 from mbc_jax import UserError
 from mbc_jax.judge import winrate
 from mbc_jax.judge.answers import match_answers
-from mbc_jax.judge.client import (Judge, JudgeConfig, JudgeUnavailable, JudgmentCache, make_client, public_url,
-                                  resolve_endpoint)
+from mbc_jax.judge.client import (
+    Judge,
+    JudgeConfig,
+    JudgeUnavailable,
+    JudgmentCache,
+    make_client,
+    public_url,
+    resolve_endpoint,
+)
 from mbc_jax.judge.protocol import load_template
 from mbc_jax.run_folder import atomic_write
 

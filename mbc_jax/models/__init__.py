@@ -70,7 +70,8 @@ def abstract_params(cfg: ModelConfig, mesh: Mesh) -> tuple[Any, Any, CausalLM]:
     for what, n in (("attention heads", cfg.num_heads), ("MLP width", cfg.intermediate_size)):
         if n % tensor:
             raise UserError(
-                f"mesh {mesh_str(mesh)} does not divide the model: {n} {what} ('{'heads' if 'heads' in what else 'mlp'}') "
+                f"mesh {mesh_str(mesh)} does not divide the model: {n} {what} "
+                f"('{'heads' if 'heads' in what else 'mlp'}') "
                 f"are not divisible by the tensor axis ({tensor}); use a tensor size that divides {n}"
             )
     module = CausalLM(cfg, mesh)
@@ -121,7 +122,7 @@ def resolve_model_dir(name_or_path: str) -> Path:
             f"{name_or_path}: not a local folder and the Hugging Face hub could not provide it "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Offline? Download the "
             f"checkpoint where the hub is reachable and pass its folder."
-        )
+        ) from None
 
 
 def load_tokenizer(model_dir: Path) -> Any:

@@ -13,7 +13,7 @@ names each choice explicitly so the Flax module has no family-specific branches 
 | positions           | learned, offset 0                | learned, offset 2                     |
 | embedding dim       | hidden                           | `word_embed_proj_dim` (+ project_in/out) |
 | dropout (training)  | `embed_dropout`, `attention_dropout`, `resid_dropout` | `attention_dropout`, `dropout` (residual branches) |
-"""
+"""  # noqa: E501 (a Markdown table)
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class ModelConfig:
         return dataclasses.replace(self, **kw)
 
     def num_params(self) -> int:
-        e, h, f, l = self.word_embed_dim, self.hidden_size, self.intermediate_size, self.num_layers
+        e, h, f, layers = self.word_embed_dim, self.hidden_size, self.intermediate_size, self.num_layers
         n = self.vocab_size * e + (self.max_position_embeddings + self.position_offset) * h
         if self.has_projection:
             n += 2 * e * h
@@ -88,7 +88,7 @@ class ModelConfig:
         per_layer = 4 * h * h + 2 * h * f + 2 * ln
         per_layer += (3 * h if self.qkv_bias else 0) + (h if self.out_bias else 0)
         per_layer += (f + h) if self.mlp_bias else 0
-        n += l * per_layer + (ln if self.final_layer_norm else 0)
+        n += layers * per_layer + (ln if self.final_layer_norm else 0)
         if not self.tie_word_embeddings:
             n += self.vocab_size * e
         return n
@@ -101,7 +101,9 @@ def _expand_attention_types(attention_types: list, where: str) -> list[str]:
             for _ in range(int(repeat)):
                 layers.extend(kinds)
     except (TypeError, ValueError):
-        raise UserError(f"{where}: attention_types: expected [[[kinds...], repeat], ...], got {attention_types!r}")
+        raise UserError(
+            f"{where}: attention_types: expected [[[kinds...], repeat], ...], got {attention_types!r}"
+        ) from None
     return layers
 
 
@@ -211,7 +213,7 @@ def read_config_json(path: str | Path) -> dict:
     try:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}")
+        raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
     if not isinstance(cfg, dict):
         raise UserError(f"{path}: expected a JSON object (a Hugging Face config.json)")
     return cfg

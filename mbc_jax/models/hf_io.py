@@ -108,7 +108,7 @@ class SafetensorsSource(TensorSource):
         try:
             weight_map = json.loads(index_path.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError) as e:
-            raise UserError(f"{index_path}: not a valid safetensors index (needs a 'weight_map'): {e}")
+            raise UserError(f"{index_path}: not a valid safetensors index (needs a 'weight_map'): {e}") from None
         files = {name: index_path.parent / fname for name, fname in weight_map.items()}
         missing = sorted({str(p) for p in files.values() if not p.is_file()})
         if missing:
@@ -170,7 +170,7 @@ def _torch_bin_source(paths: list[Path], where: str) -> DictSource:
             f"{where}: this checkpoint has only PyTorch .bin weights and torch is not installed; either "
             f"`pip install torch`, or convert it once where torch is available: "
             f"`AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)`"
-        )
+        ) from None
     tensors = {}
     for p in paths:
         for k, v in torch.load(str(p), map_location="cpu", weights_only=True).items():
