@@ -486,13 +486,13 @@ def test_record_entropies_equal_entropy_of_the_probs(neo_fixture):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     from mbc_jax import config as config_lib
-    from mbc_jax.train import Run
+    from mbc_jax.train import Trainer
 
     out = tmp_path_factory.mktemp("exp") / "mbc"
     cfg = config_lib.load(str(REPO / "experiments" / "configs" / "demo.yaml"),
                           [f"out={out}", "demo_records=64", "epochs=1", "checkpoint_every=3",
                            "keep_checkpoints=100", "log_every=5", "mesh=1,1,1"])
-    Run.create(cfg, log=lambda m: None).train()
+    Trainer.create(cfg, log=lambda m: None).train()
     return out
 
 
