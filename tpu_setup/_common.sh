@@ -160,8 +160,11 @@ parse_flags() {
     case "$kind" in
       value | value-or-empty | append)
         if [ "$inline" = 0 ]; then
-          # a missing value: bash prints "2: MESSAGE" and exits 1
-          if [ "$kind" = value-or-empty ]; then : "${2?$arg}"; else : "${2:?$arg}"; fi
+          # a missing value (or an empty one, except for value-or-empty): the script's name and MESSAGE, exit 1
+          if [ $# -lt 2 ] || { [ "$kind" != value-or-empty ] && [ -z "$2" ]; }; then
+            echo "$0: $arg" >&2
+            exit 1
+          fi
           value=$2
           shift
         fi
