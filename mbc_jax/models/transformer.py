@@ -80,8 +80,8 @@ class Linear(nn.Module):
         )
         dtype = jnp.dtype(self.cfg.dtype)
         # As one 2-D matmul over all positions: XLA:CPU lowers the backward of a 3-D `x @ kernel`
-        # (the kernel gradient contracts over batch and length at once) to a slow generic loop,
-        # 1.5x the time of the same matmuls on [batch * length, features].
+        # (the kernel gradient contracts over batch and length at once) to a slow generic loop
+        # (measured in benchmarks/README.md).
         lead = x.shape[:-1]
         y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), kernel.astype(dtype)).reshape(*lead, self.features)
         if self.use_bias:
