@@ -1,5 +1,7 @@
-"""Test set-up: 8 virtual CPU devices for the sharding tests, and the shared oracle paths."""
+"""Test set-up: 8 virtual CPU devices for the sharding tests, the shared oracle paths, and the
+fixtures and helpers that tests in unit/ and integration/ both use (one copy of each, here)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -8,11 +10,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from mbc_jax import demo as D  # noqa: E402
+from mbc_jax.data import Example  # noqa: E402
+from mbc_jax.generate import SamplingConfig, generate  # noqa: E402
+from mbc_jax.models import init_model, load_model  # noqa: E402
+from mbc_jax.sharding import make_mesh  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "hf"
 FIXTURE_NAMES = ("gpt_neo_tiny", "gpt_neo_tiny_sharded", "opt_tiny", "opt_projected_postln")
+TOKENIZER_DIR = SHARED / "tokenizers" / "gpt-neo-125M"
+BENCH = SHARED / "bench" / "dolly256_gptneo.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +33,151 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} (the shared oracle folder) is not present")
     return SHARED
+
+
+# ---------------------------------------------------------------------- models
+
+
+def reference(name: str):
+    return np.load(FIXTURES / name.replace("_sharded", "") / "reference.npz")
+
+
+def real_max_err(logits, ref) -> float:
+    mask = ref["attention_mask"].astype(bool)
+    return float(np.abs(np.asarray(logits) - ref["logits"])[mask].max())
+
+
+def _padded_batch(vocab: int, lengths=(29, 17, 8), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    t = max(lengths)
+    ids = np.zeros((len(lengths), t), np.int32)
+    mask = np.zeros_like(ids)
+    for b, n in enumerate(lengths):
+        ids[b, :n] = rng.integers(3, vocab, n)
+        mask[b, :n] = 1
+    return ids, mask
+
+
+# ------------------------------------------------------------------------ data
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------- scoring
+
+
+FIXTURE_MODELS = ("gpt_neo_tiny", "opt_tiny", "opt_projected_postln")
+
+
+def fixture_examples(name: str) -> tuple[list[Example], dict]:
+    ref = dict(np.load(FIXTURES / name / "reference.npz"))
+    examples = []
+    for b, row in enumerate(ref["input_ids"]):
+        n = int(ref["attention_mask"][b].sum())
+        examples.append(Example(b, f"r{b}", "", row[:n].astype(np.int32), np.arange(n) >= ref["prompt_lens"][b]))
+    return examples, ref
+
+
+def assert_matches_reference(get, ref) -> None:
+    np.testing.assert_allclose(get("perplexity"), ref["record_ppl"], rtol=1e-4)
+    np.testing.assert_allclose(get("response_perplexity"), ref["record_response_ppl"], rtol=1e-4)
+    np.testing.assert_array_equal(np.float32(get("exact_match")), ref["record_exact_match"])
+    np.testing.assert_array_equal(np.float32(get("response_exact_match")), ref["record_response_exact_match"])
+    np.testing.assert_allclose(get("entropy"), ref["record_tf_entropy"], rtol=1e-4)
+
+
+def random_examples(n: int, vocab: int, seed: int = 0, max_len: int = 60) -> list[Example]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        length = int(rng.integers(2, max_len))
+        prompt = int(rng.integers(1, length))
+        out.append(Example(i, str(i), "", rng.integers(0, vocab, length).astype(np.int32), np.arange(length) >= prompt))
+    return out
+
+
+TINY = dict(model_type="gpt_neo", vocab_size=96, hidden_size=32, num_layers=2, num_heads=4, window_size=6,
+            attention_types=[[["global", "local"], 1]], max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return init_model(TINY, mesh=make_mesh("1,1,1", jax.devices()[:1]), seed=1)
+
+
+# ------------------------------------------------------------------ generation
+
+
+N = 12  # new tokens, as the fixtures' greedy_continuation
+GREEDY = SamplingConfig(greedy=True, repetition_penalty=1.0, max_new_tokens=N, ignore_eos=True)
+
+
+def prompt_set(ref) -> list[np.ndarray]:
+    """The fixture prompt with a longer and a shorter one (different left padding in one batch)."""
+    return [ref["greedy_prompt"], ref["input_ids"][1][:20], ref["input_ids"][2][:3]]
+
+
+@pytest.fixture(scope="module")
+def neo(shared_dir):
+    return load_model(str(FIXTURES / "gpt_neo_tiny"))
+
+
+@pytest.fixture(scope="module")
+def neo_greedy(neo):
+    return generate(neo, prompt_set(reference("gpt_neo_tiny")), GREEDY)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(shared_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# --------------------------------------------------------------- training runs
+
+
+TINY_RUN = ["model=demo", "data=demo", "demo_records=64", "epochs=2", "batch_size=8",
+            "checkpoint_every=4", "log_every=2", "learning_rate=3e-3", "max_length=256", "keep_checkpoints=2",
+            "mesh=1,1,1"]
+
+
+# ------------------------------------------------------------------------ demo
+
+
+COUNTS_600 = {
+    "open_qa": 120,
+    "classification": 100,
+    "closed_qa": 80,
+    "rewriting": 70,
+    "information_extraction": 60,
+    "summarization": 50,
+    "brainstorming": 60,
+    "creative_writing": 60,
+}
+
+
+@pytest.fixture(scope="module")
+def suite() -> list[dict]:
+    return D.generate_suite()
+
+
+# ----------------------------------------------------------------------- judge
+
+
+SECRET = "sk-test-DO-NOT-LEAK-4f9c2e7a1b"
+
+
+# the judge's tests run without the caller's OpenAI settings: pytestmark = pytest.mark.usefixtures("_no_key")
+@pytest.fixture
+def _no_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

@@ -1,49 +1,19 @@
-"""Generation: greedy parity with the HF fixtures (left padding included), sampling filters
-against numpy references, repetition penalty against numpy and HF PyTorch, seeds, EOS stops,
-entropies, prompts from every record schema, and the `generate` CLI end to end.
+"""Generation: entropies of raw logits, sampling filters against numpy references, the repetition
+penalty against numpy, seeds, EOS stops, bad settings, and prompts from every record schema.
 
 Compiles are the cost here (a few seconds each on CPU): most tests share one program shape,
-gpt_neo_tiny with 8 rows (the 8 virtual devices), prompt bucket 32 and 12 new tokens."""
+gpt_neo_tiny with 8 rows (the 8 virtual devices), prompt bucket 32 and 12 new tokens. Greedy parity
+with the HF fixtures, left padding and a sharded mesh: integration/test_generation.py; HF PyTorch:
+integration/test_hf_torch.py."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_NAMES, FIXTURES, SHARED
+from conftest import GREEDY, N, _write, prompt_set, reference
 from mbc_jax import UserError
 from mbc_jax.generate import SamplingConfig, build_prompts, generate, repetition_penalty, top_k_filter, top_p_filter
-from mbc_jax.models import load_model
-
-try:
-    import torch
-except ImportError:
-    torch = None
-
-N = 12  # new tokens, as the fixtures' greedy_continuation
-GREEDY = SamplingConfig(greedy=True, repetition_penalty=1.0, max_new_tokens=N, ignore_eos=True)
-TOKENIZER = SHARED / "tokenizers" / "gpt-neo-125M"
-
-
-def reference(name: str):
-    return np.load(FIXTURES / name.replace("_sharded", "") / "reference.npz")
-
-
-def prompt_set(ref) -> list[np.ndarray]:
-    """The fixture prompt with a longer and a shorter one (different left padding in one batch)."""
-    return [ref["greedy_prompt"], ref["input_ids"][1][:20], ref["input_ids"][2][:3]]
-
-
-@pytest.fixture(scope="module")
-def neo(shared_dir):
-    return load_model(str(FIXTURES / "gpt_neo_tiny"))
-
-
-@pytest.fixture(scope="module")
-def neo_greedy(neo):
-    return generate(neo, prompt_set(reference("gpt_neo_tiny")), GREEDY)
 
 
 def full_logits(model, seqs) -> np.ndarray:
@@ -78,44 +48,6 @@ def np_penalty(logits: np.ndarray, seqs, penalty: float) -> np.ndarray:
         score = logits[b, idx]
         out[b, idx] = np.where(score < 0, score * penalty, score / penalty)
     return out
-
-
-# --------------------------------------------------------------------------- greedy parity
-
-
-@pytest.mark.parametrize("name", FIXTURE_NAMES)
-def test_greedy_reproduces_fixture(name, shared_dir):
-    model = load_model(str(FIXTURES / name))
-    ref = reference(name)
-    batched = generate(model, prompt_set(ref), GREEDY)
-    alone = generate(model, [ref["greedy_prompt"]], GREEDY)
-    for g in (batched[0], alone[0]):
-        np.testing.assert_array_equal(g.output_ids, ref["greedy_continuation"])
-        assert g.stopped == "length" and g.num_tokens == N
-        assert g.sampling_entropy == 0.0
-    np.testing.assert_allclose(batched[0].token_entropy, alone[0].token_entropy, atol=1e-5)
-
-
-def test_tensor_and_fsdp_mesh_gives_the_same_tokens(neo_greedy, shared_dir):
-    from mbc_jax.sharding import make_mesh
-
-    model = load_model(str(FIXTURES / "gpt_neo_tiny"), mesh=make_mesh("2,2,2"))
-    got = generate(model, prompt_set(reference("gpt_neo_tiny")), GREEDY)
-    for g, want in zip(got, neo_greedy):
-        np.testing.assert_array_equal(g.output_ids, want.output_ids)
-        np.testing.assert_allclose(g.token_entropy, want.token_entropy, atol=1e-5)
-
-
-def test_left_padding_does_not_change_results(neo, neo_greedy):
-    """The same prompts in a 64-token bucket next to a 40-token prompt, in another order."""
-    ref = reference("gpt_neo_tiny")
-    fix, p20, p3 = prompt_set(ref)
-    p40 = np.arange(40) * 7 % 512
-    out = generate(neo, [p40, p3, fix, p20], GREEDY)
-    for got, want in zip(out[1:], [neo_greedy[2], neo_greedy[0], neo_greedy[1]]):
-        np.testing.assert_array_equal(got.output_ids, want.output_ids)
-        np.testing.assert_allclose(got.token_entropy, want.token_entropy, atol=1e-5)
-    np.testing.assert_array_equal(out[2].output_ids, ref["greedy_continuation"])
 
 
 def test_entropy_is_full_softmax_entropy_of_raw_logits(neo, neo_greedy):
@@ -226,22 +158,6 @@ def test_greedy_with_penalty_matches_numpy_decoder(neo):
     assert not np.array_equal(got[0].output_ids, reference("gpt_neo_tiny")["greedy_continuation"])
 
 
-@pytest.mark.skipif(torch is None, reason="torch not installed: HF PyTorch cross-check skipped")
-def test_greedy_with_penalty_matches_hf_generate(neo):
-    from transformers import AutoModelForCausalLM
-
-    ref = reference("gpt_neo_tiny")
-    hf = AutoModelForCausalLM.from_pretrained(str(FIXTURES / "gpt_neo_tiny")).eval()
-    prompt = torch.tensor(ref["greedy_prompt"][None].astype(np.int64))
-    with torch.no_grad():
-        out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, repetition_penalty=1.2,
-                          max_new_tokens=N, pad_token_id=0)
-    want = out[0, prompt.shape[1]:].numpy()
-    cfg = SamplingConfig(greedy=True, repetition_penalty=1.2, max_new_tokens=N)
-    got = generate(neo, [ref["greedy_prompt"]], cfg, eos_token_id=hf.generation_config.eos_token_id)[0]
-    np.testing.assert_array_equal(got.output_ids, want)
-
-
 def test_seeds_and_batch_independence(neo):
     prompts = prompt_set(reference("gpt_neo_tiny"))
     cfg = SamplingConfig(max_new_tokens=N, ignore_eos=True)  # paper defaults
@@ -299,18 +215,6 @@ def test_bad_settings_and_prompts(neo):
 # --------------------------------------------------------------------------- prompts from records
 
 
-@pytest.fixture(scope="module")
-def tokenizer(shared_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(TOKENIZER))
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def test_prompts_of_every_schema(tmp_path, tokenizer):
     from mbc_jax.data import Template, load_records
 
@@ -360,104 +264,3 @@ def test_prompts_of_every_schema(tmp_path, tokenizer):
     empty = _write(tmp_path / "e.jsonl", [{"input_ids": [1, 2], "prompt_length": 0}])
     with pytest.raises(UserError, match="prompt is empty"):
         build_prompts(load_records(empty)[0], tokenizer)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-@pytest.fixture(scope="module")
-def tiny_neo_dir(tmp_path_factory, tokenizer):
-    from mbc_jax.models import export_model, init_model
-
-    config = dict(model_type="gpt_neo", vocab_size=50257, hidden_size=32, num_layers=2, num_heads=2,
-                  window_size=8, attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
-                  intermediate_size=64, activation_function="gelu_new", bos_token_id=50256, eos_token_id=50256)
-    model = init_model(config, seed=0)
-    model.tokenizer = tokenizer
-    return export_model(model, tmp_path_factory.mktemp("tiny_neo"))
-
-
-def test_cli_end_to_end(tmp_path, tiny_neo_dir, tokenizer, capsys):
-    from mbc_jax.cli import main
-    from mbc_jax.data import Template, load_records
-    from mbc_jax.judge import match_answers, read_answers
-
-    rows = [{"id": f"r{i}", "category": ["qa", "write"][i % 2], "instruction": f"Question number {i}?",
-             "response": f"Answer {i}."} for i in range(3)]
-    data = _write(tmp_path / "data.jsonl", rows)
-    out = tmp_path / "a.jsonl"
-    base = ["generate", "--model", str(tiny_neo_dir), "--data", str(data), "--max-new-tokens", "6", "--seed", "3"]
-    assert main([*base, "--out", str(out)]) == 0
-    err = capsys.readouterr()
-    assert "tok/s" in err.out and "mean entropy" in err.out and "generate" in err.err
-
-    lines = [json.loads(x) for x in out.read_text().splitlines()]
-    records, _ = load_records(data)
-    assert [x["id"] for x in lines] == ["r0", "r1", "r2"]
-    for x, rec in zip(lines, records):
-        assert x["index"] == rec.index and x["category"] == rec.category
-        assert x["prompt"] == Template().prompt(rec) and x["reference"] == rec.turns[-1][1]
-        assert 1 <= x["num_tokens"] == len(x["output_ids"]) <= 6
-        assert x["stopped"] in ("eos", "length") and (x["stopped"] == "eos") == (x["output_ids"][-1] == 50256)
-        text_ids = x["output_ids"][:-1] if x["stopped"] == "eos" else x["output_ids"]
-        assert x["output_text"] == tokenizer.decode(text_ids, skip_special_tokens=True,
-                                                    clean_up_tokenization_spaces=False).strip()
-        # a random model is close to uniform over 50257 tokens; the nucleus is narrower
-        assert 10.0 < x["entropy"] <= np.log(50257) + 1e-4
-        assert 0.0 < x["sampling_entropy"] < x["entropy"]
-        assert x["prompt_tokens"] == len(tokenizer(x["prompt"])["input_ids"]) and not x["prompt_truncated"]
-    meta = json.loads((tmp_path / "a.meta.json").read_text())
-    assert meta["sampling"]["top_p"] == 0.9 and meta["summary"]["records"] == 3
-
-    # the judge reads it; a rerun with the same seed is identical; --limit keeps each record's sample
-    assert len(read_answers(out)) == 3
-    again = tmp_path / "b.jsonl"
-    assert main([*base, "--out", str(again)]) == 0
-    assert len(match_answers(out, again).pairs) == 3
-    assert again.read_text() == out.read_text()
-    limited = tmp_path / "c.jsonl"
-    assert main([*base, "--out", str(limited), "--limit", "2", "--greedy"]) == 0
-    greedy = [json.loads(x) for x in limited.read_text().splitlines()]
-    assert len(greedy) == 2 and all(x["sampling_entropy"] == 0.0 for x in greedy)
-
-
-def test_answer_records_are_the_cli_lines(tmp_path, tiny_neo_dir, capsys):
-    """`answer_records` (what `experiments/table1_entropy.py` calls) gives exactly the lines and the
-    summary `mbc-jax generate` writes; its progress callback opens with (0, 0), then counts records
-    and tokens after each batch."""
-    from mbc_jax.cli import main
-    from mbc_jax.data import load_records
-    from mbc_jax.generate import answer_records
-
-    rows = [{"id": f"r{i}", "instruction": f"Question number {i}?", "response": f"Answer {i}."} for i in range(5)]
-    data = _write(tmp_path / "data.jsonl", rows)
-    out = tmp_path / "a.jsonl"
-    assert main(["generate", "--model", str(tiny_neo_dir), "--data", str(data), "--max-new-tokens", "6",
-                 "--seed", "3", "--out", str(out)]) == 0
-    capsys.readouterr()
-    calls = []
-    answers = answer_records(load_model(str(tiny_neo_dir)), load_records(data)[0], SamplingConfig(max_new_tokens=6),
-                             seed=3, on_batch=lambda *a: calls.append(a))
-    assert [json.loads(x) for x in out.read_text().splitlines()] == answers.rows
-    meta = json.loads((tmp_path / "a.meta.json").read_text())
-    assert meta["eos_token_id"] == answers.eos_token_id == 50256
-    for key in ("records", "tokens", "mean_entropy", "mean_sampling_entropy", "stopped_eos", "mean_tokens",
-                "prompts_truncated", "max_prompt_length"):
-        assert meta["summary"][key] == answers.summary[key], key
-    assert calls == [(0, 0), (5, answers.summary["tokens"])]
-
-
-def test_cli_errors(tmp_path, tiny_neo_dir, capsys):
-    from mbc_jax.cli import main
-
-    data = _write(tmp_path / "data.jsonl", [{"instruction": "q", "response": "a"}])
-    out = str(tmp_path / "o.jsonl")
-    # the fixture checkpoint has no tokenizer files
-    assert main(["generate", "--model", str(FIXTURES / "gpt_neo_tiny"), "--data", str(data), "--out", out]) == 2
-    assert "no tokenizer" in capsys.readouterr().err
-    args = ["generate", "--model", str(tiny_neo_dir), "--data", str(data), "--out", out]
-    for extra, message in ((["--top-p", "0"], "top_p"), (["--temperature", "-1"], "temperature"),
-                           (["--max-new-tokens", "64"], "positions"), (["--max-prompt-length", "60"], "positions"),
-                           (["--batch-size", "0"], "batch-size")):
-        assert main([*args, *extra]) == 2
-        assert message in capsys.readouterr().err

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 SETUP = REPO / "tpu_setup"
 # The fake workers run the remote halves here, which use GNU tail --pid, setsid and /proc, as
 # the Linux TPU VMs do.

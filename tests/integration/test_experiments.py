@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import FIXTURES
+from conftest import FIXTURES, REPO
 from experiments import (
     attention_concentration,
     common,
@@ -33,7 +33,6 @@ from experiments import (
 )
 from mbc_jax.run_folder import RunFolder
 
-REPO = Path(__file__).resolve().parents[1]
 MEM_COLUMNS = ("step", "split", "index", "id", "category", "tokens", "response_tokens", "exact_match",
                "response_exact_match", "perplexity", "response_perplexity", "entropy", "draws")
 CATS = ("alpha", "beta", "gamma")

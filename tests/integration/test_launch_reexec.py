@@ -1,4 +1,4 @@
-"""The huge-page launcher: when it re-executes, and that a re-executed CLI runs normally."""
+"""The huge-page launcher re-executes a process once, and a re-executed CLI runs normally."""
 
 from __future__ import annotations
 
@@ -7,25 +7,6 @@ import subprocess
 import sys
 
 from mbc_jax import launch
-
-
-def test_huge_pages_only_when_asked_for_and_not_yet_set(monkeypatch):
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    monkeypatch.setenv("MBC_JAX_HUGE_PAGES", "0")
-    assert not launch.huge_pages_would_help()
-    monkeypatch.setenv("MBC_JAX_HUGE_PAGES", "1")
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
-    assert not launch.huge_pages_would_help()
-    monkeypatch.setattr(launch, "THP_MODE", "/nonexistent/enabled")
-    monkeypatch.delenv("GLIBC_TUNABLES")
-    assert not launch.huge_pages_would_help()
-
-
-def test_without_huge_pages_keeps_other_tunables():
-    env = {"GLIBC_TUNABLES": "glibc.malloc.check=0:glibc.malloc.hugetlb=1", "HOME": "/h"}
-    assert launch.without_huge_pages(env) == {"GLIBC_TUNABLES": "glibc.malloc.check=0", "HOME": "/h"}
-    assert launch.without_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == {}
-    assert env["GLIBC_TUNABLES"].endswith("hugetlb=1")  # the input is not modified
 
 
 def test_cli_reexecutes_once_with_the_tunable_and_keeps_other_tunables():

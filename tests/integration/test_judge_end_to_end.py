@@ -1,4 +1,4 @@
-"""Tests for the mbc_jax/judge package (winrate included) and the `mbc-jax judge` command.
+"""The judge end to end, and the `mbc-jax judge` command.
 
 The judge runs against a real HTTP server on 127.0.0.1 (started here, ephemeral port) that
 speaks the chat-completions shape. The server decides each verdict from a script keyed by
@@ -8,7 +8,6 @@ paid (HTTP 200) responses per prompt, and can hold requests to simulate a run ki
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
@@ -22,17 +21,15 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-import numpy as np
 import pytest
 
+from conftest import REPO, SECRET
 from mbc_jax import UserError, judge
 from mbc_jax.commands import judge as judge_command
-from mbc_jax.judge import winrate
 
-REPO = Path(__file__).resolve().parents[1]
-SECRET = "sk-test-DO-NOT-LEAK-4f9c2e7a1b"
+pytestmark = pytest.mark.usefixtures("_no_key")
+
 
 # The verdict script of the "known" comparison: (question, order) -> positional verdict.
 # q0-q3: A better in both orders; q4-q5: B better in both; q6: tie in both;
@@ -167,12 +164,6 @@ def server_factory():
         s.close()
 
 
-@pytest.fixture(autouse=True)
-def _no_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-
-
 def record(q, model, **over):
     rec = {"index": q, "id": f"q{q}", "category": CATEGORY.get(q, "qa"),
            "prompt": f"Question q{q}: what about {q}?",
@@ -207,64 +198,6 @@ def run_judge(tmp_path, server, a, b, *, sleeps=None, max_retries=3, timeout=5.0
 def read_judgments(tmp_path):
     lines = (tmp_path / "out" / "results.judgments.jsonl").read_text().splitlines()
     return {j["id"]: j for j in map(json.loads, lines)}
-
-
-# --------------------------------------------------------------------------- pure functions
-
-
-def test_parse_verdict_is_strict():
-    assert judge.parse_verdict("A is clearer. [[A]]") == "A"
-    assert judge.parse_verdict("[[C]]") == "C"
-    assert judge.parse_verdict("[[B]] ... final: [[B]]") == "B"  # repeated, not conflicting
-    for bad in ("", None, "A is better", "[A]", "[[a]]", "[[D]]", "[[A]] or [[C]]", "[[ A ]]"):
-        with pytest.raises(judge.InvalidVerdict):
-            judge.parse_verdict(bad)
-
-
-def test_order_mapping_and_combination():
-    assert judge.winner_of("A", "a_first") == "A" and judge.winner_of("A", "b_first") == "B"
-    assert judge.winner_of("B", "b_first") == "A" and judge.winner_of("C", "b_first") == "tie"
-    assert judge.combine("A", "A") == "A" and judge.combine("A", "B") == "tie"
-    assert judge.combine("A", "tie") == "tie" and judge.combine("tie", "tie") == "tie"
-
-
-def test_template_cites_paper_and_renders_in_one_pass():
-    raw = judge.TEMPLATE_PATH.read_text()
-    assert "Through the Lens of Memorization" in raw and "Figure 4" in raw
-    assert "[[A]]" in raw and "[[B]]" in raw and "[[C]]" in raw
-    t = judge.load_template()
-    system, user = t.render("Q? {answer_b}", "first {question}", "second")
-    assert system["role"] == "system" and "#" not in system["content"][:1]
-    assert "Q? {answer_b}" in user["content"]  # an answer's braces are never expanded
-    assert user["content"].index("first {question}") < user["content"].index("second")
-
-
-def test_endpoint_and_key_resolution(monkeypatch):
-    for url in ("http://127.0.0.1:8000/v1", "http://localhost/v1", "http://10.1.2.3:8000/v1",
-                "http://[::1]:80/v1"):
-        assert judge.is_local_url(url)
-    assert not judge.is_local_url("https://api.openai.com/v1")
-    assert judge.resolve_endpoint("http://127.0.0.1:1/v1")[1] == judge.LOCAL_PLACEHOLDER_KEY
-    with pytest.raises(UserError, match="OPENAI_API_KEY"):
-        judge.resolve_endpoint("https://judge.example.com/v1")
-    with pytest.raises(UserError, match="OPENAI_API_KEY"):
-        judge.resolve_endpoint(None)  # the default is OpenAI itself
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    assert judge.resolve_endpoint("https://judge.example.com/v1")[1] == SECRET
-    url = "https://u:pw@h.example.com:8443/v1?key=x"
-    assert judge.public_url(url) == "https://h.example.com:8443/v1"
-    assert SECRET not in judge.redact(f"bad key {SECRET}", [SECRET])
-    assert "4f9c2e7a1b" not in judge.redact(f"bad key {SECRET}")  # sk- shaped, even if unknown
-
-
-def test_backoff_is_exponential_with_jitter():
-    j = judge.Judge(None, judge.JudgeConfig(backoff_base=1.0, backoff_max=8.0), None, None,
-                    rng=__import__("random").Random(0))
-    for failures, d in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
-        delays = [j.backoff(failures) for _ in range(50)]
-        assert min(delays) >= d / 2 and max(delays) <= d and len(set(delays)) > 1
-    assert j.backoff(1, retry_after=3.0) == 3.0  # Retry-After wins when longer
-    assert j.backoff(1, retry_after=100.0) == 8.0  # but stays bounded
 
 
 # --------------------------------------------------------------------------- end to end
@@ -531,75 +464,3 @@ def test_api_key_is_sent_but_never_written_or_logged(tmp_path, server_factory, m
         assert SECRET.encode() not in path.read_bytes(), path
         assert b"4f9c2e7a1b" not in path.read_bytes(), path
     assert SECRET not in captured.out + captured.err and "4f9c2e7a1b" not in captured.err
-
-
-def test_register_adds_the_judge_command():
-    parser = argparse.ArgumentParser()
-    judge_command.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["judge", "--a", "A", "--b", "B", "--out", "o.json",
-                              "--base-url", "http://127.0.0.1:8000/v1", "--model", "m",
-                              "--concurrency", "2", "--max-retries", "1", "--timeout", "3",
-                              "--cache", "c", "--name-a", "x", "--name-b", "y", "--seed", "7"])
-    assert args.func is judge_command.run and args.seed == 7 and args.cache == "c"
-    assert (args.concurrency, args.max_retries, args.timeout) == (2, 1, 3.0)
-
-
-# --------------------------------------------------------------------------- results
-
-
-def fake_judgments(outcomes, consistent=None):
-    out = []
-    for i, o in enumerate(outcomes):
-        agree = True if consistent is None else consistent[i]
-        w1, w2 = (o, o) if agree else ("A", "B")
-        v = {"A": "A", "B": "B", "tie": "C"}
-        out.append({"id": f"q{i}", "category": "c", "outcome": o,
-                    "verdict_a_first": v[w1], "winner_a_first": w1,
-                    "verdict_b_first": {"A": "B", "B": "A", "tie": "C"}[w2],
-                    "winner_b_first": w2})
-    return out
-
-
-def test_bootstrap_ci_contains_estimate_shrinks_with_n_and_is_seeded():
-    # 4 A wins, 2 B wins, 1 consistent tie, 3 inconsistent pairs (ties): the known script's mix
-    base = ["A"] * 4 + ["B"] * 2 + ["tie"] * 4
-    cons = [True] * 7 + [False] * 3
-    small = winrate.summarize(fake_judgments(base, cons), n_boot=2000, seed=1)["overall"]
-    big = winrate.summarize(fake_judgments(base * 16, cons * 16), n_boot=2000, seed=1)["overall"]
-    for block in (small, big):
-        assert (block["win_rate"], block["tie_rate"], block["loss_rate"]) == (0.4, 0.4, 0.2)
-        assert block["consistency"] == 0.7
-        for part, rate in (("win", 0.4), ("tie", 0.4), ("loss", 0.2), ("consistency", 0.7)):
-            lo, hi = block[f"{part}_ci"]
-            assert 0 <= lo <= rate <= hi <= 1
-    width = lambda b, p: b[f"{p}_ci"][1] - b[f"{p}_ci"][0]  # noqa: E731
-    for part in ("win", "tie", "loss", "consistency"):
-        ratio = width(big, part) / width(small, part)
-        assert 0.15 < ratio < 0.4, (part, ratio)  # ~ 1/sqrt(16) = 0.25
-    # The small-sample win CI is close to the normal approximation 1.96*sqrt(p(1-p)/n)*2.
-    assert width(small, "win") == pytest.approx(2 * 1.96 * np.sqrt(0.24 / 10), abs=0.12)
-    again = winrate.summarize(fake_judgments(base, cons), n_boot=2000, seed=1)["overall"]
-    assert again == small
-    outcome = np.array([{"A": 1, "tie": 0, "B": -1}[o] for o in base * 16])
-    cis = [winrate.bootstrap_rates(outcome, np.array(cons * 16), n_boot=500, seed=s)
-           for s in (1, 1, 2)]
-    assert cis[0] == cis[1] and cis[0] != cis[2]
-
-
-def test_summary_skips_invalid_and_handles_empty_blocks():
-    js = fake_judgments(["A", "B"]) + [{"id": "x", "category": "d", "outcome": None}]
-    s = winrate.summarize(js, n_boot=100)
-    assert s["overall"]["n"] == 2 and s["overall"]["n_invalid"] == 1
-    assert s["per_category"]["d"]["n"] == 0 and s["per_category"]["d"]["win_rate"] is None
-
-
-def test_plot_win_rates_for_several_comparisons(tmp_path):
-    r1 = {"name_a": "MBC", "name_b": "uniform",
-          **winrate.summarize(fake_judgments(["A"] * 6 + ["tie"] * 3 + ["B"]), n_boot=100)}
-    r2 = {"name_a": "MBC", "name_b": "uniform",
-          **winrate.summarize(fake_judgments(["A"] * 3 + ["tie"] * 3 + ["B"] * 4), n_boot=100)}
-    path = winrate.plot_win_rates({"lr 1e-5": r1, "lr 5e-5": r2}, tmp_path / "fig5.png")
-    assert path.read_bytes()[:4] == b"\x89PNG"
-    rows = list(csv.DictReader((tmp_path / "fig5.csv").open()))
-    assert [(r["label"], float(r["win_rate"]), float(r["loss_rate"])) for r in rows] == [
-        ("lr 1e-5", 0.6, 0.1), ("lr 5e-5", 0.3, 0.4)]

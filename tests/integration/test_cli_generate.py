@@ -1,0 +1,111 @@
+"""`mbc-jax generate` end to end on a tiny random GPT-Neo with the real tokenizer: the answer lines,
+`answer_records` giving the same lines, and bad settings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, _write
+from mbc_jax.generate import SamplingConfig
+from mbc_jax.models import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny_neo_dir(tmp_path_factory, tokenizer):
+    from mbc_jax.models import export_model, init_model
+
+    config = dict(model_type="gpt_neo", vocab_size=50257, hidden_size=32, num_layers=2, num_heads=2,
+                  window_size=8, attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
+                  intermediate_size=64, activation_function="gelu_new", bos_token_id=50256, eos_token_id=50256)
+    model = init_model(config, seed=0)
+    model.tokenizer = tokenizer
+    return export_model(model, tmp_path_factory.mktemp("tiny_neo"))
+
+
+def test_cli_end_to_end(tmp_path, tiny_neo_dir, tokenizer, capsys):
+    from mbc_jax.cli import main
+    from mbc_jax.data import Template, load_records
+    from mbc_jax.judge import match_answers, read_answers
+
+    rows = [{"id": f"r{i}", "category": ["qa", "write"][i % 2], "instruction": f"Question number {i}?",
+             "response": f"Answer {i}."} for i in range(3)]
+    data = _write(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "a.jsonl"
+    base = ["generate", "--model", str(tiny_neo_dir), "--data", str(data), "--max-new-tokens", "6", "--seed", "3"]
+    assert main([*base, "--out", str(out)]) == 0
+    err = capsys.readouterr()
+    assert "tok/s" in err.out and "mean entropy" in err.out and "generate" in err.err
+
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    records, _ = load_records(data)
+    assert [x["id"] for x in lines] == ["r0", "r1", "r2"]
+    for x, rec in zip(lines, records):
+        assert x["index"] == rec.index and x["category"] == rec.category
+        assert x["prompt"] == Template().prompt(rec) and x["reference"] == rec.turns[-1][1]
+        assert 1 <= x["num_tokens"] == len(x["output_ids"]) <= 6
+        assert x["stopped"] in ("eos", "length") and (x["stopped"] == "eos") == (x["output_ids"][-1] == 50256)
+        text_ids = x["output_ids"][:-1] if x["stopped"] == "eos" else x["output_ids"]
+        assert x["output_text"] == tokenizer.decode(text_ids, skip_special_tokens=True,
+                                                    clean_up_tokenization_spaces=False).strip()
+        # a random model is close to uniform over 50257 tokens; the nucleus is narrower
+        assert 10.0 < x["entropy"] <= np.log(50257) + 1e-4
+        assert 0.0 < x["sampling_entropy"] < x["entropy"]
+        assert x["prompt_tokens"] == len(tokenizer(x["prompt"])["input_ids"]) and not x["prompt_truncated"]
+    meta = json.loads((tmp_path / "a.meta.json").read_text())
+    assert meta["sampling"]["top_p"] == 0.9 and meta["summary"]["records"] == 3
+
+    # the judge reads it; a rerun with the same seed is identical; --limit keeps each record's sample
+    assert len(read_answers(out)) == 3
+    again = tmp_path / "b.jsonl"
+    assert main([*base, "--out", str(again)]) == 0
+    assert len(match_answers(out, again).pairs) == 3
+    assert again.read_text() == out.read_text()
+    limited = tmp_path / "c.jsonl"
+    assert main([*base, "--out", str(limited), "--limit", "2", "--greedy"]) == 0
+    greedy = [json.loads(x) for x in limited.read_text().splitlines()]
+    assert len(greedy) == 2 and all(x["sampling_entropy"] == 0.0 for x in greedy)
+
+
+def test_answer_records_are_the_cli_lines(tmp_path, tiny_neo_dir, capsys):
+    """`answer_records` (what `experiments/table1_entropy.py` calls) gives exactly the lines and the
+    summary `mbc-jax generate` writes; its progress callback opens with (0, 0), then counts records
+    and tokens after each batch."""
+    from mbc_jax.cli import main
+    from mbc_jax.data import load_records
+    from mbc_jax.generate import answer_records
+
+    rows = [{"id": f"r{i}", "instruction": f"Question number {i}?", "response": f"Answer {i}."} for i in range(5)]
+    data = _write(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "a.jsonl"
+    assert main(["generate", "--model", str(tiny_neo_dir), "--data", str(data), "--max-new-tokens", "6",
+                 "--seed", "3", "--out", str(out)]) == 0
+    capsys.readouterr()
+    calls = []
+    answers = answer_records(load_model(str(tiny_neo_dir)), load_records(data)[0], SamplingConfig(max_new_tokens=6),
+                             seed=3, on_batch=lambda *a: calls.append(a))
+    assert [json.loads(x) for x in out.read_text().splitlines()] == answers.rows
+    meta = json.loads((tmp_path / "a.meta.json").read_text())
+    assert meta["eos_token_id"] == answers.eos_token_id == 50256
+    for key in ("records", "tokens", "mean_entropy", "mean_sampling_entropy", "stopped_eos", "mean_tokens",
+                "prompts_truncated", "max_prompt_length"):
+        assert meta["summary"][key] == answers.summary[key], key
+    assert calls == [(0, 0), (5, answers.summary["tokens"])]
+
+
+def test_cli_errors(tmp_path, tiny_neo_dir, capsys):
+    from mbc_jax.cli import main
+
+    data = _write(tmp_path / "data.jsonl", [{"instruction": "q", "response": "a"}])
+    out = str(tmp_path / "o.jsonl")
+    # the fixture checkpoint has no tokenizer files
+    assert main(["generate", "--model", str(FIXTURES / "gpt_neo_tiny"), "--data", str(data), "--out", out]) == 2
+    assert "no tokenizer" in capsys.readouterr().err
+    args = ["generate", "--model", str(tiny_neo_dir), "--data", str(data), "--out", out]
+    for extra, message in ((["--top-p", "0"], "top_p"), (["--temperature", "-1"], "temperature"),
+                           (["--max-new-tokens", "64"], "positions"), (["--max-prompt-length", "60"], "positions"),
+                           (["--batch-size", "0"], "batch-size")):
+        assert main([*args, *extra]) == 2
+        assert message in capsys.readouterr().err

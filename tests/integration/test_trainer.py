@@ -1,0 +1,127 @@
+"""The Trainer on the demo data: MBC's incremental scoring batches, bucketed train batches, the
+packed train step's loss, dropout as a function of (seed, step), and a batch larger than the data."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import TINY_RUN
+from mbc_jax import UserError
+from mbc_jax import config as config_lib
+
+# ------------------------------------------------------------------ MBC's scoring batches
+
+
+def test_incremental_refresh_fills_the_batches_it_needs(tmp_path):
+    """The stalest fraction always, then the next stalest while they pack into no more batches."""
+    from mbc_jax.train import Trainer
+
+    args = [f"out={tmp_path / 'r'}", *TINY_RUN, "sampler=mbc", "mbc.refresh=incremental", "mbc.refresh_fraction=0.1"]
+    run = Trainer.create(config_lib.load(None, args), log=lambda *a: None)
+    n = len(run.data.train)
+    run.sampler.set_perplexities(np.ones(n), step=0)
+    run.sampler.set_perplexities(np.ones(n - 10), step=5, which=np.arange(10, n))  # 0..9 are stalest
+    order = run.sampler.staleness_order()
+    k = round(0.1 * n)
+    which, batches = run.scorer.prefix_batches(run.data.train, order, k)
+    np.testing.assert_array_equal(which, order[:len(which)])
+    assert set(which[:10].tolist()) <= set(range(10)) and len(which) > k
+    alone = run.scorer.batches([run.data.train[i] for i in order[:k]])
+    assert len(batches) == len(alone)
+    packed = sorted(int(i) for b in batches for i in b.record_index.ravel() if i >= 0)
+    assert packed == list(range(len(which)))
+
+
+def test_train_batch_holds_every_drawn_record_in_bucketed_rows(tmp_path):
+    from mbc_jax.data import row_bucket
+    from mbc_jax.sharding import batch_divisor
+    from mbc_jax.train import Trainer
+
+    run = Trainer.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN]), log=lambda *a: None)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        idx = rng.choice(len(run.data.train), run.cfg.batch_size, replace=True)
+        batch = run.train_batch(idx)
+        used = int((batch.segment_ids != 0).any(1).sum())
+        rows = row_bucket(used, len(idx), batch_divisor(run.model.mesh))
+        assert batch.input_ids.shape == (rows, run.cfg.max_length)
+        assert sorted(batch.record_index[batch.record_index >= 0].tolist()) == sorted(idx.tolist())
+
+
+# ------------------------------------------------------------------ train step
+
+
+def test_packed_train_loss_equals_per_record_losses():
+    """The loss of a packed batch equals the token-weighted mean of each record's loss alone."""
+    import jax.numpy as jnp
+
+    from mbc_jax.data import Example, pack
+    from mbc_jax.models import init_model
+    from mbc_jax.sharding import make_mesh
+    from mbc_jax.train import make_optimizer, make_train_step
+
+    model = init_model(dict(model_type="gpt_neo", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+                            window_size=4, attention_types=[[["global", "local"], 1]], max_position_embeddings=64),
+                       mesh=make_mesh("1,1,1", jax.devices()[:1]), seed=0)
+    rng = np.random.default_rng(0)
+    examples = [Example(i, str(i), "", rng.integers(0, 64, n).astype(np.int32), np.arange(n) >= 3)
+                for i, n in enumerate([20, 9, 30, 14, 5])]
+    cfg = config_lib.load(None, ["learning_rate=1e-3"])
+    tx, schedule = make_optimizer(cfg, 10)
+    step = jax.jit(make_train_step(model.module, tx, schedule, "response"))
+
+    def loss_of(exs, rows):
+        (b,) = pack(exs, 64, rows_per_batch=rows)
+        state = {"params": model.params, "opt_state": tx.init(model.params), "step": jnp.zeros((), jnp.int32)}
+        _, m = step(state, {k: jnp.asarray(getattr(b, k)) for k in
+                            ("input_ids", "segment_ids", "positions", "response_mask", "record_index")})
+        return float(m["loss"]), float(m["targets"])
+
+    packed_loss, packed_n = loss_of(examples, 2)
+    alone = [loss_of([e], 1) for e in examples]
+    assert packed_n == sum(n for _, n in alone)
+    assert packed_loss == pytest.approx(sum(loss * n for loss, n in alone) / packed_n, rel=1e-5)
+
+
+def test_train_step_dropout_is_a_function_of_seed_and_step(tmp_path):
+    """`dropout=` reaches the model; the train step's masks depend on (seed, step) only, so a
+    resumed run replays them; a rate of 0 is the deterministic step."""
+    import functools
+
+    import jax.numpy as jnp
+
+    from mbc_jax.train import Trainer, make_train_step, model_runtime
+
+    assert "resid_dropout" not in model_runtime(config_lib.load(None, []))  # default: the model's own rates
+    run = Trainer.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN, "dropout=0.1"]),
+                         log=lambda *a: None)
+    mc = run.model.module.cfg
+    assert (mc.embed_dropout, mc.attention_dropout, mc.resid_dropout) == (0.1, 0.1, 0.1)
+    b = run.train_batch(np.arange(8))
+    batch = {k: jnp.asarray(getattr(b, k)) for k in
+             ("input_ids", "segment_ids", "positions", "response_mask", "record_index")}
+
+    @functools.cache
+    def compiled(module, seed):
+        return jax.jit(make_train_step(module, run.tx, run.schedule, "response", seed=seed))
+
+    def loss(module, step, seed=0):
+        state = {"params": run.model.params, "opt_state": run.tx.init(run.model.params),
+                 "step": jnp.asarray(step, jnp.int32)}
+        return float(compiled(module, seed)(state, batch)[1]["loss"])
+
+    m = run.model.module
+    assert loss(m, 3) == loss(m, 3)
+    assert len({loss(m, 3), loss(m, 4), loss(m, 3, seed=1)}) == 3
+    no_drop = m.clone(cfg=mc.replace(embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0))
+    assert loss(no_drop, 3) == loss(no_drop, 4) != loss(m, 3)
+
+
+def test_batch_larger_than_data(tmp_path):
+    from mbc_jax.train import Trainer
+
+    cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", "demo_records=40", "val_fraction=0", "batch_size=64"])
+    with pytest.raises(UserError, match="batch_size: 64 is larger than the 40 training records"):
+        Trainer.create(cfg, log=lambda *a: None)

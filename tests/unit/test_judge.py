@@ -1,0 +1,80 @@
+"""mbc_jax/judge without a server: strict verdict parsing, order mapping, the template, endpoint and
+key resolution, backoff, and the `judge` command's arguments."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from conftest import SECRET
+from mbc_jax import UserError, judge
+from mbc_jax.commands import judge as judge_command
+
+pytestmark = pytest.mark.usefixtures("_no_key")
+
+
+def test_parse_verdict_is_strict():
+    assert judge.parse_verdict("A is clearer. [[A]]") == "A"
+    assert judge.parse_verdict("[[C]]") == "C"
+    assert judge.parse_verdict("[[B]] ... final: [[B]]") == "B"  # repeated, not conflicting
+    for bad in ("", None, "A is better", "[A]", "[[a]]", "[[D]]", "[[A]] or [[C]]", "[[ A ]]"):
+        with pytest.raises(judge.InvalidVerdict):
+            judge.parse_verdict(bad)
+
+
+def test_order_mapping_and_combination():
+    assert judge.winner_of("A", "a_first") == "A" and judge.winner_of("A", "b_first") == "B"
+    assert judge.winner_of("B", "b_first") == "A" and judge.winner_of("C", "b_first") == "tie"
+    assert judge.combine("A", "A") == "A" and judge.combine("A", "B") == "tie"
+    assert judge.combine("A", "tie") == "tie" and judge.combine("tie", "tie") == "tie"
+
+
+def test_template_cites_paper_and_renders_in_one_pass():
+    raw = judge.TEMPLATE_PATH.read_text()
+    assert "Through the Lens of Memorization" in raw and "Figure 4" in raw
+    assert "[[A]]" in raw and "[[B]]" in raw and "[[C]]" in raw
+    t = judge.load_template()
+    system, user = t.render("Q? {answer_b}", "first {question}", "second")
+    assert system["role"] == "system" and "#" not in system["content"][:1]
+    assert "Q? {answer_b}" in user["content"]  # an answer's braces are never expanded
+    assert user["content"].index("first {question}") < user["content"].index("second")
+
+
+def test_endpoint_and_key_resolution(monkeypatch):
+    for url in ("http://127.0.0.1:8000/v1", "http://localhost/v1", "http://10.1.2.3:8000/v1",
+                "http://[::1]:80/v1"):
+        assert judge.is_local_url(url)
+    assert not judge.is_local_url("https://api.openai.com/v1")
+    assert judge.resolve_endpoint("http://127.0.0.1:1/v1")[1] == judge.LOCAL_PLACEHOLDER_KEY
+    with pytest.raises(UserError, match="OPENAI_API_KEY"):
+        judge.resolve_endpoint("https://judge.example.com/v1")
+    with pytest.raises(UserError, match="OPENAI_API_KEY"):
+        judge.resolve_endpoint(None)  # the default is OpenAI itself
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    assert judge.resolve_endpoint("https://judge.example.com/v1")[1] == SECRET
+    url = "https://u:pw@h.example.com:8443/v1?key=x"
+    assert judge.public_url(url) == "https://h.example.com:8443/v1"
+    assert SECRET not in judge.redact(f"bad key {SECRET}", [SECRET])
+    assert "4f9c2e7a1b" not in judge.redact(f"bad key {SECRET}")  # sk- shaped, even if unknown
+
+
+def test_backoff_is_exponential_with_jitter():
+    j = judge.Judge(None, judge.JudgeConfig(backoff_base=1.0, backoff_max=8.0), None, None,
+                    rng=__import__("random").Random(0))
+    for failures, d in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
+        delays = [j.backoff(failures) for _ in range(50)]
+        assert min(delays) >= d / 2 and max(delays) <= d and len(set(delays)) > 1
+    assert j.backoff(1, retry_after=3.0) == 3.0  # Retry-After wins when longer
+    assert j.backoff(1, retry_after=100.0) == 8.0  # but stays bounded
+
+
+def test_register_adds_the_judge_command():
+    parser = argparse.ArgumentParser()
+    judge_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["judge", "--a", "A", "--b", "B", "--out", "o.json",
+                              "--base-url", "http://127.0.0.1:8000/v1", "--model", "m",
+                              "--concurrency", "2", "--max-retries", "1", "--timeout", "3",
+                              "--cache", "c", "--name-a", "x", "--name-b", "y", "--seed", "7"])
+    assert args.func is judge_command.run and args.seed == 7 and args.cache == "c"
+    assert (args.concurrency, args.max_retries, args.timeout) == (2, 1, 3.0)
