@@ -196,6 +196,22 @@ def section_markdown(md: Path, prefix: str) -> str:
     return re.sub(r"\]\((?!https?:|/)([^)]+)\)", lambda m: f"]({prefix}/{m.group(1)})", text)
 
 
+def mbc_settings(configs: list[dict]) -> str:
+    """One sentence per distinct MBC setting of the runs, against the paper's Algorithm 1."""
+    out = []
+    for m in sorted({json.dumps(c.get("mbc", {}), sort_keys=True) for c in configs if c.get("sampler") == "mbc"}):
+        m = json.loads(m)
+        k = f"every {m['k']} steps" if m.get("k") else "once per epoch-equivalent (N / batch steps)"
+        extensions = [f"{name} {m[name]} (paper: {paper})" for name, paper in (("power", 1.0), ("floor", 0.0))
+                      if float(m.get(name, paper)) != paper]
+        if m.get("refresh", "full") != "full":
+            extensions.append(f"refresh {m['refresh']} {m.get('refresh_fraction')} (paper: full)")
+        out.append(f"Re-scored {k} (the paper does not give k), perplexity over the {m.get('metric', 'loss')!r} "
+                   f"targets, drawn with replacement with p proportional to perplexity"
+                   + (f"; extensions in use: {', '.join(extensions)}." if extensions else ": the paper's Algorithm 1."))
+    return " ".join(out) or "No MBC run."
+
+
 def write_report(out: Path, scale_name: str, scale: Scale, runs, sections: list[tuple[str, str]], notes: list[str],
                  timings: list[tuple[str, float]]) -> Path:
     from experiments.common import fmt, markdown_table
@@ -213,6 +229,7 @@ def write_report(out: Path, scale_name: str, scale: Scale, runs, sections: list[
     lines += ["## Runs", "", markdown_table(rows, ["run", "folder", "model", "data", "train records", "steps", "epochs",
                                                    "final exact memorization", "final val perplexity",
                                                    "wall-clock (s)"]), ""]
+    lines += ["## MBC as run", "", mbc_settings([RunFolder.open(f).config for f in runs.values()]), ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     lines += ["## Contents", ""] + [f"- [{title}](#{re.sub(r'[^a-z0-9 -]', '', title.lower()).replace(' ', '-')})"

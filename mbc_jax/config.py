@@ -21,7 +21,8 @@ class MBCConfig:
     k: int = 0  # re-score every k steps; 0 = once per epoch-equivalent (N / batch_size steps)
     metric: str = "loss"  # "loss" (perplexity over the loss's targets), "full" or "response" perplexity
     power: float = 1.0  # weights proportional to perplexity ** power (0 = uniform, larger = sharper)
-    floor: float = 0.1  # every record keeps at least floor / N probability
+    floor: float = 0.0  # Algorithm 1 has none. Extension: mix in floor / N of uniform probability, to damp
+    # the curriculum (perplexity is at least 1, so no record reaches zero probability even without it)
     refresh: str = "full"  # "full": re-score all records every k steps (the paper's algorithm);
     # "incremental": update drawn records from train-step losses, re-score only the stalest part
     refresh_fraction: float = 0.1  # incremental: share of records re-scored every k steps

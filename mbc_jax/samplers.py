@@ -16,9 +16,12 @@ uninterrupted one would, whatever the number of hosts.
     every k steps: perplexity_i = exp(mean NLL of record i under the current model), for all i
     p_i = perplexity_i ** power / sum_j perplexity_j ** power   (power 1 in the paper)
     every step: batch = jax.random.choice(key, N, (B,), replace=True, p=p)   (no epochs)
-  Higher perplexity = less memorized = more likely. Our choices where the paper is silent:
-  `power`, a `floor` mixing in floor / N of uniform probability (an opt-in damping extension),
-  and which perplexity (`response` over the response targets, `full` over the dialogue).
+  Higher perplexity = less memorized = more likely. Defaults are the paper's (power 1, no floor).
+  Our choices where the paper is silent: k (default one re-score per epoch-equivalent, N / batch
+  steps) and which perplexity (over the loss's targets: the response under `loss_on: response`).
+  Extensions, opt-in: `power` != 1 sharpens or flattens the weights; `floor` > 0 mixes in
+  floor / N of uniform probability to damp the curriculum (not for positivity: perplexity is at
+  least 1, so no record ever reaches zero probability without it).
   Extension, opt-in (`refresh="incremental"`): instead of re-scoring all N records every k steps,
   each drawn record's perplexity is updated from the train step's own loss (`after_step`), and
   every k steps only the stalest `refresh_fraction` of records is re-scored, topped up with the
@@ -97,11 +100,11 @@ class UniformSampler(Sampler):
         return cache[1]
 
 
-def mbc_weights(perplexity: np.ndarray, power: float = 1.0, floor: float = 0.1) -> np.ndarray:
+def mbc_weights(perplexity: np.ndarray, power: float = 1.0, floor: float = 0.0) -> np.ndarray:
     """Sampling probabilities from per-record perplexities.
 
-    p_i = (1 - floor) * ppl_i**power / sum_j ppl_j**power + floor / N: proportional to perplexity
-    for floor=0, uniform for floor=1; every record keeps at least floor / N.
+    p_i = (1 - floor) * ppl_i**power / sum_j ppl_j**power + floor / N. The paper's Algorithm 1 is
+    power 1, floor 0: p proportional to perplexity. floor 1 is uniform.
     """
     ppl = np.asarray(perplexity, np.float64)
     n = len(ppl)
@@ -125,7 +128,7 @@ class MBCSampler(Sampler):
     """Memorization-Based Curriculum: draws with replacement, weights from perplexities re-measured
     every `k` steps (see the module docstring)."""
 
-    def __init__(self, num_records: int, batch_size: int, seed: int, power: float = 1.0, floor: float = 0.1,
+    def __init__(self, num_records: int, batch_size: int, seed: int, power: float = 1.0, floor: float = 0.0,
                  k: int = 1, response: bool = True, refresh: str = "full", refresh_fraction: float = 0.1):
         super().__init__(num_records, batch_size, seed)
         if refresh not in ("full", "incremental"):

@@ -577,3 +577,12 @@ def test_reproduce_report_links_and_judge_skip(tmp_path, monkeypatch, capsys):
     assert results == [] and "skipped" in note and reproduce.JUDGE_URL_ENV in note
     assert reproduce.SCALES["paper"].config("mbc", 1e-5).endswith("gpt_neo_2p7b_mbc_lr1e-5.yaml")
     assert reproduce.SCALES["small"].config("uniform", 5e-5).endswith("gpt_neo_125m_uniform.yaml")
+
+
+def test_report_states_the_mbc_settings_against_algorithm_1():
+    paper = {"k": 0, "metric": "loss", "power": 1.0, "floor": 0.0, "refresh": "full", "refresh_fraction": 0.1}
+    text = reproduce.mbc_settings([{"sampler": "mbc", "mbc": paper}, {"sampler": "uniform", "mbc": paper}])
+    assert text.endswith("the paper's Algorithm 1.") and "once per epoch-equivalent" in text
+    text = reproduce.mbc_settings([{"sampler": "mbc", "mbc": {**paper, "k": 5, "floor": 0.1}}])
+    assert "every 5 steps" in text and "extensions in use: floor 0.1 (paper: 0.0)" in text
+    assert reproduce.mbc_settings([{"sampler": "uniform"}]) == "No MBC run."

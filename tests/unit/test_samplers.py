@@ -173,3 +173,24 @@ def test_mbc_state_round_trip_resumes_the_same_draws():
 def test_mbc_rejects_an_unknown_refresh_mode():
     with pytest.raises(ValueError, match="refresh"):
         MBCSampler(4, 2, seed=0, refresh="sometimes")
+
+
+def test_default_mbc_is_algorithm_1_proportional_to_perplexity():
+    """The paper's Algorithm 1: no floor, power 1, so p_i = ppl_i / sum_j ppl_j, by default and in
+    every shipped config."""
+    from pathlib import Path
+
+    import yaml
+
+    from mbc_jax import config as config_lib
+
+    s = make_sampler(config_lib.load(None, ["sampler=mbc"]), 5, k=1)
+    ppl = np.array([1.0, 1.5, 3.0, 7.0, 12.5])
+    s.set_perplexities(ppl, step=0)
+    np.testing.assert_allclose(s.probabilities(), ppl / ppl.sum(), rtol=1e-12)
+    np.testing.assert_allclose(mbc_weights(ppl), ppl / ppl.sum(), rtol=1e-12)
+    configs = sorted((Path(__file__).resolve().parents[2] / "experiments" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        mbc = (yaml.safe_load(path.read_text()) or {}).get("mbc", {})
+        assert mbc.get("floor", 0.0) == 0.0 and mbc.get("power", 1.0) == 1.0, path.name
