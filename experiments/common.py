@@ -7,6 +7,7 @@ Every experiment reads only what `mbc-jax train` wrote (docs/run_folder.md), thr
     run.memorization_steps()                  # [0, 75, 150, ...]
     table = run.memorization(150, "train")    # {column: numpy array}, one entry per record
     steps, index, em = run.record_matrix("exact_match")   # [checkpoints, records]
+    pooled_exact_match(table)                 # Eq. 1: matched targets / targets, over all records
 
 and writes, into `--out`, `<name>.png`, `<name>.csv` (the numbers behind the figure) and
 `<name>.md` (the figure, and a paragraph whose numbers come from the data). Figures are drawn on
@@ -103,6 +104,28 @@ def checkpoint_model(run: RunFolder, step: int, cache_dir: str | Path | None = N
 
 
 # ----------------------------------------------------------------------------- statistics
+
+
+def pooled_exact_match(table: dict[str, np.ndarray], response: bool = False) -> float:
+    """Exact memorization as the paper's Eq. 1 over a snapshot table's records: matched targets
+    summed over the records / their targets summed (long records weigh more); nan when there are none.
+
+    The matched count of a record is `exact_match * tokens` (`response_exact_match * response_tokens`),
+    its count up to float rounding; records without such targets (empty cell, 0 tokens) add nothing."""
+    prefix = "response_" if response else ""
+    ratio = np.asarray(table[f"{prefix}exact_match"], np.float64)
+    n = np.asarray(table[f"{prefix}tokens"], np.float64)
+    ok = np.isfinite(ratio) & (n > 0)
+    total = n[ok].sum()
+    return float((ratio[ok] * n[ok]).sum() / total) if total > 0 else math.nan
+
+
+def macro_exact_match(table: dict[str, np.ndarray], response: bool = False) -> float:
+    """The per-record (macro) mean of `exact_match` (`response_exact_match`), records without such
+    targets left out; nan when there are none. Every record weighs the same."""
+    ratio = np.asarray(table["response_exact_match" if response else "exact_match"], np.float64)
+    ratio = ratio[np.isfinite(ratio)]
+    return float(ratio.mean()) if len(ratio) else math.nan
 
 
 def rankdata(x: np.ndarray) -> np.ndarray:

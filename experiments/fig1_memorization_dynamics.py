@@ -3,9 +3,11 @@ response only.
 
     python -m experiments.fig1_memorization_dynamics --runs runs/demo/uniform --out figures/
 
-For every memorization snapshot (memorization/step_*.csv) of every run: the mean over the
-training records of `exact_match` (full dialogue) and of `response_exact_match` (records with
-response tokens only), with the 25th-75th percentile band of the full-dialogue values.
+For every memorization snapshot (memorization/step_*.csv) of every run, full dialogue and response
+only: exact memorization as the paper's Eq. 1, the token-pooled ratio over all training records
+(matched targets summed / targets summed; columns `exact_match`, `response_exact_match`: the
+headline curves), and the per-record (macro) mean (`exact_match_macro`, `response_exact_match_macro`:
+the dashed second lines), with the 25th-75th percentile band of the per-record full-dialogue values.
 """
 
 from __future__ import annotations
@@ -23,24 +25,28 @@ from mbc_jax.run_folder import RunFolder
 
 NAME = "fig1_memorization_dynamics"
 TITLE = "Figure 1: memorization dynamics during SFT"
-COLUMNS = ("run", "sampler", "learning_rate", "step", "epoch", "records", "exact_match", "exact_match_std",
-           "exact_match_q25", "exact_match_q75", "response_records", "response_exact_match")
+COLUMNS = ("run", "sampler", "learning_rate", "step", "epoch", "records", "exact_match", "exact_match_macro",
+           "exact_match_std", "exact_match_q25", "exact_match_q75", "response_records", "response_exact_match",
+           "response_exact_match_macro")
 
 
 def dynamics(run: RunFolder) -> list[dict]:
-    """One row per memorization snapshot: per-record means over the training records."""
+    """One row per memorization snapshot over the training records: the pooled ratio (Eq. 1) and the
+    per-record (macro) mean, full dialogue and response only, with the per-record spread."""
     rows = []
     for step in run.memorization_steps():
         t = run.memorization(step, "train")
         em = t["exact_match"].astype(float)
         rem = t["response_exact_match"].astype(float)
-        rem = rem[np.isfinite(rem)]
         rows.append({
             "run": run.label, "sampler": run.sampler, "learning_rate": run.learning_rate, "step": step,
             "epoch": step / run.epoch_steps, "records": len(em),
-            "exact_match": float(em.mean()), "exact_match_std": float(em.std()),
+            "exact_match": common.pooled_exact_match(t), "exact_match_macro": common.macro_exact_match(t),
+            "exact_match_std": float(em.std()),
             "exact_match_q25": float(np.quantile(em, 0.25)), "exact_match_q75": float(np.quantile(em, 0.75)),
-            "response_records": len(rem), "response_exact_match": float(rem.mean()) if len(rem) else math.nan,
+            "response_records": int(np.isfinite(rem).sum()),
+            "response_exact_match": common.pooled_exact_match(t, response=True),
+            "response_exact_match_macro": common.macro_exact_match(t, response=True),
         })
     return rows
 
@@ -48,10 +54,14 @@ def dynamics(run: RunFolder) -> list[dict]:
 def describe(run: RunFolder, rows: list[dict]) -> str:
     a, b = rows[0], rows[-1]
     s = (f"{run.label}: over {len(rows)} checkpoints (step {a['step']} to {b['step']}, "
-         f"{b['epoch']:.1f} epoch-equivalents), mean exact memorization of the {b['records']} training records "
-         f"went from {fmt(a['exact_match'])} to {fmt(b['exact_match'])} on the full dialogue and from "
+         f"{b['epoch']:.1f} epoch-equivalents), exact memorization of the {b['records']} training records "
+         f"(Eq. 1: matched targets / targets, pooled over the records; solid lines) went from "
+         f"{fmt(a['exact_match'])} to {fmt(b['exact_match'])} on the full dialogue and from "
          f"{fmt(a['response_exact_match'])} to {fmt(b['response_exact_match'])} on the response alone "
-         f"({b['response_records']} records with response tokens).")
+         f"({b['response_records']} records with response tokens). The per-record (macro) mean, every record "
+         f"weighing the same (dashed lines), went from {fmt(a['exact_match_macro'])} to "
+         f"{fmt(b['exact_match_macro'])} (full) and from {fmt(a['response_exact_match_macro'])} to "
+         f"{fmt(b['response_exact_match_macro'])} (response).")
     if len(rows) > 1:
         gains = np.diff([r["exact_match"] for r in rows])
         i = int(np.argmax(gains))
@@ -60,7 +70,7 @@ def describe(run: RunFolder, rows: list[dict]) -> str:
     gap = b["exact_match"] - b["response_exact_match"]
     if math.isfinite(gap):
         s += (f" At the last checkpoint the response is {'less' if gap > 0 else 'more'} memorized than the full "
-              f"dialogue by {abs(gap):.3f}.")
+              f"dialogue by {abs(gap):.3f} (pooled).")
     return s
 
 
@@ -71,14 +81,19 @@ def plot(per_run: list[tuple[RunFolder, list[dict]]], path: Path) -> Path:
         ax.plot(steps, [r["exact_match"] for r in rows], "-o", ms=3, color=color, label=f"{run.label}: full dialogue")
         ax.fill_between(steps, [r["exact_match_q25"] for r in rows], [r["exact_match_q75"] for r in rows],
                         color=color, alpha=0.12, lw=0)
-        ax.plot(steps, [r["response_exact_match"] for r in rows], "--s", ms=3, color=color,
+        ax.plot(steps, [r["response_exact_match"] for r in rows], "-s", ms=3, color=color, alpha=0.6,
                 label=f"{run.label}: response only")
+        ax.plot(steps, [r["exact_match_macro"] for r in rows], "--", color=color, lw=1,
+                label=f"{run.label}: full dialogue, per-record mean")
+        ax.plot(steps, [r["response_exact_match_macro"] for r in rows], ":", color=color, lw=1,
+                label=f"{run.label}: response only, per-record mean")
     ax.set_xlabel("training step")
-    ax.set_ylabel("exact memorization (mean over training records)")
+    ax.set_ylabel("exact memorization (Eq. 1, pooled over training records)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Exact memorization during SFT (band: 25th-75th percentile, full dialogue)", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.set_title("Exact memorization during SFT (solid: pooled, Eq. 1; dashed/dotted: per-record mean; "
+                 "band: 25th-75th percentile of records)", fontsize=8)
     return common.save_figure(fig, path)
 
 

@@ -264,9 +264,12 @@ class Trainer:
         if val is not None:
             rows += [{"step": step, "split": "val", **r, "draws": 0} for r in val.rows(self.data.val)]
         self.writer.write_snapshot(step, rows)
-        out = {"step": step, "eval": True,
-               "train_exact_match": float(np.nanmean(train.exact_match())),
-               "train_response_exact_match": float(np.nanmean(train.exact_match(True))),
+        out = {"step": step, "eval": True,  # exact match: Eq. 1, pooled over the records; _macro: per-record mean
+               "train_exact_match": float(train.sums["match"].sum() / max(train.sums["tokens"].sum(), 1)),
+               "train_response_exact_match": float(train.sums["response_match"].sum()
+                                                   / max(train.sums["response_tokens"].sum(), 1)),
+               "train_exact_match_macro": float(np.nanmean(train.exact_match())),
+               "train_response_exact_match_macro": float(np.nanmean(train.exact_match(True))),
                "train_perplexity": float(np.exp(train.sums["nll"].sum() / max(train.sums["tokens"].sum(), 1)))}
         if val is not None:
             out["val_perplexity"] = float(np.exp(val.sums["nll"].sum() / max(val.sums["tokens"].sum(), 1)))
@@ -379,7 +382,8 @@ class Trainer:
 
 def _eval_line(ev: dict) -> str:
     s = (f"step {ev['step']}: train exact match {ev['train_exact_match']:.3f} "
-         f"(response {ev['train_response_exact_match']:.3f}), train ppl {ev['train_perplexity']:.2f}")
+         f"(response {ev['train_response_exact_match']:.3f}; per-record mean {ev['train_exact_match_macro']:.3f}), "
+         f"train ppl {ev['train_perplexity']:.2f}")
     if "val_perplexity" in ev:
         s += f", val ppl {ev['val_perplexity']:.2f}"
     return s

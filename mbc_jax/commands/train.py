@@ -68,7 +68,10 @@ def run_demo(args: argparse.Namespace) -> int:
 def compare(summaries: dict[str, dict]) -> str:
     from mbc_jax.commands.common import fmt, table
 
-    keys = [("train_exact_match", "train exact match"), ("train_response_exact_match", "train response exact match"),
+    keys = [("train_exact_match", "train exact match (Eq. 1, pooled)"),
+            ("train_response_exact_match", "train response exact match (pooled)"),
+            ("train_exact_match_macro", "train exact match (per-record mean)"),
+            ("train_response_exact_match_macro", "train response exact match (per-record mean)"),
             ("train_perplexity", "train perplexity"), ("val_perplexity", "val perplexity"),
             ("val_entropy", "val entropy (teacher forcing)")]
     rows = [[label, *(fmt(s["final"].get(k)) for s in summaries.values())] for k, label in keys]

@@ -144,7 +144,16 @@ def test_open_run_errors_name_the_file(tmp_path):
 # ----------------------------------------------------------------------------- figures from snapshots
 
 
-def test_fig1_csv_holds_the_per_step_means(run_and_truth, tmp_path):
+def pooled(t: dict, s: int, response: bool = False, mask: np.ndarray | None = None) -> float:
+    """Eq. 1 over the train records of snapshot s: sum(ratio * targets) / sum(targets), numpy only."""
+    mask = t["train"] if mask is None else mask
+    n = (t["response_tokens"] if response else t["tokens"])[mask].astype(float)
+    ratio = (t["rem"] if response else t["em"])[s, mask]
+    keep = n > 0
+    return float((ratio[keep] * n[keep]).sum() / n[keep].sum())
+
+
+def test_fig1_csv_holds_the_pooled_ratio_and_the_per_record_means(run_and_truth, tmp_path):
     run, t = run_and_truth
     art = fig1_memorization_dynamics.build([run], tmp_path / "out")
     rows = read(tmp_path / "out" / "fig1_memorization_dynamics.csv")
@@ -152,13 +161,18 @@ def test_fig1_csv_holds_the_per_step_means(run_and_truth, tmp_path):
     has_resp = t["response_tokens"][t["train"]] > 0
     for s, r in enumerate(rows):
         em = t["em"][s, t["train"]]
-        assert float(r["exact_match"]) == pytest.approx(em.mean(), abs=1e-12)
+        assert float(r["exact_match"]) == pytest.approx(pooled(t, s), abs=1e-12)
+        assert float(r["response_exact_match"]) == pytest.approx(pooled(t, s, response=True), abs=1e-12)
+        assert float(r["exact_match_macro"]) == pytest.approx(em.mean(), abs=1e-12)
         assert float(r["exact_match_q75"]) == pytest.approx(np.quantile(em, 0.75), abs=1e-12)
-        assert float(r["response_exact_match"]) == pytest.approx(t["rem"][s, t["train"]][has_resp].mean(), abs=1e-12)
+        assert float(r["response_exact_match_macro"]) == pytest.approx(t["rem"][s, t["train"]][has_resp].mean(),
+                                                                       abs=1e-12)
         assert int(r["records"]) == 12 and int(r["response_records"]) == 11
         assert float(r["epoch"]) == pytest.approx(t["steps"][s] / 3)
     assert art.png.stat().st_size > 10_000
-    assert f"{t['em'][-1, t['train']].mean():.3f}" in art.paragraph  # numbers in the text come from the data
+    assert f"{pooled(t, len(t['steps']) - 1):.3f}" in art.paragraph  # numbers in the text come from the data
+    assert f"{t['em'][-1, t['train']].mean():.3f}" in art.paragraph  # the per-record mean, labelled
+    assert "Eq. 1" in art.paragraph and "macro" in art.paragraph
     assert "fig1_memorization_dynamics.png" in art.md.read_text()
 
 
@@ -208,11 +222,19 @@ def test_fig6_groups_runs_by_learning_rate(tmp_path):
         ("mbc", 1e-3), ("uniform", 1e-3), ("mbc", 3e-3), ("uniform", 3e-3)]
     for r in summary:
         t = truths[(r["sampler"], float(r["learning_rate"]))]
-        em = t["em"][:, t["train"]].mean(1)
-        assert float(r["final_exact_match"]) == pytest.approx(em[-1])
-        assert float(r["mean_exact_match"]) == pytest.approx(em.mean())
-    assert len(read(tmp_path / "out" / "fig6_mbc_vs_baseline.csv")) == 16
-    m, u = (truths[(s, 1e-3)]["em"][-1, truths[(s, 1e-3)]["train"]].mean() for s in ("mbc", "uniform"))
+        em = np.array([pooled(t, s) for s in range(len(t["steps"]))])
+        assert float(r["final_exact_match"]) == pytest.approx(em[-1], abs=1e-12)
+        assert float(r["mean_exact_match"]) == pytest.approx(em.mean(), abs=1e-12)
+        assert float(r["final_response_exact_match"]) == pytest.approx(pooled(t, -1, response=True), abs=1e-12)
+        assert float(r["final_exact_match_macro"]) == pytest.approx(t["em"][-1, t["train"]].mean(), abs=1e-12)
+    curves = read(tmp_path / "out" / "fig6_mbc_vs_baseline.csv")
+    assert len(curves) == 16
+    for r in curves:
+        t = truths[(r["sampler"], float(r["learning_rate"]))]
+        s = t["steps"].index(int(r["step"]))
+        assert float(r["exact_match"]) == pytest.approx(pooled(t, s), abs=1e-12)
+        assert float(r["exact_match_macro"]) == pytest.approx(t["em"][s, t["train"]].mean(), abs=1e-12)
+    m, u = (pooled(truths[(s, 1e-3)], -1) for s in ("mbc", "uniform"))
     assert f"{m - u:+.3f}" in art.paragraph
 
 
@@ -518,8 +540,12 @@ def test_every_module_on_a_real_tiny_run(tiny_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = read(out / "fig1_memorization_dynamics.csv")
     assert [int(r["step"]) for r in rows] == steps
-    for r in rows:  # the trainer's own logged means
+    for r in rows:  # the trainer's own logged values: pooled (Eq. 1) and per-record mean
         assert float(r["exact_match"]) == pytest.approx(evals[int(r["step"])]["train_exact_match"], rel=1e-9)
+        assert float(r["exact_match_macro"]) == pytest.approx(evals[int(r["step"])]["train_exact_match_macro"],
+                                                              rel=1e-9)
+        assert float(r["response_exact_match"]) == pytest.approx(
+            evals[int(r["step"])]["train_response_exact_match"], rel=1e-9)
 
     check(fig2_data_map.build([run], out), {"fig2_data_map.csv": run.n_train})
     examples = read(out / "fig2_data_map_examples.csv")

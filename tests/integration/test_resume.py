@@ -162,5 +162,12 @@ def test_run_folder_contents(tmp_path):
     assert all(0 <= float(r["exact_match"]) <= 1 for r in rows)
     ev = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert [e["step"] for e in ev] == [0, 4, 8]
-    mean_em = np.mean([float(r["exact_match"]) for r in train_rows])
-    assert ev[-1]["train_exact_match"] == pytest.approx(mean_em)
+    # train_exact_match is Eq. 1 (pooled from the Scores sums); recomputed from the snapshot CSV's counts
+    em, tok = (np.array([float(r[k]) for r in train_rows]) for k in ("exact_match", "tokens"))
+    assert ev[-1]["train_exact_match"] == pytest.approx((em * tok).sum() / tok.sum(), rel=1e-12)
+    resp = [r for r in train_rows if int(r["response_tokens"]) > 0]
+    rem, rtok = (np.array([float(r[k]) for r in resp]) for k in ("response_exact_match", "response_tokens"))
+    assert ev[-1]["train_response_exact_match"] == pytest.approx((rem * rtok).sum() / rtok.sum(), rel=1e-12)
+    # the per-record (macro) means
+    assert ev[-1]["train_exact_match_macro"] == pytest.approx(em.mean(), rel=1e-12)
+    assert ev[-1]["train_response_exact_match_macro"] == pytest.approx(rem.mean(), rel=1e-12)
