@@ -227,7 +227,7 @@ def write_report(out: Path, scale_name: str, scale: Scale, runs, sections: list[
                      fmt(final.get("train_exact_match")), fmt(final.get("val_perplexity"), 2),
                      fmt(s.get("wall_seconds"), 0)])
     lines += ["## Runs", "", markdown_table(rows, ["run", "folder", "model", "data", "train records", "steps", "epochs",
-                                                   "final exact memorization", "final val perplexity",
+                                                   "final exact memorization (Eq. 1, pooled)", "final val perplexity",
                                                    "wall-clock (s)"]), ""]
     lines += ["## MBC as run", "", mbc_settings([RunFolder.open(f).config for f in runs.values()]), ""]
     if notes:
