@@ -16,7 +16,8 @@ Scales (see SCALES):
 
 Everything goes under `--out`: runs/<sampler>_lr<lr>/ (run folders; an interrupted command resumes
 them), figures/ (every artifact's PNG, CSV, Markdown), judge/ (judge results), REPORT.md. The judge
-runs when `--judge-base-url` or $MBC_JUDGE_BASE_URL names an OpenAI-compatible endpoint; without
+(by default the paper's model, gpt-4; `--judge-model` or $MBC_JUDGE_MODEL choose another) runs when
+`--judge-base-url` or $MBC_JUDGE_BASE_URL names an OpenAI-compatible endpoint; without
 one that step and Figure 5 are skipped, and REPORT.md says so. An artifact that fails is reported
 in REPORT.md and the exit code, and the others are still built.
 """

@@ -2,7 +2,9 @@
 
     mbc-jax generate --model run/final --data test.jsonl --out answers.jsonl      # paper defaults
 
-Each output line: index, id, category, prompt (text), output_text, output_ids, entropy,
+Each output line: index, id, category, instruction (what `mbc-jax judge` shows the judge: the record's
+instruction, its context under "Context:", earlier turns under a label; no template markers),
+prompt (the template-rendered text generation continued), output_text, output_ids, entropy,
 sampling_entropy (see `mbc_jax.generate.decode` for both distributions), num_tokens, stopped
 ("eos" | "length"), prompt_tokens, prompt_truncated, and reference (the held-out response) when the
 record has one. The settings and the run summary go to OUT's stem + `.meta.json`.

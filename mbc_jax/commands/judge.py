@@ -52,7 +52,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=1024, metavar="N",
                    help="judge reply limit; 0 leaves it out of the request (default: 1024)")
     p.add_argument("--template", metavar="FILE", default=None,
-                   help="judging prompt template (default: templates/judge_pairwise.txt)")
+                   help="judging prompt template with {instruction}, {response_a}, {response_b} "
+                        "(default: the paper's Figure 4 prompt, templates/figure4_judge_prompt.txt)")
     p.add_argument("--allow-empty", action="store_true",
                    help="judge empty answers as they are instead of stopping")
     p.add_argument("--limit", type=int, default=None, metavar="N",

@@ -8,7 +8,15 @@
 - `answers`: prompts from records, `answer_records` and the answer lines, summaries.
 """
 
-from mbc_jax.generate.answers import Answers, Prompt, answer_records, build_prompts, decode_text, summarize
+from mbc_jax.generate.answers import (
+    Answers,
+    Prompt,
+    answer_records,
+    build_prompts,
+    decode_text,
+    instruction_text,
+    summarize,
+)
 from mbc_jax.generate.decode import DEFAULT_BUCKET, MAX_EOS_IDS, Generation, batch_rows, bucket_length, generate
 from mbc_jax.generate.sampling import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -27,6 +35,6 @@ from mbc_jax.generate.sampling import (
 __all__ = [
     "DEFAULT_BUCKET", "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_REPETITION_PENALTY", "DEFAULT_TEMPERATURE", "DEFAULT_TOP_P",
     "MAX_EOS_IDS", "Answers", "Generation", "Prompt", "SamplingConfig", "Settings", "answer_records",
-    "batch_rows", "bucket_length", "build_prompts", "decode_text", "entropy", "generate", "process_logits",
-    "repetition_penalty", "summarize", "top_k_filter", "top_p_filter",
+    "batch_rows", "bucket_length", "build_prompts", "decode_text", "entropy", "generate", "instruction_text",
+    "process_logits", "repetition_penalty", "summarize", "top_k_filter", "top_p_filter",
 ]

@@ -31,9 +31,37 @@ class Prompt:
     id: str
     category: str
     ids: np.ndarray  # int32, the prompt tokens exactly as training tokenizes them
-    text: str  # the prompt as text (what a judge reads)
+    text: str  # the prompt as text: the template's rendering for dialogue records
     reference: str | None  # the held-out response, if the record has one
     truncated_from: int = 0  # original prompt length when the prompt was left-truncated, else 0
+    instruction: str = ""  # what a judge reads: `instruction_text` of the record (no template markers)
+
+
+CONTEXT_LABEL = "Context:"
+EARLIER_TURNS_LABEL = "Earlier turns of the conversation:"
+
+
+def instruction_text(record: Any, prompt_text: str) -> str:
+    """The instruction a judge reads for `record`, free of the training template's markers.
+
+    - dialogue schemas: the last user turn before the last response, then the record's context under
+      "Context:" when it has one, then any earlier turns under "Earlier turns of the conversation:",
+      one "role: text" paragraph each (system, user, assistant as the data names them);
+    - text and tokens: `prompt_text` (the raw text or the decoded prompt tokens; no template applies).
+    """
+    if record.schema == "tokens" or record.input_ids is not None or record.text is not None:
+        return prompt_text
+    last_answer = max(i for i, (role, _) in enumerate(record.turns) if role == "assistant")
+    before = record.turns[:last_answer]
+    users = [i for i, (role, _) in enumerate(before) if role == "user"]
+    last_user = users[-1] if users else None
+    parts = [before[last_user][1]] if last_user is not None else []
+    if record.context:
+        parts.append(f"{CONTEXT_LABEL}\n{record.context}")
+    earlier = [f"{role}: {text}" for i, (role, text) in enumerate(before) if i != last_user]
+    if earlier:
+        parts.append(EARLIER_TURNS_LABEL + "\n" + "\n\n".join(earlier))
+    return "\n\n".join(parts)
 
 
 def decode_text(tokenizer: Any, ids: Sequence[int]) -> str:
@@ -86,7 +114,8 @@ def build_prompts(records: Sequence[Any], tokenizer: Any, template: Any = None, 
         truncated_from = 0
         if max_prompt_length is not None and cut > max_prompt_length:
             prompt, truncated_from = prompt[cut - max_prompt_length:], cut
-        out.append(Prompt(rec.index, rec.id, rec.category, prompt.astype(np.int32), text, reference, truncated_from))
+        out.append(Prompt(rec.index, rec.id, rec.category, prompt.astype(np.int32), text, reference, truncated_from,
+                          instruction_text(rec, text)))
     return out
 
 
@@ -115,13 +144,15 @@ class Answers:
 
 
 def _answer_row(prompt: Prompt, gen: Generation, tokenizer: Any) -> dict:
-    """One answer line: index, id, category, prompt (text), output_text (the output decoded without
+    """One answer line: index, id, category, instruction (what the judge reads, `instruction_text`),
+    prompt (the text generation continued: the template's rendering), output_text (the output decoded without
     its EOS, stripped), output_ids, entropy, sampling_entropy, num_tokens, stopped, prompt_tokens,
     prompt_truncated, and reference when the record has one."""
     ids = [int(i) for i in gen.output_ids]
     text_ids = ids[:-1] if gen.stopped == "eos" else ids
     row = {
-        "index": prompt.index, "id": prompt.id, "category": prompt.category, "prompt": prompt.text,
+        "index": prompt.index, "id": prompt.id, "category": prompt.category, "instruction": prompt.instruction,
+        "prompt": prompt.text,
         "output_text": decode_text(tokenizer, text_ids).strip(),
         "output_ids": ids, "entropy": gen.entropy, "sampling_entropy": gen.sampling_entropy,
         "num_tokens": gen.num_tokens, "stopped": gen.stopped,

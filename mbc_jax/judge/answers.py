@@ -1,7 +1,11 @@
 """Answer files: read the JSONL written by `mbc-jax generate` and pair two models' answers.
 
-Records are matched by `id`, or by `index` when some record has no `id`; a prompt must read the
-same in both files. Records found in only one file are reported, not judged.
+Records are matched by `id`, or by `index` when some record has no `id`; an instruction must read
+the same in both files. Records found in only one file are reported, not judged.
+
+The judge reads each line's `instruction` (the record's instruction, plus its context under
+"Context:", as `mbc-jax generate` writes it), never `prompt` (the training template's rendering,
+with its `Human: ... Assistant:` markers). A line without `instruction` is an error.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ class Pair:
     id: object
     index: object
     category: str
-    question: str
+    instruction: str  # what the judge's {instruction} receives
     answer_a: str
     answer_b: str
     where_a: str  # file:line
@@ -56,10 +60,13 @@ def read_answers(path: str | Path) -> list[tuple[int, dict]]:
                             "written by `mbc-jax generate`") from None
         if not isinstance(rec, dict):
             raise UserError(f"{path}:{lineno}: expected a JSON object per line")
-        for name in ("prompt", "output_text"):
-            if not isinstance(rec.get(name), str):
-                raise UserError(f"{path}:{lineno}: field `{name}` missing or not a string; answer "
-                                "files need `prompt` and `output_text` (from `mbc-jax generate`)")
+        if not isinstance(rec.get("instruction"), str):
+            raise UserError(f"{path}:{lineno}: field `instruction` missing or not a string; the judge "
+                            "reads the record's instruction, not the template-rendered `prompt`: "
+                            "regenerate the file with this version of `mbc-jax generate`")
+        if not isinstance(rec.get("output_text"), str):
+            raise UserError(f"{path}:{lineno}: field `output_text` missing or not a string; answer "
+                            "files need `instruction` and `output_text` (from `mbc-jax generate`)")
         records.append((lineno, rec))
     if not records:
         raise UserError(f"{path}: no records")
@@ -95,12 +102,12 @@ def match_answers(path_a: str | Path, path_b: str | Path) -> Matched:
         if k not in map_b:
             continue
         line_b, rec_b = map_b[k]
-        if rec_a["prompt"].strip() != rec_b["prompt"].strip():
-            raise UserError(f"{path_b}:{line_b}: prompt of {name} {k!r} differs from "
-                            f"{path_a}:{line_a}; both files must answer the same prompts")
+        if rec_a["instruction"].strip() != rec_b["instruction"].strip():
+            raise UserError(f"{path_b}:{line_b}: instruction of {name} {k!r} differs from "
+                            f"{path_a}:{line_a}; both files must answer the same instructions")
         category = rec_a.get("category") or rec_b.get("category") or "(none)"
         pairs.append(Pair(k, rec_a.get("id"), rec_a.get("index"), str(category),
-                          rec_a["prompt"], rec_a["output_text"], rec_b["output_text"],
+                          rec_a["instruction"], rec_a["output_text"], rec_b["output_text"],
                           f"{path_a}:{line_a}", f"{path_b}:{line_b}"))
     only_a = [k for k in map_a if k not in map_b]
     only_b = [k for k in map_b if k not in map_a]

@@ -39,7 +39,7 @@ from mbc_jax.judge.protocol import ORDERS, InvalidVerdict, JudgeTemplate, judgme
 from mbc_jax.run_folder import atomic_write
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_MODEL = "gpt-4o"
+DEFAULT_MODEL = "gpt-4"  # the paper's judge (Section 4: GPT-4)
 API_KEY_ENV = "OPENAI_API_KEY"
 # Sent when the endpoint is local and no key is set (vLLM / llama.cpp ignore it unless started
 # with an API key of their own).
@@ -299,7 +299,7 @@ class Judge:
         for pair in pairs:
             keys = {}
             for order in ORDERS:
-                messages = self.template.render(pair.question, *shown(pair, order))
+                messages = self.template.render(pair.instruction, *shown(pair, order))
                 key = self.cache.key(self.config.model, messages, params)
                 tasks[key] = messages
                 keys[order] = key

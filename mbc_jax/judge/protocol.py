@@ -7,8 +7,11 @@
 - A pair is a win for a model only when both orders pick it; otherwise it is a tie.
 
 The template file has '#' header lines, then a `[system]` (optional) and a `[user]` section with
-the placeholders {question}, {answer_a} and {answer_b}; the default is `templates/judge_pairwise.txt`
-(the paper's Figure 4 judge prompt; see the note in that file).
+the placeholders {instruction}, {response_a} and {response_b}; the default is
+`templates/figure4_judge_prompt.txt`, the paper's Figure 4 judge prompt verbatim (MT-Bench's pairwise
+prompt; its first paragraph is the system message, as in MT-Bench). The old names {question},
+{answer_a}, {answer_b} are no longer filled: a template that still uses them is refused with a
+message saying how to rename them.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from pathlib import Path
 from mbc_jax import UserError
 from mbc_jax.judge.answers import Pair
 
-TEMPLATE_PATH = Path(__file__).parent.parent / "templates" / "judge_pairwise.txt"
+TEMPLATE_PATH = Path(__file__).parent.parent / "templates" / "figure4_judge_prompt.txt"
 ORDERS = ("a_first", "b_first")
 _VERDICT_RE = re.compile(r"\[\[([ABC])\]\]")
-_PLACEHOLDER_RE = re.compile(r"\{(question|answer_a|answer_b)\}")
+PLACEHOLDERS = ("instruction", "response_a", "response_b")
+_PLACEHOLDER_RE = re.compile(r"\{(instruction|response_a|response_b)\}")
+_OLD_PLACEHOLDERS = {"question": "instruction", "answer_a": "response_a", "answer_b": "response_b"}
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,11 @@ class JudgeTemplate:
     path: str
     sha256: str
 
-    def render(self, question: str, first: str, second: str) -> list[dict[str, str]]:
+    def render(self, instruction: str, first: str, second: str) -> list[dict[str, str]]:
         """Chat messages for one presentation order (`first` is labelled Assistant A)."""
-        values = {"question": question, "answer_a": first, "answer_b": second}
+        values = {"instruction": instruction, "response_a": first, "response_b": second}
 
-        def fill(text: str) -> str:  # one pass: placeholders inside an answer stay literal
+        def fill(text: str) -> str:  # one pass: placeholders inside a response stay literal
             return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], text)
 
         messages = [{"role": "user", "content": fill(self.user)}]
@@ -76,10 +81,14 @@ def load_template(path: str | Path | None = None) -> JudgeTemplate:
         raise UserError(f"{path}: no [user] section; the template needs one")
     user = "\n".join(sections["user"]).strip("\n")
     system = "\n".join(sections["system"]).strip("\n") if "system" in sections else None
-    missing = [p for p in ("question", "answer_a", "answer_b")
-               if "{" + p + "}" not in (system or "") + user]
+    text = (system or "") + user
+    missing = [p for p in PLACEHOLDERS if "{" + p + "}" not in text]
     if missing:
-        raise UserError(f"{path}: placeholder(s) {', '.join('{'+m+'}' for m in missing)} missing")
+        old = [o for o, new in _OLD_PLACEHOLDERS.items() if new in missing and "{" + o + "}" in text]
+        hint = (f"; rename the old {', '.join('{' + o + '}' for o in old)} to "
+                f"{', '.join('{' + _OLD_PLACEHOLDERS[o] + '}' for o in old)} (the paper's Figure 4 names)"
+                if old else "")
+        raise UserError(f"{path}: placeholder(s) {', '.join('{' + m + '}' for m in missing)} missing{hint}")
     return JudgeTemplate(system, user, str(path), hashlib.sha256(raw.encode()).hexdigest())
 
 

@@ -45,6 +45,7 @@ def test_cli_end_to_end(tmp_path, tiny_neo_dir, tokenizer, capsys):
     for x, rec in zip(lines, records):
         assert x["index"] == rec.index and x["category"] == rec.category
         assert x["prompt"] == Template().prompt(rec) and x["reference"] == rec.turns[-1][1]
+        assert x["instruction"] == rec.turns[0][1] and "Human:" not in x["instruction"]  # what the judge reads
         assert 1 <= x["num_tokens"] == len(x["output_ids"]) <= 6
         assert x["stopped"] in ("eos", "length") and (x["stopped"] == "eos") == (x["output_ids"][-1] == 50256)
         text_ids = x["output_ids"][:-1] if x["stopped"] == "eos" else x["output_ids"]

@@ -569,6 +569,7 @@ def test_every_module_on_a_real_tiny_run(tiny_run, tmp_path):
         assert int(r["records"]) == 6 and 0 < float(r["nucleus_entropy"]) < math.log(10_000)
         answers = read_answers(r["generations"])  # what `mbc-jax judge` reads
         assert len(answers) == 6 and all(a["num_tokens"] <= 8 for _, a in answers)
+        assert all(a["instruction"] and "Human:" not in a["instruction"] for _, a in answers)  # the judge's text
         mem = run.memorization(int(r["step"]), "val")
         sel = np.isin(mem["index"], [a["index"] for _, a in answers])
         assert float(r["teacher_forcing_entropy"]) == pytest.approx(mem["entropy"][sel].mean())

@@ -87,8 +87,13 @@ class FakeJudgeServer:
     @staticmethod
     def identify(messages):
         text = messages[-1]["content"]
+        # the Figure 4 prompt: its first paragraph as the system message, the record's instruction
+        # (never the training template's rendering) in the [User Instruction] section
+        assert [m["role"] for m in messages] == ["system", "user"]
+        assert messages[0]["content"].startswith("Please act as an impartial judge")
+        assert re.match(r"\[User Instruction\]\nQuestion q\d+: ", text) and "Human:" not in text
         q = int(re.search(r"Question q(\d+):", text).group(1))
-        second = text.index("[Answer of Assistant B]")  # where the second answer starts
+        second = text.index("[The Start of Assistant B's Response]")  # where the second answer starts
         if "model A" in text:
             order = "a_first" if text.index("model A") < second else "b_first"
         else:  # A's answer is empty
@@ -166,7 +171,7 @@ def server_factory():
 
 def record(q, model, **over):
     rec = {"index": q, "id": f"q{q}", "category": CATEGORY.get(q, "qa"),
-           "prompt": f"Question q{q}: what about {q}?",
+           "instruction": f"Question q{q}: what about {q}?",
            "output_text": f"answer of model {model} to q{q}",
            "output_ids": [1, 2, 3], "entropy": 1.5}
     rec.update(over)
@@ -422,10 +427,13 @@ def test_bad_answer_files_give_file_line_errors(tmp_path, server_factory):
         ([json.dumps(record(0, "B")), "{not json"], r"bad\.jsonl:2: not valid JSON"),
         ([json.dumps({k: v for k, v in record(0, "B").items() if k != "output_text"})],
          r"bad\.jsonl:1: field `output_text` missing"),
+        ([json.dumps(record(0, "B")), json.dumps({**{k: v for k, v in record(1, "B").items() if k != "instruction"},
+                                                  "prompt": "Human: q1\n\nAssistant:"})],
+         r"bad\.jsonl:2: field `instruction` missing .*not the template-rendered `prompt`"),
         ([json.dumps(record(0, "B")), "", json.dumps(record(0, "B"))],
          r"bad\.jsonl:3: duplicate id 'q0' \(first on line 1\)"),
-        ([json.dumps(record(1, "B", prompt="another question"))],
-         r"bad\.jsonl:1: prompt of id 'q1' differs"),
+        ([json.dumps(record(1, "B", instruction="another question"))],
+         r"bad\.jsonl:1: instruction of id 'q1' differs"),
         ([json.dumps(record(9, "B"))], r"no record .* matches"),
         ([], r"bad\.jsonl: no records"),
     ]

@@ -235,10 +235,13 @@ def test_prompts_of_every_schema(tmp_path, tokenizer):
     assert p.text == t.prompt(rec) == "Human: Name a color.\n\nSky.\n\nAssistant:"
     assert p.ids.tolist() == tokenizer(p.text)["input_ids"] and p.reference == "Blue."
     assert (p.id, p.category, p.index) == ("x", "qa", 0)
+    assert p.instruction == "Name a color.\n\nContext:\nSky."  # what the judge reads: no template markers
 
     (rec,), _ = load_records(chat)
     (p,) = build_prompts([rec], tokenizer)
     assert p.text == t.prompt(rec) and p.reference == "bye"
+    assert p.instruction == ("and?\n\nEarlier turns of the conversation:\n"
+                             "system: Be brief.\n\nuser: hi\n\nassistant: hello")
     # earlier turns as training sees them: the first response is followed by its EOS
     first, second = t.prompt(rec).split(" hello")
     want = (tokenizer(first)["input_ids"] + tokenizer(" hello")["input_ids"] + [eos]
@@ -249,10 +252,11 @@ def test_prompts_of_every_schema(tmp_path, tokenizer):
     ps = build_prompts(recs, tokenizer)
     assert [q.ids.tolist() for q in ps] == [[10, 11, 12], [10, 11]]
     assert ps[0].reference == tokenizer.decode([13]) and ps[1].reference is None
+    assert [q.instruction for q in ps] == [q.text for q in ps]  # no template applies: the decoded prompt
 
     (rec,), _ = load_records(text)
     (p,) = build_prompts([rec], tokenizer)
-    assert p.text == "Once upon a time" and p.reference is None
+    assert p.text == "Once upon a time" and p.reference is None and p.instruction == "Once upon a time"
     assert p.ids.tolist() == tokenizer("Once upon a time")["input_ids"]
 
     # too long: the END of the prompt (the assistant prefix) is kept

@@ -32,13 +32,40 @@ def test_order_mapping_and_combination():
 
 def test_template_cites_paper_and_renders_in_one_pass():
     raw = judge.TEMPLATE_PATH.read_text()
-    assert "Through the Lens of Memorization" in raw and "Figure 4" in raw
+    header = "".join(line for line in raw.splitlines(keepends=True) if line.startswith("#"))
+    assert "Through the Lens of Memorization" in header and "Figure 4" in header
+    assert "Ge, Devamanyu Hazarika, Yang Liu, Mahdi Namazifar" in header
+    assert "MT-Bench" in header and "Zheng et al. 2023" in header and "[26]" in header
     assert "[[A]]" in raw and "[[B]]" in raw and "[[C]]" in raw
     t = judge.load_template()
-    system, user = t.render("Q? {answer_b}", "first {question}", "second")
+    system, user = t.render("Q? {response_b}", "first {instruction}", "second")
     assert system["role"] == "system" and "#" not in system["content"][:1]
-    assert "Q? {answer_b}" in user["content"]  # an answer's braces are never expanded
-    assert user["content"].index("first {question}") < user["content"].index("second")
+    assert "Q? {response_b}" in user["content"]  # a response's braces are never expanded
+    assert user["content"].index("first {instruction}") < user["content"].index("second")
+
+
+def test_default_template_is_figure4_verbatim(shared_dir):
+    """The shipped prompt, system paragraph + blank line + user message, is byte for byte the
+    paper's Figure 4 text, and rendering the placeholders as themselves gives it back."""
+    want = (shared_dir / "paper" / "figure4_judge_prompt.txt").read_bytes()
+    t = judge.load_template()
+    assert (t.system + "\n\n" + t.user + "\n").encode() == want
+    system, user = t.render("{instruction}", "{response_a}", "{response_b}")
+    assert (system["content"] + "\n\n" + user["content"] + "\n").encode() == want
+    assert judge.DEFAULT_MODEL == "gpt-4"  # the paper's judge
+
+
+def test_custom_templates_use_the_papers_placeholder_names(tmp_path):
+    ok = tmp_path / "ok.txt"
+    ok.write_text("# mine\n[user]\nI: {instruction}\nA: {response_a}\nB: {response_b}\n")
+    (msg,) = judge.load_template(ok).render("do {response_a}", "x", "y")
+    assert msg == {"role": "user", "content": "I: do {response_a}\nA: x\nB: y"}
+    old = tmp_path / "old.txt"
+    old.write_text("[user]\nQ: {question}\nA: {answer_a}\nB: {answer_b}\n")
+    with pytest.raises(UserError, match=r"old\.txt: placeholder\(s\) \{instruction\}, \{response_a\}, "
+                                        r"\{response_b\} missing; rename the old \{question\}, \{answer_a\}, "
+                                        r"\{answer_b\} to \{instruction\}, \{response_a\}, \{response_b\}"):
+        judge.load_template(old)
 
 
 def test_endpoint_and_key_resolution(monkeypatch):
