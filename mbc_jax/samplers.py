@@ -5,7 +5,8 @@ The trainer calls, around every step s (steps completed so far):
     sampler.before_step(s, params, score_fn)   # MBC: re-score when due
     idx = sampler.draw(s)                      # the records of step s's batch
     ...train step...
-    sampler.after_step(s, record_index, per_record_losses)   # MBC incremental: the step's own losses
+    if sampler.uses_step_losses:               # MBC incremental: the step's own losses
+        sampler.after_step(s, record_index, per_record_losses)
 
 Drawing is a pure function of (seed, step[, weights]), so a resumed run draws exactly what an
 uninterrupted one would, whatever the number of hosts.
@@ -51,6 +52,8 @@ ScoreFn = Callable[[Any, np.ndarray, int], tuple[np.ndarray, PerplexityScores]]
 
 
 class Sampler:
+    uses_step_losses = False  # whether after_step reads the step's per-record losses (else they are not fetched)
+
     def __init__(self, num_records: int, batch_size: int, seed: int):
         self.n, self.batch_size = num_records, batch_size
         self.key = jax.random.PRNGKey(seed)
@@ -151,6 +154,10 @@ class MBCSampler(Sampler):
             order, count = np.arange(self.n), self.n
         which, scores = score_fn(params, order, count)
         self.set_perplexities(record_perplexity(scores, self.response), step, which)
+
+    @property
+    def uses_step_losses(self) -> bool:
+        return self.refresh == "incremental"
 
     def probabilities(self) -> np.ndarray:
         if self._p is None:

@@ -113,6 +113,12 @@ class Scores:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(n > 0, self.sums[f"{prefix}{name}"] / np.maximum(n, 1), np.nan)
 
+    def pooled(self, name: str, response: bool = False) -> float:
+        """`name` summed over all records / their targets summed: one ratio in which long records weigh
+        more (exact memorization as Eq. 1 of the paper; the corpus-level NLL and entropy)."""
+        prefix = "response_" if response else ""
+        return float(self.sums[f"{prefix}{name}"].sum() / max(self.sums[f"{prefix}tokens"].sum(), 1))
+
     def perplexity(self, response: bool = False) -> np.ndarray:
         return np.exp(self.mean("nll", response))
 

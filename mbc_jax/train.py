@@ -228,13 +228,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ scoring
 
-    def _score_train(self, step: int, params) -> Scores:
-        """All training records' scores at `step` (one pass shared by evaluation and MBC)."""
+    def _score_train(self, step: int, params) -> tuple[Scores, bool]:
+        """(all training records' scores at `step`, whether this call computed them): one pass per
+        step, shared by evaluation and MBC."""
         if self._train_scores and self._train_scores[0] == step:
-            return self._train_scores[1]
+            return self._train_scores[1], False
         scores = self.scorer(params, self.data.train, self.train_batches)
         self._train_scores = (step, scores)
-        return scores
+        return scores, True
 
     def _mbc_score(self, step: int, params, order: np.ndarray, count: int) -> tuple[np.ndarray, Scores]:
         """The sampler's `score_fn`: all records, or `order[:count]` topped up to fill its batches."""
@@ -243,8 +244,7 @@ class Trainer:
         train = self.data.train
         if count >= len(order):
             which, batches = order, self.train_batches
-            fresh = not (self._train_scores and self._train_scores[0] == step)
-            scores = self._score_train(step, params)
+            scores, fresh = self._score_train(step, params)
         else:
             which, batches = self.scorer.prefix_batches(train, order, count)
             fresh, scores = True, self.scorer(params, [train[i] for i in which], batches)
@@ -257,7 +257,7 @@ class Trainer:
     def evaluate(self, step: int, params) -> dict:
         """Scores every record; writes the memorization snapshot of `step`; returns the eval metrics."""
         t0 = time.perf_counter()
-        train = self._score_train(step, params)
+        train, _ = self._score_train(step, params)
         val = self.scorer(params, self.data.val, self.val_batches) if self.data.val else None
         rows = [{"step": step, "split": "train", **r, "draws": int(d)}
                 for r, d in zip(train.rows(self.data.train), self.sampler.counts)]
@@ -265,17 +265,15 @@ class Trainer:
             rows += [{"step": step, "split": "val", **r, "draws": 0} for r in val.rows(self.data.val)]
         self.writer.write_snapshot(step, rows)
         out = {"step": step, "eval": True,  # exact match: Eq. 1, pooled over the records; _macro: per-record mean
-               "train_exact_match": float(train.sums["match"].sum() / max(train.sums["tokens"].sum(), 1)),
-               "train_response_exact_match": float(train.sums["response_match"].sum()
-                                                   / max(train.sums["response_tokens"].sum(), 1)),
+               "train_exact_match": train.pooled("match"),
+               "train_response_exact_match": train.pooled("match", response=True),
                "train_exact_match_macro": float(np.nanmean(train.exact_match())),
                "train_response_exact_match_macro": float(np.nanmean(train.exact_match(True))),
-               "train_perplexity": float(np.exp(train.sums["nll"].sum() / max(train.sums["tokens"].sum(), 1)))}
+               "train_perplexity": float(np.exp(train.pooled("nll")))}
         if val is not None:
-            out["val_perplexity"] = float(np.exp(val.sums["nll"].sum() / max(val.sums["tokens"].sum(), 1)))
-            out["val_response_perplexity"] = float(np.exp(val.sums["response_nll"].sum()
-                                                          / max(val.sums["response_tokens"].sum(), 1)))
-            out["val_entropy"] = float(val.sums["entropy"].sum() / max(val.sums["tokens"].sum(), 1))
+            out["val_perplexity"] = float(np.exp(val.pooled("nll")))
+            out["val_response_perplexity"] = float(np.exp(val.pooled("nll", response=True)))
+            out["val_entropy"] = val.pooled("entropy")
         self.seconds["eval"] += time.perf_counter() - t0
         return out
 
@@ -340,7 +338,8 @@ class Trainer:
                     raise TrainingDiverged(
                         f"step {step}: the loss is {loss}; the batch held records {', '.join(ids)}. The last "
                         f"checkpoint is kept; lower learning_rate or set grad_clip, then rerun to resume")
-                self.sampler.after_step(step, batch.record_index, distributed.gather(m["per_record"]))
+                if self.sampler.uses_step_losses:  # the gather is a collective across hosts: only when read
+                    self.sampler.after_step(step, batch.record_index, distributed.gather(m["per_record"]))
                 real = int((batch.segment_ids != 0).sum())
                 self.tokens["trained_real"] += real
                 self.tokens["trained_padded"] += int(batch.input_ids.size)

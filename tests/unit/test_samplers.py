@@ -88,6 +88,7 @@ def test_uniform_sampler_hooks_do_nothing():
     s.before_step(0, np.arange(10.0), scorer)
     s.after_step(0, np.array([[0, 1, -1]]), {"nll": np.ones((1, 3)), "count": np.ones((1, 3))})
     assert scorer.calls == [] and (s.counts == 0).all()
+    assert not s.uses_step_losses
     np.testing.assert_allclose(s.probabilities(), 0.1)
 
 
@@ -156,7 +157,8 @@ def test_incremental_after_step_takes_perplexity_from_the_step_losses():
     np.testing.assert_array_equal(s.scored_step[[3, 0]], 7)
     full = MBCSampler(6, 4, seed=0, refresh="full")
     full.after_step(7, record_index, {"nll": nll, "count": count})
-    assert (full.scored_step == -1).all()  # Algorithm 1 itself ignores the step losses
+    assert (full.scored_step == -1).all()
+    assert s.uses_step_losses and not full.uses_step_losses  # Algorithm 1 itself ignores the step losses
 
 
 def test_mbc_state_round_trip_resumes_the_same_draws():

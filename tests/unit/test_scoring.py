@@ -51,3 +51,14 @@ def test_vocab_chunking_matches_single_block(tiny_model):
     for k, v in want.items():
         np.testing.assert_allclose(one[k], v, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(many[k], v, rtol=1e-5, atol=1e-5)
+
+
+def test_pooled_ratio_weighs_records_by_their_targets():
+    from mbc_jax.scoring import Scores
+
+    sums = {"tokens": np.array([2.0, 8.0, 0.0]), "match": np.array([2.0, 2.0, 0.0]),
+            "response_tokens": np.array([0.0, 0.0, 0.0]), "response_match": np.array([0.0, 0.0, 0.0])}
+    scores = Scores(sums)
+    assert scores.pooled("match") == 4.0 / 10.0  # Eq. 1: not the per-record mean (1.0 + 0.25) / 2
+    np.testing.assert_allclose(np.nanmean(scores.exact_match()), 0.625)
+    assert scores.pooled("match", response=True) == 0.0  # no targets: 0 / max(0, 1)
