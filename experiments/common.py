@@ -106,6 +106,20 @@ def checkpoint_model(run: RunFolder, step: int, cache_dir: str | Path | None = N
 # ----------------------------------------------------------------------------- statistics
 
 
+LOSS_ON = {"response": "response only", "full": "full dialogue"}
+
+
+def trained_positions(run: RunFolder) -> str:
+    """`loss_on` from the run's saved config.yaml: "response" (the loss covered response targets only)
+    or "full" (the whole dialogue). A figure that headlines "the positions that were trained" reads it here."""
+    value = run.config.get("loss_on")
+    if value not in LOSS_ON:
+        raise UserError(f"{run.path / 'config.yaml'}: loss_on is {value!r}, expected one of {', '.join(LOSS_ON)}; "
+                        "the figure needs to know which positions were trained (rerun `mbc-jax train`, which "
+                        "writes every key)")
+    return str(value)
+
+
 def pooled_exact_match(table: dict[str, np.ndarray], response: bool = False) -> float:
     """Exact memorization as the paper's Eq. 1 over a snapshot table's records: matched targets
     summed over the records / their targets summed (long records weigh more); nan when there are none.
@@ -196,14 +210,15 @@ def pct(x: float | None, digits: int = 1) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (7.0, 4.5)):
-    """(Figure, flat list of axes) on an Agg canvas."""
+def figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (7.0, 4.5),
+           width_ratios: Sequence[float] | None = None, sharey: bool | str = False):
+    """(Figure, flat list of axes, row by row) on an Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes = fig.subplots(nrows, ncols, squeeze=False, width_ratios=width_ratios, sharey=sharey)
     return fig, [a for row in axes for a in row]
 
 

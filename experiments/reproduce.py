@@ -248,6 +248,7 @@ def write_report(out: Path, scale_name: str, scale: Scale, runs, sections: list[
 
 def reproduce(args: argparse.Namespace) -> int:
     from experiments import (
+        appendix_a_categories,
         attention_concentration,
         common,
         extraction_memorization,
@@ -338,6 +339,7 @@ def reproduce(args: argparse.Namespace) -> int:
         cache_dir=exports, mesh=args.mesh))
     step("attention_concentration", lambda: attention_concentration.build(
         every, figs, max_records=scale.attention_records, cache_dir=exports, mesh=args.mesh))
+    step("appendix_a_categories", lambda: appendix_a_categories.build(every, figs))
     if not args.keep_exports:
         shutil.rmtree(exports, ignore_errors=True)
     timings.append(("total", time.perf_counter() - t_start))

@@ -18,6 +18,7 @@ import yaml
 
 from conftest import FIXTURES, REPO
 from experiments import (
+    appendix_a_categories,
     attention_concentration,
     common,
     extraction_memorization,
@@ -52,9 +53,11 @@ def _write_csv(path: Path, rows: list[dict], columns) -> None:
 
 
 def synthetic_run(path: Path, *, sampler: str = "uniform", lr: float = 1e-3, n_train: int = 12, n_val: int = 5,
-                  steps=(0, 3, 6, 9), batch_size: int = 4, seed: int = 0) -> dict:
+                  steps=(0, 3, 6, 9), batch_size: int = 4, seed: int = 0, loss_on: str | None = "response",
+                  max_length: int = 64) -> dict:
     """A run folder with random but known numbers; returns them. Val records reuse train indices
-    (a separate validation file), as the demo does."""
+    (a separate validation file), as the demo does. metrics.jsonl holds a training-loss line every
+    step and an eval line per snapshot; `loss_on=None` leaves the key out of config.yaml."""
     rng = np.random.default_rng(seed)
     recs = []
     for split, n in (("train", n_train), ("val", n_val)):
@@ -64,9 +67,11 @@ def synthetic_run(path: Path, *, sampler: str = "uniform", lr: float = 1e-3, n_t
             recs.append({"index": i, "id": f"{split}-{i}", "category": CATS[i % 3], "split": split, "tokens": tokens,
                          "response_tokens": resp})
     path.mkdir(parents=True)
-    (path / "config.yaml").write_text(yaml.safe_dump({
-        "out": str(path), "model": "demo", "data": "demo", "sampler": sampler, "learning_rate": lr,
-        "batch_size": batch_size, "max_length": 64}))
+    config = {"out": str(path), "model": "demo", "data": "demo", "sampler": sampler, "learning_rate": lr,
+              "batch_size": batch_size, "max_length": max_length}
+    if loss_on is not None:
+        config["loss_on"] = loss_on
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
     _write_csv(path / "records.csv", recs, ("index", "id", "category", "split", "tokens", "response_tokens"))
     S, R = len(steps), len(recs)
     em = rng.random((S, R))
@@ -88,8 +93,17 @@ def synthetic_run(path: Path, *, sampler: str = "uniform", lr: float = 1e-3, n_t
         _write_csv(path / "memorization" / f"step_{step:08d}.csv", rows, MEM_COLUMNS)
         val = np.array([r["split"] == "val" for r in recs])
         tok = np.array([r["tokens"] for r in recs])
+        rtok = np.array([r["response_tokens"] for r in recs])
         metrics.append({"step": step, "eval": True, "train_exact_match": float(em[s, ~val].mean()),
-                        "val_perplexity": float(np.exp((tok[val] * np.log(ppl[s, val])).sum() / tok[val].sum()))})
+                        "val_perplexity": float(np.exp((tok[val] * np.log(ppl[s, val])).sum() / tok[val].sum())),
+                        "val_response_perplexity": float(np.exp((rtok[val] * np.log(rppl[s, val])).sum()
+                                                                / rtok[val].sum()))})
+    loss_rng = np.random.default_rng(seed + 1000)  # its own stream: the numbers above stay as they were
+    loss_steps = np.arange(1, steps[-1] + 1)
+    loss, loss_mean = loss_rng.random(len(loss_steps)) * 3, loss_rng.random(len(loss_steps)) * 3
+    metrics += [{"step": int(k), "epoch": round(int(k) / 3, 3), "loss": float(a), "loss_mean": float(b),
+                 "learning_rate": lr} for k, a, b in zip(loss_steps, loss, loss_mean)]
+    metrics.sort(key=lambda m: (m["step"], bool(m.get("eval"))))  # as the trainer writes them
     (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     train = [r for r in recs if r["split"] == "train"]
     _write_csv(path / "sampling.csv", [{"index": r["index"], "id": r["id"], "category": r["category"],
@@ -98,6 +112,7 @@ def synthetic_run(path: Path, *, sampler: str = "uniform", lr: float = 1e-3, n_t
     is_train = np.array([r["split"] == "train" for r in recs])
     return {"steps": list(steps), "records": recs, "train": is_train, "em": em, "rem": rem, "ppl": ppl, "rppl": rppl,
             "entropy": ent, "draws": final_draws, "categories": np.array([r["category"] for r in recs]),
+            "loss_steps": loss_steps, "loss": loss, "loss_mean": loss_mean,
             "tokens": np.array([r["tokens"] for r in recs]),
             "response_tokens": np.array([r["response_tokens"] for r in recs])}
 
@@ -197,18 +212,38 @@ def test_fig2_data_map_mean_and_variance_equal_numpy(run_and_truth, tmp_path):
     np.testing.assert_allclose(dm["variance"], t["em"][:, t["train"]].var(0), atol=1e-12)
 
 
-def test_fig3_pooled_validation_perplexity(run_and_truth, tmp_path):
-    run, t = run_and_truth
-    fig3_validation_perplexity.build([run], tmp_path / "out")
+@pytest.mark.parametrize("loss_on", ["response", "full"])
+def test_fig3_headlines_the_trained_positions(tmp_path, loss_on):
+    t = synthetic_run(tmp_path / "run", loss_on=loss_on)
+    art = fig3_validation_perplexity.build([RunFolder.open(tmp_path / "run")], tmp_path / "out")
     rows = read(tmp_path / "out" / "fig3_validation_perplexity.csv")
     val = ~t["train"]
+    want = {}
     for s, r in enumerate(rows):
         tok, ppl = t["tokens"][val], t["ppl"][s, val]
-        want = math.exp((tok * np.log(ppl)).sum() / tok.sum())
-        assert float(r["val_perplexity"]) == pytest.approx(want, rel=1e-12)
-        assert float(r["val_perplexity_logged"]) == pytest.approx(want, rel=1e-12)
+        full = math.exp((tok * np.log(ppl)).sum() / tok.sum())
         rt, rp = t["response_tokens"][val], t["rppl"][s, val]
-        assert float(r["val_response_perplexity"]) == pytest.approx(math.exp((rt * np.log(rp)).sum() / rt.sum()))
+        resp = math.exp((rt * np.log(rp)).sum() / rt.sum())
+        assert float(r["val_perplexity"]) == pytest.approx(full, rel=1e-12)
+        assert float(r["val_perplexity_logged"]) == pytest.approx(full, rel=1e-12)
+        assert float(r["val_response_perplexity"]) == pytest.approx(resp, rel=1e-12)
+        assert float(r["val_response_perplexity_logged"]) == pytest.approx(resp, rel=1e-12)
+        assert r["loss_on"] == loss_on
+        assert int(r["response_tokens"]) == rt.sum() and int(r["tokens"]) == tok.sum()
+        want[s] = resp if loss_on == "response" else full
+        assert float(r["val_trained_perplexity"]) == pytest.approx(want[s], rel=1e-12)
+    head = np.array(list(want.values()))
+    i = int(np.argmin(head))
+    assert f"from {head[0]:.2f} at step 0 to {head[-1]:.2f} at step 9" in art.paragraph
+    assert f"its minimum, {head[i]:.2f}, was at step {t['steps'][i]}" in art.paragraph
+    assert f"(loss_on: {loss_on})" in art.paragraph and "secondary" in art.paragraph
+    assert ("the full dialogue (instruction and template positions too" in art.paragraph) == (loss_on == "response")
+
+
+def test_fig3_needs_loss_on_in_the_saved_config(tmp_path):
+    synthetic_run(tmp_path / "run", loss_on=None)
+    with pytest.raises(common.UserError, match=r"config.yaml: loss_on is None"):
+        fig3_validation_perplexity.build([RunFolder.open(tmp_path / "run")], tmp_path / "out")
 
 
 def test_fig6_groups_runs_by_learning_rate(tmp_path):
@@ -236,6 +271,40 @@ def test_fig6_groups_runs_by_learning_rate(tmp_path):
         assert float(r["exact_match_macro"]) == pytest.approx(t["em"][s, t["train"]].mean(), abs=1e-12)
     m, u = (pooled(truths[(s, 1e-3)], -1) for s in ("mbc", "uniform"))
     assert f"{m - u:+.3f}" in art.paragraph
+    # the training-loss panel: every loss line of metrics.jsonl, in step order, and its summary
+    loss = read(tmp_path / "out" / "fig6_mbc_vs_baseline_loss.csv")
+    assert len(loss) == 4 * 9
+    for r in summary:
+        t = truths[(r["sampler"], float(r["learning_rate"]))]
+        mine = [x for x in loss if x["run"] == r["run"]]
+        assert [int(x["step"]) for x in mine] == t["loss_steps"].tolist()
+        np.testing.assert_allclose([float(x["loss_mean"]) for x in mine], t["loss_mean"], rtol=1e-15)
+        np.testing.assert_allclose([float(x["loss"]) for x in mine], t["loss"], rtol=1e-15)
+        low = int(np.argmin(t["loss_mean"]))
+        assert float(r["min_train_loss"]) == t["loss_mean"][low]
+        assert int(r["min_train_loss_step"]) == t["loss_steps"][low]
+        assert float(r["final_train_loss"]) == t["loss_mean"][-1] and float(r["first_train_loss"]) == t["loss_mean"][0]
+        em = np.array([pooled(t, s) for s in range(len(t["steps"]))])
+        assert float(r["max_exact_match"]) == pytest.approx(em.max(), abs=1e-12)
+        assert int(r["max_exact_match_step"]) == t["steps"][int(np.argmax(em))]
+        val = ~t["train"]
+        rt, rp = t["response_tokens"][val], t["rppl"][-1, val]  # loss_on: response -> Figure 3's headline
+        assert float(r["final_val_trained_perplexity"]) == pytest.approx(
+            math.exp((rt * np.log(rp)).sum() / rt.sum()), rel=1e-12)
+        assert r["loss_on"] == "response"
+        if t["loss_mean"][-1] > t["loss_mean"][low]:
+            rise = 100 * (t["loss_mean"][-1] / t["loss_mean"][low] - 1)
+            assert f"rising {rise:.1f}% after its minimum {t['loss_mean'][low]:.3f} at step {low + 1}" in art.paragraph
+    assert "perplexity-weighted distribution" in art.paragraph and "different sample" in art.paragraph
+    assert "fig6_mbc_vs_baseline_loss.csv" in art.md.read_text()
+
+
+def test_fig6_names_metrics_jsonl_without_loss_lines(tmp_path):
+    synthetic_run(tmp_path / "run")
+    path = tmp_path / "run" / "metrics.jsonl"
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if '"eval"' in line))
+    with pytest.raises(common.UserError, match=r"metrics.jsonl: no training-loss lines"):
+        fig6_mbc_vs_baseline.build([RunFolder.open(tmp_path / "run")], tmp_path / "out")
 
 
 def test_fig7_category_means_at_first_and_last(run_and_truth, tmp_path):
@@ -268,6 +337,59 @@ def test_fig8_counts_equal_sampling_csv(tmp_path):
             d = t["draws"] if r["category"] == "all" else t["draws"][cats == r["category"]]
             assert int(r["total_draws"]) == d.sum() and int(r["never_drawn"]) == (d == 0).sum()
             assert float(r["mean_draws"]) == pytest.approx(d.mean())
+            level = t["draws"].sum() / len(t["draws"])
+            assert float(r["uniform_level"]) == pytest.approx(level, rel=1e-15)
+            assert int(r["above_uniform"]) == (d > level).sum()
+    # the per-record plot's points: categories in sorted blocks, records.csv order inside a block
+    points = read(tmp_path / "out" / "fig8_sampling_frequency_records.csv")
+    for run, t in zip(runs, truths):
+        mine = [r for r in points if r["run"] == run.label]
+        cats = t["categories"][t["train"]]
+        order = [i for c in sorted(set(cats)) for i in range(len(cats)) if cats[i] == c]
+        assert [int(r["position"]) for r in mine] == list(range(len(order)))
+        assert [int(r["index"]) for r in mine] == order  # train indices are 0..N-1 in records.csv order
+        assert [r["category"] for r in mine] == [cats[i] for i in order]
+        assert [int(r["draws"]) for r in mine] == t["draws"][order].tolist()
+        assert {float(r["uniform_level"]) for r in mine} == {t["draws"].sum() / len(t["draws"])}
+
+
+def test_fig8_uniform_run_is_flat_at_the_epochs(tmp_path):
+    synthetic_run(tmp_path / "u", sampler="uniform")
+    rows = read(tmp_path / "u" / "sampling.csv")
+    for r in rows:
+        r["draws"] = 15  # the paper's baseline: 15 epochs
+    _write_csv(tmp_path / "u" / "sampling.csv", rows, ("index", "id", "category", "draws", "weight"))
+    art = fig8_sampling_frequency.build([RunFolder.open(tmp_path / "u")], tmp_path / "out")
+    assert {r["uniform_level"] for r in art.data["records"]} == {15.0}
+    assert "drawn exactly 15 times (180 draws), the uniform level" in art.paragraph
+
+
+def test_appendix_a_counts_and_mean_lengths_per_category(tmp_path):
+    truths = [synthetic_run(tmp_path / name, sampler=name, seed=k, max_length=30)
+              for k, name in enumerate(("mbc", "uniform", "other"))]
+    synthetic_run(tmp_path / "same", sampler="uniform", lr=3e-3, seed=1, max_length=30)  # uniform's records again
+    runs = common.open_runs([tmp_path / n for n in ("mbc", "uniform", "other", "same")])
+    art = appendix_a_categories.build(runs, tmp_path / "out")
+    rows = read(tmp_path / "out" / "appendix_a_categories.csv")
+    for run, t in zip(runs, [*truths, truths[1]]):
+        cats = t["categories"][t["train"]]
+        tok, resp = t["tokens"][t["train"]], t["response_tokens"][t["train"]]
+        names, counts = np.unique(cats, return_counts=True)
+        order = [names[i] for i in np.lexsort((names, -counts))]  # by count, then name
+        mine = [r for r in rows if r["run"] == run.label]
+        assert [r["category"] for r in mine] == [*order, "all"]
+        for r in mine:
+            sel = np.ones(len(cats), bool) if r["category"] == "all" else cats == r["category"]
+            assert int(r["records"]) == sel.sum()
+            assert float(r["share"]) == pytest.approx(sel.mean(), rel=1e-15)
+            assert float(r["mean_tokens"]) == pytest.approx(tok[sel].mean(), rel=1e-15)
+            assert float(r["mean_response_tokens"]) == pytest.approx(resp[sel].mean(), rel=1e-15)
+            assert int(r["at_max_length"]) == (tok[sel] >= 30).sum()
+    md = art.md.read_text()
+    assert md.count("| **all** |") == 3  # "same" trained on uniform's records: one table for both
+    assert f"Runs: {runs[1].label}, {runs[3].label}" in md
+    total = truths[0]["tokens"][truths[0]["train"]]
+    assert f"12 training records in 3 categories, {total.mean():.1f} tokens long on average" in art.paragraph
 
 
 def test_fig5_win_rates_from_judge_results(tmp_path):
@@ -553,13 +675,24 @@ def test_every_module_on_a_real_tiny_run(tiny_run, tmp_path):
     art = fig3_validation_perplexity.build([run], out)
     for r in art.data["rows"]:
         assert r["val_perplexity"] == pytest.approx(evals[r["step"]]["val_perplexity"], rel=1e-9)
+        assert r["val_response_perplexity"] == pytest.approx(evals[r["step"]]["val_response_perplexity"], rel=1e-9)
+        assert r["loss_on"] == "full" and r["val_trained_perplexity"] == r["val_perplexity"]  # demo.yaml: full
     check(art, {"fig3_validation_perplexity.csv": len(steps)})
-    check(fig6_mbc_vs_baseline.build([run], out), {"fig6_mbc_vs_baseline_summary.csv": 1})
+    art = fig6_mbc_vs_baseline.build([run], out)
+    logged = [m for m in run.metrics() if not m.get("eval")]
+    assert [(r["step"], r["loss_mean"]) for r in art.data["loss"]] == [(m["step"], m["loss_mean"]) for m in logged]
+    assert logged[-1]["step"] == steps[-1]
+    check(art, {"fig6_mbc_vs_baseline_summary.csv": 1, "fig6_mbc_vs_baseline_loss.csv": len(logged)})
     n_cats = len(set(run.records["category"][run.records["split"] == "train"]))
     check(fig7_category_memorization.build([run], out), {"fig7_category_memorization.csv": 2 * n_cats})
     art = fig8_sampling_frequency.build([run], out)
     assert sum(int(r["records"]) for r in read(out / "fig8_sampling_frequency.csv")) == run.n_train
-    check(art, {})
+    check(art, {"fig8_sampling_frequency_records.csv": run.n_train})
+    summary = run.summary()
+    assert art.data["records"][0]["uniform_level"] == pytest.approx(
+        summary["steps"] * run.config["batch_size"] / run.n_train)  # uniform level = draws / records
+    rows = appendix_a_categories.build([run], out).data["rows"]
+    assert rows[-1]["records"] == run.n_train and sum(r["records"] for r in rows[:-1]) == run.n_train
 
     assert table1_entropy.main(["--runs", str(tiny_run), "--out", str(out), "--max-records", "6",
                                 "--max-new-tokens", "8", "--export-cache", str(cache)]) == 0
