@@ -230,6 +230,8 @@ def plot_win_rates(
     colors = {"win": "#4C9F70", "tie": "#BDBDBD", "loss": "#D1605E"}
     legend = {"win": f"{name_a} wins", "tie": "tie", "loss": f"{name_b} wins"}
     ys = np.arange(len(labels))[::-1]
+    # the legend's swatches come from the first measured row (unhatched), else the first row
+    legend_y = next((y for y, blk in zip(ys, blocks) if blk.get("n") and not blk.get("reference")), ys[0])
     for y, block in zip(ys, blocks):
         reference = bool(block.get("reference"))
         if not block.get("n") and not reference:
@@ -239,7 +241,7 @@ def plot_win_rates(
         for part in ("win", "tie", "loss"):
             width = block[f"{part}_rate"]
             ax.barh(y, width, left=left, color=colors[part], edgecolor="white", height=0.6,
-                    hatch="//" if reference else None, label=legend[part] if y == ys[0] else None)
+                    hatch="//" if reference else None, label=legend[part] if y == legend_y else None)
             if width >= 0.06:
                 ax.text(left + width / 2, y, f"{100 * width:.0f}%", ha="center", va="center",
                         fontsize=8)
