@@ -2,7 +2,9 @@
 
     mbc-jax judge --a mbc/answers.jsonl --b uniform/answers.jsonl --out judge/mbc_vs_uniform.json
 
-Prints one summary line; writes the results JSON, the judgments JSONL, and the chart with its CSV.
+`--orders 1` (the default) is the paper's protocol: one judgment per pair, the order drawn per pair
+from `--seed`; `--orders 2` judges both orders (a win needs both to agree). Prints a short summary;
+writes the results JSON, the judgments JSONL, and the chart with its CSV.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "judge", help="pairwise LLM judge of two answer files (win/tie/loss rates, chart)",
         description="Judge the answers of model A against model B with an LLM behind any "
-                    "OpenAI-compatible endpoint; each pair is judged in both orders. The API key "
+                    "OpenAI-compatible endpoint; by default each pair is judged once, in an order drawn "
+                    "per pair from --seed (the paper's protocol). The API key "
                     f"is read from {API_KEY_ENV} (not needed for a local endpoint).")
     p.add_argument("--a", required=True, metavar="FILE", help="answers of model A (JSONL)")
     p.add_argument("--b", required=True, metavar="FILE", help="answers of model B (JSONL)")
@@ -44,7 +47,15 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="label of model A (default: from the file name)")
     p.add_argument("--name-b", default=None, metavar="NAME",
                    help="label of model B (default: from the file name)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="bootstrap seed (default: 0)")
+    p.add_argument("--orders", type=int, choices=(1, 2), default=1,
+                   help="1: one judgment per pair, order drawn per pair from --seed (the paper's protocol); "
+                        "2: both orders, a win only when both agree; also reports the seeded order's rates "
+                        "(default: 1)")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="draws each pair's presentation order and seeds the bootstrap; recorded in the "
+                        "output (default: 0)")
+    p.add_argument("--max-calls", type=int, default=None, metavar="N",
+                   help="stop before sending anything if more than N uncached judge requests are needed")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for the confidence intervals (default: 1000)")
     p.add_argument("--temperature", type=float, default=0.0, metavar="T",
@@ -68,15 +79,16 @@ def run(args: argparse.Namespace) -> int:
                          max_tokens=args.max_tokens, max_retries=args.max_retries,
                          timeout=args.timeout, backoff_base=args.backoff,
                          concurrency=args.concurrency)
-    for name in ("concurrency", "timeout", "bootstrap", "limit"):
+    for name in ("concurrency", "timeout", "bootstrap", "limit", "max_calls"):
         value = getattr(args, name)
         if value is not None and value <= 0:
-            raise UserError(f"--{name} must be positive, got {value}")
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.max_retries < 0 or args.backoff < 0:
         raise UserError("--max-retries and --backoff must be >= 0")
     results = judge_files(
         args.a, args.b, args.out, config=config, base_url=args.base_url, cache_dir=args.cache,
-        name_a=args.name_a, name_b=args.name_b, template=args.template, seed=args.seed,
+        name_a=args.name_a, name_b=args.name_b, template=args.template, orders=args.orders,
+        seed=args.seed, max_calls=args.max_calls,
         n_boot=args.bootstrap, allow_empty=args.allow_empty, limit=args.limit,
         progress=not args.no_progress)
     print(summary_line(results, args.out))

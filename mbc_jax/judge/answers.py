@@ -30,6 +30,8 @@ class Pair:
     answer_b: str
     where_a: str  # file:line
     where_b: str
+    tokens_a: int | None = None  # the answer's `num_tokens` (generated tokens), when the file has it
+    tokens_b: int | None = None
 
 
 @dataclass
@@ -81,6 +83,11 @@ def _key_field(a: list[tuple[int, dict]], b: list[tuple[int, dict]]) -> str:
                     "(or else an `index`) field")
 
 
+def _tokens(rec: dict) -> int | None:
+    n = rec.get("num_tokens")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
 def match_answers(path_a: str | Path, path_b: str | Path) -> Matched:
     """Pair the records of two answer files by `id` (else `index`), in A's order."""
     a, b = read_answers(path_a), read_answers(path_b)
@@ -108,7 +115,8 @@ def match_answers(path_a: str | Path, path_b: str | Path) -> Matched:
         category = rec_a.get("category") or rec_b.get("category") or "(none)"
         pairs.append(Pair(k, rec_a.get("id"), rec_a.get("index"), str(category),
                           rec_a["instruction"], rec_a["output_text"], rec_b["output_text"],
-                          f"{path_a}:{line_a}", f"{path_b}:{line_b}"))
+                          f"{path_a}:{line_a}", f"{path_b}:{line_b}",
+                          _tokens(rec_a), _tokens(rec_b)))
     only_a = [k for k in map_a if k not in map_b]
     only_b = [k for k in map_b if k not in map_a]
     if not pairs:

@@ -9,6 +9,11 @@
   as soon as it arrives. The key is a hash of the judge model, the sampling settings and the full
   rendered prompt, so a rerun, or a run resumed after a crash or kill, never pays for a judgment
   twice (at most the requests in flight at the moment of a hard kill are lost).
+- The protocol is not part of the key, because the rendered prompt already fixes the presentation
+  order: one cached judgment is one (prompt, order) request, valid under either protocol. Switching
+  `--orders 1` <-> `2` (same seed) reuses every cached order and pays only for the missing ones;
+  which orders a result uses is decided per pair by the protocol and the seed, never by what the
+  cache happens to hold, so the protocols never mix.
 - The API key is read from OPENAI_API_KEY only; it is never written to any file, and error
   messages are scrubbed of it. Endpoints on this machine or a private network need no key.
 """
@@ -35,7 +40,15 @@ from tqdm import tqdm
 
 from mbc_jax import UserError
 from mbc_jax.judge.answers import Pair
-from mbc_jax.judge.protocol import ORDERS, InvalidVerdict, JudgeTemplate, judgment, parse_verdict, shown
+from mbc_jax.judge.protocol import (
+    InvalidVerdict,
+    JudgeTemplate,
+    judgment,
+    orders_judged,
+    parse_verdict,
+    seeded_order,
+    shown,
+)
 from mbc_jax.run_folder import atomic_write
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -285,26 +298,48 @@ class Judge:
             self.cache.put(key, entry)
             return entry
 
-    def judge_pairs(
-        self,
-        pairs: Sequence[Pair],
-        *,
-        progress: bool = True,
-        on_result: Callable[[dict], None] | None = None,
-    ) -> list[dict]:
-        """Judge every pair in both orders; one judgment dict per pair, in the order given."""
+    def _plan(self, pairs: Sequence[Pair], orders: int, seed: int
+              ) -> tuple[dict[str, list[dict]], list[tuple[str, dict[str, str]]]]:
+        """(key -> messages of every request needed, per pair (seeded order, order -> key))."""
         params = self.config.params()
-        tasks: dict[str, list[dict]] = {}  # key -> messages (identical prompts share one call)
-        slots: list[dict[str, str]] = []
+        tasks: dict[str, list[dict]] = {}  # identical prompts share one call
+        slots = []
         for pair in pairs:
+            seeded = seeded_order(pair.key, seed)
             keys = {}
-            for order in ORDERS:
+            for order in orders_judged(orders, seeded):
                 messages = self.template.render(pair.instruction, *shown(pair, order))
                 key = self.cache.key(self.config.model, messages, params)
                 tasks[key] = messages
                 keys[order] = key
-            slots.append(keys)
+            slots.append((seeded, keys))
+        return tasks, slots
 
+    def calls_needed(self, pairs: Sequence[Pair], *, orders: int = 1, seed: int = 0) -> tuple[int, int]:
+        """(requests not yet cached, requests cached) that `judge_pairs` would make; sends nothing."""
+        tasks, _ = self._plan(pairs, orders, seed)
+        cached = sum(1 for key in tasks if self.cache.get(key) is not None)
+        return len(tasks) - cached, cached
+
+    def judge_pairs(
+        self,
+        pairs: Sequence[Pair],
+        *,
+        orders: int = 1,
+        seed: int = 0,
+        max_calls: int | None = None,
+        progress: bool = True,
+        on_result: Callable[[dict], None] | None = None,
+    ) -> list[dict]:
+        """Judge every pair under a protocol; one judgment dict per pair, in the order given.
+
+        `orders=1` (the paper's protocol): one request per pair, in the order `seeded_order(pair.key,
+        seed)`; `orders=2`: both orders. Cached judgments are reused; `max_calls` bounds the
+        requests to send (not counting retries): when more are needed, UserError before anything is
+        sent. Each judgment is `protocol.judgment`'s dict: `outcome` ("A", "B", "tie", or None if a
+        needed verdict stayed invalid after the retries), `single`, per judged order the verdicts.
+        """
+        tasks, slots = self._plan(pairs, orders, seed)
         results: dict[str, dict] = {}
         for key in tasks:
             entry = self.cache.get(key)
@@ -312,6 +347,10 @@ class Judge:
                 results[key] = entry
         self.stats.add("cached", len(results))
         todo = [k for k in tasks if k not in results]
+        if max_calls is not None and len(todo) > max_calls:
+            raise UserError(f"judging {len(pairs)} pair(s) with {orders} order(s) needs {len(todo)} judge "
+                            f"call(s) ({len(results)} cached), over the limit of {max_calls}: raise the "
+                            "limit or judge fewer pairs")
         bar = tqdm(total=len(tasks), initial=len(results), desc="judge", unit="call",
                    file=sys.stderr, disable=not progress, dynamic_ncols=True)
         self._stop.clear()
@@ -341,8 +380,9 @@ class Judge:
             bar.close()
         pool.shutdown(wait=True)
 
-        return [judgment(pair, {order: results[key] for order, key in keys.items()})
-                for pair, keys in zip(pairs, slots)]
+        return [judgment(pair, {order: results[key] for order, key in keys.items()},
+                         seeded=seeded, orders=orders)
+                for pair, (seeded, keys) in zip(pairs, slots)]
 
 
 def _retry_after(e) -> float | None:

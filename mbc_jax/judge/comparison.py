@@ -1,11 +1,17 @@
-"""One comparison of two answer files: match, judge in both orders, summarize, write the outputs.
+"""One comparison of two answer files: match, judge under a protocol, summarize, write the outputs.
 
-`judge_files(A, B, OUT)` is what `mbc-jax judge --a A --b B --out OUT` runs. Empty answers stop it
-with the file:line of each (unless `allow_empty`; they are then counted as `n_empty`); a pair
-without two valid verdicts is reported (`n_invalid`), left out of the rates and retried by the
-next run. Outputs: the results JSON (OUT), the per-pair judgments next to it
-(`<stem>.judgments.jsonl`, with the judge's explanations), and the chart `<stem>.png` with its
-numbers `<stem>.csv`.
+`judge_files(A, B, OUT)` is what `mbc-jax judge --a A --b B --out OUT` runs. `orders=1` (the
+default) is the paper's protocol, one judgment per pair in a seeded order; `orders=2` judges both
+orders (see `protocol`). Empty answers stop it with the file:line of each (unless `allow_empty`;
+they are then counted as `n_empty`); a pair without the valid verdicts its rates need is reported
+(`n_invalid`), left out of those rates and retried by the next run.
+
+The results JSON (OUT) holds `protocol` (orders, seed, which rates are the headline),
+`single_order` rates (always) and `consistent` rates (with two orders; else null), each overall
+and per category with bootstrap CIs, the mean answer `lengths` of each side, and the
+`length_controlled` win rate of each kind of rates (see `length`). Next to it: the per-pair
+judgments (`<stem>.judgments.jsonl`, with the judge's explanations), and the chart `<stem>.png`
+with its numbers `<stem>.csv`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mbc_jax import UserError
-from mbc_jax.judge import winrate
+from mbc_jax.judge import length, winrate
 from mbc_jax.judge.answers import match_answers
 from mbc_jax.judge.client import (
     Judge,
@@ -28,7 +34,7 @@ from mbc_jax.judge.client import (
     public_url,
     resolve_endpoint,
 )
-from mbc_jax.judge.protocol import load_template
+from mbc_jax.judge.protocol import PROTOCOLS, load_template
 from mbc_jax.run_folder import atomic_write
 
 
@@ -48,6 +54,41 @@ def default_name(path: str | Path, other: str | Path) -> str:
     return path.resolve().parent.name or path.stem
 
 
+def summarize_judgments(judgments: list[dict], *, orders: int, seed: int = 0, n_boot: int = 1000) -> dict:
+    """The results' rate blocks from per-pair judgments: protocol, single_order, consistent (None with one
+    order), lengths, length_controlled (per kind of rates) and bootstrap."""
+    kinds = ["single_order"] + (["consistent"] if orders == 2 else [])
+    rates = {kind: winrate.summarize(judgments, kind, n_boot=n_boot, seed=seed) for kind in kinds}
+    headline = kinds[-1]
+    seeded = [j["seeded_order"] for j in judgments]
+    lc_fields = {"single_order": "single", "consistent": "consistent_outcome"}
+    return {
+        "protocol": {
+            "orders": orders,
+            "seed": seed,
+            "headline": headline,
+            "papers_protocol": orders == 1,
+            "description": winrate.KINDS[headline][1],
+            "order_draw": "per pair, a_first or b_first from sha256(seed, pair key) (protocol.seeded_order)",
+            "seeded_orders": {o: seeded.count(o) for o in ("a_first", "b_first")},
+        },
+        "single_order": rates["single_order"],
+        "consistent": rates.get("consistent"),
+        "lengths": {"overall": length.answer_lengths(judgments),
+                    "per_category": {cat: length.answer_lengths([j for j in judgments
+                                                                 if str(j.get("category") or "(none)") == cat])
+                                     for cat in rates[headline]["per_category"]}},
+        "length_controlled": {
+            "method": "logistic regression of the verdict (A win 1, tie 0.5, B win 0) on tanh(word-length "
+                      "difference / its sd), as length-controlled AlpacaEval; LC win rate = prediction at zero "
+                      "length difference (mbc_jax/judge/length.py)",
+            **{kind: length.length_controlled(judgments, lc_fields[kind], n_boot=n_boot, seed=seed)
+               for kind in kinds},
+        },
+        "bootstrap": winrate.bootstrap_info(n_boot, seed),
+    }
+
+
 def judge_files(
     path_a: str | Path,
     path_b: str | Path,
@@ -59,7 +100,9 @@ def judge_files(
     name_a: str | None = None,
     name_b: str | None = None,
     template: str | Path | None = None,
+    orders: int = 1,
     seed: int = 0,
+    max_calls: int | None = None,
     n_boot: int = 1000,
     allow_empty: bool = False,
     limit: int | None = None,
@@ -68,7 +111,13 @@ def judge_files(
     on_result: Callable[[dict], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Judge A against B, write results JSON, judgments JSONL and chart; return the results."""
+    """Judge A against B, write results JSON, judgments JSONL and chart; return the results.
+
+    `orders`: 1 (the paper's protocol) or 2; `seed` draws each pair's order and seeds the
+    bootstraps; `max_calls` bounds the judge requests (UserError before sending if more are needed).
+    """
+    if orders not in PROTOCOLS:
+        raise UserError(f"--orders must be 1 (the paper's protocol) or 2 (both orders), got {orders}")
     config = config or JudgeConfig()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     url, key = resolve_endpoint(base_url)
@@ -98,13 +147,15 @@ def judge_files(
                   sleep=sleep, endpoint=url)
     started = time.monotonic()
     try:
-        judgments = judge.judge_pairs(pairs, progress=progress, on_result=on_result)
+        judgments = judge.judge_pairs(pairs, orders=orders, seed=seed, max_calls=max_calls,
+                                      progress=progress, on_result=on_result)
     except JudgeUnavailable as e:
         raise UserError(f"judge endpoint {public_url(url)} unreachable or failing after retries "
                         f"({e}); {len(cache)} judgment(s) are cached in {cache.dir}: rerun the "
                         "same command to resume") from None
-    summary = winrate.summarize(judgments, n_boot=n_boot, seed=seed)
-    n_invalid = summary["overall"]["n_invalid"]
+    rates = summarize_judgments(judgments, orders=orders, seed=seed, n_boot=n_boot)
+    headline = rates["protocol"]["headline"]
+    n_invalid = rates[headline]["overall"]["n_invalid"]
     results = {
         "name_a": name_a,
         "name_b": name_b,
@@ -116,7 +167,6 @@ def judge_files(
             "params": config.params(),
             "template": tmpl.path,
             "template_sha256": tmpl.sha256,
-            "protocol": "both orders; a win needs both orders to agree, otherwise tie",
         },
         "n_pairs": len(pairs),
         "n_invalid": n_invalid,
@@ -126,15 +176,15 @@ def judge_files(
         "unmatched": {"only_in_a": matched.only_a, "only_in_b": matched.only_b},
         "calls": {**judge.stats.as_dict(), "cache_dir": str(cache.dir),
                   "seconds": round(time.monotonic() - started, 3)},
-        **summary,
+        **rates,
     }
     paths["results"].parent.mkdir(parents=True, exist_ok=True)
     atomic_write(paths["judgments"],
                   "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in judgments))
     atomic_write(paths["results"], json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    if summary["overall"]["n"]:
-        winrate.plot_win_rates(winrate.summary_rows(results), paths["png"], name_a=name_a,
-                               name_b=name_b, title=f"{name_a} vs {name_b} (judge: {config.model})")
+    if rates[headline]["overall"]["n"]:
+        winrate.plot_win_rates(winrate.summary_rows(results), paths["png"], name_a=name_a, name_b=name_b,
+                               title=f"{name_a} vs {name_b} (judge: {config.model}, --orders {orders})")
     if n_invalid:
         log(f"warning: {n_invalid} pair(s) got no valid verdict after {config.max_retries} "
             "retries; they are left out of the rates and will be retried by the next run")
@@ -146,13 +196,32 @@ def _fmt(block: dict, part: str) -> str:
     return f"{100 * block[f'{part}_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def summary_line(results: dict, out: str | Path) -> str:
-    """One line for the terminal: pairs and calls, the three rates with their CIs, consistency."""
-    o = results["overall"]
-    calls = results["calls"]
-    head = (f"judged {o['n']} pairs ({calls['api_calls']} API calls, {calls['cached']} cached)")
+def _rates(results: dict, kind: str) -> str:
+    o = results[kind]["overall"]
     if not o["n"]:
-        return head + f"; no valid judgments; wrote {out}"
-    return (f"{head}: {results['name_a']} wins {_fmt(o, 'win')}, tie {_fmt(o, 'tie')}, "
-            f"{results['name_b']} wins {_fmt(o, 'loss')}; consistency "
-            f"{100 * o['consistency']:.1f}%; wrote {out}")
+        return "no valid judgments"
+    text = (f"{results['name_a']} wins {_fmt(o, 'win')}, tie {_fmt(o, 'tie')}, "
+            f"{results['name_b']} wins {_fmt(o, 'loss')}")
+    lc = results["length_controlled"][kind]
+    if lc["lc_win_rate"] is not None:
+        lo, hi = lc["lc_ci"]
+        text += f", length-controlled {100 * lc['lc_win_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return text
+
+
+def summary_line(results: dict, out: str | Path) -> str:
+    """For the terminal: pairs and calls, the rates of each kind with their CIs, lengths, consistency."""
+    calls = results["calls"]
+    orders = results["protocol"]["orders"]
+    head = (f"judged {results['n_pairs']} pairs, {orders} order(s) each, seed {results['protocol']['seed']} "
+            f"({calls['api_calls']} API calls, {calls['cached']} cached)")
+    parts = [f"one order (the paper's protocol): {_rates(results, 'single_order')}"]
+    if orders == 2:
+        o = results["consistent"]["overall"]
+        parts.append(f"both orders, consistent: {_rates(results, 'consistent')}"
+                     + (f"; consistency {100 * o['consistency']:.1f}%" if o["n"] else ""))
+    lengths = results["lengths"]["overall"]
+    if lengths["n"]:
+        parts.append(f"mean words {results['name_a']} {lengths['mean_words_a']:.1f}, "
+                     f"{results['name_b']} {lengths['mean_words_b']:.1f}")
+    return f"{head}\n  " + "\n  ".join(parts) + f"\nwrote {out}"

@@ -1,10 +1,17 @@
-"""The judging protocol: the prompt template, the verdict format, and how two orders make one outcome.
+"""The judging protocol: the prompt template, the verdict format, which orders are judged, and how
+the judged orders make one outcome.
 
-- Every pair is judged twice, with A's answer shown first (`a_first`) and with B's answer shown
-  first (`b_first`); the template labels whichever answer is shown first "Assistant A".
-- A verdict must contain exactly one of [[A]], [[B]], [[C]] (C = tie); the same token may be
-  repeated but no two different ones may appear. Anything else is an invalid verdict.
-- A pair is a win for a model only when both orders pick it; otherwise it is a tie.
+- `--orders 1` (the default) is the paper's protocol (Section 4: one GPT-4 judgment per
+  validation prompt): each pair is judged once, in an order drawn per pair from the seed
+  (`seeded_order`). The paper does not say how it ordered the two answers; a seeded draw per pair
+  is our choice, so that neither model is always shown first.
+- `--orders 2` judges every pair in both orders, A's answer shown first (`a_first`) and B's answer
+  shown first (`b_first`); a pair is a win for a model only when both orders pick it, otherwise a
+  tie (the "consistent" outcome). The seeded order's judgment still gives the single-order outcome,
+  the very judgment `--orders 1` with the same seed would make.
+- The template labels whichever answer is shown first "Assistant A". A verdict must contain
+  exactly one of [[A]], [[B]], [[C]] (C = tie); the same token may be repeated but no two
+  different ones may appear. Anything else is an invalid verdict.
 
 The template file has '#' header lines, then a `[system]` (optional) and a `[user]` section with
 the placeholders {instruction}, {response_a} and {response_b}; the default is
@@ -27,6 +34,7 @@ from mbc_jax.judge.answers import Pair
 
 TEMPLATE_PATH = Path(__file__).parent.parent / "templates" / "figure4_judge_prompt.txt"
 ORDERS = ("a_first", "b_first")
+PROTOCOLS = (1, 2)  # --orders: 1 = the paper's (one seeded order per pair), 2 = both orders
 _VERDICT_RE = re.compile(r"\[\[([ABC])\]\]")
 PLACEHOLDERS = ("instruction", "response_a", "response_b")
 _PLACEHOLDER_RE = re.compile(r"\{(instruction|response_a|response_b)\}")
@@ -124,24 +132,59 @@ def shown(pair: Pair, order: str) -> tuple[str, str]:
     return (pair.answer_a, pair.answer_b) if order == "a_first" else (pair.answer_b, pair.answer_a)
 
 
-def judgment(pair: Pair, entries: Mapping[str, dict]) -> dict:
-    """One pair's judgment from its two judge replies (`entries[order]`, verdict None if invalid).
+def seeded_order(key: str, seed: int) -> str:
+    """The presentation order of one pair under `--orders 1`: 'a_first' or 'b_first'.
 
-    Holds the pair's key, id, index and category, per order the positional verdict and the winner
-    it implies, the combined `outcome` and whether the orders agreed (`consistent`; both None
-    unless both verdicts are valid), the judge's text per order, and the error of an invalid one.
+    A fair coin per pair from sha256(seed, pair key): it depends only on the seed and the pair's
+    own key (never on the other pairs or the file order), so a subset (`--limit`) or a rerun draws
+    the same orders, and about half the pairs show A first.
     """
-    j: dict = {"key": pair.key, "id": pair.id, "index": pair.index, "category": pair.category}
-    for order in ORDERS:
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+    return ORDERS[digest[0] & 1]
+
+
+def orders_judged(orders: int, seeded: str) -> tuple[str, ...]:
+    """The presentation orders a pair is judged in: the seeded one, or both."""
+    if orders not in PROTOCOLS:
+        raise ValueError(f"orders must be 1 or 2, got {orders!r}")
+    return (seeded,) if orders == 1 else ORDERS
+
+
+def words(text: str) -> int:
+    """An answer's length in words (whitespace-separated), the unit of the length report."""
+    return len(text.split())
+
+
+def judgment(pair: Pair, entries: Mapping[str, dict], *, seeded: str, orders: int) -> dict:
+    """One pair's judgment from its judge replies (`entries[order]`, verdict None if invalid).
+
+    Holds the pair's key, id, index and category; `orders` and the `seeded_order`; per judged
+    order the positional verdict, the winner it implies, the judge's text and the error of an
+    invalid one (an order that was not judged has no such fields); `single` = the seeded order's
+    winner; with both orders `consistent_outcome` (a win needs both orders to agree, else tie) and
+    `consistent` (did they agree); `outcome` = the protocol's outcome (`single` with one order,
+    `consistent_outcome` with two; None when a needed verdict is invalid); and the answer lengths
+    (`words_a`, `words_b`, and `tokens_a`, `tokens_b` when the answer files carry `num_tokens`).
+    """
+    j: dict = {"key": pair.key, "id": pair.id, "index": pair.index, "category": pair.category,
+               "orders": orders, "seeded_order": seeded}
+    judged = orders_judged(orders, seeded)
+    for order in judged:
         verdict = entries[order]["verdict"]
         j[f"verdict_{order}"] = verdict
         j[f"winner_{order}"] = winner_of(verdict, order) if verdict else None
-    ok = j["verdict_a_first"] is not None and j["verdict_b_first"] is not None
-    j["outcome"] = combine(j["winner_a_first"], j["winner_b_first"]) if ok else None
-    j["consistent"] = (j["winner_a_first"] == j["winner_b_first"]) if ok else None
-    for order in ORDERS:
+    j["single"] = j[f"winner_{seeded}"]
+    if orders == 2:
+        ok = j["verdict_a_first"] is not None and j["verdict_b_first"] is not None
+        j["consistent_outcome"] = combine(j["winner_a_first"], j["winner_b_first"]) if ok else None
+        j["consistent"] = (j["winner_a_first"] == j["winner_b_first"]) if ok else None
+    j["outcome"] = j["single"] if orders == 1 else j["consistent_outcome"]
+    for order in judged:
         entry = entries[order]
         j[f"judge_text_{order}"] = entry.get("text")
         if entry["verdict"] is None:
             j[f"error_{order}"] = entry.get("error")
+    j["words_a"], j["words_b"] = words(pair.answer_a), words(pair.answer_b)
+    if pair.tokens_a is not None and pair.tokens_b is not None:
+        j["tokens_a"], j["tokens_b"] = pair.tokens_a, pair.tokens_b
     return j

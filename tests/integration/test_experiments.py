@@ -393,26 +393,53 @@ def test_appendix_a_counts_and_mean_lengths_per_category(tmp_path):
 
 
 def test_fig5_win_rates_from_judge_results(tmp_path):
-    from mbc_jax.judge.winrate import summarize
+    from mbc_jax.judge.comparison import summarize_judgments
 
-    paths = []
+    def pair(w1, w2, seeded, category, words_a):  # winners with A shown first / B shown first
+        positional = {"a_first": {"A": "A", "B": "B", "tie": "C"}, "b_first": {"A": "B", "B": "A", "tie": "C"}}
+        return {"category": category, "seeded_order": seeded, "winner_a_first": w1, "winner_b_first": w2,
+                "verdict_a_first": positional["a_first"][w1], "verdict_b_first": positional["b_first"][w2],
+                "single": w1 if seeded == "a_first" else w2, "consistent_outcome": w1 if w1 == w2 else "tie",
+                "words_a": words_a, "words_b": 10}
+
+    paths, results = [], []
     for k, (wins, ties, losses) in enumerate([(6, 3, 1), (2, 2, 6)]):
-        judgments = ([{"outcome": "A", "category": "x", "winner_a_first": "A", "winner_b_first": "A"}] * wins
-                     + [{"outcome": "tie", "category": "y", "winner_a_first": "A", "winner_b_first": "B"}] * ties
-                     + [{"outcome": "B", "category": "x", "winner_a_first": "B", "winner_b_first": "B"}] * losses)
-        res = {"name_a": "MBC", "name_b": "baseline", **summarize(judgments, n_boot=200)}
+        # consistent wins / losses, and `ties` pairs where the orders disagree (A first: A, B first: B):
+        # their single-order outcome is the seeded order's, B for b_first (even i), A for a_first
+        js = ([pair("A", "A", "a_first", "x", 20)] * wins + [pair("B", "B", "b_first", "x", 5)] * losses
+              + [pair("A", "B", "a_first" if i % 2 else "b_first", "y", 10) for i in range(ties)])
+        res = {"name_a": "MBC", "name_b": "baseline", "judge": {"model": "judge-m"},
+               **summarize_judgments(js, orders=2 if k == 0 else 1, n_boot=200)}
+        results.append(res)
         paths.append(tmp_path / f"lr{k}.json")
         paths[-1].write_text(json.dumps(res))
     art = fig5_win_rate.build(paths, tmp_path / "out", ["lr 1e-5", "lr 5e-5"])
     rows = read(tmp_path / "out" / "fig5_win_rate.csv")
-    assert [(r["label"], float(r["win_rate"]), float(r["loss_rate"])) for r in rows] == [
-        ("lr 1e-5", 0.6, 0.1), ("lr 5e-5", 0.2, 0.6)]
+    got = [(r["source"], r["protocol"], float(r["win_rate"]), float(r["tie_rate"]), float(r["loss_rate"]))
+           for r in rows]
+    single = lambda w, t, lo: (w + t // 2, 0.0, lo + t - t // 2)  # noqa: E731  (counts of the seeded orders)
+    assert got == [
+        ("paper", "paper: one judgment per prompt", 0.41, 0.324, 0.266),
+        ("ours", "single_order", *(c / 10 for c in single(6, 3, 1))),
+        ("ours", "consistent", 0.6, 0.3, 0.1),
+        ("paper", "paper: one judgment per prompt", 0.483, 0.239, 0.278),
+        ("ours", "single_order", *(c / 10 for c in single(2, 2, 6))),
+    ]
+    assert rows[0]["label"].startswith("paper, lr 1e-5") and rows[3]["label"].startswith("paper, lr 5e-5")
+    lc = results[0]["length_controlled"]["single_order"]
+    assert float(rows[1]["lc_win_rate"]) == pytest.approx(lc["lc_win_rate"]) and float(rows[1]["mean_words_a"]) == 15.5
     cats = read(tmp_path / "out" / "fig5_win_rate_categories.csv")
-    x = next(r for r in cats if r["label"] == "lr 1e-5" and r["category"] == "x")
+    x = next(r for r in cats if r["label"] == "lr 1e-5" and r["category"] == "x" and r["protocol"] == "consistent")
     assert (int(x["n"]), float(x["win_rate"])) == (7, 6 / 7)
-    assert "MBC wins 60.0%" in art.paragraph and art.png.stat().st_size > 5000
+    assert {r["protocol"] for r in cats if r["label"] == "lr 5e-5"} == {"single_order"}
+    assert "paper reports MBC winning 41.0% and losing 26.6%" in art.paragraph and "Ge et al., Fig. 5" in art.paragraph
+    assert "MBC wins 70.0%" in art.paragraph and "both orders" in art.paragraph and art.png.stat().st_size > 5000
     with pytest.raises(common.UserError, match="no such results file"):
         fig5_win_rate.build([tmp_path / "missing.json"], tmp_path / "out")
+    old = tmp_path / "old.json"  # written before the protocols: refused, with how to refresh it
+    old.write_text(json.dumps({"name_a": "MBC", "overall": results[0]["consistent"]["overall"]}))
+    with pytest.raises(common.UserError, match="older `mbc-jax judge`.*Rerun"):
+        fig5_win_rate.build([old], tmp_path / "out")
 
 
 # ----------------------------------------------------------------------------- statistics and extraction metrics

@@ -4,7 +4,9 @@ key resolution, backoff, and the `judge` command's arguments."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 
+import numpy as np
 import pytest
 
 from conftest import SECRET
@@ -105,3 +107,29 @@ def test_register_adds_the_judge_command():
                               "--cache", "c", "--name-a", "x", "--name-b", "y", "--seed", "7"])
     assert args.func is judge_command.run and args.seed == 7 and args.cache == "c"
     assert (args.concurrency, args.max_retries, args.timeout) == (2, 1, 3.0)
+
+
+def test_seeded_order_is_a_fair_coin_per_pair_fixed_by_seed_and_key():
+    keys = [f"q{i}" for i in range(4000)]
+    zero = [judge.seeded_order(k, 0) for k in keys]
+    assert zero == [judge.seeded_order(k, 0) for k in reversed(keys)][::-1]  # per key, not per position
+    assert 0.47 < zero.count("a_first") / len(keys) < 0.53  # a fair coin (binomial sd 0.8%)
+    one = [judge.seeded_order(k, 1) for k in keys]
+    assert 0.47 < np.mean([x == y for x, y in zip(zero, one)]) < 0.53  # another seed, fresh coins
+    assert zero[7] == judge.ORDERS[hashlib.sha256(b"0\x00q7").digest()[0] & 1]  # the documented draw
+    assert judge.orders_judged(1, "b_first") == ("b_first",) and judge.orders_judged(2, "b_first") == judge.ORDERS
+    with pytest.raises(ValueError, match="orders"):
+        judge.orders_judged(3, "a_first")
+
+
+def test_orders_option_defaults_to_the_papers_protocol(capsys):
+    parser = argparse.ArgumentParser()
+    judge_command.register(parser.add_subparsers(dest="command"))
+    base = ["judge", "--a", "A", "--b", "B", "--out", "o.json"]
+    assert parser.parse_args(base).orders == 1 and parser.parse_args(base).max_calls is None
+    assert parser.parse_args([*base, "--orders", "2", "--max-calls", "40"]).orders == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--orders", "3"])
+    capsys.readouterr()
+    with pytest.raises(UserError, match="--orders must be 1"):
+        judge.judge_files("A", "B", "o.json", orders=3)
