@@ -328,7 +328,7 @@ def plot(summary: list[dict], path: Path, threshold: float) -> Path:
         ax.set_xlabel("step (0 = before fine-tuning)")
         ax.set_ylabel("ROUGE-L of the continuation")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{run}: extraction per category", fontsize=10)
+        ax.set_title(f"{run}: extraction per category (a record is memorized at ROUGE-L >= {threshold:g})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
         last = max(s["step"] for s in mine)
@@ -342,8 +342,8 @@ def plot(summary: list[dict], path: Path, threshold: float) -> Path:
         bx.axhline(0, color="black", lw=0.8)
         bx.set_xticks(x, [s["category"] for s in rows], rotation=25, ha="right", fontsize=8)
         bx.set_ylabel(f"ROUGE-L change, step {last} - step 0")
-        bx.set_title(f"{run}: what fine-tuning memorized (ranked by ROUGE-L at step {last}; "
-                     f"memorized = ROUGE-L >= {threshold:g})", fontsize=9)
+        bx.set_title(f"{run}: what fine-tuning memorized\n(ranked by ROUGE-L at step {last}; bars: change from "
+                     f"step 0 with 95% CI; labels: mean response tokens)", fontsize=9)
         bx.grid(alpha=0.3, axis="y")
     return common.save_figure(fig, path)
 
@@ -352,8 +352,8 @@ def window_text(window: str, fraction: float | None, tokens: int | None) -> str:
     if window == "pythia":
         return (f"Pythia-style windows: the first {PYTHIA_TOKENS} tokens of the whole rendered record, "
                 f"{PYTHIA_TOKENS} tokens compared")
-    given = f"its first {tokens} tokens" if tokens is not None else f"its first {fraction:g}"
-    return f"the record's full prompt and {given} of the response; the rest of the response compared"
+    given = f"the first {tokens} tokens" if tokens is not None else f"the first {fraction:.0%}"
+    return f"the record's full prompt and {given} of its response given, the rest of the response compared"
 
 
 def check_options(window: str, fraction: float | None, tokens: int | None, max_new_tokens: int,

@@ -35,6 +35,7 @@ from mbc_jax.run_folder import RunFolder
 NAME = "zeng"
 TITLE = "Zeng et al.: memorization by task, and attention concentration"
 RECORD_COLUMNS = (*ext.RECORD_COLUMNS, *att.MEASURES)
+MIN_RECORDS = 5  # per category, for a verdict on whether two tasks differ
 CLAIMS = ("Zeng et al. (2024, *Exploring Memorization in Fine-tuned Language Models*) claim that (1) memorization "
           "in fine-tuned models differs sharply between tasks (summarization and dialog far above classification, "
           "QA and translation in their runs), and (2) that it goes with how attention is distributed (tasks with "
@@ -113,17 +114,20 @@ def claim1(run: str, summary: list[dict], threshold: float) -> str:
     by_change = sorted(cats, key=lambda s: -s["rouge_l_change"])
     hi, lo = by_change[0], by_change[-1]
     apart = hi["rouge_l_change_lo"] > lo["rouge_l_change_hi"]
+    enough = min(hi["records"], lo["records"]) >= MIN_RECORDS
     text += (f" Ranked by ROUGE-L, {top['category']} is first ({fmt(top['rouge_l'])}, {top['response_tokens']:.0f} "
              f"response tokens on average) and {bottom['category']} last ({fmt(bottom['rouge_l'])}, "
              f"{bottom['response_tokens']:.0f} tokens). What fine-tuning added (change from step 0) ranges from "
-             f"{_ci(lo, 'rouge_l_change')} ({lo['category']}) to {_ci(hi, 'rouge_l_change')} ({hi['category']}): "
-             + ("the two intervals do not overlap, so the tasks differ beyond resampling noise."
-                if apart else "the intervals overlap, so these records do not separate the tasks."))
+             f"{_ci(lo, 'rouge_l_change')} ({lo['category']}, {lo['records']} records) to "
+             f"{_ci(hi, 'rouge_l_change')} ({hi['category']}, {hi['records']} records): "
+             + (f"too few records per category (fewer than {MIN_RECORDS}) to separate the tasks." if not enough else
+                "the two intervals do not overlap, so the tasks differ beyond resampling noise." if apart else
+                "the intervals overlap, so these records do not separate the tasks."))
     if len(cats) >= 3:
         rho = float(common.spearman(np.array([s["response_tokens"] for s in cats]),
                                     np.array([s["rouge_l_change"] for s in cats])))
         text += (f" Across categories, the change from step 0 and the mean response length correlate at Spearman "
-                 f"{fmt(rho, 2)} (the length confound: longer references are harder to reproduce).")
+                 f"{fmt(rho, 2)} (the response-length confound reviewers raised against Zeng et al.).")
     return text
 
 
@@ -143,7 +147,7 @@ def claim2(run: str, corr: list[dict]) -> str:
     base = get.get((0, "record", "absolute"))
     text = (f"**{run}**, step {last}, normalized entropy of the response positions' attention over the prompt "
             f"(1 = uniform) against the continuation's ROUGE-L: " + "; ".join(parts) + ".")
-    if base is not None and base["n"] >= 3:
+    if base is not None and base["n"] >= 3 and math.isfinite(base["spearman"]):
         text += f" Before fine-tuning (step 0) the record-level Spearman is {_ci(base, 'spearman', 2)}."
     return text
 
@@ -198,6 +202,8 @@ def build(runs: Sequence[RunFolder], out: str | Path, *, steps: str = "all", bas
         if maps:
             figs.append(att.plot_maps(maps, out / f"{NAME}_attention_maps.png"))
         extra += [f"![attention]({p.name})" for p in figs]
+        if len(maps) < len(runs):
+            extra.append(f"No attention maps for {len(runs) - len(maps)} run(s): no category has two records there.")
     paragraph = describe([r.label for r in runs], summary, corr, threshold,
                          ext.window_text(window, fraction, tokens))
     md = common.write_markdown(out, NAME, TITLE, paragraph, png, csvs, extra="\n\n".join(extra))

@@ -570,10 +570,10 @@ def test_every_module_on_a_real_tiny_run(tiny_run, tmp_path):
     assert {p.name.rsplit("_step", 1)[1] for p in cache.iterdir()} == {"3", "8"}  # exported once, reused below
 
     # Zeng et al.: step 0 comes in by default beside the asked-for checkpoint; the CLI in a fresh process
-    assert zeng.main(["--runs", str(tiny_run), "--out", str(out), "--steps", "last", "--max-records", "8",
+    assert zeng.main(["--runs", str(tiny_run), "--out", str(out), "--steps", "last", "--max-records", "16",
                       "--max-new-tokens", "6", "--bootstrap", "100", "--export-cache", str(cache)]) == 0
     recs = read(out / "zeng_records.csv")
-    assert len(recs) == 16 and {int(r["step"]) for r in recs} == {0, 8}
+    assert len(recs) == 32 and {int(r["step"]) for r in recs} == {0, 8}
     _, examples = run.examples("train", run.tokenizer())
     by_index = {e.index: e for e in examples}
     for r in recs:
