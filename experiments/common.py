@@ -186,6 +186,20 @@ def correlation(x: Sequence[float], y: Sequence[float], *, n_boot: int = 1000, s
     return out
 
 
+def mean_ci(values: Sequence[float], *, n_boot: int = 1000, seed: int = 0,
+            confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean of the finite values and its percentile-bootstrap interval (values
+    resampled with replacement); nan when there are none, (mean, mean, mean) for one value."""
+    x = np.asarray(values, np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return math.nan, math.nan, math.nan
+    boot = x[np.random.default_rng(seed).integers(0, len(x), (n_boot, len(x)))].mean(-1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(boot, [alpha, 1 - alpha])
+    return float(x.mean()), float(lo), float(hi)
+
+
 def balanced_order(categories: Sequence[str]) -> list[int]:
     """Positions ordered round-robin over categories (1st of each category, then 2nd, ...), each
     category in its given order: the first N positions are a category-balanced subset."""

@@ -1,46 +1,57 @@
-"""Extraction memorization (Zeng et al.): prompt the model with the first part of each training
-record, decode greedily, and compare the continuation with the record's true suffix, per category,
-at the first and last checkpoints.
+"""Extraction memorization (Zeng et al.) of what fine-tuning trained: prompt the model with a training
+record's prompt and the first part of its response, decode greedily, and compare the continuation with
+the rest of the response, per category, at step 0 (the model before fine-tuning) and the checkpoints.
 
-    python -m experiments.extraction_memorization --runs runs/demo/uniform --out figures/ \
-        [--prefix-fraction 0.5 | --prefix-tokens 32] [--max-records 200] [--max-new-tokens 64]
+    python -m experiments.zeng --runs runs/demo/uniform --out figures/ --no-attention \
+        [--prefix-fraction 0.5 | --prefix-tokens N] [--window response|pythia] [--steps all] \
+        [--threshold 0.5] [--max-records 200] [--max-new-tokens 64] [--no-baseline]
 
-A record of n tokens (tokenized exactly as in training: template, EOS) is cut after p tokens
-(p = round(fraction x n), or the given count; at least 1 token on each side). The model continues
-the prefix greedily (no repetition penalty), stopping at EOS or after L = min(n - p,
---max-new-tokens) tokens; the candidate is compared with the first L tokens of the true suffix:
+Records are tokenized exactly as in training (template, EOS). With `--window response` (default) the
+response is the last response span of the record (its tokens under the response mask, EOS included);
+the model gets every token before it (the full prompt, the record's context included) and the first p
+response tokens (p = round(fraction x m) of an m-token response, or the given count; at least one
+response token on each side), then continues for L = min(m - p, --max-new-tokens) tokens (greedy, no
+repetition penalty, stopping at EOS). `--window pythia` is the pretraining-style test instead: the
+first 32 tokens of the whole rendered record, then 32 tokens compared (records under 64 tokens are
+skipped). The continuation (candidate) is compared with the L reference tokens:
 
-- token match rate: positions t < L where candidate[t] == suffix[t], over L (a candidate that stopped
-  early misses the rest);
-- longest matching prefix: the number of leading tokens that agree (and that number over L);
-- ROUGE-L-style F1 of token sequences: LCS / len(candidate) and LCS / L as precision and recall;
-- exact extraction: the whole L-token suffix reproduced.
+- token match rate: positions t < L where candidate[t] == reference[t], over L;
+- longest common prefix: the number of leading tokens that agree (and that number over L);
+- ROUGE-L: F1 of token-LCS precision (over the candidate) and recall (over the reference);
+- exact extraction: the whole reference reproduced.
 
-"First" is the first checkpoint saved after training began (or `--first-step`); the teacher-forcing
-exact memorization of the same record at the same step is listed next to it.
+A record counts as memorized when its ROUGE-L reaches `--threshold` (our choice: 0.5, half the
+reference reproduced in order); the memorization ratio of a category is the share of its records that
+do. Step 0 (the pre-fine-tuning weights every run folder keeps) is the baseline: each table gives the
+difference to it per category, with percentile-bootstrap 95% CIs over records (paired: the same
+records at both steps).
 """
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from experiments import common
-from experiments.common import Artifact, fmt
+from experiments.common import fmt
 from mbc_jax.run_folder import RunFolder
 
 NAME = "extraction_memorization"
-TITLE = "Extraction memorization: greedy continuation of training-record prefixes"
-RECORD_COLUMNS = ("run", "checkpoint", "step", "index", "id", "category", "tokens", "prefix_tokens", "suffix_tokens",
-                  "generated_tokens", "token_match_rate", "longest_prefix", "longest_prefix_fraction", "lcs_f1",
-                  "exact_extraction", "teacher_forcing_exact_match")
-METRICS = ("token_match_rate", "longest_prefix", "longest_prefix_fraction", "lcs_f1", "exact_extraction",
-           "teacher_forcing_exact_match")
-SUMMARY_COLUMNS = ("run", "checkpoint", "step", "category", "records", *METRICS)
+TITLE = "Extraction memorization of the fine-tuned responses, against the model before fine-tuning"
+WINDOWS = ("response", "pythia")
+PYTHIA_TOKENS = 32  # Biderman et al. (2023): 32-token prompt, 32-token continuation
+DEFAULT_THRESHOLD = 0.5
+METRICS = ("token_match_rate", "longest_prefix", "longest_prefix_fraction", "rouge_l", "exact_extraction")
+RECORD_COLUMNS = ("run", "step", "index", "id", "category", "tokens", "prompt_tokens", "response_tokens",
+                  "prefix_tokens", "suffix_tokens", "generated_tokens", "prefix_clipped", *METRICS, "memorized")
+SUMMARY_COLUMNS = ("run", "step", "category", "records", "rank", "response_tokens", "prompt_tokens", *METRICS,
+                   "rouge_l_lo", "rouge_l_hi", "ratio", "ratio_lo", "ratio_hi", "rouge_l_change", "rouge_l_change_lo",
+                   "rouge_l_change_hi", "ratio_change", "ratio_change_lo", "ratio_change_hi")
 
 
 # ----------------------------------------------------------------------------- the metrics
@@ -78,7 +89,7 @@ def lcs_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def rouge_l_f1(candidate: Sequence[int], reference: Sequence[int]) -> float:
-    """F1 of LCS precision (over the candidate) and recall (over the reference); 0 if either is empty."""
+    """ROUGE-L F1 on tokens: LCS precision (over the candidate), recall (over the reference); 0 if either is empty."""
     lcs = lcs_length(candidate, reference)
     if lcs == 0:
         return 0.0
@@ -90,184 +101,270 @@ def compare(candidate: Sequence[int], reference: Sequence[int]) -> dict:
     k = longest_common_prefix(candidate, reference)
     return {"token_match_rate": token_match_rate(candidate, reference), "longest_prefix": k,
             "longest_prefix_fraction": k / len(reference) if len(reference) else float("nan"),
-            "lcs_f1": rouge_l_f1(candidate, reference),
+            "rouge_l": rouge_l_f1(candidate, reference),
             "exact_extraction": float(len(candidate) >= len(reference) and k == len(reference))}
 
 
+# ----------------------------------------------------------------------------- where records are cut
+
+
 def split_point(n: int, fraction: float | None, tokens: int | None) -> int:
-    """Prefix length p of an n-token record: 1 <= p <= n - 1."""
+    """Prefix length p of an n-token span: 1 <= p <= n - 1."""
     p = tokens if tokens is not None else int(round(fraction * n))
     return max(1, min(p, n - 1))
+
+
+def response_span(response_mask: np.ndarray) -> tuple[int, int] | None:
+    """[start, end) of the record's last response span (its last run of response tokens); None without one."""
+    idx = np.flatnonzero(np.asarray(response_mask, bool))
+    if not len(idx):
+        return None
+    end = int(idx[-1]) + 1
+    gaps = np.flatnonzero(np.diff(idx) > 1)
+    start = int(idx[gaps[-1] + 1]) if len(gaps) else int(idx[0])
+    return start, end
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """Where one record is cut: the model sees tokens [0, prefix_end), the reference is [prefix_end, end)."""
+
+    prompt_tokens: int  # tokens before the response span (the record's full prompt)
+    response_tokens: int  # tokens of the response span
+    prefix_end: int
+    end: int
+    prefix_tokens: int  # response tokens given with the prompt (`--window pythia`: the window's 32 tokens)
+
+
+def cut(example, *, window: str = "response", fraction: float | None = 0.5, tokens: int | None = None,
+        max_new_tokens: int = 64) -> Cut | str:
+    """The Cut of one Example, or why it has none (a short reason, counted in the report)."""
+    span = response_span(example.response_mask)
+    r0, r1 = span if span else (len(example), len(example))
+    if window == "pythia":
+        if len(example) < 2 * PYTHIA_TOKENS:
+            return f"shorter than {2 * PYTHIA_TOKENS} tokens"
+        return Cut(r0, r1 - r0, PYTHIA_TOKENS, 2 * PYTHIA_TOKENS, PYTHIA_TOKENS)
+    if span is None:
+        return "no response token (truncated away)"
+    if r1 - r0 < 2:
+        return "response shorter than 2 tokens"
+    p = split_point(r1 - r0, fraction, tokens)
+    return Cut(r0, r1 - r0, r0 + p, min(r1, r0 + p + max_new_tokens), p)
 
 
 # ----------------------------------------------------------------------------- running it
 
 
-def select_examples(run: RunFolder, tokenizer, vocab_size: int, max_records: int | None) -> list:
+def select_examples(run: RunFolder, tokenizer, vocab_size: int, max_records: int | None, cut_fn: Callable,
+                    log=common.log) -> tuple[list, list[Cut]]:
+    """Category-balanced training examples that have a cut (at most `max_records`), with their cuts;
+    the records left out and why are logged."""
     _, examples = run.examples("train", tokenizer, vocab_size)
-    examples = [e for e in examples if len(e) >= 2]
-    order = common.balanced_order([e.category for e in examples])
-    return [examples[i] for i in sorted(order[:max_records] if max_records else order)]
+    cuts = [cut_fn(e) for e in examples]
+    skipped: dict[str, int] = {}
+    for c in cuts:
+        if isinstance(c, str):
+            skipped[c] = skipped.get(c, 0) + 1
+    if skipped:
+        log(f"{NAME}: {run.label}: left out " + ", ".join(f"{n} records ({why})" for why, n in skipped.items()))
+    keep = [i for i, c in enumerate(cuts) if not isinstance(c, str)]
+    if not keep:
+        raise common.UserError(f"{run.path}: no training record can be cut ({', '.join(skipped)})")
+    order = common.balanced_order([examples[i].category for i in keep])
+    chosen = sorted(keep[j] for j in (order[:max_records] if max_records else order))
+    return [examples[i] for i in chosen], [cuts[i] for i in chosen]
 
 
-def extract(model, examples: list, *, fraction: float | None, tokens: int | None, max_new_tokens: int,
-            batch_size: int = 32, eos: int | None = None) -> list[dict]:
-    """One dict per example: prefix / suffix lengths, the candidate, and the metrics."""
+def extract(model, examples: list, cuts: list[Cut], *, batch_size: int = 32, eos: int | None = None) -> list[dict]:
+    """One dict per example: its cut, the candidate's length and the metrics. Prefixes longer than the
+    model's positions allow (with the new tokens) keep their last tokens (`prefix_clipped`)."""
     from mbc_jax.generate import SamplingConfig, generate
 
-    cuts = [split_point(len(e), fraction, tokens) for e in examples]
-    lengths = [min(len(e) - p, max_new_tokens) for e, p in zip(examples, cuts)]
-    max_new = max(lengths)
+    max_new = max(c.end - c.prefix_end for c in cuts)
     room = model.config.max_position_embeddings - max_new
-    prompts = [e.input_ids[:p][-room:] for e, p in zip(examples, cuts)]  # keep the end of over-long prefixes
+    prompts = [e.input_ids[:c.prefix_end][-room:] for e, c in zip(examples, cuts)]
     cfg = SamplingConfig(greedy=True, repetition_penalty=1.0, max_new_tokens=max_new)
     gens = generate(model, prompts, cfg, eos_token_id=eos, batch_size=batch_size, row_keys=[e.index for e in examples])
     out = []
-    for e, p, n_ref, g in zip(examples, cuts, lengths, gens):
-        reference = e.input_ids[p:p + n_ref]
-        candidate = g.output_ids[:n_ref]
-        out.append({"index": e.index, "id": e.id, "category": e.category, "tokens": len(e), "prefix_tokens": p,
-                    "suffix_tokens": n_ref, "generated_tokens": len(candidate), **compare(candidate, reference)})
+    for e, c, g in zip(examples, cuts, gens):
+        reference = e.input_ids[c.prefix_end:c.end]
+        candidate = g.output_ids[:len(reference)]
+        out.append({"index": e.index, "id": e.id, "category": e.category, "tokens": len(e),
+                    "prompt_tokens": c.prompt_tokens, "response_tokens": c.response_tokens,
+                    "prefix_tokens": c.prefix_tokens, "suffix_tokens": len(reference),
+                    "generated_tokens": len(candidate), "prefix_clipped": int(c.prefix_end > room),
+                    **compare(candidate, reference)})
     return out
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    out = []
-    keys = list(dict.fromkeys((r["run"], r["checkpoint"], r["step"]) for r in rows))
-    for run, which, step in keys:
-        mine = [r for r in rows if r["run"] == run and r["checkpoint"] == which]
-        for cat in ["all", *sorted({r["category"] for r in mine})]:
-            sel = mine if cat == "all" else [r for r in mine if r["category"] == cat]
-            out.append({"run": run, "checkpoint": which, "step": step, "category": cat, "records": len(sel),
-                        **{m: float(np.nanmean([r[m] for r in sel])) for m in METRICS}})
-    return out
+def resolve_steps(run: RunFolder, spec: str = "all", baseline: bool = True, log=common.log) -> list[int]:
+    """Checkpoint steps from `spec` ("all", or a comma list of steps and the words first / last), with
+    step 0 (the model before fine-tuning) added when `baseline`; every one must be saved."""
+    saved = run.checkpoint_steps()
+    if not saved:
+        raise common.UserError(f"{run.path / 'checkpoints'}: no saved checkpoints; the analysis needs model weights")
+    if spec == "all":
+        steps = list(saved)
+    else:
+        steps = []
+        for word in (w.strip() for w in spec.split(",") if w.strip()):
+            if word in ("first", "last"):
+                steps.append(run.first_last_checkpoints(None, log)[word])
+            elif word.isdigit() and int(word) in saved:
+                steps.append(int(word))
+            else:
+                raise common.UserError(f"--steps: {word!r} is not a saved checkpoint of {run.path} "
+                                       f"(saved: {', '.join(map(str, saved))}; or use first, last, all)")
+    if baseline and 0 not in steps:
+        if 0 not in saved:
+            raise common.UserError(f"{run.path / 'checkpoints' / '0'}: missing; the baseline is the model before "
+                                   "fine-tuning (step 0's weights); pass --no-baseline to go without it")
+        steps.append(0)
+    return sorted(set(steps))
 
 
-def measure(run: RunFolder, *, fraction: float | None = 0.5, tokens: int | None = None, max_records: int | None = 200,
-            max_new_tokens: int = 64, first_step: int | None = None, batch_size: int = 32,
-            cache_dir: str | Path | None = None, mesh: str | None = None, log=common.log) -> list[dict]:
+def measure(run: RunFolder, steps: Sequence[int], *, window: str = "response", fraction: float | None = 0.5,
+            tokens: int | None = None, max_records: int | None = 200, max_new_tokens: int = 64, batch_size: int = 32,
+            cache_dir: str | Path | None = None, mesh: str | None = None, per_step: Callable | None = None,
+            log=common.log) -> list[dict]:
+    """Extraction rows of every selected record at every step. `per_step(model, step, examples, cuts, rows)`,
+    when given, runs while that checkpoint's model is loaded (the attention analysis uses it)."""
     tok = run.tokenizer()
-    rows = []
-    for which, step in run.first_last_checkpoints(first_step, log).items():
+    eos = run.template().eos_id(tok)
+    examples = cuts = None
+    out = []
+    for step in steps:
         t0 = time.perf_counter()
         with common.checkpoint_model(run, step, cache_dir, mesh) as model:
-            examples = select_examples(run, tok, model.config.vocab_size, max_records)
-            template = run.template()
-            eos = template.eos_id(tok)
-            got = extract(model, examples, fraction=fraction, tokens=tokens, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, eos=eos)
-        mem = run.memorization(step, "train")
-        tf = dict(zip(mem["index"].tolist(), mem["exact_match"].tolist()))
-        for r in got:
-            rows.append({"run": run.label, "checkpoint": which, "step": step, **r,
-                         "teacher_forcing_exact_match": tf.get(r["index"], float("nan"))})
-        log(f"{NAME}: {run.label} step {step}: {len(got)} records, token match "
-            f"{np.mean([r['token_match_rate'] for r in got]):.3f} ({time.perf_counter() - t0:.0f}s)")
-    return rows
+            if examples is None:
+                examples, cuts = select_examples(run, tok, model.config.vocab_size, max_records, lambda e: cut(
+                    e, window=window, fraction=fraction, tokens=tokens, max_new_tokens=max_new_tokens), log)
+            rows = [{"run": run.label, "step": step, **r}
+                    for r in extract(model, examples, cuts, batch_size=batch_size, eos=eos)]
+            if per_step is not None:
+                per_step(model, step, examples, cuts, rows)
+        out += rows
+        log(f"{NAME}: {run.label} step {step}: {len(rows)} records, ROUGE-L "
+            f"{np.mean([r['rouge_l'] for r in rows]):.3f} ({time.perf_counter() - t0:.0f}s)")
+    return out
 
 
-def describe(run_label: str, summary: list[dict], records: list[dict], prefix: str) -> str:
-    f, last = [next(s for s in summary if s["run"] == run_label and s["checkpoint"] == w and s["category"] == "all")
-               for w in common.FIRST_LAST]
-    s = (f"{run_label} ({f['records']} training records, prefix {prefix}): greedy continuations matched "
-         f"{common.pct(f['token_match_rate'])} of the true suffix tokens at the first checkpoint (step {f['step']}) "
-         "and "
-         f"{common.pct(last['token_match_rate'])} at the last (step {last['step']}); "
-         "the longest matching prefix averaged "
-         f"{fmt(f['longest_prefix'], 1)} then {fmt(last['longest_prefix'], 1)} tokens, "
-         f"ROUGE-L F1 {fmt(f['lcs_f1'])} then "
-         f"{fmt(last['lcs_f1'])}, and {common.pct(last['exact_extraction'])} of suffixes "
-         "were reproduced exactly at the last "
-         f"checkpoint (teacher-forced exact memorization of the same records: "
-         f"{fmt(last['teacher_forcing_exact_match'])}).")
-    cats = [c for c in summary if c["run"] == run_label and c["checkpoint"] == "last" and c["category"] != "all"]
-    if len(cats) > 1:
-        hi, lo = max(cats, key=lambda c: c["lcs_f1"]), min(cats, key=lambda c: c["lcs_f1"])
-        s += (f" By category, {hi['category']} is the most extractable (ROUGE-L F1 {fmt(hi['lcs_f1'])}) and "
-              f"{lo['category']} the least ({fmt(lo['lcs_f1'])}).")
-    last = [r for r in records if r["run"] == run_label and r["checkpoint"] == "last"]
-    c = common.correlation([r["teacher_forcing_exact_match"] for r in last], [r["lcs_f1"] for r in last], n_boot=500)
-    if c["n"] >= 3 and np.isfinite(c["spearman"]):
-        s += (f" Across records, extraction F1 and teacher-forced memorization correlate with Spearman "
-              f"{fmt(c['spearman'], 2)} (95% CI {fmt(c['spearman_lo'], 2)} to {fmt(c['spearman_hi'], 2)}).")
-    return s
+# ----------------------------------------------------------------------------- per category, with CIs
 
 
-def plot(summary: list[dict], path: Path) -> Path:
+def summarize(records: list[dict], *, threshold: float = DEFAULT_THRESHOLD, n_boot: int = 1000,
+              seed: int = 0) -> list[dict]:
+    """Per run, step and category ("all" first): means, ROUGE-L and memorization ratio with CIs, the
+    rank of the category by ROUGE-L at that step (1 = most extractable), and the change from step 0
+    (paired over the same records) with CIs."""
+    for r in records:
+        r["memorized"] = float(r["rouge_l"] >= threshold)
+    out = []
+    for run in dict.fromkeys(r["run"] for r in records):
+        mine = [r for r in records if r["run"] == run]
+        base = {r["index"]: r for r in mine if r["step"] == 0}
+        for step in sorted({r["step"] for r in mine}):
+            at = [r for r in mine if r["step"] == step]
+            rows = []
+            for cat in ["all", *sorted({r["category"] for r in at})]:
+                sel = at if cat == "all" else [r for r in at if r["category"] == cat]
+                row = {"run": run, "step": step, "category": cat, "records": len(sel),
+                       **{m: float(np.mean([r[m] for r in sel])) for m in METRICS}}
+                for k in ("response_tokens", "prompt_tokens"):
+                    row[k] = float(np.mean([r[k] for r in sel]))
+                _, row["rouge_l_lo"], row["rouge_l_hi"] = common.mean_ci([r["rouge_l"] for r in sel], n_boot=n_boot,
+                                                                         seed=seed)
+                row["ratio"], row["ratio_lo"], row["ratio_hi"] = common.mean_ci([r["memorized"] for r in sel],
+                                                                                n_boot=n_boot, seed=seed)
+                for m, key in (("rouge_l", "rouge_l_change"), ("memorized", "ratio_change")):
+                    d = [r[m] - base[r["index"]][m] for r in sel if r["index"] in base]
+                    row[key], row[key + "_lo"], row[key + "_hi"] = common.mean_ci(d, n_boot=n_boot, seed=seed)
+                rows.append(row)
+            ranked = sorted(rows[1:], key=lambda s: -s["rouge_l"])
+            for k, s in enumerate(ranked, 1):
+                s["rank"] = k
+            rows[0]["rank"] = ""
+            out += rows
+    return out
+
+
+def ci(s: dict, name: str, digits: int = 3) -> str:
+    return f"{fmt(s[name], digits)} [{fmt(s[name + '_lo'], digits)}, {fmt(s[name + '_hi'], digits)}]"
+
+
+def task_table(summary: list[dict], run: str, step: int) -> str:
+    """Markdown: the categories of one run at one step, ranked, with step 0 and the change beside them."""
+    base = {s["category"]: s for s in summary if s["run"] == run and s["step"] == 0}
+    rows = sorted((s for s in summary if s["run"] == run and s["step"] == step and s["category"] != "all"),
+                  key=lambda s: s["rank"])
+    rows += [s for s in summary if s["run"] == run and s["step"] == step and s["category"] == "all"]
+    return common.markdown_table(
+        [[s["rank"], s["category"], s["records"], fmt(s["response_tokens"], 1),
+          fmt(base[s["category"]]["rouge_l"]) if s["category"] in base else "n/a", ci(s, "rouge_l"),
+          ci(s, "rouge_l_change"), ci(s, "ratio"), ci(s, "ratio_change"), common.pct(s["exact_extraction"])]
+         for s in rows],
+        ["rank", "category", "records", "mean response tokens", "ROUGE-L step 0", f"ROUGE-L step {step} [95% CI]",
+         "change from step 0", "memorization ratio", "ratio change", "exact"])
+
+
+def plot(summary: list[dict], path: Path, threshold: float) -> Path:
+    """Per run: ROUGE-L per category over the steps (step 0 included), and the change from step 0 at the
+    last step per category, ranked, with CIs and the mean response length."""
     runs = list(dict.fromkeys(s["run"] for s in summary))
-    fig, axes = common.figure(len(runs), 2, size=(12.0, 3.6 * len(runs)))
+    fig, axes = common.figure(len(runs), 2, size=(13.0, 4.2 * len(runs)))
     for r, run in enumerate(runs):
         mine = [s for s in summary if s["run"] == run]
-        cats = list(dict.fromkeys(s["category"] for s in mine))
-        x = np.arange(len(cats))
-        for ax, metric, label in ((axes[2 * r], "token_match_rate", "token match rate"),
-                                  (axes[2 * r + 1], "lcs_f1", "ROUGE-L F1 (token LCS)")):
-            for k, (which, color) in enumerate((("first", "#A1D99B"), ("last", "#238B45"))):
-                vals = {s["category"]: s for s in mine if s["checkpoint"] == which}
-                step = next(iter(vals.values()))["step"]
-                ax.bar(x + (k - 0.5) * 0.38, [vals[c][metric] for c in cats], 0.38, color=color,
-                       label=f"{which} checkpoint (step {step})")
-            ax.set_xticks(x, cats, rotation=25, ha="right", fontsize=8)
-            ax.set_ylabel(label)
-            ax.set_ylim(0, 1)
-            ax.set_title(run, fontsize=10)
-            ax.grid(alpha=0.3, axis="y")
-            ax.legend(fontsize=7)
+        cats = sorted({s["category"] for s in mine} - {"all"})
+        colors = common.category_colors(cats)
+        ax, bx = axes[2 * r], axes[2 * r + 1]
+        for cat in ["all", *cats]:
+            rows = sorted((s for s in mine if s["category"] == cat), key=lambda s: s["step"])
+            x = [s["step"] for s in rows]
+            kw = {"color": "black", "lw": 2.2} if cat == "all" else {"color": colors[cat], "lw": 1.2}
+            ax.plot(x, [s["rouge_l"] for s in rows], marker="o", ms=3, label=cat, **kw)
+            ax.fill_between(x, [s["rouge_l_lo"] for s in rows], [s["rouge_l_hi"] for s in rows], alpha=0.12,
+                            color=kw["color"])
+        ax.set_xlabel("step (0 = before fine-tuning)")
+        ax.set_ylabel("ROUGE-L of the continuation")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{run}: extraction per category (a record is memorized at ROUGE-L >= {threshold:g})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+        last = max(s["step"] for s in mine)
+        rows = sorted((s for s in mine if s["step"] == last and s["category"] != "all"), key=lambda s: s["rank"])
+        x = np.arange(len(rows))
+        y = np.array([s["rouge_l_change"] for s in rows])
+        err = np.abs(np.array([[s["rouge_l_change_lo"] for s in rows], [s["rouge_l_change_hi"] for s in rows]]) - y)
+        bx.bar(x, y, color=[colors[s["category"]] for s in rows], yerr=err, capsize=3)
+        for i, s in enumerate(rows):
+            bx.text(i, 0, f"{s['response_tokens']:.0f} tok", ha="center", va="bottom", fontsize=7, rotation=90)
+        bx.axhline(0, color="black", lw=0.8)
+        bx.set_xticks(x, [s["category"] for s in rows], rotation=25, ha="right", fontsize=8)
+        bx.set_ylabel(f"ROUGE-L change, step {last} - step 0")
+        bx.set_title(f"{run}: what fine-tuning memorized\n(ranked by ROUGE-L at step {last}; bars: change from "
+                     f"step 0 with 95% CI; labels: mean response tokens)", fontsize=9)
+        bx.grid(alpha=0.3, axis="y")
     return common.save_figure(fig, path)
 
 
-def build(runs: Sequence[RunFolder], out: str | Path, *, fraction: float | None = 0.5, tokens: int | None = None,
-          max_records: int | None = 200, max_new_tokens: int = 64, first_step: int | None = None,
-          batch_size: int = 32, cache_dir: str | Path | None = None, mesh: str | None = None) -> Artifact:
+def window_text(window: str, fraction: float | None, tokens: int | None) -> str:
+    if window == "pythia":
+        return (f"Pythia-style windows: the first {PYTHIA_TOKENS} tokens of the whole rendered record, "
+                f"{PYTHIA_TOKENS} tokens compared")
+    given = f"the first {tokens} tokens" if tokens is not None else f"the first {fraction:.0%}"
+    return f"the record's full prompt and {given} of its response given, the rest of the response compared"
+
+
+def check_options(window: str, fraction: float | None, tokens: int | None, max_new_tokens: int,
+                  threshold: float) -> None:
+    if window not in WINDOWS:
+        raise common.UserError(f"--window must be one of {', '.join(WINDOWS)}, got {window!r}")
     if tokens is None and not (fraction is not None and 0 < fraction < 1):
         raise common.UserError(f"--prefix-fraction must be in (0, 1), got {fraction}")
     if tokens is not None and tokens < 1:
         raise common.UserError(f"--prefix-tokens must be >= 1, got {tokens}")
     if max_new_tokens < 1:
         raise common.UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = [r for run in runs for r in measure(run, fraction=fraction, tokens=tokens, max_records=max_records,
-                                                  max_new_tokens=max_new_tokens, first_step=first_step,
-                                                  batch_size=batch_size, cache_dir=cache_dir, mesh=mesh)]
-    summary = summarize(records)
-    csv_path = common.write_csv(out / f"{NAME}.csv", summary, SUMMARY_COLUMNS)
-    rec_path = common.write_csv(out / f"{NAME}_records.csv", records, RECORD_COLUMNS)
-    png = plot(summary, out / f"{NAME}.png")
-    prefix = f"the first {tokens} tokens" if tokens is not None else f"the first {fraction:g} of each record's tokens"
-    paragraph = " ".join(describe(run.label, summary, records, prefix) for run in runs)
-    table = common.markdown_table(
-        [[s["run"], s["checkpoint"], s["step"], s["category"], s["records"], common.pct(s["token_match_rate"]),
-          fmt(s["longest_prefix"], 1), fmt(s["lcs_f1"]), common.pct(s["exact_extraction"])]
-         for s in summary if s["category"] == "all"],
-        ["run", "checkpoint", "step", "category", "records", "token match", "longest prefix", "ROUGE-L F1", "exact"])
-    md = common.write_markdown(out, NAME, TITLE, paragraph, png, [csv_path, rec_path], extra=table)
-    return Artifact(NAME, TITLE, png, [csv_path, rec_path], md, paragraph, {"summary": summary, "records": records})
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = common.base_parser(NAME, __doc__)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--prefix-fraction", type=float, default=None, metavar="F",
-                   help="prefix = this share of each record's tokens (default: 0.5)")
-    g.add_argument("--prefix-tokens", type=int, default=None, metavar="N", help="prefix = the first N tokens")
-    p.add_argument("--max-records", type=int, default=200, metavar="N",
-                   help="training records per checkpoint, category-balanced; 0 = all (default: 200)")
-    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
-                   help="suffix tokens compared at most (default: 64)")
-    p.add_argument("--first-step", type=int, default=None, metavar="STEP",
-                   help="checkpoint used as the first (default: the first saved after step 0)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="B")
-    p.add_argument("--export-cache", default=None, metavar="DIR",
-                   help="keep exported checkpoints here for reuse (default: a temporary folder)")
-    p.add_argument("--mesh", default=None, metavar="D,F,T", help="device mesh for the model (default: all on data)")
-    args = p.parse_args(argv)
-    fraction = None if args.prefix_tokens is not None else (args.prefix_fraction or 0.5)
-    return common.run_cli(lambda: build(
-        common.open_runs(args.runs, args.labels), args.out, fraction=fraction, tokens=args.prefix_tokens,
-        max_records=args.max_records or None, max_new_tokens=args.max_new_tokens, first_step=args.first_step,
-        batch_size=args.batch_size, cache_dir=args.export_cache, mesh=args.mesh))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if not 0 < threshold <= 1:
+        raise common.UserError(f"--threshold must be in (0, 1], got {threshold}")

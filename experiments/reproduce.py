@@ -61,7 +61,7 @@ class Scale:
     max_new_tokens: int = 256
     extraction_records: int | None = 200
     extraction_new_tokens: int = 64
-    attention_records: int | None = 500
+    zeng_steps: str = "all"  # checkpoints of the Zeng et al. analyses (step 0 always comes in)
     note: str = ""
 
 
@@ -71,20 +71,20 @@ SCALES = {
         config=lambda sampler, lr: str(CONFIGS / "demo.yaml"),
         overrides=("demo_records=320", "epochs=8", "keep_checkpoints=1000", "log_every=25"),
         max_train_records=320, generate_records=80, max_new_tokens=64, extraction_records=160,
-        extraction_new_tokens=48, attention_records=400,
+        extraction_new_tokens=48, zeng_steps="first,last",
         note="tiny random-init GPT-Neo on the demo's generated suite; learning rates 1e-3 / 3e-3 suit a model "
              "trained from scratch (the paper's 1e-5 / 5e-5 are for fine-tuning a pretrained gpt-neo-2.7B)"),
     "small": Scale(
         learning_rates=(1e-5, 5e-5),
         config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_125m_{sampler}.yaml"),
         overrides=("keep_checkpoints=1000",), generate_records=200, max_new_tokens=256, extraction_records=300,
-        extraction_new_tokens=64, attention_records=500,
+        extraction_new_tokens=64,
         note="pretrained gpt-neo-125m at the paper's learning rates"),
     "paper": Scale(
         learning_rates=(1e-5, 5e-5),
         config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_2p7b_{sampler}_lr{lr:.0e}.yaml".replace("e-0", "e-")),
         set_learning_rate=False, generate_records=None, max_new_tokens=256, extraction_records=1000,
-        extraction_new_tokens=64, attention_records=1000,
+        extraction_new_tokens=64,
         note="gpt-neo-2.7B, the paper's setup (TPU VM); checkpoints kept as the config says, so the 'first' "
              "checkpoint of Table 1 and the extraction study is the earliest one still saved"),
 }
@@ -249,9 +249,7 @@ def write_report(out: Path, scale_name: str, scale: Scale, runs, sections: list[
 def reproduce(args: argparse.Namespace) -> int:
     from experiments import (
         appendix_a_categories,
-        attention_concentration,
         common,
-        extraction_memorization,
         fig1_memorization_dynamics,
         fig2_data_map,
         fig3_validation_perplexity,
@@ -260,6 +258,7 @@ def reproduce(args: argparse.Namespace) -> int:
         fig7_category_memorization,
         fig8_sampling_frequency,
         table1_entropy,
+        zeng,
     )
 
     scale = SCALES[args.scale]
@@ -334,11 +333,9 @@ def reproduce(args: argparse.Namespace) -> int:
     step("fig6_mbc_vs_baseline", lambda: fig6_mbc_vs_baseline.build(every, figs))
     step("fig7_category_memorization", lambda: fig7_category_memorization.build(every, figs))
     step("fig8_sampling_frequency", lambda: fig8_sampling_frequency.build(every, figs))
-    step("extraction_memorization", lambda: extraction_memorization.build(
-        every, figs, max_records=scale.extraction_records, max_new_tokens=scale.extraction_new_tokens,
-        cache_dir=exports, mesh=args.mesh))
-    step("attention_concentration", lambda: attention_concentration.build(
-        every, figs, max_records=scale.attention_records, cache_dir=exports, mesh=args.mesh))
+    step("zeng", lambda: zeng.build(
+        every, figs, steps=scale.zeng_steps, max_records=scale.extraction_records,
+        max_new_tokens=scale.extraction_new_tokens, cache_dir=exports, mesh=args.mesh))
     step("appendix_a_categories", lambda: appendix_a_categories.build(every, figs))
     if not args.keep_exports:
         shutil.rmtree(exports, ignore_errors=True)

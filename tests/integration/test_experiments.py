@@ -31,6 +31,7 @@ from experiments import (
     fig8_sampling_frequency,
     reproduce,
     table1_entropy,
+    zeng,
 )
 from mbc_jax.run_folder import RunFolder
 
@@ -460,38 +461,18 @@ def test_correlations_match_scipy_and_bootstrap_brackets_them():
     assert common.balanced_order(["a", "a", "b", "a", "c"]) == [0, 2, 4, 1, 3]
 
 
-def test_extraction_metrics_on_hand_built_cases():
-    E = extraction_memorization
-    ref = [5, 6, 7, 8, 9]
-    # candidate agrees on the first 2 tokens, then 9 (in ref at position 4), then stops early (EOS)
-    cand = [5, 6, 1, 9]
-    assert E.token_match_rate(cand, ref) == 2 / 5
-    assert E.longest_common_prefix(cand, ref) == 2
-    assert E.lcs_length(cand, ref) == 3  # 5 6 9
-    p, r = 3 / 4, 3 / 5
-    assert E.rouge_l_f1(cand, ref) == pytest.approx(2 * p * r / (p + r))
-    assert E.lcs_length([1, 2, 3, 4], [2, 4, 1, 3]) == 2
-    assert E.lcs_length([1, 2, 3, 2, 4, 1, 2], [2, 4, 3, 1, 2, 1]) == 4  # the textbook ABCBDAB / BDCABA
-    full = E.compare(ref, ref)
-    assert full == {"token_match_rate": 1.0, "longest_prefix": 5, "longest_prefix_fraction": 1.0, "lcs_f1": 1.0,
-                    "exact_extraction": 1.0}
-    none = E.compare([], ref)
-    assert none["token_match_rate"] == 0.0 and none["lcs_f1"] == 0.0 and none["exact_extraction"] == 0.0
-    shifted = E.compare([0, 5, 6, 7, 8], ref)  # one token late: no positional match, LCS 4 of 5
-    assert shifted["token_match_rate"] == 0.0 and shifted["lcs_f1"] == pytest.approx(0.8)
-    assert [E.split_point(n, 0.5, None) for n in (2, 3, 10, 11)] == [1, 2, 5, 6]
-    assert E.split_point(10, None, 32) == 9 and E.split_point(10, None, 0) == 1
-
-
 def test_extract_cuts_records_and_scores_the_suffix(monkeypatch):
-    """`extract` with a stand-in generator: the prompts it passes and the metrics it reports."""
+    """`extract` with a stand-in generator: the prompts it passes (prompt + part of the response) and
+    the metrics it reports."""
     from types import SimpleNamespace
 
     from mbc_jax import generate as gen_mod
     from mbc_jax.data import Example
 
-    examples = [Example(i, f"r{i}", "c", np.arange(10 * i, 10 * i + n, dtype=np.int32), np.ones(n, bool))
-                for i, n in enumerate((8, 12, 5))]
+    # prompts of 3, 20 and 2 tokens; responses of 8, 6 and 5 tokens
+    examples = [Example(i, f"r{i}", "c", np.arange(10 * i, 10 * i + p + m, dtype=np.int32), np.arange(p + m) >= p)
+                for i, (p, m) in enumerate(((3, 8), (20, 6), (2, 5)))]
+    cuts = [extraction_memorization.cut(e, fraction=0.5, max_new_tokens=4) for e in examples]
     seen = {}
 
     def fake_generate(model, prompts, cfg, **kw):
@@ -504,13 +485,14 @@ def test_extract_cuts_records_and_scores_the_suffix(monkeypatch):
 
     monkeypatch.setattr(gen_mod, "generate", fake_generate)
     model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=64))
-    rows = extraction_memorization.extract(model, examples, fraction=0.5, tokens=None, max_new_tokens=4)
-    assert [len(p) for p in seen["prompts"]] == [4, 6, 2]  # round(n / 2)
+    rows = extraction_memorization.extract(model, examples, cuts)
+    assert [len(p) for p in seen["prompts"]] == [3 + 4, 20 + 3, 2 + 2]  # prompt + round(m / 2) response tokens
     assert seen["cfg"].greedy and seen["cfg"].repetition_penalty == 1.0 and seen["cfg"].max_new_tokens == 4
-    assert [r["suffix_tokens"] for r in rows] == [4, 4, 3]
+    assert [r["suffix_tokens"] for r in rows] == [4, 3, 3] and [r["prefix_tokens"] for r in rows] == [4, 3, 2]
+    assert [r["prompt_tokens"] for r in rows] == [3, 20, 2] and [r["response_tokens"] for r in rows] == [8, 6, 5]
     assert rows[0]["exact_extraction"] == 1.0 and rows[0]["token_match_rate"] == 1.0
-    assert rows[1]["longest_prefix"] == 2 and rows[1]["token_match_rate"] == 0.5
-    assert rows[2]["generated_tokens"] == 0 and rows[2]["lcs_f1"] == 0.0
+    assert rows[1]["longest_prefix"] == 2 and rows[1]["token_match_rate"] == pytest.approx(2 / 3)
+    assert rows[2]["generated_tokens"] == 0 and rows[2]["rouge_l"] == 0.0
 
 
 # ----------------------------------------------------------------------------- attention probabilities
@@ -625,29 +607,41 @@ def test_attention_layer_loop_is_the_opt_model(name):
     assert np.all(np.triu(np.where(real[None, :, None, :, None], probs, 0), k=1) == 0)
 
 
-def test_record_entropies_equal_entropy_of_the_probs(neo_fixture):
+def test_prompt_concentration_equals_a_numpy_gpt_neo(neo_fixture):
+    """The attention of the response positions over the prompt, from the sown probabilities, against
+    the same statistics of the numpy GPT-Neo's probabilities (global layers and window-8 local ones)."""
     from mbc_jax.data import Example
 
-    _, model, ref = neo_fixture
+    folder, model, ref = neo_fixture
     lens = ref["attention_mask"].sum(1)
-    examples = [Example(i, str(i), "c", ref["input_ids"][i, :n].astype(np.int32), np.ones(n, bool))
+    spans = [(min(n - 2, 4 + 3 * i), int(n)) for i, n in enumerate(lens)]
+    examples = [Example(i, str(i), "c", ref["input_ids"][i, :n].astype(np.int32), np.arange(n) >= spans[i][0])
                 for i, n in enumerate(lens)]
-    ent, norm = attention_concentration.record_entropies(model, examples, tokens_per_batch=64)
-    _, probs = attention_concentration.attention_probs(model, ref["input_ids"], segment_ids=ref["attention_mask"])
-    for i, e in enumerate(examples):
-        n = len(e)
-        p = probs[:, i, :, :n, :n].astype(np.float64)  # [L, H, T, T] of the record's real positions
-        h = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(-1)  # [L, H, T]
-        keys = (p > 0).sum(-1)  # visible keys (all get some mass)
-        windows = np.minimum(np.arange(n) + 1, np.array([1 << 30, 8, 1 << 30, 8])[:, None])
-        assert np.array_equal(keys[:, 0], windows)
-        sel = windows >= 2
-        want = np.stack([h[layer][:, sel[layer]].mean(-1) for layer in range(4)])
-        want_norm = np.stack([(h[layer][:, sel[layer]] / np.log(windows[layer][sel[layer]])).mean(-1)
-                              for layer in range(4)])
-        np.testing.assert_allclose(ent[i], want, atol=1e-4)
-        np.testing.assert_allclose(norm[i], want_norm, atol=1e-4)
-        assert np.all((norm[i] > 0) & (norm[i] <= 1 + 1e-6))
+    got = attention_concentration.prompt_concentration(model, examples, spans, top_k=3, tokens_per_batch=64)
+    _, np_probs = _numpy_gpt_neo(folder, ref["input_ids"], ref["attention_mask"])
+    windows = [1 << 30, 8, 1 << 30, 8]
+    for i, (r0, r1) in enumerate(spans):
+        for layer in range(4):
+            for head in range(4):
+                vals = {m: [] for m in attention_concentration.MEASURES}
+                norm = []
+                for t in range(r0 - 1, r1 - 1):
+                    keys = [s for s in range(r0) if t - s < windows[layer]]
+                    if not keys:
+                        continue
+                    w = np_probs[layer][i, head, t, keys]
+                    q = w / w.sum()
+                    h = -(q * np.log(q)).sum()
+                    vals["entropy"].append(h)
+                    vals["top_k_mass"].append(np.sort(q)[::-1][:3].sum())
+                    vals["prompt_mass"].append(w.sum())
+                    if len(keys) >= 2:
+                        norm.append(h / np.log(len(keys)))
+                vals["normalized_entropy"] = norm
+                for m, v in vals.items():
+                    want = np.mean(v) if v else np.nan
+                    np.testing.assert_allclose(got[m][i, layer, head], want, atol=2e-5, err_msg=f"{m} {i} {layer}")
+    assert np.all(np.isfinite(got["entropy"])) and np.all(got["normalized_entropy"] <= 1 + 1e-6)
 
 
 # ----------------------------------------------------------------------------- a real run, end to end
@@ -735,21 +729,27 @@ def test_every_module_on_a_real_tiny_run(tiny_run, tmp_path):
         assert float(r["teacher_forcing_entropy"]) == pytest.approx(mem["entropy"][sel].mean())
     assert {p.name.rsplit("_step", 1)[1] for p in cache.iterdir()} == {"3", "8"}  # exported once, reused below
 
-    art = extraction_memorization.build([run], out, max_records=8, max_new_tokens=6, cache_dir=cache)
-    recs = read(out / "extraction_memorization_records.csv")
-    assert len(recs) == 16 and {r["checkpoint"] for r in recs} == {"first", "last"}
+    # Zeng et al.: step 0 comes in by default beside the asked-for checkpoint; the CLI in a fresh process
+    assert zeng.main(["--runs", str(tiny_run), "--out", str(out), "--steps", "last", "--max-records", "16",
+                      "--max-new-tokens", "6", "--bootstrap", "100", "--export-cache", str(cache)]) == 0
+    recs = read(out / "zeng_records.csv")
+    assert len(recs) == 32 and {int(r["step"]) for r in recs} == {0, 8}
+    _, examples = run.examples("train", run.tokenizer())
+    by_index = {e.index: e for e in examples}
     for r in recs:
-        assert 0 <= float(r["token_match_rate"]) <= 1 and 0 <= float(r["lcs_f1"]) <= 1
-        assert int(r["prefix_tokens"]) == max(1, min(round(0.5 * int(r["tokens"])), int(r["tokens"]) - 1))
-    check(art, {})
-
-    art = attention_concentration.build([run], out, max_records=24, n_boot=100, cache_dir=cache)
-    res = art.data["results"][0]
-    assert res["step"] == 8 and res["entropy"].shape == (24, 4, 4)
-    cats = len(set(res["categories"]))
-    check(art, {"attention_concentration.csv": 2 * (1 + cats), "attention_concentration_heads.csv": 16,
-                "attention_concentration_records.csv": 24})
-    assert np.all(np.isfinite(res["entropy"])) and np.all(res["normalized_entropy"] <= 1 + 1e-6)
+        assert 0 <= float(r["token_match_rate"]) <= 1 and 0 <= float(r["rouge_l"]) <= 1
+        m, p = int(r["response_tokens"]), int(r["prefix_tokens"])
+        assert p == max(1, min(round(0.5 * m), m - 1))  # the cut is inside the response
+        mask = by_index[int(r["index"])].response_mask
+        assert not mask[int(r["prompt_tokens"]) - 1] and mask[int(r["prompt_tokens"]) + p - 1]
+        assert 0 < float(r["normalized_entropy"]) <= 1 + 1e-6 and 0 < float(r["top_k_mass"]) <= 1 + 1e-6
+    summary = read(out / "zeng_extraction.csv")
+    assert {int(s["step"]) for s in summary} == {0, 8}
+    assert all(float(s["rouge_l_change"]) == 0 for s in summary if int(s["step"]) == 0)
+    assert len(read(out / "zeng_correlations.csv")) == 8 + 16 and len(read(out / "zeng_heads.csv")) == 2 * 16
+    text = (out / "zeng.md").read_text()
+    assert "Claim 1" in text and "Claim 2" in text and "zeng_attention_maps.png" in text
+    assert (out / "zeng_attention_maps.png").stat().st_size > 5000 and (out / "zeng_attention.png").is_file()
 
 
 def test_reproduce_report_links_and_judge_skip(tmp_path, monkeypatch, capsys):
