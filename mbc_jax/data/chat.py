@@ -1,6 +1,6 @@
 """Chat-template rendering: a dialogue record -> token ids + assistant-turn mask, with the tokenizer's own template.
 
-    ids, mask = chat_example(record, tokenizer, template)   # `template.chat`: what `tokenize` uses
+    rows = chat_examples(records, tokenizer, template)  # `template.chat`: (ids, mask) or DataError per record
     text, ids = chat_prompt(record, tokenizer, template)    # the generation prompt (add_generation_prompt=True)
 
 Messages: the record's turns in order, roles as the data names them (system, user, assistant); a
@@ -10,12 +10,12 @@ as transformers' `apply_chat_template` does (a chat template writes its own BOS)
 
 Which tokens are scored (the response mask), per assistant turn:
 - with `{% generation %}` markers in the template: the tokens they mark (transformers'
-  `return_assistant_tokens_mask`); their number must equal the number of assistant turns;
+  `return_assistant_tokens_mask`, one batch); their number must equal the number of assistant turns;
 - without: the tokens of `render(messages[:i + 1])` after `render(messages[:i], add_generation_prompt=True)`.
   Each shorter rendering must be a token prefix of the longer one and both of the whole
   conversation's rendering; a template (or a tokenizer merging tokens across a turn boundary) that
   breaks this is a DataError naming the record and the template, since the turn's tokens cannot
-  then be told apart.
+  then be told apart. The texts of all records are encoded in one batch.
 Then each turn's mask ends with its end-of-turn token `template.eos_id(tokenizer)` (the template
 file's `eos_token_id`, else the tokenizer's EOS): it is scored, so the model learns to stop there,
 and generation stops at it. Template text after it (ChatML's newline between turns) is not scored;
@@ -102,12 +102,13 @@ def _not_prefix(tokenizer: Any, record: Record, turn: int, short: list[int], lon
                      "one with {% generation %} markers, or the default template")
 
 
-def _spans_by_rendering(record: Record, tokenizer: Any, msgs: list[dict[str, str]],
-                        turns: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
-    texts = [_render(tokenizer, record, msgs, False)]
-    for i in turns:
-        texts += [_render(tokenizer, record, msgs[:i], True), _render(tokenizer, record, msgs[:i + 1], False)]
-    enc = _encode(tokenizer, texts)
+_Item = tuple[Record, list[dict[str, str]], list[int]]  # (record, its messages, indices of its assistant turns)
+_Spans = tuple[list[int], list[tuple[int, int]]]  # (ids, [start, end) of each assistant turn)
+
+
+def _spans_from_renderings(record: Record, tokenizer: Any, enc: list[list[int]], turns: list[int]) -> _Spans:
+    """enc: the whole conversation, then per assistant turn i: messages[:i] with the generation prompt and
+    messages[:i + 1]."""
     full, spans = enc[0], []
     for k, i in enumerate(turns):
         prompt, with_turn = enc[1 + 2 * k], enc[2 + 2 * k]
@@ -126,21 +127,62 @@ def _spans_by_rendering(record: Record, tokenizer: Any, msgs: list[dict[str, str
     return full, spans
 
 
-def _spans_by_markers(record: Record, tokenizer: Any, msgs: list[dict[str, str]],
-                      turns: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+def _spans_by_rendering(items: list[_Item], tokenizer: Any) -> list[_Spans | DataError]:
+    """Every record rendered with and without each assistant turn; all texts encoded in one batch."""
+    out: list[Any] = [None] * len(items)
+    texts: list[str] = []
+    where = []  # (item, first text, number of texts)
+    for k, (rec, msgs, turns) in enumerate(items):
+        try:
+            mine = [_render(tokenizer, rec, msgs, False)]
+            for i in turns:
+                mine += [_render(tokenizer, rec, msgs[:i], True), _render(tokenizer, rec, msgs[:i + 1], False)]
+        except DataError as e:
+            out[k] = e
+            continue
+        where.append((k, len(texts), len(mine)))
+        texts += mine
+    enc = _encode(tokenizer, texts) if texts else []
+    for k, first, n in where:
+        rec, _, turns = items[k]
+        try:
+            out[k] = _spans_from_renderings(rec, tokenizer, enc[first:first + n], turns)
+        except DataError as e:
+            out[k] = e
+    return out
+
+
+def _spans_by_markers(items: list[_Item], tokenizer: Any) -> list[_Spans | DataError]:
+    """The spans the template's {% generation %} markers mark (transformers' return_assistant_tokens_mask), for
+    every record the template renders, in one batch."""
+    out: list[Any] = [None] * len(items)
+    good = []
+    for k, (rec, msgs, _) in enumerate(items):
+        try:
+            _render(tokenizer, rec, msgs, False)  # a record the template refuses is that record's error
+            good.append(k)
+        except DataError as e:
+            out[k] = e
+    if not good:
+        return out
     try:
-        out = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        res = tokenizer.apply_chat_template([items[k][1] for k in good], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
     except Exception as e:
-        raise DataError(record.source, "messages", f"{template_name(tokenizer)} cannot render this record "
-                        f"({type(e).__name__}: {e})") from None
-    ids, marked = list(out["input_ids"]), np.asarray(out["assistant_masks"], dtype=bool)
-    edges = np.flatnonzero(np.diff(np.concatenate([[False], marked, [False]]).astype(np.int8)))
-    spans = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
-    if len(spans) != len(turns):
-        raise DataError(record.source, "messages", f"{template_name(tokenizer)} marks {len(spans)} "
-                        f"{{% generation %}} span(s) for {len(turns)} assistant turn(s); it must mark each assistant "
-                        "turn, and nothing else")
-    return ids, spans
+        raise UserError(f"{template_name(tokenizer)}: cannot find the assistant tokens from its {{% generation %}} "
+                        f"markers ({type(e).__name__}: {e})") from None
+    for k, ids, marks in zip(good, res["input_ids"], res["assistant_masks"]):
+        rec, _, turns = items[k]
+        marked = np.asarray(marks, dtype=bool)
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], marked, [False]]).astype(np.int8)))
+        spans = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+        if len(spans) != len(turns):
+            out[k] = DataError(rec.source, "messages", f"{template_name(tokenizer)} marks {len(spans)} "
+                               f"{{% generation %}} span(s) for {len(turns)} assistant turn(s); it must mark each "
+                               "assistant turn, and nothing else")
+        else:
+            out[k] = (list(ids), spans)
+    return out
 
 
 def _special_ids(tokenizer: Any) -> set[int]:
@@ -150,7 +192,7 @@ def _special_ids(tokenizer: Any) -> set[int]:
 
 
 def _end_at_turn_end(record: Record, tokenizer: Any, template: Template, ids: list[int],
-                     spans: list[tuple[int, int]], turns: list[int]) -> list[tuple[int, int]]:
+                     spans: list[tuple[int, int]], turns: list[int], special: set[int]) -> list[tuple[int, int]]:
     """Each span through its last end-of-turn token (or the one directly after it); see the module doc."""
     eot = template.eos_id(tokenizer)
     out = []
@@ -161,7 +203,7 @@ def _end_at_turn_end(record: Record, tokenizer: Any, template: Template, ids: li
         elif eot is not None and b < len(ids) and ids[b] == eot:
             b += 1
         elif template.add_eos:
-            last = next((t for t in reversed(seg) if t in _special_ids(tokenizer)), None)
+            last = next((t for t in reversed(seg) if t in special), None)
             hint = (f"its last special token in the turn is {_text(tokenizer, [last])!r} (id {last}): write a "
                     f"template file with `chat: true` and `eos_token_id: {last}` if that ends a turn, or "
                     if last is not None else "write a template file with `chat: true` and `eos_token_id` set to "
@@ -174,18 +216,33 @@ def _end_at_turn_end(record: Record, tokenizer: Any, template: Template, ids: li
     return out
 
 
-def chat_example(record: Record, tokenizer: Any, template: Template) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids int64, response_mask bool) of a dialogue record rendered with the tokenizer's chat template."""
+def chat_examples(records: list[Record], tokenizer: Any,
+                  template: Template) -> list[tuple[np.ndarray, np.ndarray] | DataError]:
+    """Per dialogue record, (input_ids int64, response_mask bool) rendered with the tokenizer's chat template,
+    or the DataError that record raised (the caller raises or counts it)."""
     source = chat_template_text(tokenizer)
-    msgs = messages(record, template.context_separator)
-    turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    items = []
+    for rec in records:
+        msgs = messages(rec, template.context_separator)
+        items.append((rec, msgs, [i for i, m in enumerate(msgs) if m["role"] == "assistant"]))
     by = _spans_by_markers if GENERATION_MARKER.search(source) else _spans_by_rendering
-    ids, spans = by(record, tokenizer, msgs, turns)
-    spans = _end_at_turn_end(record, tokenizer, template, ids, spans, turns)
-    mask = np.zeros(len(ids), dtype=bool)
-    for a, b in spans:
-        mask[a:b] = True
-    return np.asarray(ids, dtype=np.int64), mask
+    special = _special_ids(tokenizer)
+    out: list[Any] = []
+    for (rec, _, turns), res in zip(items, by(items, tokenizer)):
+        if isinstance(res, DataError):
+            out.append(res)
+            continue
+        ids, spans = res
+        try:
+            spans = _end_at_turn_end(rec, tokenizer, template, ids, spans, turns, special)
+        except DataError as e:
+            out.append(e)
+            continue
+        mask = np.zeros(len(ids), dtype=bool)
+        for a, b in spans:
+            mask[a:b] = True
+        out.append((np.asarray(ids, dtype=np.int64), mask))
+    return out
 
 
 def chat_prompt(record: Record, tokenizer: Any, template: Template) -> tuple[str, list[int]]:

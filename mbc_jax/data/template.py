@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from mbc_jax import UserError
-from mbc_jax.data.chat import chat_example, chat_prompt
+from mbc_jax.data.chat import chat_examples, chat_prompt
 from mbc_jax.data.records import DataError, Record, json_type_name
 
 OVERFLOW_POLICIES = ("truncate", "drop", "error")
@@ -87,7 +87,7 @@ class Template:
             if k not in ("add_eos", "eos_token_id", "chat") and not isinstance(v, str):
                 raise UserError(f"{source}: {k}: expected a string, got {v!r}")
         if d.get("chat"):
-            extra = [k for k in _TEXT_FIELDS if k in d]
+            extra = [k for k in _TEXT_FIELDS if k in d and d[k] != fields[k].default]  # to_dict() round-trips
             if extra:
                 raise UserError(f"{source}: {', '.join(extra)}: not used with `chat: true` (the tokenizer's chat "
                                 "template renders the turns); remove them, or remove `chat: true`")
@@ -254,6 +254,14 @@ def tokenize(
     plans: list[Any] = []  # per record: None, [(which batch, position, is_response)], (ids, mask) or DataError
     batches: tuple[list[str], list[str]] = ([], [])  # without / with special tokens
     needs_eos = False
+    chat_rows = iter(())
+    if template.chat:
+        dialogues = [r for r in records if not (r.schema == "tokens" or r.input_ids is not None or r.text is not None)]
+        if dialogues and tokenizer is None:
+            raise UserError(f"{dialogues[0].source}: a tokenizer is needed for {dialogues[0].schema} records")
+        if dialogues and template.add_eos and template.eos_id(tokenizer) is None:
+            raise UserError(_NO_EOS)
+        chat_rows = iter(chat_examples(dialogues, tokenizer, template) if dialogues else [])
     for rec in records:
         if rec.schema == "tokens" or rec.input_ids is not None:
             plans.append(None)
@@ -263,14 +271,10 @@ def tokenize(
         if rec.text is not None:
             pieces = [(rec.text, True)]
         elif template.chat:
-            if template.add_eos and template.eos_id(tokenizer) is None:
-                raise UserError(_NO_EOS)
-            try:
-                plans.append(chat_example(rec, tokenizer, template))
-            except DataError as e:
-                if not skip_bad:
-                    raise
-                plans.append(e)  # skipped and counted below, in input order
+            row = next(chat_rows)
+            if isinstance(row, DataError) and not skip_bad:
+                raise row
+            plans.append(row)  # (ids, mask), or a DataError skipped and counted below, in input order
             continue
         else:
             pieces = template.segments(rec)

@@ -202,6 +202,7 @@ def test_template_spec_and_fields(tmp_path):
     f.write_text("chat: true\neos_token_id: 7\n")
     assert Template.from_spec(str(f)) == Template(chat=True, eos_token_id=7)
     assert Template.from_dict({"chat": True}).to_dict()["chat"] is True
+    assert Template.from_dict(Template(chat=True, eos_token_id=3).to_dict()) == Template(chat=True, eos_token_id=3)
     with pytest.raises(UserError, match="user_prefix, turn_separator: not used with `chat: true`"):
         Template.from_dict({"chat": True, "user_prefix": "U: ", "turn_separator": "\n"}, "t.yaml")
     with pytest.raises(UserError, match="chat: expected true or false"):
