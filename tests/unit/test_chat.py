@@ -209,3 +209,12 @@ def test_template_spec_and_fields(tmp_path):
         Template.from_dict({"chat": "yes"})
     with pytest.raises(UserError, match="a chat template renders whole conversations"):
         Template(chat=True).segments(record())
+
+
+def test_record_text_of_a_chat_run_lists_the_turns():
+    """experiments.common.record_text (data-map tables) shows a chat run's records as role: text, no tokenizer."""
+    from experiments.common import record_text
+
+    rec = record(TURNS[1:3], context="Some context.", schema="dolly")
+    assert record_text(rec, Template(chat=True)) == ("user: What is the capital of France? assistant: Paris is the "
+                                                     "capital of France. context: Some context.")
