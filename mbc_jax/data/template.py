@@ -27,8 +27,8 @@ from mbc_jax.data.records import DataError, Record, json_type_name
 
 OVERFLOW_POLICIES = ("truncate", "drop", "error")
 CHAT = "chat"  # the template spec (CLI `--template chat`, config `template: chat`) for the tokenizer's chat template
-# the fields a chat template replaces: setting one together with `chat: true` is an error
 _NO_EOS = "the tokenizer has no eos_token_id: set eos_token_id in the template, or add_eos: false"
+# the fields a chat template replaces: setting one together with `chat: true` is an error
 _TEXT_FIELDS = ("system_prefix", "user_prefix", "assistant_prefix", "response_prefix", "turn_separator")
 
 
@@ -250,7 +250,7 @@ def tokenize(
     report = TokenizeReport(max_length=max_length, overflow=overflow, records_in=len(records))
 
     # 1. render every record into (text, is_response, with_special_tokens) pieces; encode in two batches
-    # (chat templates: the record's (ids, mask), or the DataError rendering it raised, straight away)
+    # (chat templates: every dialogue record's (ids, mask), or the DataError it raised, from chat_examples)
     plans: list[Any] = []  # per record: None, [(which batch, position, is_response)], (ids, mask) or DataError
     batches: tuple[list[str], list[str]] = ([], [])  # without / with special tokens
     needs_eos = False
