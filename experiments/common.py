@@ -41,6 +41,9 @@ def record_text(record: Any, template: Any = None, limit: int | None = 240) -> s
     """One line of a record's text (prompt and response) for tables; `limit` characters at most."""
     if record.text is not None:
         text = record.text
+    elif record.turns and getattr(template, "chat", False):  # a chat template needs the tokenizer: the turns, plainly
+        text = " ".join(f"{role}: {content}" for role, content in record.turns)
+        text += f" context: {record.context}" if record.context else ""
     elif record.turns:
         from mbc_jax.data import Template
 

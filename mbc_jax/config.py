@@ -37,7 +37,7 @@ class TrainConfig:
     val_data: str | None = None  # separate validation file; else val_fraction of `data`
     val_fraction: float = 0.1
     schema: str = "auto"
-    template: str | None = None
+    template: str | None = None  # None: the paper's Human:/Assistant:; a template file; "chat": the tokenizer's own
     max_length: int = 256
     loss_on: str = "response"  # "response" or "full" (dialogue)
     sampler: str = "mbc"  # "mbc" or "uniform"

@@ -32,6 +32,7 @@ from tensorboardX import SummaryWriter
 from mbc_jax import UserError, distributed
 from mbc_jax import config as config_lib
 from mbc_jax.data import Template, load_records, tokenize
+from mbc_jax.data.template import CHAT
 from mbc_jax.models import load_tokenizer
 
 CONFIG, RECORDS, METRICS, SAMPLING, SUMMARY = (
@@ -410,7 +411,7 @@ class RunFolder:
 
     def template(self):
         t = self.config.get("template")
-        return Template.from_file(_resolve(t, self.path)) if t else Template()
+        return Template.from_spec(t if not t or t == CHAT else _resolve(t, self.path))
 
     def examples(self, split: str, tokenizer: Any, vocab_size: int | None = None) -> tuple[list, list]:
         """(Records, Examples) of `split` tokenized exactly as the run tokenized them; checks the

@@ -149,7 +149,7 @@ def _load_model(cfg: TrainConfig, run_dir: Path, mesh: Any, log) -> Model:
 
 def _load_data(cfg: TrainConfig, run_dir: Path, model: Model, log) -> RunData:
     train_path, val_path = data_paths(cfg, run_dir)
-    template = Template.from_file(cfg.template) if cfg.template else Template()
+    template = Template.from_spec(cfg.template)
     if cfg.max_length > model.config.max_position_embeddings:
         raise UserError(
             f"max_length: {cfg.max_length} exceeds the model's {model.config.max_position_embeddings} positions"

@@ -28,7 +28,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="JSONL / JSON file, or hf:NAME[:SPLIT]")
     p.add_argument("--schema", default="auto",
                    help="record schema: auto, dolly, chat, prompt_completion, text, tokens")
-    p.add_argument("--template", default=None, help="JSON/YAML file of dialogue template fields")
+    p.add_argument("--template", default=None, metavar="FILE|chat",
+                   help="JSON/YAML file of dialogue template fields, or 'chat': the tokenizer's own chat template "
+                        "(default: the paper's Human:/Assistant: template)")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) bad records instead of stopping")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records")
 
@@ -44,7 +46,7 @@ def load_model_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
 def load_template(args: argparse.Namespace):
     from mbc_jax.data import Template
 
-    return Template.from_file(args.template) if args.template else Template()
+    return Template.from_spec(args.template)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:

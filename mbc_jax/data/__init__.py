@@ -2,6 +2,7 @@
 
     records, _ = load_records(path)            # records.py: JSONL / JSON array / hf:NAME, schema auto-detected
     examples, _ = tokenize(records, tokenizer)  # template.py: token ids + response mask, truncated to max_length
+                                                # (Template(chat=True): the tokenizer's chat template, chat.py)
     batches = pack(examples, seq_len, rows)     # packing.py: several records per row, segment ids, fixed shapes
 
 Library functions never print; they return reports with `summary()`. Bad input raises

@@ -4,7 +4,8 @@
 
 `response_mask[j]` is about token j: the target predicted at position j - 1 is a response target
 iff `response_mask[j]`. The EOS id that follows each response is resolved in one place,
-`Template.eos_id(tokenizer)`.
+`Template.eos_id(tokenizer)`. `Template(chat=True)` (`--template chat`, `template: chat`) renders
+dialogue records with the tokenizer's own chat template instead (mbc_jax/data/chat.py).
 """
 
 from __future__ import annotations
@@ -21,9 +22,14 @@ import numpy as np
 import yaml
 
 from mbc_jax import UserError
+from mbc_jax.data.chat import chat_examples, chat_prompt
 from mbc_jax.data.records import DataError, Record, json_type_name
 
 OVERFLOW_POLICIES = ("truncate", "drop", "error")
+CHAT = "chat"  # the template spec (CLI `--template chat`, config `template: chat`) for the tokenizer's chat template
+_NO_EOS = "the tokenizer has no eos_token_id: set eos_token_id in the template, or add_eos: false"
+# the fields a chat template replaces: setting one together with `chat: true` is an error
+_TEXT_FIELDS = ("system_prefix", "user_prefix", "assistant_prefix", "response_prefix", "turn_separator")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,11 @@ class Template:
     i.e. "Human: {instruction}[\\n\\n{context}]\\n\\nAssistant:" | " {response}" | <eos>.
     Segments are encoded separately: the first with the tokenizer's default special tokens
     (OPT's `</s>`), the rest without; an EOS id follows each response when `add_eos`.
+
+    `chat=True` renders with the tokenizer's own chat template (mbc_jax/data/chat.py): the text
+    fields above do not apply; `context_separator` still joins a Dolly context to the first user
+    turn, `eos_token_id` names the end-of-turn token (scored, and where generation stops) and
+    `add_eos: false` lets assistant turns end without it.
     """
 
     system_prefix: str = ""
@@ -49,6 +60,17 @@ class Template:
     context_separator: str = "\n\n"
     add_eos: bool = True
     eos_token_id: int | None = None  # None: the tokenizer's eos_token_id
+    chat: bool = False  # True: the tokenizer's chat template renders dialogues (see above for the fields it uses)
+
+    @classmethod
+    def from_spec(cls, spec: str | os.PathLike | None) -> Template:
+        """A `--template` / `template:` value: None -> the paper's template, "chat" -> the tokenizer's chat
+        template, anything else -> a template file (a file named chat: pass it as ./chat)."""
+        if spec is None or spec == "":
+            return cls()
+        if str(spec) == CHAT:
+            return cls(chat=True)
+        return cls.from_file(spec)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "template") -> Template:
@@ -58,12 +80,17 @@ class Template:
         for k, v in d.items():
             if k not in fields:
                 raise UserError(f"{source}: {k}: unknown template field; known fields: {', '.join(fields)}")
-            if k == "add_eos" and not isinstance(v, bool):
+            if k in ("add_eos", "chat") and not isinstance(v, bool):
                 raise UserError(f"{source}: {k}: expected true or false, got {v!r}")
             if k == "eos_token_id" and v is not None and type(v) is not int:
                 raise UserError(f"{source}: {k}: expected an integer or null, got {v!r}")
-            if k not in ("add_eos", "eos_token_id") and not isinstance(v, str):
+            if k not in ("add_eos", "eos_token_id", "chat") and not isinstance(v, str):
                 raise UserError(f"{source}: {k}: expected a string, got {v!r}")
+        if d.get("chat"):
+            extra = [k for k in _TEXT_FIELDS if k in d and d[k] != fields[k].default]  # to_dict() round-trips
+            if extra:
+                raise UserError(f"{source}: {', '.join(extra)}: not used with `chat: true` (the tokenizer's chat "
+                                "template renders the turns); remove them, or remove `chat: true`")
         return cls(**d)
 
     @classmethod
@@ -91,7 +118,11 @@ class Template:
         return self.eos_token_id if self.eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
 
     def segments(self, record: Record) -> list[tuple[str, bool]]:
-        """(text, is_response) segments of a dialogue record; an EOS token follows each response."""
+        """(text, is_response) segments of a dialogue record; an EOS token follows each response.
+        Not for chat templates: they render whole conversations (`tokenize`, `prompt(record, tokenizer)`)."""
+        if self.chat:
+            raise UserError(f"{record.source}: a chat template renders whole conversations, not text segments; "
+                            "tokenize the record, or ask for its prompt with the tokenizer")
         if record.schema in ("text", "tokens") or not record.turns:
             raise ValueError(f"{record.source}: a {record.schema or 'non-dialogue'} record has no dialogue to render")
         segs: list[tuple[str, bool]] = []
@@ -115,8 +146,11 @@ class Template:
             segs.append((buf, False))
         return segs
 
-    def prompt(self, record: Record) -> str:
-        """The text before the last response (what a model is asked to continue when generating)."""
+    def prompt(self, record: Record, tokenizer: Any = None) -> str:
+        """The text before the last response (what a model is asked to continue when generating).
+        Chat templates (which need the tokenizer): the turns before it with add_generation_prompt=True."""
+        if self.chat:
+            return chat_prompt(record, tokenizer, self)[0]
         segs = self.segments(record)
         last = max(i for i, (_, r) in enumerate(segs) if r)
         return "".join(t for t, _ in segs[:last])
@@ -216,9 +250,18 @@ def tokenize(
     report = TokenizeReport(max_length=max_length, overflow=overflow, records_in=len(records))
 
     # 1. render every record into (text, is_response, with_special_tokens) pieces; encode in two batches
-    plans: list[list[tuple[int, int, bool]] | None] = []  # per record: (which batch, position, is_response)
+    # (chat templates: every dialogue record's (ids, mask), or the DataError it raised, from chat_examples)
+    plans: list[Any] = []  # per record: None, [(which batch, position, is_response)], (ids, mask) or DataError
     batches: tuple[list[str], list[str]] = ([], [])  # without / with special tokens
     needs_eos = False
+    chat_rows = iter(())
+    if template.chat:
+        dialogues = [r for r in records if not (r.schema == "tokens" or r.input_ids is not None or r.text is not None)]
+        if dialogues and tokenizer is None:
+            raise UserError(f"{dialogues[0].source}: a tokenizer is needed for {dialogues[0].schema} records")
+        if dialogues and template.add_eos and template.eos_id(tokenizer) is None:
+            raise UserError(_NO_EOS)
+        chat_rows = iter(chat_examples(dialogues, tokenizer, template) if dialogues else [])
     for rec in records:
         if rec.schema == "tokens" or rec.input_ids is not None:
             plans.append(None)
@@ -227,6 +270,12 @@ def tokenize(
             raise UserError(f"{rec.source}: a tokenizer is needed for {rec.schema or 'text'} records")
         if rec.text is not None:
             pieces = [(rec.text, True)]
+        elif template.chat:
+            row = next(chat_rows)
+            if isinstance(row, DataError) and not skip_bad:
+                raise row
+            plans.append(row)  # (ids, mask), or a DataError skipped and counted below, in input order
+            continue
         else:
             pieces = template.segments(rec)
             needs_eos = needs_eos or template.add_eos
@@ -238,7 +287,7 @@ def tokenize(
         plans.append(plan)
     eos = template.eos_id(tokenizer)
     if needs_eos and eos is None:
-        raise UserError("the tokenizer has no eos_token_id: set eos_token_id in the template, or add_eos: false")
+        raise UserError(_NO_EOS)
     encoded = (_encode(tokenizer, batches[0], False), _encode(tokenizer, batches[1], True))
 
     # 2. assemble, validate, truncate
@@ -247,7 +296,9 @@ def tokenize(
         if plan is None:
             ids = np.asarray(rec.input_ids, dtype=np.int64)
             mask = np.arange(len(ids)) >= (rec.prompt_length or 0)
-        else:
+        elif isinstance(plan, tuple):
+            ids, mask = plan
+        elif isinstance(plan, list):
             parts_ids, parts_mask = [], []
             for b, pos, is_resp in plan:
                 toks = encoded[b][pos]
@@ -257,6 +308,8 @@ def tokenize(
                 parts_mask.append(np.full(len(toks), is_resp, dtype=bool))
             ids, mask = np.concatenate(parts_ids), np.concatenate(parts_mask)
         try:
+            if isinstance(plan, DataError):
+                raise plan
             if len(ids) == 0:
                 raise DataError(rec.source, "text", "encodes to no tokens")
             if vocab_size is not None and (ids.max() >= vocab_size or ids.min() < 0):

@@ -18,6 +18,7 @@ import numpy as np
 
 from mbc_jax import UserError
 from mbc_jax.data import Template, tokenize
+from mbc_jax.data.chat import chat_prompt
 from mbc_jax.generate.decode import DEFAULT_BUCKET, Generation, batch_rows, generate
 from mbc_jax.generate.sampling import SamplingConfig
 from mbc_jax.sharding import mesh_str
@@ -75,7 +76,9 @@ def build_prompts(records: Sequence[Any], tokenizer: Any, template: Any = None, 
 
     - dialogue schemas (dolly, chat, prompt_completion): every token before the LAST response, i.e.
       the template rendered up to and including the assistant prefix (earlier turns, with their EOS,
-      included); the reference is the last response's text;
+      included); the reference is the last response's text. With a chat template: the turns before
+      the last response rendered with add_generation_prompt=True, which must be a token prefix of
+      the record's training rendering (else UserError);
     - tokens: input_ids[:prompt_length] (the reference is the rest, decoded);
     - text: the whole text is the prompt (a free continuation; no reference).
     A prompt longer than `max_prompt_length` keeps its LAST max_prompt_length tokens (the end of
@@ -105,7 +108,15 @@ def build_prompts(records: Sequence[Any], tokenizer: Any, template: Any = None, 
             cut = last
             while cut > 0 and mask[cut - 1]:
                 cut -= 1
-            text = template.prompt(rec)
+            if template.chat:
+                text, chat_ids = chat_prompt(rec, tokenizer, template)
+                cut = len(chat_ids)
+                if ids[:cut].tolist() != chat_ids:
+                    raise UserError(f"{rec.source}: the generation prompt of the tokenizer's chat template "
+                                    "(add_generation_prompt=True) is not a token prefix of the record as training "
+                                    "renders it; the model would be asked to continue a text it never saw")
+            else:
+                text = template.prompt(rec)
             reference = [c for r, c in rec.turns if r == "assistant"][-1]
         if cut == 0:
             raise UserError(f"{rec.source}: the prompt is empty (prompt_length 0): nothing to generate from; "
