@@ -55,7 +55,7 @@ READINGS = (("nucleus_entropy", "nucleus, full softmax (T = 1, unprocessed)"),
             ("nucleus_sampling_entropy", "nucleus, distribution sampled (penalty, T, top-p)"),
             ("teacher_forcing_response_entropy", "teacher forcing, response"),
             ("teacher_forcing_dialogue_entropy", "teacher forcing, full dialogue (extra)"))
-PAPER = "the paper's Table 1: nucleus 0.3610 -> 0.1670, teacher forcing 0.7675 -> 0.3638 (first -> last)"
+PAPER = "its Table 1, first -> last checkpoint: nucleus 0.3610 -> 0.1670, teacher forcing 0.7675 -> 0.3638"
 
 
 def sampling_config(max_new_tokens: int, temperature: float | None = None, top_p: float | None = None,
@@ -139,8 +139,8 @@ def measure(run: RunFolder, out: Path, *, split: str = "val", max_records: int |
 def describe(rows: list[dict], split: str, cfg) -> str:
     parts = [f"Entropies in nats over {rows[0]['records']} {split} records per checkpoint ({cfg.describe()}); each "
              "is the mean over records of the record's mean over its tokens. Teacher forcing is read at the "
-             "reference response's targets, nucleus sampling along the generated response (EOS included in both): "
-             "the same positions, as Table 1 compares them. Nucleus sampling is given twice: the entropy of the "
+             "reference response's targets and nucleus sampling along the generated response (EOS included in "
+             "both), so both cover the response alone. Nucleus sampling is given twice: the entropy of the "
              "model's full softmax (temperature 1, before any processing) and that of the truncated distribution "
              "actually sampled (after the repetition penalty, temperature and top-p); the paper does not state which "
              "it reports (" + PAPER + "). The full-dialogue teacher-forcing entropy (instruction and template "
@@ -174,7 +174,9 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("mean entropy (nats; per-record mean)")
     ax.set_title("Table 1: nucleus sampling vs teacher forcing on the response", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7)
+    top = max((r[key] for r in rows for key, _ in READINGS if np.isfinite(r[key])), default=1.0)
+    ax.set_ylim(0, 1.3 * top)  # headroom for the legend above the bars
+    ax.legend(fontsize=7, loc="upper center", ncol=2)
     return common.save_figure(fig, path)
 
 
