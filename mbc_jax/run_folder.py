@@ -41,10 +41,11 @@ CONFIG, RECORDS, METRICS, SAMPLING, SUMMARY = (
 MEMORIZATION, CHECKPOINTS, TENSORBOARD, MODEL, DATA = "memorization", "checkpoints", "tensorboard", "model", "data"
 
 RECORDS_COLUMNS = ("index", "id", "category", "split", "tokens", "response_tokens")
-MEMORIZATION_COLUMNS = ("step", "split", "index", "id", "category", "tokens", "response_tokens", "exact_match",
-                        "response_exact_match", "perplexity", "response_perplexity", "entropy", "draws")
+MEMORIZATION_COLUMNS = ("step", "split", "index", "id", "category", "tokens", "response_tokens",
+                        "response_tokens_no_eos", "exact_match", "response_exact_match", "response_exact_match_no_eos",
+                        "perplexity", "response_perplexity", "entropy", "response_entropy", "draws")
 SAMPLING_COLUMNS = ("index", "id", "category", "draws", "weight")
-INT_COLUMNS = ("step", "index", "tokens", "response_tokens", "draws")
+INT_COLUMNS = ("step", "index", "tokens", "response_tokens", "response_tokens_no_eos", "draws")
 
 
 # ----------------------------------------------------------------------------- files

@@ -2,7 +2,9 @@
 
 For every record: token counts, mean NLL and perplexity, exact memorization (the fraction of
 targets where the argmax of the next-token prediction equals the ground truth; Tirumala et al.
-2022), and mean teacher-forcing entropy, over the full dialogue and over the response only.
+2022), and mean teacher-forcing entropy, over the full dialogue and over the response only; and the
+response exact match once more without the EOS target the template appends after each response (a
+short answer's score is otherwise dominated by that one, easy, target).
 
 `score_batch` is one jitted function over the mesh (rows sharded over data and fsdp). It never
 holds float32 [rows, length, vocab] logits: the LM head and its reductions run per chunk of
@@ -26,7 +28,8 @@ from mbc_jax.data import Batch, Example, pack
 from mbc_jax.loss import position_chunks, segment_sums, targets, unchunk
 from mbc_jax.sharding import batch_divisor, batch_sharding
 
-SUMS = ("tokens", "nll", "match", "entropy", "response_tokens", "response_nll", "response_match", "response_entropy")
+SUMS = ("tokens", "nll", "match", "entropy", "response_tokens", "response_nll", "response_match", "response_entropy",
+        "response_no_eos_tokens", "response_no_eos_match")
 
 
 def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chunk: int = 512,
@@ -84,8 +87,14 @@ def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chu
     return {"nll": unchunk(nll, b, t), "match": unchunk(match, b, t), "entropy": unchunk(ent, b, t)}
 
 
-def score_batch(module: Any, params: Any, batch: dict[str, jax.Array], chunk: int = 512) -> dict[str, jax.Array]:
-    """Per-(row, segment) sums for one packed batch: {name: [B, S]} for every name in SUMS."""
+def score_batch(module: Any, params: Any, batch: dict[str, jax.Array], chunk: int = 512,
+                eos_id: int | None = None) -> dict[str, jax.Array]:
+    """Per-(row, segment) sums for one packed batch: {name: [B, S]} for every name in SUMS.
+
+    `response_no_eos_*` count the response targets whose token is not `eos_id` (the id the template
+    appends after each response, `Template.eos_id`); with None no target is left out, so they equal
+    the `response_*` sums. A constant of the program (the compiled shapes do not depend on it).
+    """
     hidden = module.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"],
                           return_hidden=True)
     unembed = module.apply({"params": params}, method=module.unembedding)
@@ -98,7 +107,16 @@ def score_batch(module: Any, params: Any, batch: dict[str, jax.Array], chunk: in
     for name in ("nll", "match", "entropy"):
         out[name] = segment_sums(stats[name], full, seg, s)
         out[f"response_{name}"] = segment_sums(stats[name], resp, seg, s)
+    no_eos = resp & (nxt != (-1 if eos_id is None else eos_id))  # token ids are >= 0: -1 leaves none out
+    out["response_no_eos_tokens"] = segment_sums(jnp.ones_like(nxt), no_eos, seg, s)
+    out["response_no_eos_match"] = segment_sums(stats["match"], no_eos, seg, s)
     return out
+
+
+def _prefix(response: bool, no_eos: bool) -> str:
+    if no_eos and not response:
+        raise ValueError("no_eos applies to response targets only (pass response=True)")
+    return "response_no_eos_" if no_eos else "response_" if response else ""
 
 
 @dataclasses.dataclass
@@ -107,37 +125,42 @@ class Scores:
 
     sums: dict[str, np.ndarray]
 
-    def mean(self, name: str, response: bool = False) -> np.ndarray:
-        prefix = "response_" if response else ""
+    def mean(self, name: str, response: bool = False, no_eos: bool = False) -> np.ndarray:
+        """Per-record mean of `name` over the record's targets (nan where it has none); `no_eos`: the
+        response targets other than the EOS one (name "match" only)."""
+        prefix = _prefix(response, no_eos)
         n = self.sums[f"{prefix}tokens"]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(n > 0, self.sums[f"{prefix}{name}"] / np.maximum(n, 1), np.nan)
 
-    def pooled(self, name: str, response: bool = False) -> float:
+    def pooled(self, name: str, response: bool = False, no_eos: bool = False) -> float:
         """`name` summed over all records / their targets summed: one ratio in which long records weigh
         more (exact memorization as Eq. 1 of the paper; the corpus-level NLL and entropy)."""
-        prefix = "response_" if response else ""
+        prefix = _prefix(response, no_eos)
         return float(self.sums[f"{prefix}{name}"].sum() / max(self.sums[f"{prefix}tokens"].sum(), 1))
 
     def perplexity(self, response: bool = False) -> np.ndarray:
         return np.exp(self.mean("nll", response))
 
-    def exact_match(self, response: bool = False) -> np.ndarray:
-        return self.mean("match", response)
+    def exact_match(self, response: bool = False, no_eos: bool = False) -> np.ndarray:
+        return self.mean("match", response, no_eos)
 
     def entropy(self, response: bool = False) -> np.ndarray:
         return self.mean("entropy", response)
 
     def rows(self, examples: Sequence[Example]) -> Iterator[dict]:
-        """One JSON-ready dict per example, in the order given."""
+        """One JSON-ready dict per example, in the order given (None where a record has no such targets)."""
         cols = {
             "perplexity": self.perplexity(), "response_perplexity": self.perplexity(True),
             "exact_match": self.exact_match(), "response_exact_match": self.exact_match(True),
-            "entropy": self.entropy(), "mean_nll": self.mean("nll"), "response_mean_nll": self.mean("nll", True),
+            "response_exact_match_no_eos": self.exact_match(True, no_eos=True),
+            "entropy": self.entropy(), "response_entropy": self.entropy(True),
+            "mean_nll": self.mean("nll"), "response_mean_nll": self.mean("nll", True),
         }
         for i, ex in enumerate(examples):
             row = {"index": ex.index, "id": ex.id, "category": ex.category,
-                   "tokens": int(self.sums["tokens"][i]), "response_tokens": int(self.sums["response_tokens"][i])}
+                   "tokens": int(self.sums["tokens"][i]), "response_tokens": int(self.sums["response_tokens"][i]),
+                   "response_tokens_no_eos": int(self.sums["response_no_eos_tokens"][i])}
             for k, v in cols.items():
                 row[k] = None if math.isnan(v[i]) else float(v[i])
             yield row
@@ -146,17 +169,20 @@ class Scores:
 class Scorer:
     """Scores example sets with a model over its mesh; compiles once per batch shape.
 
-        scorer = Scorer(model.module, model.mesh)
+        scorer = Scorer(model.module, model.mesh, eos_id=template.eos_id(model.tokenizer))
         scores = scorer(params, examples)            # -> Scores
+
+    `eos_id`: the token the template appends after each response, left out of the no-EOS response
+    exact match (`score_batch`); None: none is left out.
     """
 
     def __init__(self, module: Any, mesh: Any, seq_len: int = 512, tokens_per_batch: int = 2048,
-                 chunk: int = 512, max_segments: int | None = None):
-        self.module, self.mesh, self.seq_len, self.chunk = module, mesh, seq_len, chunk
+                 chunk: int = 512, max_segments: int | None = None, eos_id: int | None = None):
+        self.module, self.mesh, self.seq_len, self.chunk, self.eos_id = module, mesh, seq_len, chunk, eos_id
         divisor = batch_divisor(mesh)
         self.rows = max(divisor, (tokens_per_batch // seq_len) // divisor * divisor)
         self.max_segments = max_segments
-        self._fn = jax.jit(lambda p, b: score_batch(module, p, b, chunk))
+        self._fn = jax.jit(lambda p, b: score_batch(module, p, b, chunk, eos_id))
         self.compile_seconds = 0.0
         self._compiled: dict = {}
 

@@ -147,9 +147,13 @@ def _load_model(cfg: TrainConfig, run_dir: Path, mesh: Any, log) -> Model:
     return init_model(hf_config, mesh=mesh, seed=cfg.seed, tokenizer=load_tokenizer(model_dir), **runtime)
 
 
+def _template(cfg: TrainConfig) -> Template:
+    return Template.from_spec(cfg.template)
+
+
 def _load_data(cfg: TrainConfig, run_dir: Path, model: Model, log) -> RunData:
     train_path, val_path = data_paths(cfg, run_dir)
-    template = Template.from_spec(cfg.template)
+    template = _template(cfg)
     if cfg.max_length > model.config.max_position_embeddings:
         raise UserError(
             f"max_length: {cfg.max_length} exceeds the model's {model.config.max_position_embeddings} positions"
@@ -193,7 +197,8 @@ class Trainer:
         self.mbc_k = cfg.mbc.k or self.epoch_steps
         self.tx, self.schedule = make_optimizer(cfg, self.total_steps // cfg.grad_accum)
         self.scorer = Scorer(model.module, model.mesh, seq_len=cfg.max_length,
-                             tokens_per_batch=cfg.score_tokens_per_batch)
+                             tokens_per_batch=cfg.score_tokens_per_batch,
+                             eos_id=_template(cfg).eos_id(model.tokenizer))  # for the no-EOS response exact match
         self.train_batches = self.scorer.batches(data.train)
         self.scorer.max_segments = self.train_batches[0].record_index.shape[1] if self.train_batches else 1
         self.val_batches = self.scorer.batches(data.val) if data.val else []
@@ -269,11 +274,14 @@ class Trainer:
                "train_response_exact_match": train.pooled("match", response=True),
                "train_exact_match_macro": float(np.nanmean(train.exact_match())),
                "train_response_exact_match_macro": float(np.nanmean(train.exact_match(True))),
+               "train_response_exact_match_no_eos": train.pooled("match", response=True, no_eos=True),
+               "train_response_exact_match_no_eos_macro": float(np.nanmean(train.exact_match(True, no_eos=True))),
                "train_perplexity": float(np.exp(train.pooled("nll")))}
         if val is not None:
             out["val_perplexity"] = float(np.exp(val.pooled("nll")))
             out["val_response_perplexity"] = float(np.exp(val.pooled("nll", response=True)))
             out["val_entropy"] = val.pooled("entropy")
+            out["val_response_entropy"] = val.pooled("entropy", response=True)
         self.seconds["eval"] += time.perf_counter() - t0
         return out
 
@@ -380,9 +388,11 @@ class Trainer:
 
 
 def _eval_line(ev: dict) -> str:
+    no_eos = ev.get("train_response_exact_match_no_eos")
     s = (f"step {ev['step']}: train exact match {ev['train_exact_match']:.3f} "
-         f"(response {ev['train_response_exact_match']:.3f}; per-record mean {ev['train_exact_match_macro']:.3f}), "
-         f"train ppl {ev['train_perplexity']:.2f}")
+         f"(response {ev['train_response_exact_match']:.3f}"
+         + ("" if no_eos is None else f", without EOS {no_eos:.3f}")
+         + f"; per-record mean {ev['train_exact_match_macro']:.3f}), train ppl {ev['train_perplexity']:.2f}")
     if "val_perplexity" in ev:
         s += f", val ppl {ev['val_perplexity']:.2f}"
     return s

@@ -51,10 +51,11 @@ def category_table(rows: list[dict]) -> str:
         return float(np.median(vals)) if vals else None
 
     body = [[name, str(len(rs)), fmt(mean(rs, "exact_match")), fmt(mean(rs, "response_exact_match")),
-             fmt(median(rs, "perplexity"), 2), fmt(median(rs, "response_perplexity"), 2), fmt(mean(rs, "entropy"))]
+             fmt(mean(rs, "response_exact_match_no_eos")), fmt(median(rs, "perplexity"), 2),
+             fmt(median(rs, "response_perplexity"), 2), fmt(mean(rs, "entropy")), fmt(mean(rs, "response_entropy"))]
             for name, rs in sorted(groups.items(), key=lambda kv: (kv[0] == "ALL", kv[0]))]
-    return table(body, ["category", "records", "exact_match", "resp_exact_match", "median_ppl", "median_resp_ppl",
-                        "entropy"])
+    return table(body, ["category", "records", "exact_match", "resp_exact_match", "resp_em_no_eos", "median_ppl",
+                        "median_resp_ppl", "entropy", "resp_entropy"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,11 +78,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"{args.model}: no tokenizer files in the checkpoint folder; needed for {load_report.schema!r} records"
         )
-    examples, tok_report = tokenize(records, model.tokenizer, load_template(args), max_length, args.overflow,
+    template = load_template(args)
+    examples, tok_report = tokenize(records, model.tokenizer, template, max_length, args.overflow,
                                     skip_bad=args.skip_bad, vocab_size=cfg.vocab_size)
     print(load_report.summary(), file=sys.stderr)
     print(tok_report.summary(), file=sys.stderr)
-    scorer = Scorer(model.module, model.mesh, seq_len=max_length, tokens_per_batch=args.tokens_per_batch)
+    scorer = Scorer(model.module, model.mesh, seq_len=max_length, tokens_per_batch=args.tokens_per_batch,
+                    eos_id=template.eos_id(model.tokenizer))
     batches = scorer.batches(examples)
     t0 = time.perf_counter()
     with progress(len(examples), "scoring") as bar:

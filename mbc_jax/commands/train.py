@@ -72,8 +72,10 @@ def compare(summaries: dict[str, dict]) -> str:
             ("train_response_exact_match", "train response exact match (pooled)"),
             ("train_exact_match_macro", "train exact match (per-record mean)"),
             ("train_response_exact_match_macro", "train response exact match (per-record mean)"),
+            ("train_response_exact_match_no_eos", "train response exact match without EOS (pooled)"),
             ("train_perplexity", "train perplexity"), ("val_perplexity", "val perplexity"),
-            ("val_entropy", "val entropy (teacher forcing)")]
+            ("val_entropy", "val entropy (teacher forcing)"),
+            ("val_response_entropy", "val response entropy (teacher forcing)")]
     rows = [[label, *(fmt(s["final"].get(k)) for s in summaries.values())] for k, label in keys]
     rows.append(["distinct records drawn", *(str(s["distinct_records_drawn"]) for s in summaries.values())])
     rows.append(["wall-clock (s)", *(f"{s['wall_seconds']:.0f}" for s in summaries.values())])

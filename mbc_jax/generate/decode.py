@@ -12,10 +12,12 @@ the mesh's (data, fsdp) axes. Each token is picked as `mbc_jax.generate.sampling
 Entropy (nats), recorded at every generated token:
 - `entropy`: of the model's full predictive distribution, softmax of the raw logits at
   temperature 1, before the penalty, temperature, top-k and top-p: the "entropy of the output
-  distribution" along the model's own continuation (the paper's Table 1 sampling column; its
-  teacher-forcing counterpart is `mbc_jax.scoring`'s per-record entropy along the reference).
+  distribution" along the model's own continuation (one reading of the paper's Table 1 sampling
+  column; its teacher-forcing counterpart is `mbc_jax.scoring`'s `response_entropy` along the
+  reference response).
 - `sampling_entropy`: of the distribution the token was actually drawn from, softmax of the
   processed logits (penalty, temperature, top-k, top-p truncation, renormalized); 0 for greedy.
+  The other reading of Table 1's sampling column: the paper does not state which it used.
 Per record both are averaged over its generated tokens, the EOS step included.
 
 Sampling is a pure function of (seed, row key, step): row b draws with

@@ -58,6 +58,13 @@ def test_real_tokenizer_dolly_records(tmp_path, shared_dir, capsys):
     no_response = [r["id"] for r in rows if r["response_tokens"] == 0]
     assert no_response == ["20", "21", "22", "23"]
     assert all(r["response_exact_match"] is None for r in rows if r["response_tokens"] == 0)
+    # the template appends EOS (50256) after each response: the no-EOS columns leave exactly that target out,
+    # except in the records truncated to 128 tokens (127 targets), whose EOS was cut away
+    truncated = [r["id"] for r in rows if r["tokens"] == 127]
+    assert truncated == ["3", "7", "18", "20", "21", "22", "23"]
+    assert [r["response_tokens"] - r["response_tokens_no_eos"] for r in rows] == [
+        0 if r["id"] in truncated else 1 for r in rows]
+    assert all((r["response_exact_match_no_eos"] is None) == (r["response_tokens_no_eos"] == 0) for r in rows)
     assert "no response token left" in capsys.readouterr().err
     # a random model of vocabulary V is close to uniform: perplexity near V, entropy near log V
     assert np.median([r["perplexity"] for r in rows]) == pytest.approx(50257, rel=0.5)

@@ -323,6 +323,47 @@ def test_fig7_category_means_at_first_and_last(run_and_truth, tmp_path):
     assert rows0[0]["step"] == 0
 
 
+def test_table1_teacher_forcing_columns_from_the_snapshot(run_and_truth):
+    """Table 1's teacher-forcing columns recomputed from the snapshot CSV with numpy: per-record means
+    (each record's mean over its tokens, then the plain mean over records), the response-only entropy over
+    the sampled records that have response targets and over the whole split, the full-dialogue one
+    over the sampled records. A snapshot without `response_entropy` is refused, naming the file."""
+    run, _ = run_and_truth
+    snap = run.path / "memorization" / "step_00000009.csv"
+    with pytest.raises(common.UserError, match=r"step_00000009\.csv: no 'response_entropy' column"):
+        table1_entropy.teacher_forcing(run, 9, "val", [0, 1])
+    rows = read(snap)
+    rng = np.random.default_rng(7)
+    for r in rows:  # one val record without response targets: an empty cell
+        r["response_entropy"] = "" if (r["split"], r["index"]) == ("val", "2") else repr(float(rng.random() * 3))
+    _write_csv(snap, rows, (*MEM_COLUMNS, "response_entropy"))
+    run = RunFolder.open(run.path)
+    val = [r for r in rows if r["split"] == "val"]
+    resp = np.array([float(r["response_entropy"]) if r["response_entropy"] else np.nan for r in val])
+    full = np.array([float(r["entropy"]) for r in val])
+    idx = np.array([int(r["index"]) for r in val])
+    sampled = np.isin(idx, [0, 2, 3])
+    got = table1_entropy.teacher_forcing(run, 9, "val", [0, 2, 3])
+    assert got["teacher_forcing_response_entropy"] == pytest.approx(resp[[0, 3]].mean(), rel=1e-12)
+    assert got["teacher_forcing_records"] == 2
+    assert got["teacher_forcing_response_entropy_all"] == pytest.approx(np.nanmean(resp), rel=1e-12)
+    assert got["teacher_forcing_records_all"] == 4
+    assert got["teacher_forcing_dialogue_entropy"] == pytest.approx(full[sampled].mean(), rel=1e-12)
+
+
+def test_table1_paragraph_names_both_nucleus_readings():
+    rows = [{"run": "mbc", "checkpoint": w, "step": s, "records": 6, "nucleus_entropy": a,
+             "nucleus_sampling_entropy": b, "teacher_forcing_response_entropy": c,
+             "teacher_forcing_dialogue_entropy": d}
+            for w, s, a, b, c, d in (("first", 3, 2.5, 1.25, 2.0, 4.0), ("last", 8, 1.5, 0.5, 1.0, 3.5))]
+    text = table1_entropy.describe(rows, "val", table1_entropy.sampling_config(8))
+    assert "full softmax (temperature 1, before any processing)" in text
+    assert "truncated distribution actually sampled" in text and "does not state which" in text
+    assert "nucleus 2.500 -> 1.500 (-1.000) (full softmax) and 1.250 -> 0.500 (-0.750)" in text
+    assert "on the response 2.000 -> 1.000 (-1.000) (full dialogue 4.000 -> 3.500 (-0.500))" in text
+    assert "0 of 2 cases read on the full softmax and in 2 of 2 read on the distribution sampled" in text
+
+
 def test_fig8_counts_equal_sampling_csv(tmp_path):
     truths = [synthetic_run(tmp_path / s, sampler=s, seed=k) for k, s in enumerate(("mbc", "uniform"))]
     runs = common.open_runs([tmp_path / "mbc", tmp_path / "uniform"])
@@ -724,9 +765,20 @@ def test_every_module_on_a_real_tiny_run(tiny_run, tmp_path):
         answers = read_answers(r["generations"])  # what `mbc-jax judge` reads
         assert len(answers) == 6 and all(a["num_tokens"] <= 8 for _, a in answers)
         assert all(a["instruction"] and "Human:" not in a["instruction"] for _, a in answers)  # the judge's text
-        mem = run.memorization(int(r["step"]), "val")
-        sel = np.isin(mem["index"], [a["index"] for _, a in answers])
-        assert float(r["teacher_forcing_entropy"]) == pytest.approx(mem["entropy"][sel].mean())
+        # every column a per-record mean: the answers' own means, and the snapshot CSV's columns (numpy)
+        assert float(r["nucleus_entropy"]) == pytest.approx(np.mean([a["entropy"] for _, a in answers]), rel=1e-6)
+        assert float(r["nucleus_sampling_entropy"]) == pytest.approx(
+            np.mean([a["sampling_entropy"] for _, a in answers]), rel=1e-6)
+        snap = read(tiny_run / "memorization" / f"step_{int(r['step']):08d}.csv")
+        val = [s for s in snap if s["split"] == "val"]
+        picked = {a["index"] for _, a in answers}
+        resp = [float(s["response_entropy"]) for s in val if int(s["index"]) in picked and s["response_entropy"]]
+        assert int(r["teacher_forcing_records"]) == len(resp) > 0
+        assert float(r["teacher_forcing_response_entropy"]) == pytest.approx(np.mean(resp), rel=1e-9)
+        assert float(r["teacher_forcing_response_entropy_all"]) == pytest.approx(
+            np.mean([float(s["response_entropy"]) for s in val if s["response_entropy"]]), rel=1e-9)
+        assert float(r["teacher_forcing_dialogue_entropy"]) == pytest.approx(
+            np.mean([float(s["entropy"]) for s in val if int(s["index"]) in picked]), rel=1e-9)
     assert {p.name.rsplit("_step", 1)[1] for p in cache.iterdir()} == {"3", "8"}  # exported once, reused below
 
     # Zeng et al.: step 0 comes in by default beside the asked-for checkpoint; the CLI in a fresh process

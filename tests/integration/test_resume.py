@@ -171,3 +171,17 @@ def test_run_folder_contents(tmp_path):
     # the per-record (macro) means
     assert ev[-1]["train_exact_match_macro"] == pytest.approx(em.mean(), rel=1e-12)
     assert ev[-1]["train_response_exact_match_macro"] == pytest.approx(rem.mean(), rel=1e-12)
+    # without the EOS target the template appends (one per demo response unless truncation cut it):
+    # Eq. 1 and the per-record mean from the CSV's no-EOS counts
+    ntok = np.array([int(r["response_tokens_no_eos"]) for r in resp])
+    assert set(rtok - ntok) <= {0.0, 1.0} and (rtok - ntok).sum() > 0.9 * len(resp)
+    ne = ntok > 0
+    rne = np.array([float(r["response_exact_match_no_eos"]) for r, k in zip(resp, ne) if k])
+    assert ev[-1]["train_response_exact_match_no_eos"] == pytest.approx((rne * ntok[ne]).sum() / ntok[ne].sum(),
+                                                                        rel=1e-12)
+    assert ev[-1]["train_response_exact_match_no_eos_macro"] == pytest.approx(rne.mean(), rel=1e-12)
+    # the response-only teacher-forcing entropy of the validation records, pooled over their targets
+    val_rows = [r for r in rows if r["split"] == "val" and int(r["response_tokens"]) > 0]
+    assert val_rows
+    vent, vtok = (np.array([float(r[k]) for r in val_rows]) for k in ("response_entropy", "response_tokens"))
+    assert ev[-1]["val_response_entropy"] == pytest.approx((vent * vtok).sum() / vtok.sum(), rel=1e-9)

@@ -57,3 +57,12 @@ def test_eval_line_and_demo_table_name_both():
     summary = {"final": ev, "distinct_records_drawn": 3, "wall_seconds": 1.0, "run": "r"}
     out = compare({"mbc": summary})
     assert "Eq. 1, pooled" in out and "per-record mean" in out and "0.375" in out
+
+
+def test_eval_line_and_demo_table_name_the_no_eos_ratio():
+    ev = {"step": 4, "train_exact_match": 0.25, "train_response_exact_match": 0.5, "train_exact_match_macro": 0.125,
+          "train_response_exact_match_macro": 0.375, "train_response_exact_match_no_eos": 0.4375,
+          "train_perplexity": 3.0, "val_response_entropy": 1.5}
+    assert "response 0.500, without EOS 0.438;" in _eval_line(ev)
+    out = compare({"mbc": {"final": ev, "distinct_records_drawn": 3, "wall_seconds": 1.0, "run": "r"}})
+    assert "without EOS (pooled)" in out and "0.438" in out and "val response entropy" in out and "1.500" in out

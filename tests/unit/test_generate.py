@@ -268,3 +268,49 @@ def test_prompts_of_every_schema(tmp_path, tokenizer):
     empty = _write(tmp_path / "e.jsonl", [{"input_ids": [1, 2], "prompt_length": 0}])
     with pytest.raises(UserError, match="prompt is empty"):
         build_prompts(load_records(empty)[0], tokenizer)
+
+
+def test_sampling_entropy_is_that_of_the_processed_distribution_hand_example():
+    """The paper's settings on six logits. Penalty 1.2 on the tokens already present (0 and 3): 2 -> 2/1.2,
+    -0.5 -> -0.6; temperature 0.7; the probabilities are then 0.579, 0.223, 0.109, 0.023, 0.013, 0.053, so
+    top-p 0.9 keeps tokens 0, 1, 2 (0.802 of the mass lies ahead of token 2, 0.911 ahead of token 5): the
+    sampling entropy is that of those three, renormalized. The full-softmax reading ignores all of it."""
+    from mbc_jax.generate.sampling import Settings, entropy, process_logits
+
+    raw = np.array([[2.0, 1.0, 0.5, -0.5, -1.0, 0.0]], np.float32)
+    present = np.array([[True, False, False, True, False, False]])
+    cfg = SamplingConfig(temperature=0.7, top_p=0.9, repetition_penalty=1.2)
+    x = np.asarray(process_logits(raw, present, Settings.of(cfg)))
+    assert np.isfinite(x[0]).tolist() == [True, True, True, False, False, False]
+    z = np.array([2.0 / 1.2, 1.0, 0.5]) / 0.7
+    q = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    assert float(entropy(x)[0]) == pytest.approx(-(q * np.log(q)).sum(), abs=1e-6)
+    p = np.exp(raw[0].astype(np.float64)) / np.exp(raw[0].astype(np.float64)).sum()
+    assert float(entropy(raw)[0]) == pytest.approx(-(p * np.log(p)).sum(), abs=1e-6)
+
+
+def test_sampling_entropy_at_the_paper_settings(neo):
+    """Generation with the paper's settings (penalty 1.2 over prompt and tokens so far, temperature 0.7,
+    top-p 0.9): at every step the token lies in the processed nucleus and the sampling entropy is that
+    nucleus's, recomputed with numpy from full forward passes; the entropy reading is the raw softmax's."""
+    prompts = prompt_set(reference("gpt_neo_tiny"))[::2] * 4  # 8 rows: the shared program
+    cfg = SamplingConfig(max_new_tokens=N, ignore_eos=True)
+    assert (cfg.temperature, cfg.top_p, cfg.repetition_penalty) == (0.7, 0.9, 1.2)
+    gens = generate(neo, prompts, cfg, seed=5, batch_size=8)
+    logits = full_logits(neo, [np.concatenate([q, g.output_ids]) for q, g in zip(prompts, gens)])
+    checked = 0
+    for q, g, lg in zip(prompts, gens, logits):
+        raw = lg[len(q) - 1:len(q) - 1 + N]
+        np.testing.assert_allclose(g.token_entropy, np_entropy(raw), atol=1e-4)
+        for j in range(N):
+            x = np_penalty(raw[j][None], [np.concatenate([q, g.output_ids[:j]])], 1.2)[0] / 0.7
+            probs = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+            ahead = mass_ahead(probs)
+            if np.abs(ahead - 0.9).min() < 1e-5:  # the nucleus boundary is not clear in float32
+                continue
+            assert ahead[g.output_ids[j]] < 0.9
+            assert g.token_sampling_entropy[j] == pytest.approx(np_entropy(np.where(ahead < 0.9, x, -np.inf)),
+                                                                abs=1e-3)
+            checked += 1
+    assert checked > 0.8 * len(prompts) * N
+    assert np.mean([g.sampling_entropy for g in gens]) < np.mean([g.entropy for g in gens])  # truncated: narrower

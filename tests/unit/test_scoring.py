@@ -62,3 +62,86 @@ def test_pooled_ratio_weighs_records_by_their_targets():
     assert scores.pooled("match") == 4.0 / 10.0  # Eq. 1: not the per-record mean (1.0 + 0.25) / 2
     np.testing.assert_allclose(np.nanmean(scores.exact_match()), 0.625)
     assert scores.pooled("match", response=True) == 0.0  # no targets: 0 / max(0, 1)
+
+
+def _record(parts: list[tuple[np.ndarray, bool, bool]], index: int):
+    """An Example from (tokens, is_response, ends_with_eos) parts, and where its EOS tokens are."""
+    from mbc_jax.data import Example
+
+    ids = np.concatenate([p[0] for p in parts]).astype(np.int32)
+    mask = np.concatenate([np.full(len(p[0]), p[1]) for p in parts])
+    eos_at = np.concatenate([np.arange(len(p[0])) == len(p[0]) - 1 if p[2] else np.zeros(len(p[0]), bool)
+                             for p in parts])
+    return Example(index, f"r{index}", "", ids, mask), eos_at
+
+
+def test_no_eos_exact_match_and_response_entropy_against_numpy(tiny_model):
+    """Responses end with the EOS token the template appends (one per response, none when truncation cut
+    it); numpy scores the response targets minus the known EOS positions. The EOS id is the model's
+    own argmax after record 0's response, so that EOS target is matched and leaving it out lowers
+    the record's score."""
+    vocab = 96
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        head = rng.integers(0, vocab, 11)  # record 0: 5 prompt + 6 response tokens, then EOS
+        eos = int(np.asarray(tiny_model.apply(head[None]))[0, -1].argmax())
+        if eos not in head[5:]:
+            break
+
+    def draw(n):  # tokens that are never the EOS id
+        x = rng.integers(0, vocab - 1, n)
+        return np.where(x >= eos, x + 1, x)
+
+    def resp(n):
+        return np.append(draw(n), eos)
+
+    records = [
+        [(head[:5], False, False), (np.append(head[5:], eos), True, True)],
+        [(draw(4), False, False), (resp(7), True, True), (draw(3), False, False), (resp(2), True, True)],  # two turns
+        [(draw(6), False, False), (draw(5), True, False)],  # truncated: its EOS was cut away
+        [(draw(5), False, False), (np.array([eos]), True, True)],  # the response is the EOS alone
+    ]
+    examples, eos_at = zip(*(_record(parts, i) for i, parts in enumerate(records)))
+    scores = Scorer(tiny_model.module, tiny_model.mesh, seq_len=64, tokens_per_batch=128, eos_id=eos)(
+        tiny_model.params, list(examples))
+    rows = list(scores.rows(examples))
+    matched = kept = 0
+    for ex, at, row in zip(examples, eos_at, rows):
+        logits = np.asarray(tiny_model.apply(ex.input_ids[None]), np.float64)[0, :-1]
+        top = logits.max(-1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(logits - top).sum(-1))
+        ent = lse - (np.exp(logits - lse[:, None]) * logits).sum(-1)
+        match = logits.argmax(-1) == ex.input_ids[1:]
+        resp_t = ex.response_mask[1:]
+        keep = resp_t & ~at[1:]  # response targets other than the appended EOS
+        assert row["response_tokens"] == resp_t.sum() and row["response_tokens_no_eos"] == keep.sum()
+        assert row["response_tokens"] - row["response_tokens_no_eos"] == at.sum()
+        assert row["response_exact_match"] == pytest.approx(match[resp_t].mean())
+        if keep.any():
+            assert row["response_exact_match_no_eos"] == pytest.approx(match[keep].mean())
+        else:
+            assert row["response_exact_match_no_eos"] is None
+        assert row["response_entropy"] == pytest.approx(ent[resp_t].mean(), rel=1e-5)
+        assert row["entropy"] == pytest.approx(ent.mean(), rel=1e-5)
+        matched, kept = matched + match[keep].sum(), kept + keep.sum()
+        if ex.index == 0:
+            assert match[-1] and at[-1]  # record 0's EOS target is matched: leaving it out lowers its score
+            assert row["response_exact_match_no_eos"] < row["response_exact_match"]
+    assert [r["response_tokens"] - r["response_tokens_no_eos"] for r in rows] == [1, 2, 0, 1]
+    assert scores.pooled("match", response=True, no_eos=True) == pytest.approx(matched / kept)  # Eq. 1, pooled
+
+
+def test_pooled_no_eos_and_scorer_without_eos_id(tiny_model):
+    from mbc_jax.scoring import Scores
+
+    sums = {"response_no_eos_tokens": np.array([3.0, 1.0, 0.0]), "response_no_eos_match": np.array([1.0, 1.0, 0.0])}
+    scores = Scores(sums)
+    assert scores.pooled("match", response=True, no_eos=True) == 2.0 / 4.0
+    np.testing.assert_allclose(scores.exact_match(True, no_eos=True), [1 / 3, 1.0, np.nan])
+    with pytest.raises(ValueError, match="response targets only"):
+        scores.pooled("match", no_eos=True)
+    # without an EOS id nothing is left out: the no-EOS sums are the response sums
+    examples = random_examples(12, 96, seed=4)
+    got = Scorer(tiny_model.module, tiny_model.mesh, seq_len=64, tokens_per_batch=128)(tiny_model.params, examples)
+    np.testing.assert_array_equal(got.sums["response_no_eos_tokens"], got.sums["response_tokens"])
+    np.testing.assert_array_equal(got.sums["response_no_eos_match"], got.sums["response_match"])
