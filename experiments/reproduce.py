@@ -62,6 +62,8 @@ class Scale:
     extraction_records: int | None = 200
     extraction_new_tokens: int = 64
     attention_records: int | None = 500
+    select_dev: int = 50  # `mbc-jax select`: dev prompts (the paper's 50) and the bound on its judge calls
+    select_max_calls: int = 2000
     note: str = ""
 
 
@@ -71,7 +73,7 @@ SCALES = {
         config=lambda sampler, lr: str(CONFIGS / "demo.yaml"),
         overrides=("demo_records=320", "epochs=8", "keep_checkpoints=1000", "log_every=25"),
         max_train_records=320, generate_records=80, max_new_tokens=64, extraction_records=160,
-        extraction_new_tokens=48, attention_records=400,
+        extraction_new_tokens=48, attention_records=400, select_dev=16, select_max_calls=500,
         note="tiny random-init GPT-Neo on the demo's generated suite; learning rates 1e-3 / 3e-3 suit a model "
              "trained from scratch (the paper's 1e-5 / 5e-5 are for fine-tuning a pretrained gpt-neo-2.7B)"),
     "small": Scale(
@@ -164,28 +166,25 @@ def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[s
 # ----------------------------------------------------------------------------- judge
 
 
-def judge_all(runs, gens: dict[str, Path], lrs, args, out: Path) -> tuple[list[Path], list[str], str]:
-    """Judge MBC (A) against the baseline (B) at each lr on the last-checkpoint answers."""
+def judge_all(runs, gens: dict[str, Path], lrs, args, out: Path, scale: Scale | None = None
+              ) -> tuple[list[Path], list[str], str]:
+    """Judge MBC (A) against the baseline (B) at each lr, at each run's selected checkpoint (`mbc-jax select`)
+    and at the last one (experiments/judge_selected.py)."""
     url = args.judge_base_url or os.environ.get(JUDGE_URL_ENV)
     if not url:
         msg = (f"judge: skipped, no endpoint configured (set ${JUDGE_URL_ENV} or pass --judge-base-url URL of an "
-               "OpenAI-compatible server); Figure 5 is left out")
+               "OpenAI-compatible server); checkpoint selection and Figure 5 are left out")
         log(msg)
         return [], [], msg
-    from mbc_jax.judge import JudgeConfig, judge_files
+    from experiments.judge_selected import judge_runs
 
-    results, labels = [], []
-    for lr in lrs:
-        a, b = gens.get(f"mbc_{lr}"), gens.get(f"uniform_{lr}")
-        if a is None or b is None:
-            continue
-        path = out / "judge" / f"lr{lr_name(lr)}.json"
-        log(f"judging MBC vs baseline at lr {lr_name(lr)} ({a.name} vs {b.name}) with {args.judge_model}")
-        judge_files(a, b, path, config=JudgeConfig(model=args.judge_model), base_url=url, name_a="MBC",
-                    name_b="baseline", limit=args.judge_limit, allow_empty=True, log=log)
-        results.append(path)
-        labels.append(f"lr {lr_name(lr)}")
-    return results, labels, f"judge: {args.judge_model} at {url}"
+    scale = scale or SCALES["paper"]
+    last = {(s, lr): gens[f"{s}_{lr}"] for (s, lr) in runs if f"{s}_{lr}" in gens}
+    results, labels, notes = judge_runs(runs, last, lrs, out / "judge", url=url, judge_model=args.judge_model,
+                                        dev=scale.select_dev, max_calls=scale.select_max_calls,
+                                        max_new_tokens=scale.max_new_tokens, mesh=args.mesh, limit=args.judge_limit,
+                                        log=log)
+    return results, labels, "; ".join([f"judge: {args.judge_model} at {url}", *notes])
 
 
 # ----------------------------------------------------------------------------- report
@@ -320,7 +319,7 @@ def reproduce(args: argparse.Namespace) -> int:
     else:
         t0 = time.perf_counter()
         try:
-            results, labels, note = judge_all(folders, gens, lrs, args, out)
+            results, labels, note = judge_all(folders, gens, lrs, args, out, scale)
             notes.append(note)
         except UserError as e:
             results, labels = [], []

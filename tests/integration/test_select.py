@@ -171,3 +171,35 @@ def test_dev_data_overlap_is_counted(run_dir):
     with pytest.raises(UserError, match="has only 80 records"):
         dev_set(run, 81)
     assert REPO.is_dir()
+
+
+@pytest.mark.slow
+def test_reproduce_judges_selected_and_last_without_the_dev_prompts(run_dir, server, tmp_path):
+    from experiments.judge_selected import judge_runs
+    from mbc_jax.generate import SamplingConfig
+    from mbc_jax.selection import answers_at_step
+
+    run = RunFolder.open(run_dir)
+    val = run.load_records("val")
+    dev_ids = set(dev_set(run, 4).ids)
+    judged = val[18:24]  # stands in for Table 1's last-checkpoint generations; holds dev prompt 21
+    last = tmp_path / "last.jsonl"
+    answers_at_step(run, 12, judged, last, sampling=SamplingConfig(max_new_tokens=8), seed=0)
+    # the same run stands in for MBC and the baseline: each selection is computed once, then cached
+    folders = {("mbc", 1e-3): run, ("uniform", 1e-3): run}
+    results, labels, notes = judge_runs(folders, {k: last for k in folders}, (1e-3,), tmp_path / "judge",
+                                        url=server.url, judge_model="judge-test", dev=4, max_calls=2000,
+                                        max_new_tokens=8, log=lambda m: None)
+    chosen = json.loads((run_dir / "selection" / "selection.json").read_text())["chosen_step"]
+    assert [p.name for p in results] == ["lr1e-3_selected.json", "lr1e-3_last.json"]
+    assert labels == [f"lr 1e-3, selected (MBC step {chosen}, baseline step {chosen})", "lr 1e-3, last checkpoint"]
+    keep = [str(r.id) for r in judged if str(r.id) not in dev_ids]
+    assert len(keep) == 5
+    for path in results:
+        res = json.loads(path.read_text())
+        assert res["n_pairs"] == len(keep)
+    sel = [json.loads(line) for line in (tmp_path / "judge" / "answers" / f"{run.slug}_step{chosen}.jsonl")
+           .read_text().splitlines()]
+    assert [r["id"] for r in sel] == keep
+    assert any(f"{6 - len(keep)} dev prompt(s) left out" in n for n in notes)
+    assert any(f"chose step {chosen}" in n for n in notes)
