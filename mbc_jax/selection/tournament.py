@@ -10,6 +10,7 @@ counted, and asked again by the next run.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from mbc_jax.judge.client import (
 )
 from mbc_jax.judge.protocol import ORDERS, load_template
 
-CALLS_PER_JUDGMENT = len(ORDERS)  # the client judges both presentation orders
+CALLS_PER_JUDGMENT = len(ORDERS)  # selection judges both presentation orders
 PROTOCOL = ("both orders, as `mbc-jax judge`: a checkpoint wins a game only when both orders pick its answer, "
             "anything else is a tie; identical answers are a tie without a call")
 SCORE = {"A": 1.0, "tie": 0.5, "B": 0.0}  # the score of the pair's first checkpoint (ties count half a win)
@@ -69,7 +70,7 @@ def play(judge: Judge | None, steps: Sequence[int], answers: dict[int, dict[str,
         if judge is None:
             raise ValueError("games to judge but no judge")
         try:
-            judged = judge.judge_pairs(to_judge, progress=progress)
+            judged = _judge_pairs(judge, to_judge, progress)
         except JudgeUnavailable as e:
             raise UserError(f"judge endpoint {public_url(judge.endpoint)} unreachable or failing after retries ({e}); "
                             f"{len(judge.cache)} judgment(s) are cached in {judge.cache.dir}: rerun the same command "
@@ -77,6 +78,14 @@ def play(judge: Judge | None, steps: Sequence[int], answers: dict[int, dict[str,
         for slot, j in zip(slots, judged):
             games[slot]["outcome"] = j["outcome"]
             for order in ORDERS:
-                games[slot][f"verdict_{order}"] = j[f"verdict_{order}"]
-                games[slot][f"judge_text_{order}"] = j[f"judge_text_{order}"]
+                games[slot][f"verdict_{order}"] = j.get(f"verdict_{order}")
+                games[slot][f"judge_text_{order}"] = j.get(f"judge_text_{order}")
     return games
+
+
+def _judge_pairs(judge: Judge, pairs: Sequence[Pair], progress: bool) -> list[dict]:
+    """The one call into the judge client: both orders, each judgment's `outcome` by the consistency rule.
+    A client with protocols (`judge_pairs(..., orders=)`, whose default is the paper's one order) is
+    asked for both orders explicitly."""
+    both = {"orders": len(ORDERS)} if "orders" in inspect.signature(judge.judge_pairs).parameters else {}
+    return judge.judge_pairs(pairs, progress=progress, **both)

@@ -78,3 +78,15 @@ def test_cli_defaults_match_the_library():
     with pytest.raises(UserError, match="--steps"):
         select_command.parse_steps("4,x")
     assert np.isclose(tournament.CALLS_PER_JUDGMENT, 2)
+
+
+def test_a_client_with_protocols_is_asked_for_both_orders():
+    class ProtocolJudge(StubJudge):
+        def judge_pairs(self, pairs, *, orders=1, seed=0, max_calls=None, progress=True):
+            self.orders = orders
+            return super().judge_pairs(pairs, progress)
+
+    judge = ProtocolJudge()
+    answers = {s: {"r0": {"index": 0, "category": "c", "instruction": "q", "output_text": "x" * s}} for s in (1, 2)}
+    games = tournament.play(judge, [1, 2], answers, [(0, 1)], ["r0"], progress=False)
+    assert judge.orders == 2 == tournament.CALLS_PER_JUDGMENT and games[0]["outcome"] == "B"
