@@ -22,7 +22,12 @@ from pathlib import Path
 from mbc_jax.generate import SamplingConfig
 from mbc_jax.judge import JudgeConfig, judge_files
 from mbc_jax.run_folder import RunFolder
-from mbc_jax.selection import SelectConfig, answers_at_step, select_checkpoint
+from mbc_jax.selection import DEFAULT_DEV, DEFAULT_MAX_CALLS, SelectConfig, answers_at_step, select_checkpoint
+
+# dev prompts and the bound on judge calls of each run's selection, per `reproduce --scale`: the paper's 50
+# dev prompts elsewhere; 16 for the CPU demo (its validation split has 80 records; 64 are left to judge)
+SELECT = {"demo": {"dev": 16, "max_calls": 500}, "small": {"dev": DEFAULT_DEV, "max_calls": DEFAULT_MAX_CALLS},
+          "paper": {"dev": DEFAULT_DEV, "max_calls": DEFAULT_MAX_CALLS}}
 
 
 def lr_name(lr: float) -> str:

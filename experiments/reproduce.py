@@ -62,8 +62,6 @@ class Scale:
     extraction_records: int | None = 200
     extraction_new_tokens: int = 64
     attention_records: int | None = 500
-    select_dev: int = 50  # `mbc-jax select`: dev prompts (the paper's 50) and the bound on its judge calls
-    select_max_calls: int = 2000
     note: str = ""
 
 
@@ -73,7 +71,7 @@ SCALES = {
         config=lambda sampler, lr: str(CONFIGS / "demo.yaml"),
         overrides=("demo_records=320", "epochs=8", "keep_checkpoints=1000", "log_every=25"),
         max_train_records=320, generate_records=80, max_new_tokens=64, extraction_records=160,
-        extraction_new_tokens=48, attention_records=400, select_dev=16, select_max_calls=500,
+        extraction_new_tokens=48, attention_records=400,
         note="tiny random-init GPT-Neo on the demo's generated suite; learning rates 1e-3 / 3e-3 suit a model "
              "trained from scratch (the paper's 1e-5 / 5e-5 are for fine-tuning a pretrained gpt-neo-2.7B)"),
     "small": Scale(
@@ -176,14 +174,13 @@ def judge_all(runs, gens: dict[str, Path], lrs, args, out: Path, scale: Scale | 
                "OpenAI-compatible server); checkpoint selection and Figure 5 are left out")
         log(msg)
         return [], [], msg
-    from experiments.judge_selected import judge_runs
+    from experiments.judge_selected import SELECT, judge_runs
 
     scale = scale or SCALES["paper"]
     last = {(s, lr): gens[f"{s}_{lr}"] for (s, lr) in runs if f"{s}_{lr}" in gens}
     results, labels, notes = judge_runs(runs, last, lrs, out / "judge", url=url, judge_model=args.judge_model,
-                                        dev=scale.select_dev, max_calls=scale.select_max_calls,
-                                        max_new_tokens=scale.max_new_tokens, mesh=args.mesh, limit=args.judge_limit,
-                                        log=log)
+                                        **SELECT.get(args.scale, SELECT["paper"]), max_new_tokens=scale.max_new_tokens,
+                                        mesh=args.mesh, limit=args.judge_limit, log=log)
     return results, labels, "; ".join([f"judge: {args.judge_model} at {url}", *notes])
 
 
