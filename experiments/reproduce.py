@@ -164,28 +164,24 @@ def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[s
 # ----------------------------------------------------------------------------- judge
 
 
-def judge_all(runs, gens: dict[str, Path], lrs, args, out: Path) -> tuple[list[Path], list[str], str]:
-    """Judge MBC (A) against the baseline (B) at each lr on the last-checkpoint answers."""
+def judge_all(runs, gens: dict[str, Path], lrs, args, out: Path, scale: Scale | None = None
+              ) -> tuple[list[Path], list[str], str]:
+    """Judge MBC (A) against the baseline (B) at each lr, at each run's selected checkpoint (`mbc-jax select`)
+    and at the last one (experiments/judge_selected.py)."""
     url = args.judge_base_url or os.environ.get(JUDGE_URL_ENV)
     if not url:
         msg = (f"judge: skipped, no endpoint configured (set ${JUDGE_URL_ENV} or pass --judge-base-url URL of an "
-               "OpenAI-compatible server); Figure 5 is left out")
+               "OpenAI-compatible server); checkpoint selection and Figure 5 are left out")
         log(msg)
         return [], [], msg
-    from mbc_jax.judge import JudgeConfig, judge_files
+    from experiments.judge_selected import SELECT, judge_runs
 
-    results, labels = [], []
-    for lr in lrs:
-        a, b = gens.get(f"mbc_{lr}"), gens.get(f"uniform_{lr}")
-        if a is None or b is None:
-            continue
-        path = out / "judge" / f"lr{lr_name(lr)}.json"
-        log(f"judging MBC vs baseline at lr {lr_name(lr)} ({a.name} vs {b.name}) with {args.judge_model}")
-        judge_files(a, b, path, config=JudgeConfig(model=args.judge_model), base_url=url, name_a="MBC",
-                    name_b="baseline", limit=args.judge_limit, allow_empty=True, log=log)
-        results.append(path)
-        labels.append(f"lr {lr_name(lr)}")
-    return results, labels, f"judge: {args.judge_model} at {url}"
+    scale = scale or SCALES["paper"]
+    last = {(s, lr): gens[f"{s}_{lr}"] for (s, lr) in runs if f"{s}_{lr}" in gens}
+    results, labels, notes = judge_runs(runs, last, lrs, out / "judge", url=url, judge_model=args.judge_model,
+                                        **SELECT.get(args.scale, SELECT["paper"]), max_new_tokens=scale.max_new_tokens,
+                                        mesh=args.mesh, limit=args.judge_limit, log=log)
+    return results, labels, "; ".join([f"judge: {args.judge_model} at {url}", *notes])
 
 
 # ----------------------------------------------------------------------------- report
@@ -320,7 +316,7 @@ def reproduce(args: argparse.Namespace) -> int:
     else:
         t0 = time.perf_counter()
         try:
-            results, labels, note = judge_all(folders, gens, lrs, args, out)
+            results, labels, note = judge_all(folders, gens, lrs, args, out, scale)
             notes.append(note)
         except UserError as e:
             results, labels = [], []

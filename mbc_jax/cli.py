@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "mbc_jax.commands.train",
     "mbc_jax.commands.generate",
     "mbc_jax.commands.judge",
+    "mbc_jax.commands.select",
     "mbc_jax.commands.plan",
 )
 

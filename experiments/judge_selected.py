@@ -1,0 +1,90 @@
+"""MBC vs baseline judged at each run's selected checkpoint, and at its last one (labelled).
+
+`experiments.reproduce` calls `judge_runs`: every run first chooses its checkpoint with
+`mbc_jax.selection.select_checkpoint` (the paper's 50-example development set, automated: judge
+games between checkpoints on dev prompts, a Bradley-Terry ranking), then MBC (A) is judged against the
+baseline (B) at each learning rate twice:
+
+- `lr<LR>_selected.json`: each run's answers at its selected step;
+- `lr<LR>_last.json`: each run's answers at its last checkpoint (the Table 1 generations).
+
+Both comparisons use the same prompts: the Table 1 validation prompts minus every dev prompt either run
+selected on (the dev prompts are drawn from the validation split, so they are left out here to keep the
+paper's separation of development and judged sets; how many were left out is logged and in the notes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mbc_jax.generate import SamplingConfig
+from mbc_jax.judge import JudgeConfig, judge_files
+from mbc_jax.run_folder import RunFolder
+from mbc_jax.selection import DEFAULT_DEV, DEFAULT_MAX_CALLS, SelectConfig, answers_at_step, select_checkpoint
+
+# dev prompts and the bound on judge calls of each run's selection, per `reproduce --scale`: the paper's 50
+# dev prompts elsewhere; 16 for the CPU demo (its validation split has 80 records; 64 are left to judge)
+SELECT = {"demo": {"dev": 16, "max_calls": 500}, "small": {"dev": DEFAULT_DEV, "max_calls": DEFAULT_MAX_CALLS},
+          "paper": {"dev": DEFAULT_DEV, "max_calls": DEFAULT_MAX_CALLS}}
+
+
+def lr_name(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write(path: Path, rows: Sequence[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def judge_runs(folders: dict[tuple[str, float], RunFolder], last_answers: dict[tuple[str, float], Path],
+               lrs: Sequence[float], out: Path, *, url: str, judge_model: str, dev: int, max_calls: int,
+               max_new_tokens: int, mesh: str | None = None, limit: int | None = None,
+               log: Callable[[str], None] = print) -> tuple[list[Path], list[str], list[str]]:
+    """(results files, their labels, notes): MBC vs baseline at the selected and the last checkpoints."""
+    judge = JudgeConfig(model=judge_model)
+    selected, notes = {}, []
+    for key, run in folders.items():
+        res = select_checkpoint(run.path, SelectConfig(dev=dev, max_calls=max_calls, max_new_tokens=max_new_tokens,
+                                                       mesh=mesh), judge, base_url=url, progress=False, log=log)
+        selected[key] = res
+        notes.append(f"selection: {run.label} chose step {res['chosen_step']} of {len(res['steps'])} checkpoints "
+                     f"(last {res['last_step']}; {res['schedule']['description']}; dev prompts: "
+                     f"{res['dev']['description']})")
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens).validate()  # the paper's, as Table 1 generates
+    results, labels = [], []
+    for lr in lrs:
+        keys = [("mbc", lr), ("uniform", lr)]
+        if not all(k in folders and k in last_answers for k in keys):
+            continue
+        dev_ids = {i for k in keys for i in selected[k]["dev"]["ids"]}
+        last = {k: [r for r in _read(last_answers[k]) if str(r["id"]) not in dev_ids] for k in keys}
+        ids = [str(r["id"]) for r in last[keys[0]]]
+        left_out = len(_read(last_answers[keys[0]])) - len(ids)
+        notes.append(f"judge at lr {lr_name(lr)}: {len(ids)} validation prompts, {left_out} dev prompt(s) left out")
+        files: dict[str, dict] = {"selected": {}, "last": {}}
+        for k in keys:
+            run, step = folders[k], selected[k]["chosen_step"]
+            by_id = {str(r.id): r for r in run.load_records("val")}
+            files["selected"][k[0]] = out / "answers" / f"{run.slug}_step{step}.jsonl"
+            answers_at_step(run, step, [by_id[i] for i in ids], files["selected"][k[0]], sampling=sampling, seed=0,
+                            mesh=mesh, log=log)
+            files["last"][k[0]] = _write(out / "answers" / f"{run.slug}_last.jsonl", last[k])
+        steps = {k[0]: selected[k]["chosen_step"] for k in keys}
+        for which, label in (("selected", f"lr {lr_name(lr)}, selected (MBC step {steps['mbc']}, baseline step "
+                                          f"{steps['uniform']})"),
+                             ("last", f"lr {lr_name(lr)}, last checkpoint")):
+            path = out / f"lr{lr_name(lr)}_{which}.json"
+            log(f"judging MBC vs baseline: {label}")
+            judge_files(files[which]["mbc"], files[which]["uniform"], path, config=judge, base_url=url, name_a="MBC",
+                        name_b="baseline", limit=limit, allow_empty=True, log=log, progress=False)
+            results.append(path)
+            labels.append(label)
+    return results, labels, notes
