@@ -45,8 +45,9 @@ class StubJudge:
     def __init__(self):
         self.asked = []
 
-    def judge_pairs(self, pairs, progress=True):
+    def judge_pairs(self, pairs, *, orders=1, seed=0, max_calls=None, progress=True):
         self.asked += pairs
+        self.orders = orders
         out = []
         for p in pairs:
             w = "A" if len(p.answer_a) > len(p.answer_b) else "B" if len(p.answer_a) < len(p.answer_b) else "tie"
@@ -80,13 +81,8 @@ def test_cli_defaults_match_the_library():
     assert np.isclose(tournament.CALLS_PER_JUDGMENT, 2)
 
 
-def test_a_client_with_protocols_is_asked_for_both_orders():
-    class ProtocolJudge(StubJudge):
-        def judge_pairs(self, pairs, *, orders=1, seed=0, max_calls=None, progress=True):
-            self.orders = orders
-            return super().judge_pairs(pairs, progress)
-
-    judge = ProtocolJudge()
+def test_the_judge_is_asked_for_both_orders():
+    judge = StubJudge()
     answers = {s: {"r0": {"index": 0, "category": "c", "instruction": "q", "output_text": "x" * s}} for s in (1, 2)}
     games = tournament.play(judge, [1, 2], answers, [(0, 1)], ["r0"], progress=False)
     assert judge.orders == 2 == tournament.CALLS_PER_JUDGMENT and games[0]["outcome"] == "B"
