@@ -203,7 +203,8 @@ class RunWriter:
 
     def rewind(self, step: int) -> None:
         """On resume from the checkpoint of `step`: drop the metric lines and snapshots of later steps
-        (they were written after that checkpoint and are written again)."""
+        (they were written after that checkpoint and are written again). The param snapshots of later
+        steps are orbax's, dropped by `checkpoints.Checkpoints.rewind` on every process."""
         if not self.writes:
             return
         metrics = self.path / METRICS
