@@ -85,8 +85,8 @@ SCALES = {
         config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_2p7b_{sampler}_lr{lr:.0e}.yaml".replace("e-0", "e-")),
         set_learning_rate=False, generate_records=None, max_new_tokens=256, extraction_records=1000,
         extraction_new_tokens=64, attention_records=1000,
-        note="gpt-neo-2.7B, the paper's setup (TPU VM); checkpoints kept as the config says, so the 'first' "
-             "checkpoint of Table 1 and the extraction study is the earliest one still saved"),
+        note="gpt-neo-2.7B, the paper's setup (TPU VM); full checkpoints kept as the config says (the latest 2), "
+             "and a bf16 param snapshot of every checkpoint step, so Table 1 and the extraction study read epoch 1"),
 }
 
 
