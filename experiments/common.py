@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from mbc_jax import UserError, exit_code
-from mbc_jax.run_folder import RunFolder, fmt_lr, read_csv, write_csv  # noqa: F401 (the experiment modules use them from here)
+from mbc_jax.run_folder import RunFolder, fmt_lr, read_csv, weight_sources, write_csv  # noqa: F401 (the experiment modules use them from here)
 
 FIRST_LAST = ("first", "last")
 
@@ -76,8 +76,10 @@ def open_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) 
 def checkpoint_model(run: RunFolder, step: int, cache_dir: str | Path | None = None, mesh: str | None = None):
     """The run's model at checkpoint `step` (an `mbc_jax.models.Model` with the run's tokenizer).
 
-    Exported with `mbc_jax.checkpoints.export_run` into `cache_dir/<run folder>_step<N>` (kept, and reused
-    by later experiments) or into a temporary folder removed afterwards.
+    `step` is any step with weights (`run.checkpoint_steps()`: param snapshots and full checkpoints; another
+    is a UserError listing them). Exported with `mbc_jax.checkpoints.export_run` into
+    `cache_dir/<run folder>_step<N>` (kept, and reused by later experiments) or into a temporary folder
+    removed afterwards.
     """
     from mbc_jax.checkpoints import export_run
     from mbc_jax.models import load_model
@@ -90,8 +92,8 @@ def checkpoint_model(run: RunFolder, step: int, cache_dir: str | Path | None = N
         tmp = tempfile.mkdtemp(prefix="mbc-exp-")
         folder = Path(tmp) / "model"
     try:
-        ckpt = run.path / "checkpoints" / str(step)
-        if folder.is_dir() and ckpt.is_dir() and ckpt.stat().st_mtime > folder.stat().st_mtime:
+        ckpt = weight_sources(run.path).get(step)  # the full checkpoint, else the param snapshot: what export reads
+        if folder.is_dir() and ckpt is not None and ckpt.stat().st_mtime > folder.stat().st_mtime:
             shutil.rmtree(folder)  # the run was retrained since this export
         if not folder.is_dir():
             partial = folder.with_name(folder.name + ".partial")

@@ -69,7 +69,7 @@ SCALES = {
     "demo": Scale(
         learning_rates=(1e-3, 3e-3),
         config=lambda sampler, lr: str(CONFIGS / "demo.yaml"),
-        overrides=("demo_records=320", "epochs=8", "keep_checkpoints=1000", "log_every=25"),
+        overrides=("demo_records=320", "epochs=8", "log_every=25"),
         max_train_records=320, generate_records=80, max_new_tokens=64, extraction_records=160,
         extraction_new_tokens=48, zeng_steps="first,last",
         note="tiny random-init GPT-Neo on the demo's generated suite; learning rates 1e-3 / 3e-3 suit a model "
@@ -77,7 +77,7 @@ SCALES = {
     "small": Scale(
         learning_rates=(1e-5, 5e-5),
         config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_125m_{sampler}.yaml"),
-        overrides=("keep_checkpoints=1000",), generate_records=200, max_new_tokens=256, extraction_records=300,
+        overrides=(), generate_records=200, max_new_tokens=256, extraction_records=300,
         extraction_new_tokens=64,
         note="pretrained gpt-neo-125m at the paper's learning rates"),
     "paper": Scale(
@@ -85,8 +85,8 @@ SCALES = {
         config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_2p7b_{sampler}_lr{lr:.0e}.yaml".replace("e-0", "e-")),
         set_learning_rate=False, generate_records=None, max_new_tokens=256, extraction_records=1000,
         extraction_new_tokens=64,
-        note="gpt-neo-2.7B, the paper's setup (TPU VM); checkpoints kept as the config says, so the 'first' "
-             "checkpoint of Table 1 and the extraction study is the earliest one still saved"),
+        note="gpt-neo-2.7B, the paper's setup (TPU VM); full checkpoints kept as the config says (the latest 2), "
+             "and a bf16 param snapshot of every checkpoint step, so Table 1 and the extraction study read epoch 1"),
 }
 
 

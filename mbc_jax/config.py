@@ -61,7 +61,9 @@ class TrainConfig:
     mesh: str | None = None  # "D,F,T"
     seed: int = 0
     checkpoint_every: int = 0  # 0 = once per epoch-equivalent
-    keep_checkpoints: int = 3  # the latest N; step 0 and the last step are always kept too
+    keep_checkpoints: int = 3  # full train states (resume): the latest N; step 0 and the last step are always kept too
+    save_params: str = "snapshots"  # "snapshots": params alone, in the compute dtype, at every checkpoint step,
+    # never deleted (params/<step>/, what the analyses export); "none": only the full checkpoints above
     log_every: int = 10
     score_tokens_per_batch: int = 4096
     track_memorization: bool = True  # score all records at every checkpoint
@@ -78,13 +80,15 @@ CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "param_dtype": ("float32", "bfloat16"),
     "remat": ("none", "full", "dots"),
+    "save_params": ("snapshots", "none"),
 }
 POSITIVE = ("learning_rate", "batch_size", "max_length", "grad_accum", "log_every", "keep_checkpoints",
             "score_tokens_per_batch", "demo_records")
 NON_NEGATIVE = ("steps", "epochs", "warmup_steps", "weight_decay", "grad_clip", "checkpoint_every", "mbc.k",
                 "mbc.power", "mbc.floor", "end_learning_rate", "peak_tflops")
 # Keys a resumed run may change without `--override`: they do not change what is computed.
-RESUME_SAFE = ("log_every", "keep_checkpoints", "out", "peak_tflops", "score_tokens_per_batch")
+# save_params: switching it on mid-run leaves the earlier steps without snapshots (the analyses then name them).
+RESUME_SAFE = ("log_every", "keep_checkpoints", "out", "peak_tflops", "score_tokens_per_batch", "save_params")
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:

@@ -39,6 +39,7 @@ CONFIG, RECORDS, METRICS, SAMPLING, SUMMARY = (
     "config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json"
 )
 MEMORIZATION, CHECKPOINTS, TENSORBOARD, MODEL, DATA = "memorization", "checkpoints", "tensorboard", "model", "data"
+PARAMS = "params"  # parameters-only snapshots, one per checkpoint step, never deleted by retention
 
 RECORDS_COLUMNS = ("index", "id", "category", "split", "tokens", "response_tokens")
 MEMORIZATION_COLUMNS = ("step", "split", "index", "id", "category", "tokens", "response_tokens",
@@ -133,6 +134,27 @@ def snapshot_name(step: int) -> str:
     return f"step_{step:08d}.csv"
 
 
+def saved_steps(folder: str | Path) -> list[int]:
+    """Steps of the complete orbax checkpoints in `folder`. Orbax writes a step into
+    `<step>.orbax-checkpoint-tmp*` and renames it to `<step>` only once complete (with its
+    `_CHECKPOINT_METADATA`), so a save cut short (kill -9, full disk) is never listed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir()
+                  if p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
+
+
+def weight_sources(run_dir: str | Path) -> dict[int, Path]:
+    """{step: the orbax folder its weights are read from}, for every step with loadable weights: the full
+    checkpoint (checkpoints/<step>, float32 master weights: exact) where retention kept one, else the
+    parameters-only snapshot (params/<step>, in the snapshot dtype: exact only when that is float32)."""
+    run_dir = Path(run_dir)
+    out = {s: run_dir / PARAMS / str(s) for s in saved_steps(run_dir / PARAMS)}
+    out.update({s: run_dir / CHECKPOINTS / str(s) for s in saved_steps(run_dir / CHECKPOINTS)})
+    return dict(sorted(out.items()))
+
+
 def data_paths(cfg: Any, run_dir: Path) -> tuple[str, str | None]:
     """(train, validation) data of a `TrainConfig` as the run reads them: the demo's generated files
     live in the run folder's data/."""
@@ -183,7 +205,8 @@ class RunWriter:
 
     def rewind(self, step: int) -> None:
         """On resume from the checkpoint of `step`: drop the metric lines and snapshots of later steps
-        (they were written after that checkpoint and are written again)."""
+        (they were written after that checkpoint and are written again). The param snapshots of later
+        steps are orbax's, dropped by `checkpoints.Checkpoints.rewind` on every process."""
         if not self.writes:
             return
         metrics = self.path / METRICS
@@ -341,33 +364,45 @@ class RunFolder:
         after = [s for s in steps if s > 0]
         return {"first": after[0] if after else steps[0], "last": steps[-1]}
 
-    # -- checkpoints, sampling, metrics
+    # -- weights: full checkpoints (resume keeps the last N) and parameters-only snapshots (all kept)
+    def full_checkpoint_steps(self) -> list[int]:
+        """Steps of the complete full train states in checkpoints/ (what resume reads)."""
+        return saved_steps(self.path / CHECKPOINTS)
+
+    def param_snapshot_steps(self) -> list[int]:
+        """Steps of the complete parameters-only snapshots in params/."""
+        return saved_steps(self.path / PARAMS)
+
     def checkpoint_steps(self) -> list[int]:
-        """Steps of the orbax checkpoints saved in checkpoints/ (complete ones only)."""
-        d = self.path / CHECKPOINTS
-        if not d.is_dir():
-            return []
-        return sorted(int(p.name) for p in d.iterdir()
-                      if p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
+        """Steps with loadable weights: param snapshots and full checkpoints together (complete ones only);
+        `mbc_jax.checkpoints.export_run` exports any of them."""
+        return list(weight_sources(self.path))
 
     def first_last_checkpoints(self, first_step: int | None = None, log: Callable[[str], None] | None = None
                                ) -> dict[str, int]:
-        """{"first": step, "last": step} among the saved checkpoints. "first" is the earliest saved
-        checkpoint after training began (step > 0), or `first_step` when given; when that one is
-        gone (keep_checkpoints), the earliest saved one is used and `log` is told."""
-        saved = self.checkpoint_steps()
-        if not saved:
-            raise UserError(f"{self.path / CHECKPOINTS}: no saved checkpoints; the experiment needs model weights")
-        wanted = first_step
-        if wanted is None:
-            mem = [s for s in self.memorization_steps() if s > 0]
-            wanted = mem[0] if mem else saved[0]
-        first = wanted if wanted in saved else min((s for s in saved if s >= wanted), default=saved[-1])
-        if first != wanted and log:
-            log(f"{self.path}: the checkpoint of step {wanted} is not kept (saved: {', '.join(map(str, saved))}); "
-                f"using step {first} as the first checkpoint (train with keep_checkpoints large enough to keep it)")
-        return {"first": first, "last": saved[-1]}
+        """{"first": step, "last": step}: the first memorization snapshot after training began (step > 0),
+        or `first_step` when given, and the last snapshot. Both must have weights (a param snapshot or a
+        full checkpoint): a missing one is a UserError naming it, never another step in its place.
+        `log` is told where each step's weights come from."""
+        mem = self.memorization_steps()
+        after = [s for s in mem if s > 0]
+        wanted = {"first": first_step if first_step is not None else (after[0] if after else mem[0]),
+                  "last": mem[-1]}
+        sources = weight_sources(self.path)
+        for which, step in wanted.items():
+            if step not in sources:
+                have = ", ".join(map(str, sources)) or "none"
+                raise UserError(
+                    f"{self.path / PARAMS / str(step)}: no weights of step {step} (the {which} checkpoint): no param "
+                    f"snapshot and no full checkpoint of that step (steps with weights: {have}). Param snapshots are "
+                    "written at every checkpoint step unless save_params is none, and never deleted by the run; "
+                    "restore the folder, or retrain with save_params: snapshots")
+        if log:
+            log(f"{self.path}: " + ", ".join(f"{which} checkpoint: step {step} ({sources[step].parent.name}/{step})"
+                                             for which, step in wanted.items()))
+        return wanted
 
+    # -- sampling, metrics
     def sampling(self) -> dict[str, np.ndarray]:
         path = self.path / SAMPLING
         if path.is_file():

@@ -29,6 +29,7 @@ import optax
 from tqdm.auto import tqdm
 
 from mbc_jax import UserError, distributed
+from mbc_jax import checkpoints as ckpt
 from mbc_jax import config as config_lib
 from mbc_jax.checkpoints import Checkpoints, abstract_train_state, init_train_state
 from mbc_jax.config import TrainConfig
@@ -191,7 +192,7 @@ class Trainer:
         self.cfg, self.dir, self.model, self.data, self.log = cfg, run_dir, model, data, log
         self.writer = RunWriter(run_dir)
         n = len(data.train)
-        self.total_steps = cfg.steps or math.ceil(cfg.epochs * n / (cfg.batch_size * cfg.grad_accum)) * cfg.grad_accum
+        self.total_steps = ckpt.total_steps(cfg, n)
         self.epoch_steps = max(1, math.ceil(n / cfg.batch_size))  # micro-steps per epoch-equivalent
         self.checkpoint_every = cfg.checkpoint_every or self.epoch_steps
         self.mbc_k = cfg.mbc.k or self.epoch_steps
@@ -307,13 +308,14 @@ class Trainer:
 
     def train(self) -> dict:
         cfg = self.cfg
-        checkpoints = Checkpoints(self.dir, cfg.keep_checkpoints, self.total_steps)
+        checkpoints = Checkpoints(self.dir, cfg.keep_checkpoints, self.total_steps, ckpt.snapshot_dtype(cfg))
         state, restored = self._initial_state(checkpoints)
         start = int(state["step"])
         self.writer.rewind(start)
+        checkpoints.rewind(start)  # param snapshots after the restored step, like the memorization snapshots
         step_fn = jax.jit(make_train_step(self.model.module, self.tx, self.schedule, cfg.loss_on, cfg.grad_accum,
                                           seed=cfg.seed), donate_argnums=(0,))
-        ckpt_steps = set(range(0, self.total_steps, self.checkpoint_every)) | {self.total_steps}
+        ckpt_steps = set(ckpt.checkpoint_schedule(cfg, len(self.data.train)))
         peak = peak_flops_per_device(cfg.peak_tflops) * len(jax.devices())
         flops_per_token = train_flops_per_token(self.model.config, cfg.max_length)
         sharding = batch_sharding(self.model.mesh)
@@ -330,6 +332,7 @@ class Trainer:
                         bar.write(_eval_line(ev))
                     if step != start or restored is None:
                         checkpoints.save(step, state, self.sampler.state())
+                    checkpoints.save_params(step, state["params"])  # unless one is complete (before a kill)
                 if step == self.total_steps:
                     break
                 self.sampler.before_step(step, state["params"], functools.partial(self._mbc_score, step))

@@ -9,8 +9,10 @@ and compiles the train step and the scorer for them exactly as `mbc-jax train` d
 device: parameters and optimizer state (from the shardings), and from XLA's memory analysis of
 each compiled program its arguments, outputs and temporaries (activations, gradients,
 workspace), and whether the larger of the two peaks fits `--device-memory` (GiB; exit code 1 if
-not). Only the model's `config.json` is read: a local folder, the local Hugging Face cache, the
-built-in shapes in `mbc_jax/model_configs/`, or `--model-config FILE`.
+not); and the disk the run's checkpoints take (full train states kept for resume, param snapshots
+at every checkpoint step; `checkpoints.disk_needed`). Only the model's `config.json` is read: a
+local folder, the local Hugging Face cache, the built-in shapes in `mbc_jax/model_configs/`, or
+`--model-config FILE`.
 
 The numbers are what XLA's CPU compiler plans for the sharded program; a TPU or GPU compiler
 fuses differently (and CPU computes bfloat16 matmuls in float32), so leave some headroom.
@@ -49,6 +51,9 @@ def register(sub) -> None:
                    help="config.json (or its folder) to use instead of the config's `model`")
     p.add_argument("--segments", type=int, default=None,
                    help="records per packed scoring row to plan for (default: max_length // 32)")
+    p.add_argument("--train-records", type=int, default=None, metavar="N",
+                   help="training records after the validation split, to count the checkpoint steps for the disk "
+                        "total (not needed for the demo, or when steps and checkpoint_every are set)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the plan's numbers (bytes) as JSON to FILE")
     p.set_defaults(func=run)
 
@@ -183,8 +188,25 @@ def _abstract_batch(rows: int, length: int, segments: int, sharding: Any) -> dic
             "record_index": jax.ShapeDtypeStruct((rows, segments), jnp.int32, sharding=sharding)}
 
 
-def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None) -> dict:
-    """Compiles the train step and the scorer for `cfg` on a mesh of `devices`; per-device bytes."""
+def checkpoint_disk(cfg: Any, state: dict, train_records: int | None = None) -> dict:
+    """The disk the run's checkpoints need (`checkpoints.disk_needed`), its checkpoint steps counted from
+    `train_records`, the demo's `demo_records`, or `steps` + `checkpoint_every` (no record count needed)."""
+    from mbc_jax.checkpoints import checkpoint_schedule, disk_needed, snapshot_dtype
+
+    n, source = train_records, "--train-records"
+    if n is None and cfg.data == "demo" and not cfg.val_data:  # the demo validates on its own valid.jsonl
+        n, source = cfg.demo_records, "demo_records"
+    if n is None and cfg.steps and cfg.checkpoint_every:
+        n, source = 1, None  # the schedule does not depend on it
+    steps = len(checkpoint_schedule(cfg, n)) if n is not None else None
+    return {**disk_needed(state, snapshot_dtype(cfg), cfg.keep_checkpoints, steps),
+            "train_records": n if source else None, "train_records_from": source}
+
+
+def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None,
+         train_records: int | None = None) -> dict:
+    """Compiles the train step and the scorer for `cfg` on a mesh of `devices`; per-device bytes, and the
+    checkpoints' disk (`checkpoint_disk`)."""
     import time
 
     import jax
@@ -205,6 +227,7 @@ def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None) 
     )
     tx, schedule = make_optimizer(cfg, max(1, cfg.steps // cfg.grad_accum) if cfg.steps else 1000)
     state = abstract_train_state(tx, params, mesh)
+    disk = checkpoint_disk(cfg, state, train_records)
     params, opt_state = state["params"], state["opt_state"]
 
     div = batch_divisor(mesh)
@@ -236,6 +259,7 @@ def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None) 
                        "activations_and_temporaries": train["temporaries"], "train_step": train, "scorer": score},
         "peak_per_device": max(train["peak"], score["peak_with_optimizer_state"]),
         "compile_seconds": {"train_step": round(train_seconds, 1), "scorer": round(score_seconds, 1)},
+        "disk": disk,
     }
 
 
@@ -268,6 +292,7 @@ def report(result: dict, model: str, source: str, memory_gib: float | None) -> s
         f"(compiled in {result['compile_seconds']['train_step']} s and {result['compile_seconds']['scorer']} s; "
         f"the scorer's peak counts the optimizer state, which stays on the device while scoring)",
     ]
+    lines += disk_report(result["disk"])
     peak = result["peak_per_device"]
     if memory_gib is not None:
         share = peak / (memory_gib * GIB)
@@ -276,6 +301,24 @@ def report(result: dict, model: str, source: str, memory_gib: float | None) -> s
     else:
         lines.append(f"peak per device {gib(peak)} (give --device-memory GIB for a verdict)")
     return "\n".join(lines)
+
+
+def disk_report(d: dict) -> list[str]:
+    snap = (f"param snapshot {gib(d['param_snapshot_bytes'])} ({d['snapshot_dtype']})" if d["snapshot_dtype"]
+            else "no param snapshots (save_params: none)")
+    lines = ["", f"disk (checkpoints, all devices together): full train state {gib(d['full_state_bytes'])} "
+                 f"(params, AdamW moments, step), {snap}"]
+    if d["checkpoint_steps"] is None:
+        return lines + ["  give --train-records N (training records after the validation split) for the run's "
+                        "checkpoint steps and the total"]
+    where = f" ({d['train_records']} training records, from {d['train_records_from']})" if d["train_records"] else ""
+    lines.append(f"  {d['checkpoint_steps']} checkpoint steps{where}; keep_checkpoints {d['keep_checkpoints']}: "
+                 f"{d['full_states_peak']} full states at most (the latest kept, step 0, the one being written), "
+                 f"{d['param_snapshots']} param snapshots")
+    lines.append(f"  needs {gib(d['peak_bytes'])} ({d['peak_bytes']} bytes) = {d['full_states_peak']} x "
+                 f"{gib(d['full_state_bytes'])} + {d['param_snapshots']} x {gib(d['param_snapshot_bytes'])}; "
+                 f"{gib(d['end_bytes'])} when the run ends")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -288,6 +331,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--device-memory: must be positive (GiB), got {args.device_memory}")
     if args.segments is not None and args.segments < 1:
         raise UserError(f"--segments: must be positive, got {args.segments}")
+    if args.train_records is not None and args.train_records < 1:
+        raise UserError(f"--train-records: must be positive, got {args.train_records}")
     mesh = parse_mesh(args.mesh)
     n = _device_count(mesh, args.devices)
     cfg = config_lib.load(args.config, [*args.overrides, f"mesh={args.mesh}"])
@@ -300,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
         if os.environ.get(CHILD_ENV):
             raise UserError(f"could not start JAX with {n} CPU devices")
         return _rerun(_argv(args), n)
-    result = plan(cfg, hf_config, devices, args.segments)
+    result = plan(cfg, hf_config, devices, args.segments, args.train_records)
     fits = args.device_memory is None or result["peak_per_device"] <= args.device_memory * GIB
     print(report(result, cfg.model, source, args.device_memory))
     if args.json:
@@ -316,7 +361,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
     """The command line of this plan, for the re-run."""
     out = [f"--mesh={args.mesh}"]  # "=": a mesh such as -1,1,1 is not taken for an option
     for flag, value in (("--config", args.config), ("--devices", args.devices), ("--device-memory", args.device_memory),
-                        ("--model-config", args.model_config), ("--segments", args.segments)):
+                        ("--model-config", args.model_config), ("--segments", args.segments),
+                        ("--train-records", args.train_records)):
         if value is not None:
             out += [flag, str(value)]
     if args.json:

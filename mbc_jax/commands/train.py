@@ -17,9 +17,11 @@ def register(sub) -> None:
     add_mesh_arg(p)
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("export", help="write a Hugging Face checkpoint folder from a run's checkpoint")
+    p = sub.add_parser("export", help="write a Hugging Face checkpoint folder of a run's weights at a step")
     p.add_argument("--run", required=True, help="run folder")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--step", type=int, default=None,
+                   help="any checkpoint step with a param snapshot or a full checkpoint (default: the latest); "
+                        "the full checkpoint's float32 weights where both exist")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_export)
 

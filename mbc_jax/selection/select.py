@@ -61,7 +61,7 @@ class SelectConfig:
 
 
 def loadable_steps(run: RunFolder) -> list[int]:
-    """The steps whose model `export_run` can write (today: the saved orbax checkpoints)."""
+    """The steps whose model `export_run` can write: param snapshots and full checkpoints."""
     return run.checkpoint_steps()
 
 

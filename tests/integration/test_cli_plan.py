@@ -1,5 +1,6 @@
 """`mbc-jax plan`: per-device bytes equal the analytic numbers, the verdict and exit code, built-in
-shapes, and the re-run with more fake devices than this process has."""
+shapes, the re-run with more fake devices than this process has, and the checkpoints' disk against a
+hand count."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import json
 
 import pytest
 
+from mbc_jax import config as config_lib
 from mbc_jax.cli import main as cli
-from mbc_jax.commands.plan import builtin_config
+from mbc_jax.commands.plan import builtin_config, checkpoint_disk
 from mbc_jax.models import config_from_hf
 
 TINY = dict(model_type="gpt_neo", vocab_size=100, hidden_size=64, num_layers=2, num_heads=4, window_size=8,
@@ -37,7 +39,8 @@ def analytic_param_bytes(fsdp: int) -> int:
 def test_bytes_per_device_are_analytic_and_too_little_memory_does_not_fit(tiny_config, tmp_path, capsys):
     numbers = tmp_path / "plan.json"
     rc = cli(["plan", "--mesh", "1,-1,1", "--devices", "8", "--model-config", str(tiny_config),
-              "--device-memory", "0.001", "--json", str(numbers), *SMALL_RUN])
+              "--device-memory", "0.001", "--json", str(numbers), *SMALL_RUN, "steps=10", "checkpoint_every=3",
+              "keep_checkpoints=2"])
     out = capsys.readouterr().out
     assert rc == 1
     assert "data=1 x fsdp=8 x tensor=1 on 8 devices" in out
@@ -56,6 +59,13 @@ def test_bytes_per_device_are_analytic_and_too_little_memory_does_not_fit(tiny_c
     assert train["aliased"] > 0.99 * (per["parameters"] + per["optimizer_state"])  # the donated state
     assert train["temporaries"] > 0 and plan["peak_per_device"] == max(
         train["peak"], per["scorer"]["peak"] + per["optimizer_state"])
+    # disk: checkpoint steps 0, 3, 6, 9, 10; full state = float32 params + 2 moments + 3 int32 counters
+    # (AdamW's, the schedule's, the step); at most keep 2 + step 0 + the one being written; 5 float32 snapshots
+    n = config_from_hf(TINY).num_params()
+    disk = plan["disk"]
+    assert (disk["full_state_bytes"], disk["param_snapshot_bytes"]) == (12 * n + 12, 4 * n)
+    assert disk["peak_bytes"] == 4 * (12 * n + 12) + 5 * 4 * n and disk["end_bytes"] == 3 * (12 * n + 12) + 5 * 4 * n
+    assert f"needs {disk['peak_bytes'] / 2**20:.2f} MiB ({disk['peak_bytes']} bytes) = 4 x " in out
 
 
 def test_more_devices_than_this_process_has_reruns(tiny_config, tmp_path, capfd):
@@ -86,3 +96,41 @@ def test_bad_input_is_one_line(args, message, capsys):
     assert cli(["plan", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_checkpoint_disk_by_hand(tiny_config):
+    """bfloat16 compute -> bfloat16 snapshots; the checkpoint steps from --train-records or the demo's
+    records; save_params: none; the paper's retention on more steps than it keeps."""
+    import jax
+
+    from mbc_jax.checkpoints import abstract_train_state
+    from mbc_jax.models import abstract_params
+    from mbc_jax.sharding import make_mesh
+    from mbc_jax.train import make_optimizer
+
+    mesh = make_mesh("1,1,1", jax.devices()[:1])
+    abstract, shardings, _ = abstract_params(config_from_hf(TINY), mesh)
+    params = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                    abstract, shardings)
+    n = config_from_hf(TINY).num_params()
+    full = 12 * n + 12
+
+    def disk(overrides, records=None):
+        cfg = config_lib.load(None, overrides)
+        return checkpoint_disk(cfg, abstract_train_state(make_optimizer(cfg, 10)[0], params, mesh), records)
+
+    # 30 records, batch 8: 8 steps (ceil(2 * 30 / 8)), one checkpoint per ceil(30 / 8) = 4 steps: 0, 4, 8
+    d = disk(["data=x.jsonl", "epochs=2", "dtype=bfloat16", "keep_checkpoints=2"], records=30)
+    assert (d["checkpoint_steps"], d["snapshot_dtype"], d["param_snapshot_bytes"]) == (3, "bfloat16", 2 * n)
+    assert d["peak_bytes"] == d["end_bytes"] == 3 * full + 3 * 2 * n  # 3 steps: retention deletes nothing
+    # the paper's retention over 15 epoch checkpoints (+ step 0): 4 full states at the peak, 3 at the end
+    d = disk(["data=x.jsonl", "epochs=15", "dtype=bfloat16", "keep_checkpoints=2"], records=32)
+    assert d["checkpoint_steps"] == 16 and d["peak_bytes"] == 4 * full + 16 * 2 * n
+    assert d["end_bytes"] == 3 * full + 16 * 2 * n
+    # the demo: its demo_records; save_params: none writes no snapshots
+    d = disk(["demo_records=40", "epochs=1", "checkpoint_every=2", "keep_checkpoints=1", "save_params=none"])
+    assert d["train_records"] == 40 and d["checkpoint_steps"] == 4  # 5 steps (ceil(40 / 8)): 0, 2, 4, 5
+    assert d["param_snapshots"] == 0 and d["peak_bytes"] == 3 * full and d["end_bytes"] == 2 * full
+    # a dataset of unknown size: sizes per save only
+    d = disk(["data=hf:some/data"])
+    assert d["checkpoint_steps"] is None and d["full_state_bytes"] == full and "peak_bytes" not in d

@@ -696,7 +696,7 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("exp") / "mbc"
     cfg = config_lib.load(str(REPO / "experiments" / "configs" / "demo.yaml"),
                           [f"out={out}", "demo_records=64", "epochs=1", "checkpoint_every=3",
-                           "keep_checkpoints=100", "log_every=5", "mesh=1,1,1"])
+                           "keep_checkpoints=2", "log_every=5", "mesh=1,1,1"])  # the paper configs' retention
     Trainer.create(cfg, log=lambda m: None).train()
     return out
 
@@ -709,7 +709,8 @@ def test_every_module_on_a_real_tiny_run(tiny_run, tmp_path):
     cache = tmp_path / "exports"
     run = RunFolder.open(tiny_run)
     steps = run.memorization_steps()
-    assert steps == [0, 3, 6, 8] and run.checkpoint_steps() == steps
+    assert steps == [0, 3, 6, 8] and run.checkpoint_steps() == steps  # step 3 from its param snapshot only
+    assert run.full_checkpoint_steps() == [0, 6, 8] and run.param_snapshot_steps() == steps
     evals = {m["step"]: m for m in run.metrics() if m.get("eval")}
 
     def check(art, rows_expected: dict[str, int]):

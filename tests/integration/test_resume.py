@@ -84,6 +84,17 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, sampler):
     for f in (straight / "memorization").glob("*.csv"):
         assert f.read_text() == (killed / "memorization" / f.name).read_text()
     assert (straight / "sampling.csv").read_text() == (killed / "sampling.csv").read_text()
+    # the param snapshots: one per memorization snapshot, each bitwise the uninterrupted run's
+    import orbax.checkpoint as ocp
+
+    from mbc_jax.run_folder import RunFolder
+
+    steps = RunFolder.open(straight).memorization_steps()
+    assert RunFolder.open(killed).param_snapshot_steps() == RunFolder.open(straight).param_snapshot_steps() == steps
+    a, b = (ocp.CheckpointManager(r / "params", item_handlers=ocp.StandardCheckpointHandler())
+            for r in (straight, killed))
+    for step in steps:
+        jax.tree_util.tree_map(np.testing.assert_array_equal, a.restore(step), b.restore(step))
 
 
 def test_nan_loss_stops_naming_step_and_records(tmp_path, monkeypatch):
