@@ -23,6 +23,7 @@ from mbc_jax import UserError
 from mbc_jax.commands.common import (
     add_data_args,
     add_model_args,
+    format_options,
     load_model_from_args,
     load_template,
     progress,
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from mbc_jax.generate import answer_records
 
     template = load_template(args)
-    records, load_report = load_records(args.data, schema=args.schema, skip_bad=args.skip_bad)
+    records, load_report = load_records(args.data, schema=args.schema, skip_bad=args.skip_bad, **format_options(args))
     print(load_report.summary(), file=sys.stderr)
     if args.limit is not None and args.limit < len(records):
         print(f"--limit {args.limit}: generating for the first {args.limit} of {len(records)} records", file=sys.stderr)

@@ -32,7 +32,7 @@ class Template:
 
     A dialogue renders as text segments; prompt segments are not scored, response segments are:
 
-        [system + turn_separator] user_prefix + user (+ context_separator + context)
+        [system + turn_separator] user_prefix + user (+ context_separator + context, on the last user turn)
         + assistant_prefix | response_prefix + response | EOS
         [+ turn_separator + user_prefix + user2 + assistant_prefix | response_prefix + response2 | EOS ...]
 
@@ -95,14 +95,15 @@ class Template:
         if record.schema in ("text", "tokens") or not record.turns:
             raise ValueError(f"{record.source}: a {record.schema or 'non-dialogue'} record has no dialogue to render")
         segs: list[tuple[str, bool]] = []
-        buf, prev, first_user = "", None, True
-        for role, content in record.turns:
+        buf, prev = "", None
+        # the context belongs to the last instruction (Alpaca's `input` after its `history`)
+        last_user = max((k for k, (role, _) in enumerate(record.turns) if role == "user"), default=-1)
+        for k, (role, content) in enumerate(record.turns):
             if role == "system":
                 buf += self.system_prefix + content + self.turn_separator
             elif role == "user":
-                if first_user and record.context:
+                if k == last_user and record.context:
                     content = content + self.context_separator + record.context
-                first_user = False
                 if prev in ("user", "assistant"):
                     buf += self.turn_separator
                 buf += self.user_prefix + content
