@@ -380,8 +380,7 @@ def load_records(
                 report.schema = chosen
             if chosen == "tree":  # the whole input at once: a dialogue is a path through many rows
                 report.records_read -= 1
-                records = trees.build_records(itertools.chain([(source, obj, err)], items), report, mode=tree,
-                                              tree_filter=tree_filter, skip_bad=skip_bad, fix=fix)
+                items = itertools.chain([(source, obj, err)], items)
                 break
             records.append(_parse_record(obj, chosen, index, source))
         except DataError as e:
@@ -389,6 +388,8 @@ def load_records(
             if not skip_bad:
                 raise e from None
             report.skipped.append((source, str(e)))
+    if chosen == "tree":
+        records = trees.build_records(items, report, mode=tree, tree_filter=tree_filter, skip_bad=skip_bad, fix=fix)
     report.records_loaded = len(records)
     if report.records_read == 0:
         raise DataError(f"{path}:1", "file",
