@@ -240,6 +240,11 @@ def tokenize(
     eos = template.eos_id(tokenizer)
     if needs_eos and eos is None:
         raise UserError("the tokenizer has no eos_token_id: set eos_token_id in the template, or add_eos: false")
+    if needs_eos and vocab_size is not None and not 0 <= eos < vocab_size:
+        where = ("the template's eos_token_id" if template.eos_token_id is not None
+                 else f"{getattr(tokenizer, 'name_or_path', 'the tokenizer')} (tokenizer files)")
+        raise UserError(f"{where}: eos_token_id {eos} is outside the model's vocabulary (ids 0..{vocab_size - 1}); "
+                        "set eos_token_id in the template or fix the tokenizer files")
     encoded = (_encode(tokenizer, batches[0], False), _encode(tokenizer, batches[1], True))
 
     # 2. assemble, validate, truncate
