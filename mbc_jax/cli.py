@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 
 from mbc_jax import exit_code
 
@@ -33,7 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NoTorchAdvisory(logging.Filter):
+    """Drops transformers' import-time "PyTorch was not found ..." line: this package runs on JAX and uses
+    transformers for tokenizers and configs only, so the advisory is noise to a user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("PyTorch was not found")
+
+
+def quiet_transformers() -> None:
+    """Installs the filter on transformers' logger (before transformers is imported; idempotent)."""
+    logger = logging.getLogger("transformers")
+    if not any(isinstance(f, _NoTorchAdvisory) for f in logger.filters):
+        logger.addFilter(_NoTorchAdvisory())
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_transformers()
     if argv is None:  # run as a program (not called from Python): set up the process first
         from mbc_jax.launch import ensure_huge_pages
 

@@ -37,6 +37,9 @@ class TrainConfig:
     val_data: str | None = None  # separate validation file; else val_fraction of `data`
     val_fraction: float = 0.1
     schema: str = "auto"
+    fields: str | None = None  # column mapping TARGET=COLUMN,... (YAML: a mapping too), see mbc_jax/data/formats.py
+    tree: str = "best"  # conversation trees: "best" (top-ranked reply per turn) or "all" (every path)
+    tree_filter: str = "deleted,failed_review"  # conversation-tree messages left out (see mbc_jax/data/trees.py)
     template: str | None = None  # None: the paper's Human:/Assistant:; a template file; "chat": the tokenizer's own
     max_length: int = 256
     loss_on: str = "response"  # "response" or "full" (dialogue)
@@ -74,6 +77,7 @@ class TrainConfig:
 CHOICES = {
     "init": ("auto", "pretrained", "random"),
     "loss_on": ("response", "full"),
+    "tree": ("best", "all"),
     "sampler": ("mbc", "uniform"),
     "mbc.metric": ("loss", "full", "response"),
     "mbc.refresh": ("full", "incremental"),
@@ -161,6 +165,8 @@ def build(values: dict[str, Any], where: str) -> TrainConfig:
                 raise _unknown(key, where)
             setattr(cfg.mbc, sub, _coerce(key, value, mbc[sub].type, where))
         elif key in top and key != "mbc":
+            if key == "fields" and isinstance(value, dict):  # fields: {instruction: question, ...}
+                value = ",".join(f"{k}={v}" for k, v in value.items())
             setattr(cfg, key, _coerce(key, value, top[key].type, where))
         else:
             raise _unknown(key, where)

@@ -436,7 +436,9 @@ class RunFolder:
     def load_records(self, split: str) -> list:
         """The Records of `split`, in records.csv order (matched by their index in the data file)."""
         path = self.data_path(split)
-        records, _ = load_records(path, schema=self.config.get("schema", "auto"))
+        c = self.config
+        records, _ = load_records(path, schema=c.get("schema", "auto"), fields=c.get("fields"),
+                                  tree=c.get("tree", "best"), tree_filter=c.get("tree_filter"))
         by_index = {r.index: r for r in records}
         wanted = self.records["index"][self.records["split"] == split]
         missing = [int(i) for i in wanted if int(i) not in by_index]

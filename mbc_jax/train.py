@@ -161,7 +161,8 @@ def _load_data(cfg: TrainConfig, run_dir: Path, model: Model, log) -> RunData:
         )
 
     def examples(path: str) -> list[Example]:
-        records, report = load_records(path, schema=cfg.schema)
+        records, report = load_records(path, schema=cfg.schema, fields=cfg.fields, tree=cfg.tree,
+                                       tree_filter=cfg.tree_filter)
         if model.tokenizer is None and report.schema != "tokens":
             raise UserError(f"{cfg.model}: the model folder has no tokenizer; needed for {report.schema!r} records")
         out, tok_report = tokenize(records, model.tokenizer, template, cfg.max_length,

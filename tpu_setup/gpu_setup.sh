@@ -8,15 +8,15 @@ usage() {
   cat <<'EOF'
 Usage: tpu_setup/gpu_setup.sh [options]
 
-Run ON the GPU machine, in this checkout: make a virtual environment, `pip install -e .
-'jax[cuda12]'` (CUDA and cuDNN come as pip wheels; only the NVIDIA driver must be installed,
+Run ON the GPU machine, in this checkout: make a virtual environment, `pip install -e
+'.[cuda12,hf]'` (CUDA and cuDNN come as pip wheels; only the NVIDIA driver must be installed,
 >= 525.60.13 for CUDA 12), then check that jax.devices() lists GPUs.
 
 Options:
   --venv DIR           virtual environment (default: .venv in the checkout)       [MBC_VENV]
   --python BIN         Python >= 3.11 to build it with (default: newest python3.1x found)
   --cuda 12|13         which jax CUDA wheels (default 12; 13 needs a driver for CUDA 13)
-  --with-tests         install the [test] extra too (pytest)
+  --with-tests         install the [test] extra too (pytest, datasets)
   --check-only         only run the GPU check in an existing venv
   --dry-run            print the commands instead of running them                [DRY_RUN=1]
   -h, --help           this help
@@ -83,9 +83,9 @@ if [ "$CHECK_ONLY" = 0 ]; then
     run "$PY" -m venv "$VENV"
   fi
   run "$VENV/bin/python" -m pip install --upgrade pip
-  target=$MBC_REPO_ROOT
-  [ "$TESTS" = 0 ] || target="${MBC_REPO_ROOT}[test]"
-  run "$VENV/bin/pip" install -e "$target" "jax[cuda$CUDA]"
+  extras="cuda$CUDA,hf"
+  [ "$TESTS" = 0 ] || extras="$extras,test"
+  run "$VENV/bin/pip" install -e "${MBC_REPO_ROOT}[$extras]"
 fi
 
 # 4. does JAX see the GPUs?

@@ -9,7 +9,7 @@ usage() {
 Usage: tpu_setup/install.sh [NAME] [options]
 
 Put the project on every worker of the TPU (all hosts of a pod slice, in parallel), make a
-virtual environment and `pip install -e '.[test]' 'jax[tpu]'` in it, then check that JAX sees
+virtual environment and `pip install -e '.[tpu,hf,test]'` in it, then check that JAX sees
 the TPU chips. Safe to re-run: it updates the code and the packages, keeps the venv and runs/.
 
 Code source (default: copy this checkout, including uncommitted and untracked files that git does
@@ -116,7 +116,7 @@ if [ -x "$V/bin/python" ] && ! "$V/bin/python" -c "import sys; sys.exit(sys.vers
 "$V/bin/python" -m pip install -q --upgrade pip
 cd "$R"
 set -f
-"$V/bin/pip" install -q -e ".[test]" "jax[tpu]" $PIP_ARGS # split on purpose: extra words
+"$V/bin/pip" install -q -e ".[tpu,hf,test]" $PIP_ARGS # split on purpose: extra words
 set +f
 echo "[install] $(hostname): jax $("$V/bin/python" -c "import jax; print(jax.__version__)")"
 if [ "$CHECK" = 1 ]; then

@@ -25,14 +25,27 @@ def add_mesh_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="JSONL / JSON file, or hf:NAME[:SPLIT]")
-    p.add_argument("--schema", default="auto",
-                   help="record schema: auto, dolly, chat, prompt_completion, text, tokens")
+    p.add_argument("--data", required=True,
+                   help="JSONL / JSON / Parquet / CSV file, or hf:NAME[:CONFIG][@REVISION][:SPLIT][?data_files=...]")
+    p.add_argument("--schema", default="auto", help="record schema: auto, dolly, chat, prompt_completion, text, "
+                   "tokens, alpaca, sharegpt, tree (conversation trees)")
+    p.add_argument("--fields", default=None, metavar="TARGET=COLUMN,...",
+                   help="read the file's COLUMN as the record key TARGET, e.g. instruction=question,response=answer")
+    p.add_argument("--tree", default="best", choices=("best", "all"),
+                   help="conversation trees: the top-ranked reply at each turn (best) or every path (all)")
+    p.add_argument("--tree-filter", default="deleted,failed_review", metavar="F,...",
+                   help="conversation-tree messages to leave out: deleted, failed_review, unreviewed, or none "
+                        "(default: deleted,failed_review)")
     p.add_argument("--template", default=None, metavar="FILE|chat",
                    help="JSON/YAML file of dialogue template fields, or 'chat': the tokenizer's own chat template "
                         "(default: the paper's Human:/Assistant: template)")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) bad records instead of stopping")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records")
+
+
+def format_options(args: argparse.Namespace) -> dict:
+    """The `load_records` keywords of the data flags."""
+    return {"fields": args.fields, "tree": args.tree, "tree_filter": args.tree_filter}
 
 
 def load_model_from_args(args: argparse.Namespace, with_tokenizer: bool = True):

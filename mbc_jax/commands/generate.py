@@ -23,6 +23,7 @@ from mbc_jax import UserError
 from mbc_jax.commands.common import (
     add_data_args,
     add_model_args,
+    format_options,
     load_model_from_args,
     load_template,
     progress,
@@ -63,8 +64,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=DEFAULT_REPETITION_PENALTY, metavar="R",
                    help="CTRL penalty on tokens already in the sequence, 1 = off "
                         f"(default: {DEFAULT_REPETITION_PENALTY})")
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
-                   help=f"new tokens per record at most (default: {DEFAULT_MAX_NEW_TOKENS})")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help=f"new tokens per record at most (default: {DEFAULT_MAX_NEW_TOKENS}, the paper's; on a model "
+                        "with fewer than twice that many positions, half its positions, and the output says so)")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at EOS: always generate --max-new-tokens")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default: 0)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B",
@@ -83,12 +85,23 @@ def _check_args(args: argparse.Namespace) -> SamplingConfig:
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     cfg = SamplingConfig(greedy=args.greedy, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                         repetition_penalty=args.repetition_penalty,
+                         max_new_tokens=DEFAULT_MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens,
                          ignore_eos=args.ignore_eos)
     try:
         return cfg.validate()
     except UserError as e:  # name the flag
         raise UserError(f"{e} (--top-p, --top-k, --temperature, --repetition-penalty, --max-new-tokens)") from None
+
+
+def default_new_tokens(positions: int) -> tuple[int, str | None]:
+    """The default --max-new-tokens for a model with `positions` positions, and the note when it is capped:
+    the paper's 256 where a prompt keeps at least as many positions, else half the positions."""
+    n = min(DEFAULT_MAX_NEW_TOKENS, positions // 2)
+    if n == DEFAULT_MAX_NEW_TOKENS:
+        return n, None
+    return n, (f"--max-new-tokens: the model has {positions} positions, so the default {DEFAULT_MAX_NEW_TOKENS} is "
+               f"capped at {n} (half of them; the prompt keeps the rest); pass --max-new-tokens to choose")
 
 
 def meta_path(out: str | Path) -> Path:
@@ -106,13 +119,19 @@ def run(args: argparse.Namespace) -> int:
     from mbc_jax.generate import answer_records
 
     template = load_template(args)
-    records, load_report = load_records(args.data, schema=args.schema, skip_bad=args.skip_bad)
+    records, load_report = load_records(args.data, schema=args.schema, skip_bad=args.skip_bad, **format_options(args))
     print(load_report.summary(), file=sys.stderr)
     if args.limit is not None and args.limit < len(records):
         print(f"--limit {args.limit}: generating for the first {args.limit} of {len(records)} records", file=sys.stderr)
         records = records[:args.limit]
 
     model = load_model_from_args(args)
+    cap_note = None
+    if args.max_new_tokens is None:
+        n, cap_note = default_new_tokens(model.config.max_position_embeddings)
+        cfg = dataclasses.replace(cfg, max_new_tokens=n)
+        if cap_note:
+            print(cap_note, file=sys.stderr)
     bar = None  # opened by answer_records' first on_batch(0, 0), once its checks have passed
 
     def on_batch(done: int, tokens: int) -> None:
@@ -126,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         answers = answer_records(model, records, cfg, template, seed=args.seed, batch_size=args.batch_size,
                                  bucket=args.bucket, max_prompt_length=args.max_prompt_length, on_batch=on_batch,
-                                 log=lambda line: print(line, file=sys.stderr))
+                                 log=lambda line: print(line, file=sys.stderr),
+                                 template_source=args.template or "the template")
     finally:
         if bar is not None:
             bar.close()
@@ -137,13 +157,14 @@ def run(args: argparse.Namespace) -> int:
             "sampling": dataclasses.asdict(cfg), "eos_token_id": answers.eos_token_id, "template": template.to_dict(),
             "entropy": "full softmax of the raw logits (temperature 1, before penalty/top-k/top-p), nats",
             "sampling_entropy": "softmax of the processed logits the token was drawn from (0 for greedy), nats",
-            "summary": summary}
+            "summary": summary, "max_new_tokens_note": cap_note}
     tmp = meta_path(out).with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, meta_path(out))
     print(f"generated {summary['records']} records, {summary['tokens']} tokens in {summary['seconds']:.1f}s "
           f"({summary['tokens_per_second']:.1f} tok/s); mean entropy {summary['mean_entropy']:.3f} nats "
           f"(sampling {summary['mean_sampling_entropy']:.3f}); stopped at EOS {summary['stopped_eos']}/"
-          f"{summary['records']}; wrote {out}")
+          f"{summary['records']}; wrote {out}" + (f" ({cfg.max_new_tokens} new tokens at most: capped by the model's "
+                                                  "positions)" if cap_note else ""))
     return 0
 

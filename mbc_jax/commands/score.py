@@ -14,6 +14,7 @@ from mbc_jax.commands.common import (
     add_data_args,
     add_model_args,
     fmt,
+    format_options,
     load_model_from_args,
     load_template,
     progress,
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     max_length = args.max_length or min(512, cfg.max_position_embeddings)
     if max_length > cfg.max_position_embeddings:
         raise UserError(f"--max-length {max_length}: the model has only {cfg.max_position_embeddings} positions")
-    records, load_report = load_records(args.data, schema=args.schema, skip_bad=args.skip_bad)
+    records, load_report = load_records(args.data, schema=args.schema, skip_bad=args.skip_bad, **format_options(args))
     if args.limit is not None:
         records = records[: args.limit]
     if not records:

@@ -4,7 +4,7 @@
     text, ids = chat_prompt(record, tokenizer, template)    # the generation prompt (add_generation_prompt=True)
 
 Messages: the record's turns in order, roles as the data names them (system, user, assistant); a
-Dolly record's context joins its first user turn after `template.context_separator`, as in the
+Dolly record's context joins its last user turn after `template.context_separator`, as in the
 default template. The rendered text is tokenized without the tokenizer's default special tokens,
 as transformers' `apply_chat_template` does (a chat template writes its own BOS).
 
@@ -63,13 +63,14 @@ def chat_template_text(tokenizer: Any) -> str:
 
 
 def messages(record: Record, context_separator: str = "\n\n") -> list[dict[str, str]]:
-    """The record's turns as chat messages; a Dolly context joins the first user turn."""
-    out, first_user = [], True
-    for role, content in record.turns:
-        if role == "user" and first_user:
-            if record.context:
-                content = content + context_separator + record.context
-            first_user = False
+    """The record's turns as chat messages; a context joins the last user turn (as in `Template.segments`:
+    it belongs to the current instruction, e.g. Alpaca's `input` after its `history`)."""
+    users = [k for k, (role, _) in enumerate(record.turns) if role == "user"]
+    last_user = users[-1] if users else None
+    out = []
+    for k, (role, content) in enumerate(record.turns):
+        if k == last_user and record.context:
+            content = content + context_separator + record.context
         out.append({"role": role, "content": content})
     return out
 

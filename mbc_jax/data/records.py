@@ -1,4 +1,4 @@
-"""Demonstration records: the schemas, the readers (JSONL, JSON array, `hf:NAME[:SPLIT]`) and their errors.
+"""Demonstration records: the schemas, the readers (JSONL, JSON array, Parquet/CSV, `hf:`) and their errors.
 
     records, report = load_records(path)    # schema auto-detected from the first record's keys
 
@@ -8,9 +8,14 @@ Schemas (optional `id` and `category` in every one; other keys are ignored):
 |---------------------|-----------------------------------------------|------------------------------------|
 | `dolly`             | `instruction`, `context` (optional), `response` | response + EOS                    |
 | `chat`              | `messages: [{role, content}]`, roles system/user/assistant | every assistant turn + its EOS |
-| `prompt_completion` | `prompt`, `completion`                        | completion + EOS                   |
+| `prompt_completion` | `prompt`, `completion` (strings, or TRL message lists) | completion + EOS           |
 | `text`              | `text`                                        | every token                        |
 | `tokens`            | `input_ids`, `prompt_length` (optional, 0)    | token j when j >= prompt_length    |
+| `alpaca`, `sharegpt` | see `formats.py`                             | every assistant turn + its EOS     |
+| `tree`              | one message per row, parent ids; see `trees.py` | every assistant turn + its EOS   |
+
+Parquet, CSV and hub data sets are read through `datasets` (`tables.py`); `fields` renames a file's
+columns onto these keys first (`formats.FieldMap`).
 
 Bad input raises `DataError` ("FILE:LINE: FIELD: problem"), or with `skip_bad=True` becomes a
 counted skip listed in the `LoadReport`.
@@ -19,6 +24,7 @@ counted skip listed in the `LoadReport`.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -30,9 +36,12 @@ from mbc_jax import UserError
 SCHEMAS: dict[str, str] = {
     "dolly": "instruction, context (optional), response",
     "chat": "messages: [{role, content}]",
-    "prompt_completion": "prompt, completion",
+    "prompt_completion": "prompt, completion (strings or message lists)",
     "text": "text",
     "tokens": "input_ids, prompt_length (optional)",
+    "alpaca": "instruction, input (optional), output, system/history (optional)",
+    "sharegpt": "conversations: [{from, value}]",
+    "tree": "message_id, parent_id, role, text (one message per row)",
 }
 # auto-detection: the first schema whose key appears in the record wins (in this order)
 _DETECT_KEYS = (
@@ -64,7 +73,7 @@ class Record:
 
     `turns` holds (role, text) for the dialogue schemas: Dolly and prompt/completion become
     [("user", prompt), ("assistant", response)]. Dolly's `context` is kept apart in `context` and
-    joined to the first user turn by the template (`Template.context_separator`), so the format
+    joined to the last user turn by the template (`Template.context_separator`), so the format
     lives in one place; use `Template.prompt(record)` for the rendered prompt text.
     """
 
@@ -91,15 +100,18 @@ class Record:
 class LoadReport:
     path: str
     schema: str
-    format: str  # "jsonl", "json" (array) or "hf"
+    format: str  # "jsonl", "json" (array), "parquet", "csv", "tsv" or "hf"
     records_read: int = 0  # every record seen, including skipped ones
     records_loaded: int = 0
     blank_lines: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, message)
+    notes: list[str] = field(default_factory=list)  # what a format did (e.g. a tree's expansion counts)
+    counts: dict[str, int] = field(default_factory=dict)  # the numbers behind the notes
 
     def summary(self, max_listed: int = 20) -> str:
-        s = (f"{self.path}: loaded {self.records_loaded} of {self.records_read} records "
-             f"(schema {self.schema}, {self.format})")
+        s = (f"{self.path}: loaded {self.records_loaded} of {self.records_read} "
+             f"{'messages' if self.schema == 'tree' else 'records'} (schema {self.schema}, {self.format})")
+        s += "".join(f"; {note}" for note in self.notes)
         if self.skipped:
             s += f"; skipped {len(self.skipped)} bad record(s):"
             s += "".join(f"\n  {msg}" for _, msg in self.skipped[:max_listed])
@@ -146,7 +158,11 @@ def _parse_record(obj: Any, schema: str, index: int, source: str) -> Record:
         raise DataError(source, "id", f"expected a string or integer, got {json_type_name(rid)}")
     category = _get_str(obj, "category", source, required=False)
     rec = Record(index=index, id=rid, category=category, turns=[], source=source, schema=schema)
-    if schema == "dolly":
+    if schema in formats.PARSERS:
+        formats.PARSERS[schema](obj, rec, source)
+    elif schema == "prompt_completion" and formats.is_conversational(obj):
+        formats.parse_conversational(obj, rec, source)
+    elif schema == "dolly":
         instruction = _get_str(obj, "instruction", source)
         rec.context = _get_str(obj, "context", source, required=False)
         response = _get_str(obj, "response", source, nonempty=True)
@@ -213,6 +229,9 @@ def _parse_record(obj: Any, schema: str, index: int, source: str) -> Record:
 
 
 def _detect_schema(obj: Any) -> str | None:
+    found = formats.detect(obj)
+    if found is not None:
+        return found
     if isinstance(obj, dict):
         for key, schema in _DETECT_KEYS:
             if key in obj:
@@ -223,11 +242,15 @@ def _detect_schema(obj: Any) -> str | None:
 _Item = tuple[str, Any, "DataError | None"]  # (source, parsed object, error while reading it)
 
 
-def _read_bytes(path: str) -> bytes:
+def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file")
     if os.path.isdir(path):
-        raise UserError(f"{path}: is a directory, expected a JSONL or JSON file")
+        raise UserError(f"{path}: is a directory, expected a JSONL, JSON, Parquet or CSV file")
+
+
+def _read_bytes(path: str) -> bytes:
+    _check_file(path)
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
         return f.read()
@@ -303,38 +326,31 @@ def _iter_json_array(path: str, data: bytes) -> Iterator[_Item]:
         raise DataError(f"{path}:{line_at(min(pos, n))}", "file", "malformed JSON array: expected ',' or ']'")
 
 
-def _iter_hf(spec: str) -> Iterator[_Item]:
-    name, _, split = spec[len("hf:"):].partition(":")
-    try:
-        import datasets  # type: ignore[import-not-found]
-    except ImportError:
-        raise UserError(f"{spec}: loading a Hugging Face hub data set needs the `datasets` library: "
-                        "pip install datasets (or download the data set to a JSONL file and pass its path)") from None
-    try:
-        ds = datasets.load_dataset(name, split=split or "train")
-    except Exception as e:  # network, unknown name, ...: all actionable by the user
-        raise UserError(f"{spec}: could not load {name!r} from the hub ({type(e).__name__}: {e}); check the name "
-                        "and your network, or download it to a JSONL file and pass its path") from None
-    for i, row in enumerate(ds):
-        yield f"{spec}:{i + 1}", dict(row), None
-
-
 def load_records(
-    path: str | os.PathLike, schema: str = "auto", skip_bad: bool = False
+    path: str | os.PathLike, schema: str = "auto", skip_bad: bool = False, *, fields: str | dict | None = None,
+    tree: str = "best", tree_filter: str | None = None,
 ) -> tuple[list[Record], LoadReport]:
-    """Read demonstration records from a JSONL file, a JSON array file (`.gz` too) or `hf:NAME[:SPLIT]`.
+    """Read demonstration records from a JSONL file, a JSON array file (`.gz` too), a Parquet/CSV/TSV file
+    or `hf:NAME[:CONFIG][@REVISION][:SPLIT]`.
 
-    The schema is detected from the first JSON object's keys unless given. Every record gets
-    `index` = its 0-based position among all records in the input (skipped ones included).
-    Bad records raise `DataError`, or with `skip_bad` are skipped and listed in the report
+    The schema is detected from the first JSON object's keys unless given; `fields` renames columns first
+    (`formats.FieldMap`); `tree` / `tree_filter` expand conversation trees (`trees.py`). Every record gets
+    `index` = its 0-based position among all records in the input (skipped ones included; for trees, among
+    the dialogues). Bad records raise `DataError`, or with `skip_bad` are skipped and listed in the report
     (a malformed JSON *array* file, an empty file and an unknown schema override always raise).
     """
     path = str(path)
     if schema != "auto" and schema not in SCHEMAS:
         raise UserError(f"unknown schema {schema!r}; known schemas: {', '.join(SCHEMAS)} (or auto)")
+    fmap = formats.FieldMap.parse(fields)
+    kind = tables.TABLE_SUFFIXES.get(os.path.splitext(path)[1].lower())
     if path.startswith("hf:"):
         report = LoadReport(path=path, schema=schema, format="hf")
-        items: Iterable[_Item] = _iter_hf(path)
+        items: Iterable[_Item] = tables.iter_hub(path)
+    elif kind is not None:
+        _check_file(path)
+        report = LoadReport(path=path, schema=schema, format=kind)
+        items = tables.iter_table(path, kind)
     else:
         data = _read_bytes(path)
         if not data.strip() or data.strip() == b"\xef\xbb\xbf":
@@ -342,9 +358,13 @@ def load_records(
         is_array = data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
         report = LoadReport(path=path, schema=schema, format="json" if is_array else "jsonl")
         items = _iter_json_array(path, data) if is_array else _iter_jsonl(path, data, report)
+    if fmap is not None:
+        items = fmap.items(items)
+    fix = fmap.translate if fmap is not None else (lambda e: e)
 
     records: list[Record] = []
     chosen = None if schema == "auto" else schema
+    items = iter(items)
     for index, (source, obj, err) in enumerate(items):
         report.records_read += 1
         try:
@@ -355,18 +375,31 @@ def load_records(
                 if chosen is None:
                     keys = ", ".join(sorted(obj)) if isinstance(obj, dict) else json_type_name(obj)
                     raise DataError(source, "record", f"unknown schema: keys [{keys}] match none of the known "
-                                    f"schemas: {_list_schemas()}; pass the schema explicitly if it is one of these")
+                                    f"schemas: {_list_schemas()}; pass the schema explicitly if it is one of these, "
+                                    "or map the columns with --fields (e.g. instruction=question,response=answer)")
                 report.schema = chosen
+            if chosen == "tree":  # the whole input at once: a dialogue is a path through many rows
+                report.records_read -= 1
+                items = itertools.chain([(source, obj, err)], items)
+                break
             records.append(_parse_record(obj, chosen, index, source))
         except DataError as e:
+            e = fix(e)
             if not skip_bad:
-                raise
+                raise e from None
             report.skipped.append((source, str(e)))
+    if chosen == "tree":
+        records = trees.build_records(items, report, mode=tree, tree_filter=tree_filter, skip_bad=skip_bad, fix=fix)
     report.records_loaded = len(records)
     if report.records_read == 0:
         raise DataError(f"{path}:1", "file",
                         "no records (empty JSON array)" if report.format != "jsonl" else "empty file: no records")
     if not records:
+        if not report.skipped:
+            raise UserError(f"{path}: no records: {'; '.join(report.notes) or 'nothing to read'}")
         raise UserError(f"{path}: all {report.records_read} records are bad; nothing to load. First problem: "
                         f"{report.skipped[0][1]}")
     return records, report
+
+
+from mbc_jax.data import formats, tables, trees  # noqa: E402  (they build on the names above)

@@ -38,7 +38,7 @@ class Template:
 
     A dialogue renders as text segments; prompt segments are not scored, response segments are:
 
-        [system + turn_separator] user_prefix + user (+ context_separator + context)
+        [system + turn_separator] user_prefix + user (+ context_separator + context, on the last user turn)
         + assistant_prefix | response_prefix + response | EOS
         [+ turn_separator + user_prefix + user2 + assistant_prefix | response_prefix + response2 | EOS ...]
 
@@ -47,7 +47,7 @@ class Template:
     (OPT's `</s>`), the rest without; an EOS id follows each response when `add_eos`.
 
     `chat=True` renders with the tokenizer's own chat template (mbc_jax/data/chat.py): the text
-    fields above do not apply; `context_separator` still joins a Dolly context to the first user
+    fields above do not apply; `context_separator` still joins a Dolly context to the last user
     turn, `eos_token_id` names the end-of-turn token (scored, and where generation stops) and
     `add_eos: false` lets assistant turns end without it.
     """
@@ -126,14 +126,15 @@ class Template:
         if record.schema in ("text", "tokens") or not record.turns:
             raise ValueError(f"{record.source}: a {record.schema or 'non-dialogue'} record has no dialogue to render")
         segs: list[tuple[str, bool]] = []
-        buf, prev, first_user = "", None, True
-        for role, content in record.turns:
+        buf, prev = "", None
+        # the context belongs to the last instruction (Alpaca's `input` after its `history`)
+        last_user = max((k for k, (role, _) in enumerate(record.turns) if role == "user"), default=-1)
+        for k, (role, content) in enumerate(record.turns):
             if role == "system":
                 buf += self.system_prefix + content + self.turn_separator
             elif role == "user":
-                if first_user and record.context:
+                if k == last_user and record.context:
                     content = content + self.context_separator + record.context
-                first_user = False
                 if prev in ("user", "assistant"):
                     buf += self.turn_separator
                 buf += self.user_prefix + content
@@ -288,6 +289,11 @@ def tokenize(
     eos = template.eos_id(tokenizer)
     if needs_eos and eos is None:
         raise UserError(_NO_EOS)
+    if needs_eos and vocab_size is not None and not 0 <= eos < vocab_size:
+        where = ("the template's eos_token_id" if template.eos_token_id is not None
+                 else f"{getattr(tokenizer, 'name_or_path', 'the tokenizer')} (tokenizer files)")
+        raise UserError(f"{where}: eos_token_id {eos} is outside the model's vocabulary (ids 0..{vocab_size - 1}); "
+                        "set eos_token_id in the template or fix the tokenizer files")
     encoded = (_encode(tokenizer, batches[0], False), _encode(tokenizer, batches[1], True))
 
     # 2. assemble, validate, truncate

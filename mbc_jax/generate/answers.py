@@ -88,8 +88,8 @@ def build_prompts(records: Sequence[Any], tokenizer: Any, template: Any = None, 
     examples, report = tokenize(records, tokenizer, template, max_length=1 << 62, vocab_size=vocab_size)
     assert len(examples) == len(records), report.summary()
 
-    def decode(ids) -> str:
-        return decode_text(tokenizer, ids) if tokenizer is not None else ""
+    def decode(ids) -> str | None:
+        return decode_text(tokenizer, ids) if tokenizer is not None else None
 
     out = []
     for rec, ex in zip(records, examples):
@@ -163,8 +163,8 @@ def _answer_row(prompt: Prompt, gen: Generation, tokenizer: Any) -> dict:
     text_ids = ids[:-1] if gen.stopped == "eos" else ids
     row = {
         "index": prompt.index, "id": prompt.id, "category": prompt.category, "instruction": prompt.instruction,
-        "prompt": prompt.text,
-        "output_text": decode_text(tokenizer, text_ids).strip(),
+        "prompt": prompt.text,  # null, like output_text, for pre-tokenized records without a tokenizer
+        "output_text": decode_text(tokenizer, text_ids).strip() if tokenizer is not None else None,
         "output_ids": ids, "entropy": gen.entropy, "sampling_entropy": gen.sampling_entropy,
         "num_tokens": gen.num_tokens, "stopped": gen.stopped,
         "prompt_tokens": int(prompt.ids.size), "prompt_truncated": bool(prompt.truncated_from),
@@ -174,26 +174,43 @@ def _answer_row(prompt: Prompt, gen: Generation, tokenizer: Any) -> dict:
     return row
 
 
+def special_ids(model: Any, template: Template, template_source: str = "the template"
+                ) -> tuple[tuple[int | None, str], tuple[int | None, str]]:
+    """((eos, where from), (pad, where from)): eos from the template's eos_token_id, else the tokenizer's, else
+    (no tokenizer: pre-tokenized records) the model's config.json; pad from the tokenizer, else config.json."""
+    tok, files = model.tokenizer, f"{model.path} (tokenizer files)"
+    config_json = f"{model.path}/config.json"
+    if template.eos_token_id is not None:
+        eos = (template.eos_token_id, f"{template_source} (eos_token_id)")
+    elif tok is not None:
+        eos = (tok.eos_token_id, files)
+    else:
+        eos = (model.config.eos_token_id, config_json)
+    pad = (tok.pad_token_id, files) if tok is not None else (model.config.pad_token_id, config_json)
+    return eos, pad
+
+
 def answer_records(model: Any, records: Sequence[Any], config: SamplingConfig, template: Template | None = None, *,
                    seed: int = 0, batch_size: int = 32, bucket: int = DEFAULT_BUCKET,
                    max_prompt_length: int | None = None, on_batch: Callable[[int, int], None] | None = None,
-                   log: Callable[[str], None] | None = None) -> Answers:
+                   log: Callable[[str], None] | None = None, template_source: str = "the template") -> Answers:
     """Answer every record's prompt with `model` (an `mbc_jax.models.Model` with a tokenizer).
 
     Prompts are built as training tokenizes the records (`build_prompts`), keeping at most their
     last `max_prompt_length` tokens (default, and at most: the model's positions minus
-    `config.max_new_tokens`). Generation stops at the template's EOS token (else the tokenizer's)
-    and pads with the tokenizer's pad token (else EOS, else 0); record `index` picks the random
-    stream, so a record's answer does not depend on the others. `log` receives the plan (prompts,
-    settings, rows, mesh) and the truncated prompts; then `on_batch(prompts_done, tokens_generated)`
-    is called with (0, 0) as generation starts (once every check has passed: open a progress bar
-    there) and after each batch. The seconds in the summary time the generation only.
+    `config.max_new_tokens`). Generation stops at the EOS token and pads with the pad token of
+    `special_ids` (pad: else EOS, else 0; an id outside the vocabulary is an error naming its file);
+    record `index` picks the random stream, so a record's answer does not depend on the others. `log`
+    receives the plan (prompts, settings, rows, mesh) and the truncated prompts; then
+    `on_batch(prompts_done, tokens_generated)` is called with (0, 0) as generation starts (once every
+    check has passed: open a progress bar there) and after each batch. The seconds in the summary time
+    the generation only.
     """
     tok = model.tokenizer
-    if tok is None:
+    if tok is None and not all(r.input_ids is not None for r in records):
         raise UserError(f"{model.path}: the folder has no tokenizer files (tokenizer.json, vocab.json, ...); "
-                        "generation needs one to encode prompts and decode answers: copy the base model's tokenizer "
-                        "files into the folder")
+                        "generation needs one to encode prompts and decode answers (pre-tokenized records need "
+                        "none): copy the base model's tokenizer files into the folder")
     positions = model.config.max_position_embeddings
     room = positions - config.max_new_tokens
     if room < 1:
@@ -204,12 +221,18 @@ def answer_records(model: Any, records: Sequence[Any], config: SamplingConfig, t
         raise UserError(f"--max-prompt-length {max_prompt} + --max-new-tokens {config.max_new_tokens} exceeds the "
                         f"model's {positions} positions; use --max-prompt-length <= {room}")
     template = template or Template()
+    eos, pad = special_ids(model, template, template_source)
+    if eos[0] is None and not config.ignore_eos:
+        raise UserError(f"no eos_token_id (searched: {eos[1]}): set eos_token_id in the template, or pass "
+                        "--ignore-eos")
+    vocab = model.config.vocab_size
+    for name, (value, source) in (("eos_token_id", eos), ("pad_token_id", pad)):
+        if value is not None and not 0 <= value < vocab:
+            raise UserError(f"{source}: {name} {value} is outside the model's vocabulary (ids 0..{vocab - 1}, "
+                            f"{model.path}/config.json); set {name} in the template or fix that file")
+    eos, pad = eos[0], pad[0] if pad[0] is not None else (eos[0] if eos[0] is not None else 0)
     prompts = build_prompts(records, tok, template, vocab_size=model.config.vocab_size, max_prompt_length=max_prompt)
     truncated = [p for p in prompts if p.truncated_from]
-    eos = template.eos_id(tok)
-    if eos is None and not config.ignore_eos:
-        raise UserError("the tokenizer has no eos_token_id: set eos_token_id in the template, or pass --ignore-eos")
-    pad = next((i for i in (tok.pad_token_id, eos, 0) if i is not None))
     if log is not None:
         rows = batch_rows(len(prompts), batch_size, model.mesh)
         log(f"generate: {len(prompts)} prompts, {config.describe()}, seed {seed}, {rows} rows per batch "

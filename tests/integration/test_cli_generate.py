@@ -110,3 +110,72 @@ def test_cli_errors(tmp_path, tiny_neo_dir, capsys):
                            (["--batch-size", "0"], "batch-size")):
         assert main([*args, *extra]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_pretokenized_records_need_no_tokenizer(tmp_path, capsys):
+    """The fixture folder has no tokenizer files: token-id records still generate (plain greedy here, checked
+    against argmax of the model's own logits step by step); output_text and prompt are null; EOS comes from
+    config.json."""
+    from mbc_jax.cli import main
+
+    model_dir = FIXTURES / "gpt_neo_tiny"
+    data = _write(tmp_path / "tok.jsonl", [{"input_ids": [5, 6, 7, 8, 9], "prompt_length": 3, "id": "a"},
+                                          {"input_ids": [40, 41], "prompt_length": 2, "id": "b"}])
+    out = tmp_path / "o.jsonl"
+    assert main(["generate", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--greedy",
+                 "--repetition-penalty", "1", "--max-new-tokens", "4"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert all(r["output_text"] is None and r["prompt"] is None for r in rows)
+    assert all("reference" not in r for r in rows)  # no text to give without a tokenizer
+    assert json.loads((tmp_path / "o.meta.json").read_text())["eos_token_id"] == 2  # config.json's
+    model = load_model(str(model_dir), with_tokenizer=False)
+    for prompt, row in (([5, 6, 7], rows[0]), ([40, 41], rows[1])):
+        ids = list(prompt)
+        for _ in range(row["num_tokens"]):
+            ids.append(int(np.argmax(np.asarray(model.apply(np.array([ids]))[0, -1]))))
+        assert row["output_ids"] == ids[len(prompt):]
+        assert row["stopped"] == ("eos" if ids[-1] == 2 else "length")
+
+
+def test_default_new_tokens_fit_the_model_and_say_so(tmp_path, tiny_neo_dir, capsys):
+    """64 positions: the paper's 256 new tokens cannot fit; the default becomes 32 and the output says so."""
+    from mbc_jax.cli import main
+    from mbc_jax.commands.generate import default_new_tokens
+
+    assert default_new_tokens(2048) == (256, None) and default_new_tokens(512) == (256, None)
+    assert default_new_tokens(256)[0] == 128 and default_new_tokens(64)[0] == 32
+    data = _write(tmp_path / "data.jsonl", [{"instruction": "q", "response": "a"}])
+    out = tmp_path / "o.jsonl"
+    assert main(["generate", "--model", str(tiny_neo_dir), "--data", str(data), "--out", str(out),
+                 "--ignore-eos"]) == 0
+    captured = capsys.readouterr()
+    assert "the default 256 is capped at 32" in captured.err and "capped by the model's positions" in captured.out
+    meta = json.loads((tmp_path / "o.meta.json").read_text())
+    assert meta["sampling"]["max_new_tokens"] == 32 and "capped at 32" in meta["max_new_tokens_note"]
+    assert json.loads(out.read_text())["num_tokens"] == 32
+
+
+def test_special_ids_outside_the_vocabulary_name_the_file(tmp_path, tiny_neo_dir, capsys):
+    from mbc_jax.cli import main
+
+    data = _write(tmp_path / "data.jsonl", [{"instruction": "q", "response": "a"}])
+    template = tmp_path / "t.json"
+    template.write_text('{"eos_token_id": 60000}')
+    args = ["generate", "--model", str(tiny_neo_dir), "--data", str(data), "--out", str(tmp_path / "o.jsonl"),
+            "--max-new-tokens", "4"]
+    assert main([*args, "--template", str(template)]) == 2
+    assert f"{template} (eos_token_id): eos_token_id 60000 is outside the model's vocabulary (ids 0..50256" \
+        in capsys.readouterr().err
+    # the token-id path without a tokenizer: config.json's pad_token_id out of range
+    bad = tmp_path / "bad_model"
+    bad.mkdir()
+    for f in (FIXTURES / "gpt_neo_tiny").iterdir():
+        if f.name != "reference.npz":
+            (bad / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "pad_token_id": 512}))
+    tok = _write(tmp_path / "tok.jsonl", [{"input_ids": [5, 6], "prompt_length": 1}])
+    assert main(["generate", "--model", str(bad), "--data", str(tok), "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert f"{bad}/config.json: pad_token_id 512 is outside the model's vocabulary (ids 0..511" \
+        in capsys.readouterr().err

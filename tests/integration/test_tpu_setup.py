@@ -322,7 +322,7 @@ def test_install_copies_the_checkout_and_installs_on_all_workers(env, tmp_path):
     assert scp[5:] == ["mbc-v4:mbc-jax-src.tar.gz", "--worker=all", "--zone=us-central2-b"]
     assert ssh[:7] == ["compute", "tpus", "tpu-vm", "ssh", "mbc-v4", "--worker=all", "--zone=us-central2-b"]
     script = command_of(ssh)
-    assert '"$V/bin/pip" install -q -e ".[test]" "jax[tpu]"' in script
+    assert '"$V/bin/pip" install -q -e ".[tpu,hf,test]"' in script
     assert "PY=python3\n" in script
     assert "python3.11 python3.11-venv" in script  # without --python: the Ubuntu 22.04 images have 3.10
     # What the worker got: tracked and untracked files, not the ignored ones, not .git.
@@ -330,7 +330,7 @@ def test_install_copies_the_checkout_and_installs_on_all_workers(env, tmp_path):
     assert files == [".gitignore", "pkg/tracked.py", "pyproject.toml", "untracked.py"]
     assert not (home / "mbc-jax-src.tar.gz").exists()
     venv_calls = (home / "venv-calls.log").read_text()
-    assert "pip install -q -e .[test] jax[tpu]" in venv_calls
+    assert "pip install -q -e .[tpu,hf,test]" in venv_calls
     assert "python -" in venv_calls  # the device check ran
 
 
@@ -453,11 +453,11 @@ def test_gpu_setup_dry_run(env, tmp_path):
     assert lines[:3] == [
         f"+ python3 -m venv {venv}",
         f"+ {venv}/bin/python -m pip install --upgrade pip",
-        f"+ {venv}/bin/pip install -e {REPO} 'jax[cuda12]'",
+        f"+ {venv}/bin/pip install -e '{REPO}[cuda12,hf]'",
     ]
     assert lines[3].startswith(f"+ {venv}/bin/python -c 'import sys, jax") and 'platform == "gpu"' in p.stdout
     assert not venv.exists() and calls(env) == []
     p = sh("gpu_setup.sh", "--venv", str(venv), "--python", "python3", "--cuda", "13", "--with-tests",
            env=env, DRY_RUN="1")  # fmt: skip
-    assert f"+ {venv}/bin/pip install -e '{REPO}[test]' 'jax[cuda13]'" in p.stdout
+    assert f"+ {venv}/bin/pip install -e '{REPO}[cuda13,hf,test]'" in p.stdout
     assert "expected 12 or 13" in sh("gpu_setup.sh", "--cuda", "11", env=env, rc=2).stderr

@@ -44,9 +44,9 @@ def test_schema_override(tmp_path):
     assert rep.schema == "text" and records[0].text == "t"
     with pytest.raises(DataError, match=r"d\.jsonl:1: instruction: missing"):
         load_records(src, schema="dolly")
-    with pytest.raises(UserError,
-                       match="unknown schema 'alpaca'; known schemas: dolly, chat, prompt_completion, text, tokens"):
-        load_records(src, schema="alpaca")
+    with pytest.raises(UserError, match="unknown schema 'vicuna'; known schemas: dolly, chat, prompt_completion, "
+                       "text, tokens, alpaca, sharegpt, tree"):
+        load_records(src, schema="vicuna")
 
 
 def test_hf_without_datasets_is_a_clear_error(monkeypatch):
@@ -58,8 +58,9 @@ def test_hf_without_datasets_is_a_clear_error(monkeypatch):
 def test_hf_with_datasets(monkeypatch):
     calls = []
 
-    def load_dataset(name, split):
-        calls.append((name, split))
+    def load_dataset(name, config=None, *, revision=None, split, data_files=None):
+        calls.append((name, split) if (config, revision, data_files) == (None, None, None)
+                     else (name, config, revision, split, data_files))
         return [{"instruction": "q", "context": None, "response": "a", "category": "c"},
                 {"instruction": "q2", "context": "", "response": "", "category": "c"}]
 
@@ -70,6 +71,10 @@ def test_hf_with_datasets(monkeypatch):
     assert rep.skipped == [("hf:org/set:2", "hf:org/set:2: response: empty")]
     load_records("hf:org/set:validation", skip_bad=True)
     assert calls[-1] == ("org/set", "validation")
+    load_records("hf:org/set:main@0123abc:test?data_files=a/x.jsonl,b/*.jsonl", skip_bad=True)
+    assert calls[-1] == ("org/set", "main", "0123abc", "test", ["a/x.jsonl", "b/*.jsonl"])
+    load_records("hf:org/set@v1.0", skip_bad=True)
+    assert calls[-1] == ("org/set", None, "v1.0", "train", None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,4 +171,4 @@ def test_malformed_json_array_is_fatal_even_with_skip_bad(tmp_path):
 
 
 def test_schemas_table_is_complete():
-    assert set(SCHEMAS) == {"dolly", "chat", "prompt_completion", "text", "tokens"}
+    assert set(SCHEMAS) == {"dolly", "chat", "prompt_completion", "text", "tokens", "alpaca", "sharegpt", "tree"}

@@ -274,3 +274,14 @@ def test_split_keeps_duplicates_together_and_works_on_examples():
     a = split_train_val(exs, 0.3, seed=2)
     b = split_train_val(exs[::-1], 0.3, seed=2)
     assert len(a[1]) == 15 and {e.index for e in a[1]} == {e.index for e in b[1]}
+
+
+def test_eos_outside_the_vocabulary_names_where_it_came_from(tok):
+    rec = Record(index=0, id="0", category="", turns=[("user", "q"), ("assistant", "a")], schema="dolly")
+    with pytest.raises(UserError, match=r"^the template's eos_token_id: eos_token_id 70000 is outside the model's "
+                       r"vocabulary \(ids 0\.\.50256\)"):
+        tokenize([rec], tok, Template(eos_token_id=70000), 64, vocab_size=50257)
+    with pytest.raises(UserError, match=r"\(tokenizer files\): eos_token_id 50256 is outside the model's vocabulary "
+                       r"\(ids 0\.\.99\)"):
+        tokenize([rec], tok, Template(), 64, vocab_size=100)
+    assert tokenize([rec], tok, Template(eos_token_id=50256), 64, vocab_size=50257)[0][0].input_ids[-1] == 50256
