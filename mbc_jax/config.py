@@ -29,6 +29,16 @@ class MBCConfig:
 
 
 @dataclasses.dataclass
+class WandbConfig:  # used when `tracker` lists wandb (mbc_jax/trackers.py)
+    project: str = "mbc-jax"
+    entity: str | None = None  # None: the account's default entity
+    name: str | None = None  # None: the run folder's name
+    group: str | None = None
+    mode: str | None = None  # "online", "offline", "disabled"; None: wandb's default (honours WANDB_MODE)
+    dir: str | None = None  # where wandb keeps its files (DIR/wandb/); None: the run folder
+
+
+@dataclasses.dataclass
 class TrainConfig:
     out: str = "runs/run"
     model: str = "demo"  # checkpoint folder / hub id, or "demo" (tiny GPT-Neo of the demo)
@@ -68,6 +78,10 @@ class TrainConfig:
     save_params: str = "snapshots"  # "snapshots": params alone, in the compute dtype, at every checkpoint step,
     # never deleted (params/<step>/, what the analyses export); "none": only the full checkpoints above
     log_every: int = 10
+    # where metrics records go: metrics.jsonl is always written (the experiments read it); tensorboard and
+    # wandb add sinks (mbc_jax/trackers.py)
+    tracker: list[str] = dataclasses.field(default_factory=lambda: ["jsonl"])
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     score_tokens_per_batch: int = 4096
     track_memorization: bool = True  # score all records at every checkpoint
     peak_tflops: float = 0.0  # per device, for MFU; 0 = a table by device kind (CPU: measured)
@@ -90,9 +104,13 @@ POSITIVE = ("learning_rate", "batch_size", "max_length", "grad_accum", "log_ever
             "score_tokens_per_batch", "demo_records")
 NON_NEGATIVE = ("steps", "epochs", "warmup_steps", "weight_decay", "grad_clip", "checkpoint_every", "mbc.k",
                 "mbc.power", "mbc.floor", "end_learning_rate", "peak_tflops")
+TRACKERS = ("jsonl", "tensorboard", "wandb")
+WANDB_MODES = ("online", "offline", "disabled")
+SECTIONS = {"mbc": MBCConfig, "wandb": WandbConfig}  # nested keys: `mbc.k`, `wandb.project`
 # Keys a resumed run may change without `--override`: they do not change what is computed.
 # save_params: switching it on mid-run leaves the earlier steps without snapshots (the analyses then name them).
-RESUME_SAFE = ("log_every", "keep_checkpoints", "out", "peak_tflops", "score_tokens_per_batch", "save_params")
+RESUME_SAFE = ("log_every", "keep_checkpoints", "out", "peak_tflops", "score_tokens_per_batch", "save_params",
+               "tracker", *(f"wandb.{f.name}" for f in dataclasses.fields(WandbConfig)))
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -117,6 +135,11 @@ def _unknown(key: str, where: str) -> UserError:
 
 def _coerce(key: str, value: Any, kind: Any, where: str) -> Any:
     kind = str(kind)
+    if kind.startswith("list"):  # a list of names: a YAML list, or one string "a,b"
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise UserError(f"{where}: {key}: expected a list of names, got {value!r}")
+        return items
     if value is None:
         if "None" in kind:
             return None
@@ -147,29 +170,35 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and key == "mbc":
+        if isinstance(v, dict) and key in SECTIONS:
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
     return out
 
 
-def build(values: dict[str, Any], where: str) -> TrainConfig:
-    """A validated TrainConfig from flat dotted keys."""
+def build(values: dict[str, Any], where: str, lines: dict[str, int] | None = None) -> TrainConfig:
+    """A validated TrainConfig from flat dotted keys; `lines`: each key's line in the file `where`."""
     cfg = TrainConfig()
-    top, mbc = _fields(TrainConfig), _fields(MBCConfig)
+    top = _fields(TrainConfig)
     for key, value in values.items():
-        if key.startswith("mbc."):
-            sub = key[4:]
-            if sub not in mbc:
-                raise _unknown(key, where)
-            setattr(cfg.mbc, sub, _coerce(key, value, mbc[sub].type, where))
-        elif key in top and key != "mbc":
+        at = f"{where}:{lines[key]}" if lines and key in lines else where
+        section, _, sub = key.partition(".")
+        if section in SECTIONS and sub:
+            fields = _fields(SECTIONS[section])
+            if sub not in fields:
+                raise _unknown(key, at)
+            setattr(getattr(cfg, section), sub, _coerce(key, value, fields[sub].type, at))
+        elif key in SECTIONS:
+            raise UserError(f"{at}: {key}: expected a mapping of {key}.* keys, got {value!r}")
+        elif key in top:
             if key == "fields" and isinstance(value, dict):  # fields: {instruction: question, ...}
                 value = ",".join(f"{k}={v}" for k, v in value.items())
-            setattr(cfg, key, _coerce(key, value, top[key].type, where))
+            setattr(cfg, key, _coerce(key, value, top[key].type, at))
         else:
-            raise _unknown(key, where)
+            raise _unknown(key, at)
+        if key == "tracker":
+            check_trackers(cfg.tracker, at)
     validate(cfg, where)
     return cfg
 
@@ -181,7 +210,19 @@ def get(cfg: TrainConfig, key: str) -> Any:
     return obj
 
 
+def check_trackers(names: list[str], where: str) -> None:
+    for name in names:
+        if name not in TRACKERS:
+            raise UserError(f"{where}: tracker: {name!r} is not a tracker; valid: {', '.join(TRACKERS)}")
+        if names.count(name) > 1:
+            raise UserError(f"{where}: tracker: {name!r} is listed twice")
+
+
 def validate(cfg: TrainConfig, where: str = "config") -> None:
+    check_trackers(cfg.tracker, where)
+    if cfg.wandb.mode is not None and cfg.wandb.mode not in WANDB_MODES:
+        raise UserError(f"{where}: wandb.mode: {cfg.wandb.mode!r} is not one of {', '.join(WANDB_MODES)} "
+                        "(or empty for wandb's default)")
     for key, choices in CHOICES.items():
         if get(cfg, key) not in choices:
             raise UserError(f"{where}: {key}: {get(cfg, key)!r} is not one of {', '.join(choices)}")
@@ -205,6 +246,7 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
 
 def load(path: str | None, overrides: list[str]) -> TrainConfig:
     values: dict[str, Any] = {}
+    lines: dict[str, int] = {}
     if path:
         p = Path(path)
         if not p.is_file():
@@ -218,12 +260,25 @@ def load(path: str | None, overrides: list[str]) -> TrainConfig:
         if not isinstance(raw, dict):
             raise UserError(f"{path}: expected a mapping of config keys")
         values.update(_flatten(raw))
+        lines = _key_lines(yaml.compose(p.read_text()))
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r}: expected key=value")
         key, _, text = item.partition("=")
         values[key.strip()] = yaml.safe_load(text) if text.strip() else None
-    return build(values, path or "overrides")
+        lines.pop(key.strip(), None)  # an override's error names the override, not the file's line
+    return build(values, path or "overrides", lines)
+
+
+def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """{dotted key: 1-based line} of a composed YAML mapping (nested sections included)."""
+    out: dict[str, int] = {}
+    for k, v in node.value if isinstance(node, yaml.MappingNode) else []:
+        key = f"{prefix}{k.value}"
+        out[key] = k.start_mark.line + 1
+        if isinstance(v, yaml.MappingNode) and key in SECTIONS:
+            out.update(_key_lines(v, key + "."))
+    return out
 
 
 def to_dict(cfg: TrainConfig) -> dict:

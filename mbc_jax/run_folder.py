@@ -27,7 +27,6 @@ from typing import IO, Any
 
 import numpy as np
 import yaml
-from tensorboardX import SummaryWriter
 
 from mbc_jax import UserError, distributed
 from mbc_jax import config as config_lib
@@ -219,22 +218,21 @@ class RunWriter:
                 f.unlink()
 
     @contextlib.contextmanager
-    def metrics(self, start: int) -> Iterator[Callable[[dict], None]]:
-        """`emit(record)`: appends a line to metrics.jsonl and its numbers to TensorBoard (under
-        eval/ for evaluation records, train/ otherwise)."""
-        tb = SummaryWriter(str(self.path / TENSORBOARD), purge_step=start if start else None, write_to_disk=self.writes)
+    def metrics(self, trackers: Sequence[Any] = ()) -> Iterator[Callable[[dict], None]]:
+        """`emit(record)`: appends a line to metrics.jsonl and hands the record to each of `trackers`
+        (mbc_jax/trackers.py: `log(record, step)`, closed at the end)."""
         with open(self.path / METRICS if self.writes else os.devnull, "a") as f:
             def emit(rec: dict) -> None:
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
-                for k, v in rec.items():
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
-                        tb.add_scalar(("eval/" if rec.get("eval") else "train/") + k, v, rec["step"])
+                for t in trackers:
+                    t.log(rec, rec["step"])
 
             try:
                 yield emit
             finally:
-                tb.close()
+                for t in trackers:
+                    t.close()
 
     def last_eval(self) -> dict:
         """The last evaluation record of metrics.jsonl ({} if none)."""

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from mbc_jax import UserError, distributed
+from mbc_jax import UserError, distributed, trackers
 from mbc_jax import checkpoints as ckpt
 from mbc_jax import config as config_lib
 from mbc_jax.checkpoints import Checkpoints, abstract_train_state, init_train_state
@@ -225,6 +225,7 @@ class Trainer:
                     f"{run_dir}: this run folder was made with a different config ({'; '.join(diff)}); "
                     f"use another `out`, or pass --override to continue it with the new config"
                 )
+        trackers.check(cfg.tracker)  # a missing optional package fails before the model loads
         model = _load_model(cfg, run_dir, make_mesh(cfg.mesh), log)
         writer.write_model(model.hf_config, model.tokenizer)  # the run keeps its own copy, for export
         data = _load_data(cfg, run_dir, model, log)
@@ -324,7 +325,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=start, desc=f"train {cfg.sampler}", unit="step", file=sys.stderr,
                    dynamic_ncols=True, disable=None)
         t_run = time.perf_counter()
-        with self.writer.metrics(start) as emit:
+        with self.writer.metrics(trackers.open_trackers(cfg, self.dir, start, resumed=restored is not None)) as emit:
             for step in range(start, self.total_steps + 1):
                 if step in ckpt_steps:
                     if cfg.track_memorization and not self.writer.has_snapshot(step):

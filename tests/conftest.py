@@ -181,3 +181,81 @@ SECRET = "sk-test-DO-NOT-LEAK-4f9c2e7a1b"
 def _no_key(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+# ----------------------------------------------------------------------- trackers
+
+
+def _crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:  # TFRecord's masking of the CRC32C
+    crc = _crc32c(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        value |= (buf[i] & 0x7F) << shift
+        shift, i = shift + 7, i + 1
+        if not buf[i - 1] & 0x80:
+            return value, i
+
+
+def _proto_fields(buf: bytes):
+    """(field number, value) of a protobuf message: int for varints, bytes otherwise."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            v, i = _varint(buf, i)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            v, i = buf[i:i + n], i + n
+        else:
+            size = {1: 8, 5: 4}[wire]
+            v, i = buf[i:i + size], i + size
+        yield num, v
+
+
+def read_tensorboard(folder: Path) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} of the scalars in a TensorBoard folder, read without TensorBoard: the TFRecord
+    framing (length, masked CRC32C of it, data, masked CRC32C of it; both checked) and the Event protos
+    decoded by hand (event.proto: wall_time 1, step 2, summary 5 -> value 1 -> tag 1 / simple_value 2,
+    session_log 7 -> status 1). Files in the order they were started; a SessionLog START (1) at step S
+    drops what earlier files logged at steps >= S, as TensorBoard's purge does."""
+    import struct
+
+    files = []
+    for path in sorted(Path(folder).glob("events.*")):
+        raw, events, i = path.read_bytes(), [], 0
+        while i < len(raw):
+            header = raw[i:i + 8]
+            (n,) = struct.unpack("<Q", header)
+            assert struct.unpack("<I", raw[i + 8:i + 12])[0] == _masked_crc(header), path
+            data = raw[i + 12:i + 12 + n]
+            assert struct.unpack("<I", raw[i + 12 + n:i + 16 + n])[0] == _masked_crc(data), path
+            events.append(dict(_proto_fields(data)))
+            i += 16 + n
+        files.append((struct.unpack("<d", events[0][1])[0], events))
+    out: dict[str, dict[int, float]] = {}
+    for _, events in sorted(files, key=lambda f: f[0]):
+        for ev in events:
+            step = ev.get(2, 0)
+            if 7 in ev and dict(_proto_fields(ev[7])).get(1) == 1:
+                for series in out.values():
+                    for s in [s for s in series if s >= step]:
+                        del series[s]
+            for num, value in (_proto_fields(ev[5]) if 5 in ev else []):
+                if num == 1:
+                    fields = dict(_proto_fields(value))
+                    out.setdefault(fields[1].decode(), {})[step] = struct.unpack("<f", fields[2])[0]
+    return out

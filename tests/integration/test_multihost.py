@@ -109,7 +109,7 @@ def test_train_losses_equal_single_process_and_resume_across_hosts(tmp_path):
     # MBC re-scores all records (the multi-host scorer inside training) before steps 1 and 3.
     args = ["train", f"model={demo['model']}", f"data={demo['data']}", "steps=3", "batch_size=8", "max_length=64",
             "sampler=mbc", "mbc.k=2", "val_fraction=0", "track_memorization=false", "log_every=1",
-            "checkpoint_every=1"]
+            "checkpoint_every=1", "tracker=[jsonl,tensorboard]"]
     single, two, four = tmp_path / "single", tmp_path / "two", tmp_path / "four"
     launch(1, [*args, f"out={single}"], tmp_path / "logs-1")
     launch(2, [*args, f"out={two}"], tmp_path / "logs-2")

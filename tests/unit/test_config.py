@@ -18,7 +18,7 @@ def test_unknown_key_names_closest():
 def test_yaml_file_errors_name_the_file(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("learning_rate: 1e-5\nbatch_sise: 4\n")
-    with pytest.raises(UserError, match=rf"{f}: unknown config key 'batch_sise'; did you mean batch_size"):
+    with pytest.raises(UserError, match=rf"{f}:2: unknown config key 'batch_sise'; did you mean batch_size"):
         config_lib.load(str(f), [])
     f.write_text("learning_rate: [1\n")
     with pytest.raises(UserError, match=rf"{f}:\d+: invalid YAML"):
