@@ -23,7 +23,8 @@ from mbc_jax.sharding import make_mesh  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "hf"
-FIXTURE_NAMES = ("gpt_neo_tiny", "gpt_neo_tiny_sharded", "opt_tiny", "opt_projected_postln")
+FIXTURE_NAMES = ("gpt_neo_tiny", "gpt_neo_tiny_sharded", "opt_tiny", "opt_projected_postln", "gpt2_tiny", "pythia_tiny",
+                 "llama_gqa_tiny", "qwen2_tiny")
 TOKENIZER_DIR = SHARED / "tokenizers" / "gpt-neo-125M"
 BENCH = SHARED / "bench" / "dolly256_gptneo.jsonl"
 
@@ -69,7 +70,8 @@ def write_jsonl(path: Path, rows: list) -> Path:
 # --------------------------------------------------------------------- scoring
 
 
-FIXTURE_MODELS = ("gpt_neo_tiny", "opt_tiny", "opt_projected_postln")
+FIXTURE_MODELS = ("gpt_neo_tiny", "opt_tiny", "opt_projected_postln", "gpt2_tiny", "pythia_tiny", "llama_gqa_tiny",
+                  "qwen2_tiny")
 
 
 def fixture_examples(name: str) -> tuple[list[Example], dict]:
