@@ -110,6 +110,18 @@ def tiny_model():
     return init_model(TINY, mesh=make_mesh("1,1,1", jax.devices()[:1]), seed=1)
 
 
+# A RoPE family with grouped-query attention (4 query heads on 2 key/value heads) and a window (6)
+# below the sequence length: the same vocabulary as TINY, so the layout tests run on both.
+TINY_ROPE = dict(model_type="mistral", vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64, sliding_window=6,
+                 rope_parameters=dict(rope_type="default", rope_theta=100.0))
+
+
+@pytest.fixture(scope="module")
+def tiny_rope_model():
+    return init_model(TINY_ROPE, mesh=make_mesh("1,1,1", jax.devices()[:1]), seed=1)
+
+
 # ------------------------------------------------------------------ generation
 
 

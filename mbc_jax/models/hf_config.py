@@ -24,11 +24,11 @@ ROPE_TYPES = ("default", "linear", "llama3")
 Fields = dict[str, Any]
 
 
-def req(cfg: dict, key: str, where: str) -> int:
-    """A required positive integer field."""
-    if key not in cfg or cfg[key] is None:
+def req(cfg: dict, key: str, where: str, default: int | None = None) -> int:
+    """A positive integer field; required unless it has a `default` (transformers' own)."""
+    value = cfg.get(key, default)
+    if value is None:
         raise UserError(f"{where}: {key}: missing (required for model_type {cfg.get('model_type')!r})")
-    value = cfg[key]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise UserError(f"{where}: {key}: expected a positive integer, got {value!r}")
     return value
@@ -100,16 +100,25 @@ def rope(cfg: dict, where: str, head_dim: int, default_partial: float = 1.0) -> 
     if rope_type not in ROPE_TYPES:
         raise UserError(f"{where}: {key}.rope_type: {rope_type!r} is not supported "
                         f"(supported: {', '.join(ROPE_TYPES)})")
-    theta = params.get("rope_theta", cfg.get("rope_theta", cfg.get("rotary_emb_base", 10000.0)))
-    partial = params.get("partial_rotary_factor",
-                         cfg.get("partial_rotary_factor", cfg.get("rotary_pct", default_partial)))
-    partial = _number(partial, f"{key}.partial_rotary_factor", where)
+
+    def first(*names: str, default: float) -> tuple[str, Any]:
+        """(where the value was found, the value): the first of `names` present ("key.name": in `params`)."""
+        for name in names:
+            held = params if name.startswith(key + ".") else cfg
+            if held.get(name.split(".")[-1]) is not None:
+                return name, held[name.split(".")[-1]]
+        return names[0], default
+
+    theta_key, theta = first(f"{key}.rope_theta", "rope_theta", "rotary_emb_base", default=10000.0)
+    partial_key, partial = first(f"{key}.partial_rotary_factor", "partial_rotary_factor", "rotary_pct",
+                                 default=default_partial)
+    partial = _number(partial, partial_key, where)
     rotary_dim = int(head_dim * partial)
     if rotary_dim < 2 or rotary_dim % 2 or partial > 1:
-        raise UserError(f"{where}: {key}.partial_rotary_factor: {partial} of head_dim {head_dim} gives {rotary_dim} "
+        raise UserError(f"{where}: {partial_key}: {partial} of head_dim {head_dim} gives {rotary_dim} "
                         f"rotary dimensions; RoPE needs an even number between 2 and head_dim")
     out: Fields = dict(positions="rotary", rotary_dim=rotary_dim, rope_type=rope_type,
-                       rope_theta=_number(theta, f"{key}.rope_theta", where))
+                       rope_theta=_number(theta, theta_key, where))
 
     def need(name: str, default: Any = None) -> float:
         value = params.get(name, default)
@@ -230,8 +239,10 @@ def _windows(cfg: dict, where: str, num_layers: int, model_type: str) -> tuple[i
     if model_type == "llama":
         return (GLOBAL_WINDOW,) * num_layers
     window = cfg.get("sliding_window", 4096)
+    if window is not None:
+        window = req(cfg, "sliding_window", where, 4096)
     if model_type == "mistral":
-        return ((GLOBAL_WINDOW if window is None else req(cfg, "sliding_window", where)),) * num_layers
+        return (window or GLOBAL_WINDOW,) * num_layers
     window = window if _flag(cfg, "use_sliding_window", where, False) else None
     types = cfg.get("layer_types") or [
         "sliding_attention" if window is not None and i >= cfg.get("max_window_layers", 28) else "full_attention"
@@ -243,7 +254,7 @@ def _windows(cfg: dict, where: str, num_layers: int, model_type: str) -> tuple[i
         if kind == "full_attention":
             out.append(GLOBAL_WINDOW)
         elif kind == "sliding_attention" and window is not None:
-            out.append(req(cfg, "sliding_window", where))
+            out.append(window)
         elif kind == "sliding_attention":
             raise UserError(f"{where}: layer_types[{i}]: 'sliding_attention' but use_sliding_window is false or "
                             f"sliding_window is null")
