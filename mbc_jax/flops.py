@@ -33,7 +33,8 @@ def peak_flops_per_device(cfg_peak: float) -> float:
 
 
 def train_flops_per_token(model_cfg: Any, seq_len: int) -> float:
-    """Forward + backward model FLOPs per token: 6 x matmul parameters + attention scores."""
-    positions = (model_cfg.max_position_embeddings + model_cfg.position_offset) * model_cfg.hidden_size
-    matmul_params = model_cfg.num_params() - positions
-    return 6.0 * matmul_params + 12.0 * model_cfg.num_layers * seq_len * model_cfg.hidden_size
+    """Forward + backward model FLOPs per token: 6 x matmul parameters + attention scores (q.k and
+    probs.v over the query heads' width)."""
+    matmul_params = model_cfg.num_params() - model_cfg.position_params
+    width = model_cfg.num_heads * model_cfg.head_dim
+    return 6.0 * matmul_params + 12.0 * model_cfg.num_layers * seq_len * width

@@ -23,7 +23,8 @@ from mbc_jax.sharding import make_mesh  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "hf"
-FIXTURE_NAMES = ("gpt_neo_tiny", "gpt_neo_tiny_sharded", "opt_tiny", "opt_projected_postln")
+FIXTURE_NAMES = ("gpt_neo_tiny", "gpt_neo_tiny_sharded", "opt_tiny", "opt_projected_postln", "gpt2_tiny", "pythia_tiny",
+                 "llama_gqa_tiny", "qwen2_tiny")
 TOKENIZER_DIR = SHARED / "tokenizers" / "gpt-neo-125M"
 BENCH = SHARED / "bench" / "dolly256_gptneo.jsonl"
 
@@ -69,7 +70,8 @@ def write_jsonl(path: Path, rows: list) -> Path:
 # --------------------------------------------------------------------- scoring
 
 
-FIXTURE_MODELS = ("gpt_neo_tiny", "opt_tiny", "opt_projected_postln")
+FIXTURE_MODELS = ("gpt_neo_tiny", "opt_tiny", "opt_projected_postln", "gpt2_tiny", "pythia_tiny", "llama_gqa_tiny",
+                  "qwen2_tiny")
 
 
 def fixture_examples(name: str) -> tuple[list[Example], dict]:
@@ -106,6 +108,18 @@ TINY = dict(model_type="gpt_neo", vocab_size=96, hidden_size=32, num_layers=2, n
 @pytest.fixture(scope="module")
 def tiny_model():
     return init_model(TINY, mesh=make_mesh("1,1,1", jax.devices()[:1]), seed=1)
+
+
+# A RoPE family with grouped-query attention (4 query heads on 2 key/value heads) and a window (6)
+# below the sequence length: the same vocabulary as TINY, so the layout tests run on both.
+TINY_ROPE = dict(model_type="mistral", vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64, sliding_window=6,
+                 rope_parameters=dict(rope_type="default", rope_theta=100.0))
+
+
+@pytest.fixture(scope="module")
+def tiny_rope_model():
+    return init_model(TINY_ROPE, mesh=make_mesh("1,1,1", jax.devices()[:1]), seed=1)
 
 
 # ------------------------------------------------------------------ generation

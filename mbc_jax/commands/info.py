@@ -30,12 +30,17 @@ def describe(cfg, mesh, params) -> str:
         f"layers          {cfg.num_layers} "
         f"({', '.join(kinds) if len(set(kinds)) > 1 else kinds[0] + ' x ' + str(len(kinds))})",
         f"hidden          {cfg.hidden_size} "
-        f"(heads {cfg.num_heads} x {cfg.head_dim}, mlp {cfg.intermediate_size}, {cfg.activation})",
+        f"(heads {cfg.num_heads} x {cfg.head_dim}"
+        f"{f', {cfg.num_kv_heads} key/value heads' if cfg.num_kv_heads != cfg.num_heads else ''}, "
+        f"mlp {cfg.intermediate_size}{' gated' if cfg.gated_mlp else ''}, {cfg.activation})",
         f"embeddings      vocab {cfg.vocab_size} x {cfg.word_embed_dim}, positions {cfg.max_position_embeddings}"
-        f"{' (offset 2)' if cfg.position_offset else ''}{', project_in/out' if cfg.has_projection else ''}"
+        f"{' (offset 2)' if cfg.position_offset else ''}"
+        f"{f' (RoPE {cfg.rope_type} on {cfg.rotary_dim} dims)' if cfg.positions == 'rotary' else ''}"
+        f"{', project_in/out' if cfg.has_projection else ''}"
         f"{', tied LM head' if cfg.tie_word_embeddings else ', separate LM head'}",
-        f"layer norm      {'pre-LN' if cfg.pre_layer_norm else 'post-LN'}"
-        f"{' + final LN' if cfg.final_layer_norm else ', no final LN'}",
+        f"layer norm      {cfg.norm} {'pre-LN' if cfg.pre_layer_norm else 'post-LN'}"
+        f"{' + final LN' if cfg.final_layer_norm else ', no final LN'}"
+        f"{', parallel residual' if cfg.parallel_residual else ''}{', q/k norm' if cfg.qk_norm else ''}",
         f"parameters      {n:,} ({n / 1e6:.1f}M)",
         f"dtypes          params {cfg.param_dtype}, compute {cfg.dtype}",
         f"mesh            {mesh_str(mesh)} ({mesh.devices.size} {jax.devices()[0].platform} devices)",

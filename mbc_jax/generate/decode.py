@@ -227,7 +227,9 @@ def generate(
     for start in range(0, len(order), rows):
         members = order[start:start + rows]
         t = bucket_length(max(prompts[i].size for i in members), bucket)
-        ids = np.full((rows, t), pad, np.int32)
+        # left padding (segment 0, never attended to) with an id inside the vocabulary: an id past it
+        # (a tokenizer's pad token for a model with a smaller vocabulary) would embed as NaN
+        ids = np.full((rows, t), pad if 0 <= pad < cfg.vocab_size else 0, np.int32)
         seg = np.zeros((rows, t), np.int32)
         live = np.zeros((rows,), bool)
         keys = np.zeros((rows,), np.uint32)

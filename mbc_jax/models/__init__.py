@@ -1,4 +1,5 @@
-"""Flax GPT-Neo and OPT causal LMs: build, load from and export to Hugging Face checkpoint folders.
+"""Flax causal LMs (GPT-Neo, OPT, GPT-2, GPT-NeoX/Pythia, Llama, Mistral, Qwen2, Qwen3): build, load
+from and export to Hugging Face checkpoint folders.
 
     model = load_model("EleutherAI/gpt-neo-125m", mesh=make_mesh("2,2,2"))
     logits = model.apply(input_ids)            # jitted forward over the mesh
@@ -67,7 +68,9 @@ class Model:
 def abstract_params(cfg: ModelConfig, mesh: Mesh) -> tuple[Any, Any, CausalLM]:
     """(ShapeDtypeStruct tree, NamedSharding tree, module) without allocating anything."""
     tensor = mesh.shape["tensor"]
-    for what, n in (("attention heads", cfg.num_heads), ("MLP width", cfg.intermediate_size)):
+    # the tensor axis splits the key/value heads, each with its group of query heads
+    for what, n in (("attention heads", cfg.num_heads), ("key/value heads", cfg.num_kv_heads),
+                    ("MLP width", cfg.intermediate_size)):
         if n % tensor:
             raise UserError(
                 f"mesh {mesh_str(mesh)} does not divide the model: {n} {what} "

@@ -13,7 +13,6 @@ loads.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -25,57 +24,11 @@ from safetensors.numpy import save_file
 
 from mbc_jax import UserError
 from mbc_jax.models.config import ModelConfig
-
-# Our parameter path (module path, "/"-joined) -> HF module name; "{i}" = layer index.
-_GPT_NEO = {
-    "embed_tokens": "transformer.wte",
-    "embed_positions": "transformer.wpe",
-    "lm_head": "lm_head",
-    "ln_final": "transformer.ln_f",
-    "layers/ln_attn": "transformer.h.{i}.ln_1",
-    "layers/attn/q": "transformer.h.{i}.attn.attention.q_proj",
-    "layers/attn/k": "transformer.h.{i}.attn.attention.k_proj",
-    "layers/attn/v": "transformer.h.{i}.attn.attention.v_proj",
-    "layers/attn/o": "transformer.h.{i}.attn.attention.out_proj",
-    "layers/ln_mlp": "transformer.h.{i}.ln_2",
-    "layers/mlp/fc_in": "transformer.h.{i}.mlp.c_fc",
-    "layers/mlp/fc_out": "transformer.h.{i}.mlp.c_proj",
-}
-_OPT = {
-    "embed_tokens": "model.decoder.embed_tokens",
-    "embed_positions": "model.decoder.embed_positions",
-    "lm_head": "lm_head",
-    "project_in": "model.decoder.project_in",
-    "project_out": "model.decoder.project_out",
-    "ln_final": "model.decoder.final_layer_norm",
-    "layers/ln_attn": "model.decoder.layers.{i}.self_attn_layer_norm",
-    "layers/attn/q": "model.decoder.layers.{i}.self_attn.q_proj",
-    "layers/attn/k": "model.decoder.layers.{i}.self_attn.k_proj",
-    "layers/attn/v": "model.decoder.layers.{i}.self_attn.v_proj",
-    "layers/attn/o": "model.decoder.layers.{i}.self_attn.out_proj",
-    "layers/ln_mlp": "model.decoder.layers.{i}.final_layer_norm",
-    "layers/mlp/fc_in": "model.decoder.layers.{i}.fc1",
-    "layers/mlp/fc_out": "model.decoder.layers.{i}.fc2",
-}
-NAME_MAPS = {"gpt_neo": _GPT_NEO, "opt": _OPT}
-# Tensors a checkpoint may hold that the model does not need: causal-mask buffers of old GPT-Neo
-# checkpoints, and the LM head when it is tied to the embedding.
-_IGNORABLE = re.compile(r".*attn\.(attention\.)?(bias|masked_bias)$")
+from mbc_jax.models.weight_names import BASE_PREFIXES, IGNORABLE, HFTensor, fuse, fused_part, hf_name
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "flax_model.msgpack",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
 
-
-def hf_name(cfg: ModelConfig, path: tuple[str, ...]) -> tuple[str, bool, bool]:
-    """(HF tensor name template, transposed, stacked over layers) for one of our parameter paths."""
-    leaf = path[-1]
-    module = "/".join(path[:-1]) if leaf in ("kernel", "bias", "scale") else "/".join(path)
-    base = NAME_MAPS[cfg.model_type][module]
-    if leaf == "bias":
-        name, transposed = base + ".bias", False
-    else:  # kernel, scale, or an embedding / lm_head matrix
-        name, transposed = base + ".weight", leaf == "kernel" or module == "lm_head"
-    return name, transposed, path[0] == "layers"
 
 
 # --------------------------------------------------------------------------- tensor sources
@@ -198,6 +151,20 @@ def open_weights(model_dir: Path) -> TensorSource:
 # --------------------------------------------------------------------------- load
 
 
+def _resolver(available: set[str]):
+    """HF name -> the name this checkpoint uses: as is, or without the base model's prefix."""
+
+    def resolve(name: str) -> str:
+        if name in available:
+            return name
+        for prefix in BASE_PREFIXES:
+            if name.startswith(prefix) and name[len(prefix):] in available:
+                return name[len(prefix):]
+        return name
+
+    return resolve
+
+
 def load_params(cfg: ModelConfig, source: TensorSource, abstract: Any, shardings: Any) -> Any:
     """Reads every parameter of `abstract` (a tree of ShapeDtypeStruct) into its sharding.
 
@@ -205,16 +172,17 @@ def load_params(cfg: ModelConfig, source: TensorSource, abstract: Any, shardings
     config does not account for, so a config that contradicts the weights is one clear error.
     """
     available = set(source.keys())
+    resolve = _resolver(available)
     used: set[str] = set()
     plan = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-        keys = tuple(k.key for k in path)
-        template, transposed, stacked = hf_name(cfg, keys)
-        shape = tuple(leaf.shape[1:] if stacked else leaf.shape)
-        want = shape[::-1] if transposed else shape
-        layers = range(cfg.num_layers) if stacked else [None]
-        for i in layers:
-            name = template.format(i=i)
+        t = hf_name(cfg, tuple(k.key for k in path))
+        shape = tuple(leaf.shape[1:] if t.stacked else leaf.shape)
+        if t.part is not None:  # the fused tensor holds q, k and v
+            shape = (*shape[:-1], 3 * shape[-1])
+        want = shape[::-1] if t.transposed else shape
+        for i in range(cfg.num_layers) if t.stacked else [None]:
+            name = resolve(t.template.format(i=i))
             if name not in available:
                 raise UserError(f"{source.where}: tensor {name} is missing (the config needs it, shape {want})")
             got = source.shape(name)
@@ -224,8 +192,8 @@ def load_params(cfg: ModelConfig, source: TensorSource, abstract: Any, shardings
                     f"does config.json belong to these weights?"
                 )
             used.add(name)
-        plan.append((template, transposed, stacked, leaf))
-    extra = sorted(n for n in available - used if not _IGNORABLE.match(n) and
+        plan.append((t, leaf))
+    extra = sorted(n for n in available - used if not IGNORABLE.match(n) and
                    not (n == "lm_head.weight" and cfg.tie_word_embeddings))
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
@@ -234,25 +202,27 @@ def load_params(cfg: ModelConfig, source: TensorSource, abstract: Any, shardings
             f"(config.json says {cfg.num_layers} layers; does it belong to these weights?)"
         )
 
-    def load_leaf(template, transposed, stacked, leaf, sharding):
-        dtype = leaf.dtype
-
+    def load_leaf(t: HFTensor, leaf, sharding):
         def read(name, index):
-            if transposed:
+            name = resolve(name)
+            if t.part is not None:  # the whole fused tensor (one layer's), then our part of it
+                whole = np.asarray(source.read(name, (slice(None),) * len(source.shape(name))))
+                return fused_part(whole.T if t.transposed else whole, t)[index]
+            if t.transposed:
                 return np.asarray(source.read(name, tuple(index[::-1]))).T
             return np.asarray(source.read(name, tuple(index)))
 
         def callback(index):
             index = tuple(index) + (slice(None),) * (len(leaf.shape) - len(index))
-            if not stacked:
-                return read(template, index).astype(dtype)
+            if not t.stacked:
+                return read(t.template, index).astype(leaf.dtype)
             layer_ids = range(cfg.num_layers)[index[0]]
-            return np.stack([read(template.format(i=i), index[1:]) for i in layer_ids]).astype(dtype)
+            return np.stack([read(t.template.format(i=i), index[1:]) for i in layer_ids]).astype(leaf.dtype)
 
         return jax.make_array_from_callback(leaf.shape, sharding, callback)
 
     flat_shardings = jax.tree_util.tree_leaves(shardings)
-    arrays = [load_leaf(*p, s) for p, s in zip(plan, flat_shardings)]
+    arrays = [load_leaf(t, leaf, s) for (t, leaf), s in zip(plan, flat_shardings)]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), arrays)
 
 
@@ -262,11 +232,19 @@ def load_params(cfg: ModelConfig, source: TensorSource, abstract: Any, shardings
 def params_to_hf(cfg: ModelConfig, params: Any) -> dict[str, np.ndarray]:
     """Our parameter tree -> {HF tensor name: numpy array} (gathered to the host)."""
     out: dict[str, np.ndarray] = {}
+    fused: dict[str, tuple[HFTensor, dict[int, np.ndarray]]] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        template, transposed, stacked = hf_name(cfg, tuple(k.key for k in path))
+        t = hf_name(cfg, tuple(k.key for k in path))
         array = np.asarray(jax.device_get(leaf))
-        for i, a in enumerate(array if stacked else [array]):
-            out[template.format(i=i)] = np.ascontiguousarray(a.T if transposed else a)
+        for i, a in enumerate(array if t.stacked else [array]):
+            name = t.template.format(i=i)
+            if t.part is not None:
+                fused.setdefault(name, (t, {}))[1][t.part] = a
+            else:
+                out[name] = np.ascontiguousarray(a.T if t.transposed else a)
+    for name, (t, parts) in fused.items():
+        whole = fuse([parts[p] for p in range(3)], t)
+        out[name] = np.ascontiguousarray(whole.T if t.transposed else whole)
     return out
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, _write
+from conftest import FIXTURES, TOKENIZER_DIR, N, _write, reference
 from mbc_jax.generate import SamplingConfig
 from mbc_jax.models import load_model
 
@@ -94,6 +94,30 @@ def test_answer_records_are_the_cli_lines(tmp_path, tiny_neo_dir, capsys):
                 "prompts_truncated", "max_prompt_length"):
         assert meta["summary"][key] == answers.summary[key], key
     assert calls == [(0, 0), (5, answers.summary["tokens"])]
+
+
+@pytest.mark.parametrize("name", ["gpt_neo_tiny", "gpt2_tiny", "pythia_tiny", "llama_gqa_tiny", "qwen2_tiny"])
+def test_cli_greedy_reproduces_fixture(name, tmp_path, shared_dir, capsys):
+    """`mbc-jax generate --greedy` on a token-id record (the fixture's prompt) writes HF PyTorch's
+    greedy continuation (the fixture folder plus a tokenizer, which the CLI needs to decode)."""
+    import shutil
+
+    from mbc_jax.cli import main
+
+    model_dir = tmp_path / name
+    shutil.copytree(FIXTURES / name, model_dir)
+    for f in TOKENIZER_DIR.iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
+            shutil.copy(f, model_dir / f.name)
+    ref = reference(name)
+    data = _write(tmp_path / "data.jsonl", [{"id": "r0", "input_ids": ref["greedy_prompt"].tolist() + [5],
+                                             "prompt_length": len(ref["greedy_prompt"])}])
+    out = tmp_path / "a.jsonl"
+    assert main(["generate", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--greedy",
+                 "--repetition-penalty", "1.0", "--ignore-eos", "--max-new-tokens", str(N)]) == 0
+    capsys.readouterr()
+    (line,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert line["output_ids"] == ref["greedy_continuation"].tolist()
 
 
 def test_cli_errors(tmp_path, tiny_neo_dir, capsys):

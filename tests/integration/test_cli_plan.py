@@ -134,3 +134,29 @@ def test_checkpoint_disk_by_hand(tiny_config):
     # a dataset of unknown size: sizes per save only
     d = disk(["data=hf:some/data"])
     assert d["checkpoint_steps"] is None and d["full_state_bytes"] == full and "peak_bytes" not in d
+
+
+TINY_LLAMA = dict(model_type="llama", vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=96, max_position_embeddings=64)
+
+
+def test_gqa_model_plans_with_tensor_over_its_key_value_heads(tmp_path, capsys):
+    """A Llama with 2 key/value heads plans on tensor 2 (its parameter count is that of the model
+    built for real), and tensor 4 is a one-line error naming the key/value heads."""
+    import jax
+
+    from mbc_jax.models import init_model
+    from mbc_jax.sharding import make_mesh
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY_LLAMA))
+    numbers = tmp_path / "plan.json"
+    assert cli(["plan", "--mesh", "1,2,2", "--model-config", str(path), "--json", str(numbers), *SMALL_RUN]) == 0
+    plan = json.loads(numbers.read_text())
+    built = init_model(TINY_LLAMA, mesh=make_mesh("1,1,1", jax.devices()[:1]))
+    assert plan["parameters"] == sum(x.size for x in jax.tree_util.tree_leaves(built.params))
+    assert plan["per_device"]["train_step"]["temporaries"] > 0
+    capsys.readouterr()
+    assert cli(["plan", "--mesh", "1,1,4", "--model-config", str(path), *SMALL_RUN]) == 2
+    err = capsys.readouterr().err
+    assert "2 key/value heads ('heads') are not divisible by the tensor axis (4)" in err and "Traceback" not in err

@@ -11,7 +11,7 @@ from conftest import FIXTURES, reference
 from mbc_jax.models import export_model, load_model
 
 
-@pytest.mark.parametrize("name", ["gpt_neo_tiny", "opt_projected_postln"])
+@pytest.mark.parametrize("name", ["gpt_neo_tiny", "opt_projected_postln", "gpt2_tiny", "pythia_tiny"])
 def test_export_round_trip(name, tmp_path, shared_dir):
     model = load_model(str(FIXTURES / name))
     export_model(model, tmp_path / "export")

@@ -34,6 +34,18 @@ def test_tensor_and_fsdp_mesh_gives_the_same_tokens(neo_greedy, shared_dir):
         np.testing.assert_allclose(g.token_entropy, want.token_entropy, atol=1e-5)
 
 
+def test_gqa_model_on_a_tensor_mesh_reproduces_its_fixture(shared_dir):
+    """The KV cache of llama_gqa_tiny holds its 2 key/value heads, split over tensor 2."""
+    from mbc_jax.models import init_cache
+    from mbc_jax.sharding import make_mesh
+
+    model = load_model(str(FIXTURES / "llama_gqa_tiny"), mesh=make_mesh("2,2,2"))
+    assert init_cache(model.config, 2, 8)["k"].shape == (3, 2, 8, 2, 16)
+    ref = reference("llama_gqa_tiny")
+    got = generate(model, prompt_set(ref), GREEDY)
+    np.testing.assert_array_equal(got[0].output_ids, ref["greedy_continuation"])
+
+
 def test_left_padding_does_not_change_results(neo, neo_greedy):
     """The same prompts in a 64-token bucket next to a 40-token prompt, in another order."""
     ref = reference("gpt_neo_tiny")

@@ -18,14 +18,15 @@ from mbc_jax.sharding import make_mesh
 # ------------------------------------------------------------------ dtypes and remat
 
 
-def test_remat_gives_the_same_logits_and_gradients(shared_dir):
+@pytest.mark.parametrize("name", ["gpt_neo_tiny", "pythia_tiny", "llama_gqa_tiny"])
+def test_remat_gives_the_same_logits_and_gradients(name, shared_dir):
     import jax.numpy as jnp
 
-    ref = reference("gpt_neo_tiny")
+    ref = reference(name)
     ids = jnp.asarray(ref["input_ids"])
     grads = {}
     for remat in ("none", "full", "dots"):
-        model = load_model(str(FIXTURES / "gpt_neo_tiny"), mesh=make_mesh("1,1,1"), remat=remat)
+        model = load_model(str(FIXTURES / name), mesh=make_mesh("1,1,1"), remat=remat)
         loss = lambda p, model=model: model.module.apply({"params": p}, ids).astype(jnp.float32).std()  # noqa: E731
         grads[remat] = jax.jit(jax.grad(loss))(model.params)
     for remat in ("full", "dots"):

@@ -14,7 +14,11 @@ from mbc_jax.scoring import Scorer
 from mbc_jax.sharding import make_mesh
 
 
-def test_packed_equals_unpacked(tiny_model):
+@pytest.mark.parametrize("which", ["tiny_model", "tiny_rope_model"])
+def test_packed_equals_unpacked(which, request):
+    """GPT-Neo (learned positions, a local layer) and Mistral-style (RoPE, GQA, window 6): RoPE
+    positions restart per packed record as learned ones do."""
+    tiny_model = request.getfixturevalue(which)
     examples = random_examples(40, 96)
     scorer = Scorer(tiny_model.module, tiny_model.mesh, seq_len=64, tokens_per_batch=256)
     packed_batches = pack(examples, 64, 4)
@@ -39,10 +43,13 @@ def test_packed_equals_unpacked(tiny_model):
         assert packed.exact_match(True)[i] == pytest.approx(match[resp].mean())
 
 
-@pytest.mark.parametrize("mesh", ["8,1,1", "2,2,2", "1,4,2"])
-def test_sharded_scores_equal_single_device(mesh, tiny_model, tmp_path):
+@pytest.mark.parametrize("mesh,which", [("8,1,1", "tiny_model"), ("2,2,2", "tiny_model"), ("1,4,2", "tiny_model"),
+                                        ("1,2,2", "tiny_rope_model")])
+def test_sharded_scores_equal_single_device(mesh, which, request, tmp_path):
+    """Also tensor parallelism over the key/value heads of a GQA model (tensor 2 = its 2 KV heads)."""
     from mbc_jax.models import export_model
 
+    tiny_model = request.getfixturevalue(which)
     examples = random_examples(50, 96, seed=3)
     want = Scorer(tiny_model.module, tiny_model.mesh, seq_len=64, tokens_per_batch=512)(tiny_model.params, examples)
     export_model(tiny_model, tmp_path)

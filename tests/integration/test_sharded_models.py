@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import _padded_batch
+from conftest import FIXTURES, _padded_batch, real_max_err, reference
 from mbc_jax.models import export_model, init_model, load_model
 from mbc_jax.sharding import make_mesh
 
@@ -44,3 +44,14 @@ def test_random_init_is_sharded_at_creation():
     emb = model.params["embed_tokens"]
     assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
     assert emb.addressable_shards[0].data.shape == (128 // 4, 64 // 2)
+
+
+def test_gqa_model_splits_its_key_value_heads_over_tensor(shared_dir):
+    """llama_gqa_tiny (4 query heads, 2 key/value heads of 16 dims) on data 2 x fsdp 2 x tensor 2:
+    each device holds one key/value head and its two query heads; the logits are the fixture's."""
+    model = load_model(str(FIXTURES / "llama_gqa_tiny"), mesh=make_mesh("2,2,2"))
+    ref = reference("llama_gqa_tiny")
+    assert real_max_err(model.apply(ref["input_ids"], segment_ids=ref["attention_mask"]), ref) < 1e-4
+    attn = model.params["layers"]["attn"]
+    assert attn["k"]["kernel"].addressable_shards[0].data.shape == (3, 64 // 2, 2 * 16 // 2)
+    assert attn["q"]["kernel"].addressable_shards[0].data.shape == (3, 64 // 2, 4 * 16 // 2)

@@ -117,9 +117,10 @@ def test_folder_without_config(tmp_path):
 def test_unsupported_model_type_lists_supported(tmp_path, shared_dir):
     d = _copy_fixture(tmp_path)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["model_type"] = "llama"
+    cfg["model_type"] = "gemma"
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UserError, match=r"model_type: 'llama' is not supported \(supported: gpt_neo, opt\)"):
+    with pytest.raises(UserError, match=r"model_type: 'gemma' is not supported \(supported: gpt_neo, opt, gpt2, "
+                                        r"gpt_neox, llama, mistral, qwen2, qwen3\)"):
         load_model(str(d))
 
 
