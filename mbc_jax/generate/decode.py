@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbc_jax import UserError
-from mbc_jax.generate.sampling import SamplingConfig, Settings, entropy, process_logits
-from mbc_jax.models import init_cache
+from mbc_jax.generate.sampling import SamplingConfig, Settings, entropy, first_argmax, process_logits
+from mbc_jax.models import init_cache, unstack_layers
 from mbc_jax.sharding import batch_divisor, batch_sharding, constrain
 
 DEFAULT_BUCKET = 32  # prompts are left-padded to a multiple of this many tokens (one compile per bucket)
@@ -85,9 +85,11 @@ def _decode(module, max_new: int, params, ids, seg, live, row_keys, seed, eos_id
 
     cache = init_cache(cfg, b, t + n)
     for name in ("k", "v"):
-        cache[name] = constrain(cache[name], mesh, (None, "batch", "length", "act_heads", None))
+        cache[name] = tuple(constrain(c, mesh, ("batch", "act_heads", "length", None)) for c in cache[name])
     for name in ("pos", "seg"):
         cache[name] = constrain(cache[name], mesh, ("batch", "length"))
+
+    params = unstack_layers(params)  # sliced once here, not at every step of the loop
 
     def last_logits(hidden):
         return module.apply({"params": params}, hidden[:, -1], method=type(module).logits).astype(jnp.float32)
@@ -115,10 +117,14 @@ def _decode(module, max_new: int, params, ids, seg, live, row_keys, seed, eos_id
     def body(s):
         step, raw, done = s["step"], s["logits"], s["finished"]
         x = process_logits(raw, s["present"], settings)
-        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-        sampled = jax.vmap(jax.random.categorical)(step_keys, x)
-        tok = jnp.where(settings.greedy, jnp.argmax(x, axis=-1), sampled).astype(jnp.int32)
-        sent = jnp.where(settings.greedy, 0.0, entropy(x))
+
+        def sample(x):  # jax.random.categorical's Gumbel-max draw, with a faster argmax (same tokens)
+            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+            noise = jax.vmap(lambda k: jax.random.gumbel(k, (vocab,), x.dtype))(step_keys)
+            return first_argmax(x + noise), entropy(x)
+
+        tok, sent = jax.lax.cond(settings.greedy, lambda x: (first_argmax(x), jnp.zeros((b,), jnp.float32)),
+                                 sample, x)
         tok = jnp.where(done, pad_id, tok)
         active = ~done
         hit_eos = active & jnp.any(tok[:, None] == eos_ids[None, :], axis=-1) & ~settings.ignore_eos

@@ -14,6 +14,7 @@ import pytest
 from conftest import GREEDY, N, _write, prompt_set, reference
 from mbc_jax import UserError
 from mbc_jax.generate import SamplingConfig, build_prompts, generate, repetition_penalty, top_k_filter, top_p_filter
+from mbc_jax.generate.sampling import first_argmax
 
 
 def full_logits(model, seqs) -> np.ndarray:
@@ -126,6 +127,55 @@ def test_filters_against_numpy():
         want = np.where(ahead < p if p < 1 else True, logits, -np.inf)
         np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
         assert np.isfinite(got).sum(-1).min() >= 1
+
+
+def test_filters_on_a_vocabulary_against_float64_numpy():
+    """The bisection cutoffs on 50k-token rows (flat, peaked, ties at the top and at the k-th value, a
+    -inf already in the row), against numpy in float64: exact wherever the boundary is clear in float32."""
+    rng = np.random.default_rng(2)
+    for scale in (0.5, 3.0, 12.0):
+        x = (rng.normal(size=(3, 50257)) * scale).astype(np.float32)
+        x[0, :4] = x[0].max()  # a tie at the top
+        x[1, 7] = -np.inf
+        x[2, 100:103] = np.sort(x[2])[-10]  # ties with the 10th largest
+        for k in (1, 4, 10, 1000, 60000):
+            kth = np.sort(x, -1)[:, ::-1][:, min(k, x.shape[1]) - 1:min(k, x.shape[1])]
+            np.testing.assert_array_equal(np.asarray(top_k_filter(x, k)), np.where(x >= kth, x, -np.inf))
+        probs = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        ahead = np.stack([mass_ahead(row) for row in probs])
+        for p in (0.05, 0.5, 0.9, 0.999):
+            kept = np.isfinite(np.asarray(top_p_filter(x, p)))
+            clear = np.abs(ahead - p) > 1e-5
+            np.testing.assert_array_equal(kept[clear], (ahead < p)[clear])
+            assert kept.sum(-1).min() >= 1
+
+
+def test_order_keys_and_first_argmax():
+    from mbc_jax.generate.sampling import _order_keys
+
+    v = np.array([-np.inf, -3e38, -2.5, -1e-30, -0.0, 0.0, 1e-30, 1.0, 2.5, 3e38, np.inf], np.float32)
+    keys = np.asarray(_order_keys(v))
+    assert np.all(np.diff(keys[[0, 1, 2, 3, 4, 6, 7, 8, 9, 10]]) > 0) and keys[4] == keys[5]
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 5, size=(6, 300)).astype(np.float32)  # many ties of the maximum
+    x[1] = -np.inf
+    x[1, 17] = 0.0
+    np.testing.assert_array_equal(np.asarray(first_argmax(x)), np.argmax(x, -1))
+
+
+def test_one_compile_per_prompt_bucket(neo):
+    """Three batches of prompts in one bucket run one compiled program; a longer bucket adds one."""
+    from mbc_jax.generate.decode import _decode
+
+    ref = reference("gpt_neo_tiny")
+    cfg = SamplingConfig(greedy=True, repetition_penalty=1.0, max_new_tokens=3, ignore_eos=True)
+    short = [ref["input_ids"][i % 3][:5 + i % 7] for i in range(20)]
+    before = _decode._cache_size()
+    generate(neo, short, cfg, batch_size=8)  # 3 batches of 8 rows, prompts <= 11 tokens: bucket 32
+    assert _decode._cache_size() == before + 1
+    generate(neo, short[:5] + [np.arange(40) % 512], cfg, batch_size=8)  # the 40-token prompt: bucket 64
+    assert _decode._cache_size() == before + 2
 
 
 def test_repetition_penalty_matches_numpy_ctrl_rule():
