@@ -177,11 +177,12 @@ class CausalLM(nn.Module):
         k_pos = jax.lax.dynamic_update_slice(cache["pos"], positions.astype(jnp.int32), (0, i))
         k_seg = jax.lax.dynamic_update_slice(cache["seg"], segment_ids.astype(jnp.int32), (0, i))
         layers = self.variables["params"]["layers"]  # stacked, or a tuple of per-layer trees (`unstack_layers`)
-        block = Block(cfg, self.mesh, self.deterministic, parent=None)
+        unstacked = isinstance(layers, (tuple, list))
+        block = Block(cfg.replace(kernels_transposed=unstacked), self.mesh, self.deterministic, parent=None)
         collect = self.is_mutable_collection("intermediates")
         ks, vs, probs = [], [], []
         for n in range(cfg.num_layers):
-            params = layers[n] if isinstance(layers, (tuple, list)) else jax.tree.map(lambda a: a[n], layers)  # noqa: B023
+            params = layers[n] if unstacked else jax.tree.map(lambda a: a[n], layers)  # noqa: B023
             layer = jax.tree.map(lambda a: a[n], per_layer)  # noqa: B023
             layer_cache = {"k": cache["k"][n], "v": cache["v"][n], "pos": k_pos, "seg": k_seg, "index": i}
             rngs = None if self.deterministic else {"dropout": jax.random.fold_in(self.make_rng("dropout"), n)}
@@ -201,6 +202,10 @@ class CausalLM(nn.Module):
         """LM head: hidden [..., word_embed_dim] -> logits [..., vocab] in the compute dtype."""
         dtype = jnp.dtype(self.cfg.dtype)
         if self.cfg.tie_word_embeddings:
+            if hidden.ndim == 2 and hidden.shape[0] <= 64:  # a decode step: [V, E] . [rows, E], XLA:CPU's fast form
+                rows = jax.lax.dot_general(self.embed_tokens.astype(dtype), hidden.astype(dtype),
+                                           (((1,), (1,)), ((), ())))
+                return rows.T
             return jnp.dot(hidden.astype(dtype), self.embed_tokens.astype(dtype).T)
         return jnp.dot(hidden.astype(dtype), self.lm_head.astype(dtype))
 
@@ -210,13 +215,20 @@ class CausalLM(nn.Module):
 
 
 def unstack_layers(params: dict) -> dict:
-    """`params` with "layers" as a tuple of per-layer trees (copies: the layers' weights once more in memory),
-    which `CausalLM` with a cache reads as they are: for decode loops, which would otherwise slice them per step."""
+    """`params` with "layers" as a tuple of per-layer trees, every Linear kernel stored [out, in] (copies: the
+    layers' weights once more in memory), which `CausalLM` with a cache reads as they are. For decode loops:
+    they would otherwise slice the stack at every step, and XLA:CPU multiplies a few rows by an [out, in]
+    kernel 2-3x faster than by the [in, out] one (benchmarks/README.md)."""
     stacked = params["layers"]
     if isinstance(stacked, (tuple, list)):
         return params
+
+    def layer(i):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, a: a[i].T if getattr(path[-1], "key", None) == "kernel" else a[i], stacked)
+
     n = jax.tree.leaves(stacked)[0].shape[0]
-    return {**params, "layers": tuple(jax.tree.map(lambda a: a[i], stacked) for i in range(n))}  # noqa: B023
+    return {**params, "layers": tuple(layer(i) for i in range(n))}
 
 
 CACHED_ATTENTION_PROBS = "cached_attention_probs"  # where the layer loop with a KV cache sows them
