@@ -11,7 +11,8 @@ Logits processing follows Hugging Face `generate`, in its order:
 Greedy decoding applies only the penalty, then takes the argmax (as HF's do_sample=False).
 All settings are traced values (`Settings`), so one compiled program serves every sampling
 configuration; top-k and top-p run only when they are on (`lax.cond`), and neither sorts the vocabulary:
-each finds its cutoff logit exactly by bisection (`_threshold_filters`).
+each finds its cutoff logit exactly by a three-pass radix search (`_threshold_filters`).
+A token is drawn by inverting the CDF of the processed distribution with one uniform per row (`draw`).
 """
 
 from __future__ import annotations
@@ -82,6 +83,35 @@ def first_argmax(x: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(x == top, iota, x.shape[-1]), axis=-1)
 
 
+CDF_BLOCK = 256  # tokens per block of the two-level CDF `draw` inverts
+
+
+def draw(x: jax.Array, u: jax.Array) -> jax.Array:
+    """One token per row from softmax(x) over the last axis (-inf: never drawn), by inverting its CDF at
+    u [B] in [0, 1): the first token whose cumulative probability exceeds u. int32 [B].
+
+    The CDF is two-level (sums of blocks of CDF_BLOCK tokens, then a running sum inside the one block
+    that holds u), so a draw costs about two passes over [B, V] and one uniform per row, where the Gumbel-max
+    draw of `jax.random.categorical` costs V uniforms and 2V logarithms per row (measured: benchmarks/README.md,
+    "Generation"). Float rounding can only move u across a boundary it lies within rounding of; a token of
+    probability 0 is never returned.
+    """
+    b, v = x.shape
+    nb = -(-v // CDF_BLOCK)
+    x = x.astype(jnp.float32)
+    e = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))  # unnormalised; -inf -> 0
+    e = jnp.pad(e, ((0, 0), (0, nb * CDF_BLOCK - v))).reshape(b, nb, CDF_BLOCK)
+    block_cdf = jnp.cumsum(e.sum(axis=-1), axis=-1)  # [B, nb]
+    target = u.astype(jnp.float32) * block_cdf[:, -1]
+    blk = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), nb - 1)  # the first block past u
+    before = jnp.where(blk > 0, jnp.take_along_axis(block_cdf, jnp.maximum(blk - 1, 0)[:, None], -1)[:, 0], 0.0)
+    inner = jnp.take_along_axis(e, blk[:, None, None], axis=1)[:, 0]  # [B, CDF_BLOCK]
+    j = jnp.sum(before[:, None] + jnp.cumsum(inner, axis=-1) <= target[:, None], axis=-1)
+    idx = jax.lax.broadcasted_iota(jnp.int32, inner.shape, 1)
+    last_positive = jnp.max(jnp.where(inner > 0, idx, 0), axis=-1)  # rounding never lands on a 0 token
+    return (blk * CDF_BLOCK + jnp.minimum(j, last_positive)).astype(jnp.int32)
+
+
 def repetition_penalty(logits: jax.Array, present: jax.Array, penalty: jax.Array | float) -> jax.Array:
     """CTRL rule as HF applies it: where `present`, l -> l / penalty if l > 0 else l * penalty."""
     penalized = jnp.where(logits < 0, logits * penalty, logits / penalty)
@@ -90,12 +120,12 @@ def repetition_penalty(logits: jax.Array, present: jax.Array, penalty: jax.Array
 
 def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
     """Keep the k largest logits per row (and any tied with the k-th); the rest -> -inf."""
-    return _threshold_filters(logits.astype(jnp.float32), k, 1.0)
+    return _jit_filters(jnp.asarray(logits, jnp.float32), k, 1.0)
 
 
 def top_p_filter(logits: jax.Array, p: jax.Array | float) -> jax.Array:
     """Nucleus: keep a token iff the tokens more probable than it hold < p of the probability mass."""
-    return _threshold_filters(logits.astype(jnp.float32), 0, p)
+    return _jit_filters(jnp.asarray(logits, jnp.float32), 0, p)
 
 
 def _order_keys(x: jax.Array) -> jax.Array:
@@ -104,9 +134,42 @@ def _order_keys(x: jax.Array) -> jax.Array:
     return jnp.where(bits < 0, jnp.int32(-(2 ** 31)) - bits - 1, bits)
 
 
+_RADIX_LEVELS = ((21, 11), (10, 11), (0, 10))  # (shift, bits): 32 bits of key in three digit passes
+
+
 def _smallest_threshold(keys: jax.Array, weight: jax.Array, limit: jax.Array) -> jax.Array:
-    """Per row, the smallest int32 t with sum(weight[keys > t]) < limit, by bisection over the keys of
-    the row's values (32 passes over [B, V], no sort). `weight` >= 0, `limit` > 0; [B, 1]."""
+    """Per row, the smallest int32 t with sum(weight[keys > t]) < limit: a radix search over the 32 bits of
+    the keys in three passes (11, 11, 10 bits), each a histogram of the weight over one digit of the keys
+    still in range, no sort. `weight` >= 0, `limit` > 0; returns [B, 1].
+
+    Level by level: the mass strictly above each digit value (the keys above the range, plus the higher
+    digits' bins) is a suffix sum of the histogram; the answer's digit is the smallest one whose mass
+    above is < limit (the top digit always qualifies: the invariant is that less than `limit` lies above
+    the range). Same answer as a 32-step bisection over the keys (`_bisect_threshold`, kept as the test
+    oracle), in 3 passes over [B, V] instead of 32.
+    """
+    b = keys.shape[0]
+    u = jax.lax.bitcast_convert_type(keys, jnp.uint32) ^ jnp.uint32(0x80000000)  # int32 order as uint32 order
+    prefix = jnp.zeros((b, 1), jnp.uint32)
+    above = jnp.zeros((b, 1), weight.dtype)
+    rows = jnp.arange(b, dtype=jnp.int32)[:, None]
+    for shift, bits in _RADIX_LEVELS:
+        nb = 1 << bits
+        in_range = weight if shift + bits == 32 else jnp.where(
+            (u >> (shift + bits)) == (prefix >> (shift + bits)), weight, 0)
+        digit = ((u >> shift) & jnp.uint32(nb - 1)).astype(jnp.int32)
+        hist = jnp.zeros((b * nb,), weight.dtype).at[(rows * nb + digit).reshape(-1)].add(in_range.reshape(-1))
+        at_or_above = jnp.cumsum(hist.reshape(b, nb)[:, ::-1], axis=-1)[:, ::-1]
+        strictly_above = above + jnp.concatenate([at_or_above[:, 1:], jnp.zeros((b, 1), weight.dtype)], axis=-1)
+        d = jnp.sum(strictly_above >= limit, axis=-1, keepdims=True)  # a prefix of the digits holds >= limit
+        prefix = prefix | (d.astype(jnp.uint32) << shift)
+        above = jnp.take_along_axis(strictly_above, d, axis=-1)
+    return jax.lax.bitcast_convert_type(prefix ^ jnp.uint32(0x80000000), jnp.int32)
+
+
+def _bisect_threshold(keys: jax.Array, weight: jax.Array, limit: jax.Array) -> jax.Array:
+    """`_smallest_threshold` by 32 halvings of [min key - 1, max key] (one pass over [B, V] each): the
+    reference the radix search is tested against."""
     lo = jnp.min(keys, axis=-1, keepdims=True) - 1  # the mass above it is everything (may not be < limit)
     hi = jnp.max(keys, axis=-1, keepdims=True)  # nothing lies above the max: always < limit
 
@@ -125,10 +188,10 @@ def _threshold_filters(x: jax.Array, k: jax.Array | int, p: jax.Array | float) -
     Both keep the tokens at or above a cutoff logit. top-k's is the k-th largest value: the smallest value
     with fewer than k tokens strictly above it. top-p's (sorting, it is the value of the last token whose
     mass strictly ahead is < p) is the smallest value with less than p of the probability strictly above
-    it. Either is found exactly by bisection over the order of the float32 values (`_smallest_threshold`):
-    a tie at the cutoff is kept, as in HF. The masses are sums over the unsorted row (XLA's tree
-    reductions), where a sort takes a running sum in sorted order: the two can disagree only when the mass
-    ahead of a token is within float32 rounding of p.
+    it. Either is found exactly by a radix search over the order of the float32 values
+    (`_smallest_threshold`): a tie at the cutoff is kept, as in HF. The masses are sums of per-digit
+    histograms of the unsorted row, where a sort takes a running sum in sorted order: the two can disagree
+    only when the mass ahead of a token is within float32 rounding of p.
     """
     keys = _order_keys(x)
     k, p = jnp.asarray(k, jnp.int32), jnp.asarray(p, x.dtype)
@@ -141,6 +204,9 @@ def _threshold_filters(x: jax.Array, k: jax.Array | int, p: jax.Array | float) -
 
     x = jax.lax.cond(k > 0, top_k, lambda x: x, x)
     return jax.lax.cond(p < 1, top_p, lambda x: x, x)
+
+
+_jit_filters = jax.jit(_threshold_filters)  # the public filters, called eagerly: one compile per shape
 
 
 class Settings(NamedTuple):

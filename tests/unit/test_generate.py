@@ -130,7 +130,7 @@ def test_filters_against_numpy():
 
 
 def test_filters_on_a_vocabulary_against_float64_numpy():
-    """The bisection cutoffs on 50k-token rows (flat, peaked, ties at the top and at the k-th value, a
+    """The radix-search cutoffs on 50k-token rows (flat, peaked, ties at the top and at the k-th value, a
     -inf already in the row), against numpy in float64: exact wherever the boundary is clear in float32."""
     rng = np.random.default_rng(2)
     for scale in (0.5, 3.0, 12.0):
@@ -149,6 +149,49 @@ def test_filters_on_a_vocabulary_against_float64_numpy():
             clear = np.abs(ahead - p) > 1e-5
             np.testing.assert_array_equal(kept[clear], (ahead < p)[clear])
             assert kept.sum(-1).min() >= 1
+
+
+def test_radix_threshold_equals_bisection():
+    """The three-pass radix search returns the very threshold of the 32-step bisection it replaced, for
+    probability masses (top-p) and counts (top-k), on rows with ties, -inf, negative and huge values."""
+    import jax
+
+    from mbc_jax.generate.sampling import _bisect_threshold, _order_keys, _smallest_threshold
+
+    rng = np.random.default_rng(5)
+    for scale in (0.02, 0.7, 4.0, 30.0):
+        x = (rng.normal(size=(6, 5000)) * scale).astype(np.float32)
+        x[0, :50] = x[0, 50]  # ties
+        x[1, ::3] = -np.inf
+        x[2] = np.round(x[2])  # few distinct values
+        keys = _order_keys(x)
+        probs = np.asarray(jax.nn.softmax(x, axis=-1))
+        for weight, limits in ((probs, (1e-6, 0.1, 0.9, 0.999)), (np.ones_like(probs), (1.0, 7.0, 2500.0))):
+            for limit in limits:
+                lim = np.float32(limit)
+                np.testing.assert_array_equal(np.asarray(jax.jit(_smallest_threshold)(keys, weight, lim)),
+                                              np.asarray(jax.jit(_bisect_threshold)(keys, weight, lim)))
+
+
+def test_draw_inverts_the_cdf_against_float64_numpy():
+    """`draw` at a grid of uniforms picks the token numpy's float64 CDF picks, except where u lies within
+    float32 rounding of a boundary; it never returns a token of probability 0."""
+    from mbc_jax.generate.sampling import draw
+
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(4, 3000)) * np.array([[0.1], [1.0], [4.0], [9.0]])).astype(np.float32)
+    x[1, ::2] = -np.inf  # filtered tokens
+    x[3, 700:2000] = -np.inf
+    u = np.linspace(0, 1, 4001, endpoint=False, dtype=np.float32)[1:]
+    for row in range(4):
+        got = np.asarray(draw(np.repeat(x[row:row + 1], u.size, 0), u))
+        p = np.exp(x[row].astype(np.float64) - x[row].max())
+        cdf = np.cumsum(p) / p.sum()
+        want = np.searchsorted(cdf, u.astype(np.float64), side="right")
+        near = np.min(np.abs(cdf[:, None] - u[None, :]), axis=0) < 1e-5
+        np.testing.assert_array_equal(got[~near], want[~near])
+        assert np.all(np.isfinite(x[row, got])) and (got[~near] == want[~near]).all()
+        assert (~near).sum() > 0.9 * u.size
 
 
 def test_order_keys_and_first_argmax():
@@ -172,9 +215,9 @@ def test_one_compile_per_prompt_bucket(neo):
     cfg = SamplingConfig(greedy=True, repetition_penalty=1.0, max_new_tokens=3, ignore_eos=True)
     short = [ref["input_ids"][i % 3][:5 + i % 7] for i in range(20)]
     before = _decode._cache_size()
-    generate(neo, short, cfg, batch_size=8)  # 3 batches of 8 rows, prompts <= 11 tokens: bucket 32
+    generate(neo, short, cfg, batch_size=8)  # 3 batches of 8 rows, prompts <= 11 tokens: bucket 16
     assert _decode._cache_size() == before + 1
-    generate(neo, short[:5] + [np.arange(40) % 512], cfg, batch_size=8)  # the 40-token prompt: bucket 64
+    generate(neo, short[:5] + [np.arange(40) % 512], cfg, batch_size=8)  # the 40-token prompt: bucket 48
     assert _decode._cache_size() == before + 2
 
 
