@@ -7,7 +7,8 @@ One jitted program per (rows, prompt bucket, max_new_tokens) shape: the prompts 
 LEFT-padded to a bucket length (`bucket_length`: `bucket` times a power of two or 1.5 times one;
 padding has segment id 0, so no real token ever attends to it, and every row's positions start at 0),
 prefilled in one forward pass, then decoded one token per step in a `lax.while_loop` that stops as soon
-as every row has finished. Rows are split over the mesh's (data, fsdp) axes. Each token is picked as `mbc_jax.generate.sampling` says.
+as every row has finished. Rows are split over the mesh's (data, fsdp) axes. Each token is picked as
+`mbc_jax.generate.sampling` says.
 The cache holds prompt bucket + max_new_tokens slots, one [B, KV heads, S, D] buffer per layer, written
 in place at every step; the layers' weights are unstacked once before the loop (`unstack_layers`: they
 sit twice in memory while decoding). Nothing goes back to the host until the batch is done. Where the
