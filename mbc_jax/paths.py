@@ -186,7 +186,8 @@ class UrlPath:
         return self.fs.cat_file(self.key)
 
     def read_text(self, encoding: str = "utf-8") -> str:
-        return self.read_bytes().decode(encoding)
+        """As pathlib's: universal newlines (a CSV's \\r\\n reads as \\n)."""
+        return io.TextIOWrapper(io.BytesIO(self.read_bytes()), encoding=encoding).read()
 
     def write_bytes(self, data: bytes) -> int:
         atomic_write(self, data)

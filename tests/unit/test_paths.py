@@ -82,6 +82,8 @@ def test_atomic_write_and_csv_give_the_local_bytes(tmp_path, bucket, mem, where)
         paths.atomic_write(base / "raw.bin", b"\x00\xff")
     for name in ("memorization/step_00000004.csv", "summary.json", "raw.bin"):
         assert (root / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+        if name != "raw.bin":
+            assert (root / name).read_text() == (tmp_path / "local" / name).read_text(), name  # \r\n -> \n
     name = "memorization/step_00000004.csv"
     a, b = read_csv(root / name), read_csv(tmp_path / "local" / name)
     assert a.keys() == b.keys()
