@@ -364,7 +364,7 @@ def orbax_dir(path: str | os.PathLike | UrlPath) -> Path | epath.Path:
         return path.absolute()
     if path.scheme in ("gs", "gcs"):
         return epath.Path("gs://" + path.url.split("://", 1)[1])
-    local_path = getattr(path.fs, "local_path", None)
+    local_path = None if path.scheme in OBJECT_STORES else getattr(path.fs, "local_path", None)
     if callable(local_path):
         return Path(local_path(path.url))
     raise UserError(f"{path}: orbax writes checkpoints to local (or mounted) folders and gs:// only; put the run "

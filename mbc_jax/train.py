@@ -40,7 +40,7 @@ from mbc_jax.loss import fused_nll_loss, segment_sums, targets
 from mbc_jax.models import Model, init_model, load_model, load_tokenizer, resolve_model_dir
 from mbc_jax.models.config import DROPOUT_FIELDS
 from mbc_jax.models.hf_io import WEIGHT_FILES
-from mbc_jax.paths import as_path, fetch
+from mbc_jax.paths import as_path, fetch, orbax_dir
 from mbc_jax.run_folder import DATA, RunWriter, data_paths
 from mbc_jax.samplers import make_sampler
 from mbc_jax.scoring import Scorer, Scores
@@ -216,6 +216,7 @@ class Trainer:
     def create(cls, cfg: TrainConfig, override: bool = False, log=print) -> Trainer:
         distributed.initialize()  # no-op for one process, and when the CLI already did it
         run_dir = as_path(cfg.out)  # a local folder, or a URL (gs://...: mbc_jax/paths.py)
+        orbax_dir(run_dir)  # a URL orbax cannot write fails now, not after the model loaded
         run_dir.mkdir(parents=True, exist_ok=True)
         writer = RunWriter(run_dir)
         saved = writer.saved_config()

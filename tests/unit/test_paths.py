@@ -69,6 +69,8 @@ def test_orbax_gets_gs_urls_themselves_local_folders_absolute_and_refuses_others
     assert paths.orbax_dir(f"{bucket}/run/params") == Path(os.environ[bucket_fs.ROOT_ENV]) / "b" / "run" / "params"
     with pytest.raises(UserError, match=r"memory://x/run: orbax writes checkpoints to local \(or mounted\) folders"):
         paths.orbax_dir("memory://x/run")
+    with pytest.raises(UserError, match=r"s3://b/run: orbax writes checkpoints to local"):  # with or without s3fs
+        paths.orbax_dir("s3://b/run")
 
 
 @pytest.mark.parametrize("where", ["memory", "bucket"])
