@@ -117,12 +117,15 @@ def snapshot_name(step: int) -> str:
 def saved_steps(folder: str | Path | UrlPath) -> list[int]:
     """Steps of the complete orbax checkpoints in `folder`. Orbax writes a step into
     `<step>.orbax-checkpoint-tmp*` and renames it to `<step>` only once complete (with its
-    `_CHECKPOINT_METADATA`), so a save cut short (kill -9, full disk) is never listed."""
+    `_CHECKPOINT_METADATA`), so a save cut short (kill -9, full disk) is never listed. On gs:// (no
+    rename) orbax writes `<step>` in place, `_CHECKPOINT_METADATA` first, and marks it complete with
+    `commit_success.txt` last: behind a URL both must be there."""
     folder = as_path(folder)
     if not folder.is_dir():
         return []
+    marks = ["_CHECKPOINT_METADATA"] + ([] if isinstance(folder, Path) else ["commit_success.txt"])
     return sorted(int(p.name) for p in folder.iterdir()
-                  if p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
+                  if p.is_dir() and p.name.isdigit() and all((p / m).exists() for m in marks))
 
 
 def weight_sources(run_dir: str | Path | UrlPath) -> dict[int, Path | UrlPath]:

@@ -21,7 +21,7 @@ from conftest import read_tensorboard
 from mbc_jax import UserError, paths, trackers
 from mbc_jax import config as config_lib
 from mbc_jax.data import load_records
-from mbc_jax.run_folder import MetricsLog, RunFolder, RunWriter, read_csv, write_csv
+from mbc_jax.run_folder import MetricsLog, RunFolder, RunWriter, read_csv, saved_steps, write_csv
 
 bucket_fs.register()
 
@@ -240,3 +240,17 @@ def test_a_table_file_from_a_url_is_read_from_a_local_copy_and_named_by_its_url(
     got, report = load_records(bucket + "/d.csv", skip_bad=True)
     assert [r.turns for r in got] == [[("user", "p0"), ("assistant", "r0")]] and report.format == "csv"
     assert report.skipped[0][0] == "bucket://b/d.csv:3"
+
+
+def test_a_checkpoint_behind_a_url_counts_once_orbax_committed_it(bucket, tmp_path):
+    """gs://: orbax writes <step>/ in place, _CHECKPOINT_METADATA first and commit_success.txt last."""
+    url = paths.as_path(bucket + "/run/params")
+    for step, marks in {0: ["_CHECKPOINT_METADATA", "commit_success.txt"], 4: ["_CHECKPOINT_METADATA"],
+                        8: ["commit_success.txt"], 12: ["_CHECKPOINT_METADATA", "commit_success.txt"]}.items():
+        for m in marks:
+            paths.atomic_write(url / str(step) / m, "x")
+            paths.atomic_write(tmp_path / "local" / str(step) / m, "x")
+    paths.atomic_write(url / "16.orbax-checkpoint-tmp-1" / "_CHECKPOINT_METADATA", "x")
+    assert saved_steps(url) == [0, 12]  # 4: still being written; 8: no metadata
+    assert saved_steps(tmp_path / "local") == [0, 4, 12]  # local: complete once renamed to <step>
+    assert saved_steps(bucket + "/nothing") == []
