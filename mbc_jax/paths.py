@@ -219,10 +219,14 @@ class UrlPath:
         self._fresh()
 
     def stat(self) -> types.SimpleNamespace:
-        """st_size and st_mtime (seconds; 0 where the store keeps no time, as for a GCS folder)."""
+        """st_size and st_mtime (seconds). An object store keeps no time for a folder (a name prefix): its
+        st_mtime is that of the newest object directly in it (0 if none)."""
         self._fresh()
         info = self.fs.info(self.key)
-        return types.SimpleNamespace(st_size=int(info.get("size") or 0), st_mtime=_mtime(info))
+        mtime = _mtime(info)
+        if not mtime and info.get("type") == "directory":
+            mtime = max((_mtime(e) for e in self.fs.ls(self.key, detail=True)), default=0.0)
+        return types.SimpleNamespace(st_size=int(info.get("size") or 0), st_mtime=mtime)
 
 
 def _mtime(info: dict) -> float:

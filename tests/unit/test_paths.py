@@ -93,6 +93,10 @@ def test_atomic_write_and_csv_give_the_local_bytes(tmp_path, bucket, mem, where)
         np.testing.assert_array_equal(a[k], b[k])
     assert list(a["id"]) == [r["id"] for r in rows] and np.isnan(a["perplexity"][1])
     assert [p.name for p in root.iterdir()] == ["memorization", "raw.bin", "summary.json"]
+    newest = (root / "raw.bin").stat().st_mtime
+    assert newest > 0 and (root / "raw.bin").stat().st_size == 2
+    if where == "memory":  # a folder with no time of its own: its newest object's (what experiments' caches compare)
+        assert root.stat().st_mtime == max(p.stat().st_mtime for p in root.iterdir() if p.is_file())
     with pytest.raises(UserError, match=r"/nope.csv: cannot read"):
         read_csv(root / "nope.csv")
 
