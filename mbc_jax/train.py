@@ -40,6 +40,7 @@ from mbc_jax.loss import fused_nll_loss, segment_sums, targets
 from mbc_jax.models import Model, init_model, load_model, load_tokenizer, resolve_model_dir
 from mbc_jax.models.config import DROPOUT_FIELDS
 from mbc_jax.models.hf_io import WEIGHT_FILES
+from mbc_jax.paths import as_path, fetch, orbax_dir
 from mbc_jax.run_folder import DATA, RunWriter, data_paths
 from mbc_jax.samplers import make_sampler
 from mbc_jax.scoring import Scorer, Scores
@@ -131,7 +132,7 @@ def _model_dir(cfg: TrainConfig, run_dir: Path) -> tuple[Path, bool]:
         with distributed.main_first("materialize demo"):
             paths = materialize(run_dir / DATA, num_records=cfg.demo_records, seed=0)
         if cfg.model == "demo":
-            return paths["model"], False
+            return fetch(paths["model"]), False  # a URL run folder: a local copy for the tokenizer
     src = resolve_model_dir(cfg.model)
     return src, any((src / f).is_file() for f in WEIGHT_FILES)
 
@@ -214,7 +215,8 @@ class Trainer:
     @classmethod
     def create(cls, cfg: TrainConfig, override: bool = False, log=print) -> Trainer:
         distributed.initialize()  # no-op for one process, and when the CLI already did it
-        run_dir = Path(cfg.out)
+        run_dir = as_path(cfg.out)  # a local folder, or a URL (gs://...: mbc_jax/paths.py)
+        orbax_dir(run_dir)  # a URL orbax cannot write fails now, not after the model loaded
         run_dir.mkdir(parents=True, exist_ok=True)
         writer = RunWriter(run_dir)
         saved = writer.saved_config()
@@ -332,6 +334,7 @@ class Trainer:
                         ev = self.evaluate(step, state["params"])
                         emit(ev)
                         bar.write(_eval_line(ev))
+                    emit.flush()  # on an object store metrics.jsonl is stored whole: its lines so far, before the save
                     if step != start or restored is None:
                         checkpoints.save(step, state, self.sampler.state())
                     checkpoints.save_params(step, state["params"])  # unless one is complete (before a kill)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,6 +40,7 @@ from mbc_jax.demo.suite import (
     generate_suite,
 )
 from mbc_jax.demo.tokenizer import EOS_TOKEN, PAD_TOKEN, TOKENIZER_VOCAB_SIZE, build_tokenizer
+from mbc_jax.paths import UrlPath, as_path, atomic_write
 
 __all__ = [
     "CATEGORIES",
@@ -77,21 +77,19 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
 
-def _sync(src: Path, dst: Path) -> None:
-    """Copy the files of `src` into `dst`, touching only those whose bytes differ."""
+def _sync(src: Path, dst: Path | UrlPath) -> None:
+    """Copy the files of `src` into `dst` (a local folder or a URL), touching only those whose bytes differ."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
         target = dst / f.name
         if f.is_dir():
             _sync(f, target)
         elif not target.is_file() or target.read_bytes() != f.read_bytes():
-            partial = target.with_name(target.name + ".partial")
-            shutil.copyfile(f, partial)
-            os.replace(partial, target)  # a reader never sees half a file
+            atomic_write(target, f.read_bytes())  # a reader never sees half a file
 
 
-def materialize(out_dir: str | Path, num_records: int = DEFAULT_NUM_RECORDS, seed: int = 0,
-                num_valid: int = DEFAULT_NUM_VALID) -> dict[str, Path]:
+def materialize(out_dir: str | Path | UrlPath, num_records: int = DEFAULT_NUM_RECORDS, seed: int = 0,
+                num_valid: int = DEFAULT_NUM_VALID) -> dict[str, Path | UrlPath]:
     """Write the demo to `out_dir` and return its paths.
 
     Layout: `data.jsonl` (training records), `valid.jsonl` (`num_valid` held-out records of the
@@ -101,7 +99,7 @@ def materialize(out_dir: str | Path, num_records: int = DEFAULT_NUM_RECORDS, see
     `manifest.json` (seed, sizes, category counts). Calling it again with the same arguments
     leaves every file byte-identical (and unwritten).
     """
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir)
     train = generate_suite(num_records, seed)
     valid = generate_suite(num_valid, seed, split="valid", exclude=train) if num_valid else []
     with tempfile.TemporaryDirectory(prefix="mbc-demo-") as tmp:
