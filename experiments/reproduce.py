@@ -18,7 +18,9 @@ Everything goes under `--out`: runs/<sampler>_lr<lr>/ (run folders; an interrupt
 them), figures/ (every artifact's PNG, CSV, Markdown), judge/ (judge results), REPORT.md. The judge
 (by default the paper's model, gpt-4; `--judge-model` or $MBC_JUDGE_MODEL choose another) runs when
 `--judge-base-url` or $MBC_JUDGE_BASE_URL names an OpenAI-compatible endpoint; without
-one that step and Figure 5 are skipped, and REPORT.md says so. An artifact that fails is reported
+one that step and Figure 5 are skipped, and REPORT.md says so, except at the demo scale on the
+demo's own data, where the demo world's local judge (mbc_jax/judge/world_server.py) is started on
+127.0.0.1 for the step and stopped after. An artifact that fails is reported
 in REPORT.md and the exit code, and the others are still built.
 """
 
@@ -167,6 +169,15 @@ def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[s
 def judge_all(runs, gens: dict[str, Path], lrs, args, out: Path) -> tuple[list[Path], list[str], str]:
     """Judge MBC (A) against the baseline (B) at each lr on the last-checkpoint answers."""
     url = args.judge_base_url or os.environ.get(JUDGE_URL_ENV)
+    if not url and getattr(args, "scale", None) == "demo" and not getattr(args, "data", None):  # the demo's own judge
+        from mbc_jax.judge.world_server import WORLD_JUDGE_MODEL, world_judge
+
+        with world_judge(seed=0) as local:
+            results, labels, _ = judge_all(runs, gens, lrs, argparse.Namespace(
+                **{**vars(args), "judge_base_url": local, "judge_model": WORLD_JUDGE_MODEL}), out)
+        return results, labels, (f"judge: {WORLD_JUDGE_MODEL}, the demo world's local judge on 127.0.0.1 "
+                                 "(mbc_jax.judge.world_server: grades by the world's facts and task rules, "
+                                 "not an LLM; --judge-base-url names a real one)")
     if not url:
         msg = (f"judge: skipped, no endpoint configured (set ${JUDGE_URL_ENV} or pass --judge-base-url URL of an "
                "OpenAI-compatible server); Figure 5 is left out")
