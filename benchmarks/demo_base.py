@@ -7,9 +7,10 @@ For each step count it pretrains a base (`mbc_jax.demo.base.build_base`, the def
 demonstration template): response exact match (Eq. 1 over response tokens, pooled) per familiarity
 label, and the mean per-record response exact match of the `open_qa` records by whether the
 corpus states their fact; and, for all 420 country facts, the exact match of the value's tokens
-after the corpus's own first phrasing ("The capital of X is" -> " Y"), stated vs never stated. A
-base that learned its corpus knows the stated facts and not the others. Prints one JSON line per
-step count.
+after the corpus's own first phrasing as an article would open ("X is a country. The capital of X
+is" -> " Y"), stated vs never stated. A base that learned its corpus knows the stated facts and
+not the others. Prints one JSON line per step count. `--base FOLDER` measures an existing base
+(e.g. the cached one) instead of building.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 
-def measure(steps: int, cache: Path) -> dict:
+def measure(steps: int, cache: Path, folder: Path | None = None) -> dict:
     from mbc_jax.data import Template, load_records, tokenize
     from mbc_jax.demo import base, materialize
     from mbc_jax.models import load_model
@@ -34,10 +35,12 @@ def measure(steps: int, cache: Path) -> dict:
     spec = dataclasses.replace(base.PRETRAIN, steps=steps)
     t0 = time.perf_counter()
     cpu0 = os.times()
-    folder = base.build_base(cache / f"base-{steps}", 0, spec, log=lambda m: None)
+    if folder is None:
+        folder = base.build_base(cache / f"base-{steps}", 0, spec, log=lambda m: None)
     cpu1 = os.times()
     wall = time.perf_counter() - t0
     info = json.loads((folder / "pretrain.json").read_text())
+    extra: dict = {}
     data = materialize(cache / "data")
     model = load_model(str(folder))
     records, _ = load_records(str(data["data"]))
@@ -47,6 +50,9 @@ def measure(steps: int, cache: Path) -> dict:
     fam = np.array([labels[e.id]["familiarity"] for e in examples])
     cat = np.array([labels[e.id]["category"] for e in examples])
     per_record = scores.exact_match(response=True)
+    for what, response in (("full", False), ("response", True)):  # the base's perplexity on the demonstrations
+        out_ppl = float(np.exp(scores.pooled("nll", response)))
+        extra[f"suite_ppl_{what}"] = round(out_ppl, 2)
     out = {"steps": steps, "build_wall_s": round(wall, 1),
            "build_cpu_s": round((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), 1),
            "pretrain_wall_s": info["wall_seconds"], "epochs": round(info["epochs"], 2),
@@ -58,6 +64,7 @@ def measure(steps: int, cache: Path) -> dict:
     for label in ("corpus_fact", "unseen_fact"):
         m = (cat == "open_qa") & (fam == label)
         out[f"open_qa_{label}_mean_em"] = round(float(np.nanmean(per_record[m])), 3)
+    out.update(extra)
     out.update(fact_recall(model, seed=0))
     return out
 
@@ -73,7 +80,7 @@ def fact_recall(model, seed: int) -> dict:
     rows, keys = [], []
     for (country, attribute), value in sorted(world.facts.items()):
         sentence = PHRASINGS[attribute][0].format(c=country, v=value)
-        prefix = sentence[: sentence.rindex(value)].rstrip(" ")
+        prefix = f"{country} is a country. " + sentence[: sentence.rindex(value)].rstrip(" ")
         ids = model.tokenizer.encode(prefix, add_special_tokens=False)
         rest = model.tokenizer.encode(" " + value, add_special_tokens=False)
         rows.append({"id": f"{country}/{attribute}", "input_ids": ids + rest, "prompt_length": len(ids)})
@@ -91,9 +98,14 @@ def fact_recall(model, seed: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, nargs="+", default=[900])
+    p.add_argument("--steps", type=int, nargs="+", default=[600])
+    p.add_argument("--base", type=Path, default=None, help="measure this base folder instead of building one")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="mbc-demo-base-") as tmp:
+        if args.base:
+            print(json.dumps(measure(json.loads((args.base / "pretrain.json").read_text())["spec"]["steps"],
+                                     Path(tmp), args.base)), flush=True)
+            return
         for steps in args.steps:
             print(json.dumps(measure(steps, Path(tmp))), flush=True)
 

@@ -7,10 +7,11 @@ generate, judge (when an endpoint is configured), build every artifact, and writ
     python -m experiments.reproduce --scale paper --judge-base-url http://127.0.0.1:8000/v1   # TPU VM
 
 Scales (see SCALES):
-- demo: the demo run (generated demonstrations, tiny random-init GPT-Neo,
-  experiments/configs/demo.yaml) at learning rates 1e-3 and 3e-3: a model trained from random
-  weights needs rates far above the paper's 1e-5 / 5e-5, which are for fine-tuning a pretrained
-  gpt-neo-2.7B. With `--data FILE` it trains on the first `--max-train-records` records of FILE.
+- demo: the demo run (generated demonstrations, the demo base: a tiny GPT-Neo pretrained on the
+  demo world's corpus, mbc_jax/demo/base.py, built and cached on first use;
+  experiments/configs/demo.yaml) at learning rates 1e-3 and 3e-3, chosen when the model was trained
+  from random weights (the paper's 1e-5 / 5e-5 are for fine-tuning gpt-neo-2.7B) and not yet
+  retuned for the base. With `--data FILE` it trains on the first `--max-train-records` records of FILE.
 - small: gpt-neo-125m (experiments/configs/gpt_neo_125m_{mbc,uniform}.yaml) at the paper's rates.
 - paper: gpt-neo-2.7B (experiments/configs/gpt_neo_2p7b_{mbc,uniform}_lr{1e-5,5e-5}.yaml), for TPU VMs.
 
@@ -74,8 +75,10 @@ SCALES = {
         overrides=("demo_records=320", "epochs=8", "keep_checkpoints=1000", "log_every=25"),
         max_train_records=320, generate_records=80, max_new_tokens=64, extraction_records=160,
         extraction_new_tokens=48, attention_records=400,
-        note="tiny random-init GPT-Neo on the demo's generated suite; learning rates 1e-3 / 3e-3 suit a model "
-             "trained from scratch (the paper's 1e-5 / 5e-5 are for fine-tuning a pretrained gpt-neo-2.7B)"),
+        note="tiny GPT-Neo pretrained on the demo world's generated encyclopedia (mbc_jax/demo/base.py), "
+             "fine-tuned on the demo's generated suite; learning rates 1e-3 / 3e-3 were chosen for the model "
+             "trained from scratch and are not yet retuned for the base (the paper's 1e-5 / 5e-5 are for "
+             "fine-tuning gpt-neo-2.7B)"),
     "small": Scale(
         learning_rates=(1e-5, 5e-5),
         config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_125m_{sampler}.yaml"),

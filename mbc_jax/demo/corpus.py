@@ -10,8 +10,10 @@ known to the pretrained base and the others were never mentioned (`familiarity.l
 stated fact appears in every one of a country's `ARTICLES_PER_COUNTRY` articles, each time in one
 of several phrasings (one of them the demonstration's own wording) and in a shuffled order, with
 filler sentences that state nothing about the world. Half of the creatures and half of the plants
-get an article of their own, and every town a short sketch. All draws come from random streams
-named after the seed, separate from the suite's streams, so adding the corpus changed no record.
+get an article of their own, every town a short sketch, and lists of the country and town names
+(numbered or dashed, one per line) give the base the list format without stating a fact. All draws
+come from random streams named after the seed, separate from the suite's streams, so adding the
+corpus changed no record.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from mbc_jax.demo.world import LEX, STREAM_PREFIX, World, make_world
 
 ARTICLES_PER_COUNTRY = 3
 ANIMAL_PLANT_ARTICLES = 2  # articles per described creature or plant
+LIST_LENGTH = 10  # names per list document
 FOODS = ("seeds", "berries", "grass", "insects", "fish", "nuts")
 EOS_TEXT = "<|endoftext|>"  # ends every document, as in GPT-style pretraining (the tokenizer's id 0)
 
@@ -91,7 +94,22 @@ def _country_article(rng: random.Random, world: World, country: str, attributes:
     sentences = [rng.choice(PHRASINGS[a]).format(c=country, v=world.facts[(country, a)]) for a in attributes]
     sentences += [_filler(rng, country) for _ in range(2)]
     rng.shuffle(sentences)
-    return f"{country} is a country. " + " ".join(sentences)
+    cut = len(sentences) // 2  # two paragraphs
+    return (f"{country} is a country. " + " ".join(sentences[:cut]) + "\n\n" + " ".join(sentences[cut:])).strip()
+
+
+def _name_lists(rng: random.Random) -> list[str]:
+    """Lists of place names, one item a line (numbered or dashed): format, not facts."""
+    docs = []
+    for title, names in (("Countries of the world", LEX.countries), ("Towns of the world", LEX.cities)):
+        names = list(names)
+        rng.shuffle(names)
+        for i in range(0, len(names), LIST_LENGTH):
+            chunk = names[i : i + LIST_LENGTH]
+            numbered = rng.random() < 0.5
+            lines = [f"{k}. {n}" if numbered else f"- {n}" for k, n in enumerate(chunk, 1)]
+            docs.append(f"{title}, part {i // LIST_LENGTH + 1}:\n" + "\n".join(lines))
+    return docs
 
 
 def _living_article(rng: random.Random, name: str, kind: str) -> str:
@@ -128,5 +146,6 @@ def build_corpus(seed: int = 0) -> list[dict]:
     for names, kind in ((creatures, "animal"), (plants, "plant")):
         docs += [_living_article(rng, name, kind) for name in names for _ in range(ANIMAL_PLANT_ARTICLES)]
     docs += [_town_sketch(rng, town) for town in LEX.cities]
+    docs += _name_lists(rng)
     rng.shuffle(docs)
     return [{"id": f"corpus-{i:05d}", "text": text + EOS_TEXT} for i, text in enumerate(docs)]
