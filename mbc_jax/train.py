@@ -35,6 +35,7 @@ from mbc_jax.checkpoints import Checkpoints, abstract_train_state, init_train_st
 from mbc_jax.config import TrainConfig
 from mbc_jax.data import Batch, Example, Template, load_records, pack_drawn, split_train_val, tokenize
 from mbc_jax.demo import materialize
+from mbc_jax.demo.base import demo_base
 from mbc_jax.flops import peak_flops_per_device, train_flops_per_token
 from mbc_jax.loss import fused_nll_loss, segment_sums, targets
 from mbc_jax.models import Model, init_model, load_model, load_tokenizer, resolve_model_dir
@@ -126,19 +127,24 @@ class RunData:
     val: list[Example]
 
 
-def _model_dir(cfg: TrainConfig, run_dir: Path) -> tuple[Path, bool]:
-    """(folder with config.json [+ weights] [+ tokenizer], has_weights)."""
+def _model_dir(cfg: TrainConfig, run_dir: Path, log=print) -> tuple[Path, bool]:
+    """(folder with config.json [+ weights] [+ tokenizer], has_weights). `model: demo` is the demo base,
+    pretrained on the demo world's corpus and cached (built on first use); with `init: random` it is the
+    weightless demo folder (the same config and tokenizer), so nothing is pretrained."""
     if cfg.model == "demo" or cfg.data == "demo":
         with distributed.main_first("materialize demo"):
             paths = materialize(run_dir / DATA, num_records=cfg.demo_records, seed=0)
         if cfg.model == "demo":
-            return fetch(paths["model"]), False  # a URL run folder: a local copy for the tokenizer
+            if cfg.init == "random":
+                return fetch(paths["model"]), False  # a URL run folder: a local copy for the tokenizer
+            with distributed.main_first("demo base"):
+                return demo_base(seed=0, log=log), True
     src = resolve_model_dir(cfg.model)
     return src, any((src / f).is_file() for f in WEIGHT_FILES)
 
 
 def _load_model(cfg: TrainConfig, run_dir: Path, mesh: Any, log) -> Model:
-    model_dir, has_weights = _model_dir(cfg, run_dir)
+    model_dir, has_weights = _model_dir(cfg, run_dir, log)
     runtime = model_runtime(cfg)
     if cfg.init == "pretrained" and not has_weights:
         raise UserError(f"{model_dir}: no weights (init: pretrained); use init=random to start from random weights")
