@@ -120,20 +120,30 @@ def disk_needed(abstract_state: dict, snapshot: str | None, keep: int, steps: in
 # ----------------------------------------------------------------------------- saving
 
 
+def _barriers(prefix: str) -> ocp.options.MultiprocessingOptions:
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
+
+
 class Checkpoints:
     """A run's orbax saves: full checkpoints (the latest `keep`, plus step 0 (the untrained model) and the
     last step) and, unless `snapshot` is None, a parameters-only snapshot of every checkpoint step in
     that dtype (never deleted)."""
 
     def __init__(self, run_dir: Path | UrlPath, keep: int, total_steps: int, snapshot: str | None = None):
+        # Two managers save asynchronously; across processes their barriers need distinct keys, and their
+        # saves take turns (JAX collectives must not run concurrently: a shared barrier key fails with
+        # "Barrier ... is already ongoing", as a 2-process run showed).
+        self._multiprocess = jax.process_count() > 1
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, keep_period=total_steps,
-                                               enable_async_checkpointing=True)
+                                               enable_async_checkpointing=True,
+                                               multiprocessing_options=_barriers("checkpoints"))
         self.manager = ocp.CheckpointManager(orbax_dir(as_path(run_dir) / CHECKPOINTS), options=options)
         self.snapshot = snapshot
         self.params = None if snapshot is None else ocp.CheckpointManager(
             orbax_dir(as_path(run_dir) / PARAMS), item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
-                                                 cleanup_tmp_directories=True))
+                                                 cleanup_tmp_directories=True,
+                                                 multiprocessing_options=_barriers("params")))
         self._cast = None
         self.seconds = 0.0
 
@@ -142,6 +152,8 @@ class Checkpoints:
 
     def save(self, step: int, state: dict, sampler_state: dict[str, np.ndarray]) -> None:
         t0 = time.perf_counter()
+        if self._multiprocess and self.params is not None:
+            self.params.wait_until_finished()
         try:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
@@ -162,6 +174,8 @@ class Checkpoints:
                 self._cast = jax.jit(lambda p: jax.tree_util.tree_map(lambda x: x.astype(dtype), p),
                                      out_shardings=jax.tree_util.tree_map(lambda x: x.sharding, params))
             params = self._cast(params)
+        if self._multiprocess:
+            self.manager.wait_until_finished()
         try:
             self.params.save(step, args=ocp.args.StandardSave(params))
         except OSError as e:
