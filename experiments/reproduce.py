@@ -179,7 +179,7 @@ def judge_all(runs, gens: dict[str, Path], lrs, args, out: Path, scale: Scale | 
 
         with world_judge(seed=0) as local:
             results, labels, _ = judge_all(runs, gens, lrs, argparse.Namespace(
-                **{**vars(args), "judge_base_url": local, "judge_model": WORLD_JUDGE_MODEL}), out)
+                **{**vars(args), "judge_base_url": local, "judge_model": WORLD_JUDGE_MODEL}), out, scale)
         return results, labels, (f"judge: {WORLD_JUDGE_MODEL}, the demo world's local judge on 127.0.0.1 "
                                  "(mbc_jax.judge.world_server: grades by the world's facts and task rules, "
                                  "not an LLM; --judge-base-url names a real one)")
@@ -194,7 +194,7 @@ def judge_all(runs, gens: dict[str, Path], lrs, args, out: Path, scale: Scale | 
     last = {(s, lr): gens[f"{s}_{lr}"] for (s, lr) in runs if f"{s}_{lr}" in gens}
     results, labels, notes = judge_runs(runs, last, lrs, out / "judge", url=url, judge_model=args.judge_model,
                                         **SELECT.get(args.scale, SELECT["paper"]), max_new_tokens=scale.max_new_tokens,
-                                        mesh=args.mesh, limit=args.judge_limit, log=log)
+                                        mesh=getattr(args, "mesh", None), limit=args.judge_limit, log=log)
     return results, labels, "; ".join([f"judge: {args.judge_model} at {url}", *notes])
 
 

@@ -53,15 +53,32 @@ def test_judge_cli_against_the_world_judge(tmp_path, suite, orders):
 
 
 def test_reproduce_demo_scale_judges_with_the_world_judge(tmp_path, suite, monkeypatch):
-    """`reproduce --scale demo` without an endpoint starts the world judge for the judge step, and stops it."""
+    """`reproduce --scale demo` without an endpoint starts the world judge for the judge step (selection and
+    the MBC-vs-baseline judgments: `judge_selected.judge_runs`, here replaced by the real client judging the
+    last answers, as selection itself is tested in test_select.py), and stops it."""
     import argparse
 
-    from experiments import reproduce
+    from experiments import judge_selected, reproduce
+    from mbc_jax.judge import JudgeConfig, judge_files
 
+    seen = {}
+
+    def judge_runs(folders, last, lrs, out, *, url, judge_model, dev, max_calls, max_new_tokens, mesh, limit, log):
+        seen.update(url=url, model=judge_model, dev=dev, max_new_tokens=max_new_tokens)
+        path = out / "lr1e-3_last.json"
+        judge_files(last[("mbc", 1e-3)], last[("uniform", 1e-3)], path, config=JudgeConfig(model=judge_model),
+                    base_url=url, name_a="MBC", name_b="baseline", log=log)
+        return [path], ["lr 1e-3"], []
+
+    monkeypatch.setattr(judge_selected, "judge_runs", judge_runs)
     monkeypatch.delenv(reproduce.JUDGE_URL_ENV, raising=False)
     a, b, expected = answer_files(tmp_path, suite)
     args = argparse.Namespace(scale="demo", data=None, judge_base_url=None, judge_model="gpt-4", judge_limit=None)
-    results, labels, note = reproduce.judge_all({}, {"mbc_0.001": a, "uniform_0.001": b}, (1e-3,), args, tmp_path)
+    runs = {("mbc", 1e-3): None, ("uniform", 1e-3): None}
+    results, labels, note = reproduce.judge_all(runs, {"mbc_0.001": a, "uniform_0.001": b}, (1e-3,), args, tmp_path,
+                                                reproduce.SCALES["demo"])
+    assert seen["model"] == WORLD_JUDGE_MODEL and seen["url"].startswith("http://127.0.0.1:")
+    assert (seen["dev"], seen["max_new_tokens"]) == (16, reproduce.SCALES["demo"].max_new_tokens)
     assert labels == ["lr 1e-3"] and WORLD_JUDGE_MODEL in note and "not an LLM" in note
     res = json.loads(results[0].read_text())
     assert res["judge"]["model"] == WORLD_JUDGE_MODEL and res["protocol"]["orders"] == 1
