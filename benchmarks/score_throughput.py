@@ -1,16 +1,19 @@
 """Scoring throughput on the shared workload (../shared/bench): prints one JSON line.
 
-    python benchmarks/score_throughput.py [--records 256] [--layers 12] [--seq-len 512]
+    python benchmarks/score_throughput.py [--family gpt_neo] [--records 256] [--layers 12] [--seq-len 512]
         [--tokens-per-batch 2048] [--chunk 512] [--dtype float32] [--mode pack|bucket|pad] [--peer]
 
 Model: random weights in the real gpt-neo-125M shape (../shared/tokenizers/gpt-neo-125M/config.json),
-float32. Records: dolly256_gptneo.jsonl (pre-tokenized). Reports real tokens/s (tokens of the
-records), padded tokens/s (all positions computed), compile time and peak memory, next to the
-peer's number from ../shared/bench/RESULTS.md (HF transformers PyTorch, same machine kind).
+float32; `--family` picks another family's ~125M shape (benchmarks/_families.py: gpt2, opt, pythia,
+llama, mistral, qwen2, qwen3), scored on the same token ids. Records: dolly256_gptneo.jsonl
+(pre-tokenized). Reports real tokens/s (tokens of the records), padded tokens/s (all positions
+computed), compile time and peak memory, next to the peer's number from ../shared/bench/RESULTS.md
+(HF transformers PyTorch, same machine kind).
 
 Machines of the same kind differ by tens of percent in speed, so `--peer` also runs the peer script
 itself (../shared/bench/hf_torch_baseline.py, needs torch) on the same records just before this
-benchmark, and reports `speedup_vs_peer_same_run`: the ratio that compares like with like.
+benchmark, and reports `speedup_vs_peer_same_run`: the ratio that compares like with like. The peer
+script is GPT-Neo's, so `--peer` takes only the default family.
 """
 
 from __future__ import annotations
@@ -24,29 +27,31 @@ from pathlib import Path
 
 import numpy as np
 
+from _families import FAMILIES, family_config
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PEER_SCORE_TOKENS_PER_S = 111.4  # ../shared/bench/RESULTS.md, measured 2026-11-23
 
 
-def bench_config(layers: int) -> dict:
-    cfg = json.loads((SHARED / "tokenizers" / "gpt-neo-125M" / "config.json").read_text())
-    cfg["num_layers"] = layers
-    cfg["attention_types"] = [[["global", "local"], layers // 2]]
-    cfg.pop("attention_layers", None)
-    return cfg
+def bench_config(layers: int, family: str = "gpt_neo") -> dict:
+    """The benchmark model's config.json: gpt-neo-125M's, or `family`'s ~125M shape (_families.py)."""
+    return family_config(family, layers)
 
 
-def bench_examples(records: int):
+def bench_examples(records: int, vocab_size: int = 50257):
+    """The shared workload's records: GPT-Neo token ids, valid in every family's vocabulary (>= 50,257)."""
     from mbc_jax.data import load_records, tokenize
 
     recs, _ = load_records(str(SHARED / "bench" / "dolly256_gptneo.jsonl"), schema="tokens")
-    examples, _ = tokenize(recs[:records], None, max_length=512, vocab_size=50257)
+    examples, _ = tokenize(recs[:records], None, max_length=512, vocab_size=vocab_size)
     return examples
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", choices=FAMILIES, default="gpt_neo",
+                    help="model family of the random ~125M model (benchmarks/_families.py)")
     ap.add_argument("--records", type=int, default=256)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--seq-len", type=int, default=512)
@@ -60,6 +65,9 @@ def main() -> None:
                     help="give the peer this process's huge-page malloc tunable too (default: the peer's own default "
                          "environment, as ../shared/bench/RESULTS.md measured it)")
     args = ap.parse_args()
+    if args.peer and args.family != "gpt_neo":
+        raise SystemExit(f"--peer: the peer script ({SHARED / 'bench' / 'hf_torch_baseline.py'}) runs GPT-Neo only; "
+                         f"drop --peer for --family {args.family}")
     from mbc_jax.launch import ensure_huge_pages
 
     ensure_huge_pages()  # as the CLI does; the peer's subprocess drops it unless --peer-huge-pages
@@ -71,8 +79,9 @@ def main() -> None:
     from mbc_jax.models import init_model
     from mbc_jax.scoring import Scorer
 
-    model = init_model(bench_config(args.layers), seed=0, dtype=args.dtype)
-    examples = bench_examples(args.records)
+    hf_cfg = bench_config(args.layers, args.family)
+    model = init_model(hf_cfg, seed=0, dtype=args.dtype)
+    examples = bench_examples(args.records, model.config.vocab_size)
     scorer = Scorer(model.module, model.mesh, seq_len=args.seq_len, tokens_per_batch=args.tokens_per_batch,
                     chunk=args.chunk)
     if args.mode == "pack":
@@ -95,7 +104,8 @@ def main() -> None:
     tps = real / dt
     print(json.dumps({
         "benchmark": "score_throughput", "impl": "mbc-jax", "jax": jax.__version__,
-        "backend": jax.default_backend(), "devices": len(jax.devices()), "mode": args.mode,
+        "backend": jax.default_backend(), "devices": len(jax.devices()), "family": args.family,
+        "model_type": model.config.model_type, "mode": args.mode,
         "layers": args.layers, "params": model.config.num_params(), "dtype": args.dtype,
         "records": len(examples), "real_tokens": real, "padded_tokens": padded,
         "batches": len(batches), "batch_shapes": sorted({str(b.input_ids.shape) for b in batches}),

@@ -1,26 +1,28 @@
 """Train-step throughput on the shared workload shape (../shared/bench): prints one JSON line.
 
-    python benchmarks/train_throughput.py [--layers 12] [--batch 8] [--seq-len 256] [--repeats 5]
-        [--dtype float32] [--remat none] [--chunk 1024] [--variants "dtype=bfloat16;remat=dots"]
+    python benchmarks/train_throughput.py [--family gpt_neo] [--layers 12] [--batch 8] [--seq-len 256]
+        [--repeats 5] [--dtype float32] [--remat none] [--chunk 1024] [--variants "dtype=bfloat16;remat=dots"]
         [--no-peer] [--peer-huge-pages] [--block 3]
         [--alt-train PATCHED_train.py --variants "train=alt"]
 
-Model: random weights in the real gpt-neo-125M shape (score_throughput.bench_config), AdamW
-(0.9, 0.999, weight decay 0), one fixed 8 x 256 batch of random token ids with the loss on every
-target (labels = ids, like the peer). The step is the trainer's own: `mbc_jax.train.make_train_step`,
-jitted with the state donated. Reports the step time (min over repeats after a warm-up step), real
-tokens/s, model GFLOP/s (6 x params x tokens, the peer's convention), MFU against the measured
-float32 matmul peak of this machine (`mbc_jax.flops.peak_flops_per_device`), compile time and
-peak RSS.
+Model: random weights in the real gpt-neo-125M shape (score_throughput.bench_config; `--family` picks
+another family's ~125M shape from benchmarks/_families.py), AdamW (0.9, 0.999, weight decay 0), one
+fixed 8 x 256 batch of random token ids with the loss on every target (labels = ids, like the peer).
+The step is the trainer's own: `mbc_jax.train.make_train_step`, jitted with the state donated.
+Reports the step time (min over repeats after a warm-up step), real tokens/s, model GFLOP/s
+(6 x params x tokens, the peer's convention), MFU against the measured float32 matmul peak of this
+machine (`mbc_jax.flops.peak_flops_per_device`), compile time and peak RSS.
 
 Timings on a shared machine are noisy, so everything compared is measured in this one process,
 interleaved: `--variants` adds configurations (`;`-separated, each `key=value,...`) whose steps
 alternate with the main one. Keys: dtype, remat, chunk, train, attention = auto|einsum|per_head,
 dropout = model|RATE (RATE on the embeddings, attention probabilities and residual branches;
-`model`: the config's rates, 0 for GPT-Neo). `train=alt` takes make_train_step from the file given
-by `--alt-train` (a proposed copy of mbc_jax/train.py: A/B a trainer change without editing the
-package). Unless `--no-peer` the peer itself
-(HF transformers GPTNeoForCausalLM + torch AdamW, 2 threads, as in hf_torch_baseline.py) takes turns
+`model`: the config's rates, 0 for GPT-Neo), family = another `--family`'s model (all train on the
+same token ids, drawn below GPT-Neo's vocabulary, the smallest). `train=alt` takes make_train_step
+from the file given by `--alt-train` (a proposed copy of mbc_jax/train.py: A/B a trainer change
+without editing the package). Unless `--no-peer` the peer itself
+(HF transformers GPTNeoForCausalLM + torch AdamW, 2 threads, as in hf_torch_baseline.py; for another
+`--family`, transformers' own class for that config.json with its default attention) takes turns
 too, in its own process, so `speedup_vs_peer_same_run` compares steps timed in the same minutes.
 Turns are `--block` steps long (default 3): with strict alternation (`--block 1`) our steps ran
 ~10% slower than alone and the peer's faster, whether the peer ran in this process or its own.
@@ -42,12 +44,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score_throughput import bench_config  # noqa: E402
+from score_throughput import FAMILIES, bench_config  # noqa: E402
 
 PEER_TRAIN_TOKENS_PER_S = 154.7  # ../shared/bench/RESULTS.md, measured 2026-11-23
 PEER_TRAIN_STEP_S = 13.2
 PEER_TRAIN_GFLOPS = 116.2
-VARIANT_KEYS = ("dtype", "remat", "chunk", "train", "attention", "dropout")
+VARIANT_KEYS = ("dtype", "remat", "chunk", "train", "attention", "dropout", "family")
+WORKLOAD_VOCAB = 50257  # the batch's token ids are drawn below GPT-Neo's vocabulary, the smallest of the families
 
 
 def parse_variant(text: str, base: dict) -> dict:
@@ -56,6 +59,8 @@ def parse_variant(text: str, base: dict) -> dict:
         key, _, value = item.partition("=")
         if key not in VARIANT_KEYS or not value:
             raise SystemExit(f"--variants: {item!r}: expected key=value with key one of {', '.join(VARIANT_KEYS)}")
+        if key == "family" and value not in FAMILIES:
+            raise SystemExit(f"--variants: {item!r}: family is one of {', '.join(FAMILIES)}")
         out[key] = int(value) if key == "chunk" else value
     return out
 
@@ -129,12 +134,16 @@ class PeerStep:
 
     def __init__(self, hf_cfg: dict, ids: np.ndarray, threads: int):
         import torch
-        from transformers import GPTNeoConfig, GPTNeoForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoConfig, GPTNeoForCausalLM
 
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         self.torch = torch
-        self.model = GPTNeoForCausalLM(GPTNeoConfig(**hf_cfg)).train()
+        if hf_cfg["model_type"] == "gpt_neo":  # as hf_torch_baseline.py builds it
+            self.model = GPTNeoForCausalLM(GPTNeoConfig(**hf_cfg)).train()
+        else:
+            fields = {k: v for k, v in hf_cfg.items() if k != "model_type"}
+            self.model = AutoModelForCausalLM.from_config(AutoConfig.for_model(hf_cfg["model_type"], **fields)).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=0.0)
         self.ids = torch.tensor(ids, dtype=torch.long)
         self.params = sum(p.numel() for p in self.model.parameters())
@@ -162,8 +171,8 @@ class PeerProcess:
         from mbc_jax.launch import without_huge_pages
 
         env = dict(os.environ) if huge_pages else without_huge_pages(os.environ)  # default: as published
-        cmd = [sys.executable, __file__, "--peer-worker", "--layers", str(args.layers), "--batch", str(args.batch),
-               "--seq-len", str(args.seq_len), "--threads", str(args.threads)]
+        cmd = [sys.executable, __file__, "--peer-worker", "--family", args.family, "--layers", str(args.layers),
+               "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--threads", str(args.threads)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.params = self._reply()["params"]
         self.times: list[float] = []
@@ -187,15 +196,15 @@ class PeerProcess:
         self.proc.wait()
 
 
-def bench_ids(hf_cfg: dict, batch: int, seq_len: int) -> np.ndarray:
-    """The fixed random batch of token ids that both sides train on."""
-    return np.random.default_rng(0).integers(0, hf_cfg["vocab_size"], (batch, seq_len)).astype(np.int32)
+def bench_ids(batch: int, seq_len: int) -> np.ndarray:
+    """The fixed random batch of token ids that both sides, and every family, train on."""
+    return np.random.default_rng(0).integers(0, WORKLOAD_VOCAB, (batch, seq_len)).astype(np.int32)
 
 
 def peer_worker(args) -> None:
     """`--peer-worker`: one PeerStep, a step per 'step' line on stdin, a JSON line back for each."""
-    hf_cfg = bench_config(args.layers)
-    peer = PeerStep(hf_cfg, bench_ids(hf_cfg, args.batch, args.seq_len), args.threads)
+    hf_cfg = bench_config(args.layers, args.family)
+    peer = PeerStep(hf_cfg, bench_ids(args.batch, args.seq_len), args.threads)
     print(json.dumps({"params": peer.params}), flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
@@ -206,6 +215,8 @@ def peer_worker(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", choices=FAMILIES, default="gpt_neo",
+                    help="model family of the random ~125M model (benchmarks/_families.py)")
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
@@ -242,21 +253,20 @@ def main() -> None:
 
     from mbc_jax.flops import peak_flops_per_device, train_flops_per_token
 
-    hf_cfg = bench_config(args.layers)
     b, t = args.batch, args.seq_len
-    ids = bench_ids(hf_cfg, b, t)
+    ids = bench_ids(b, t)
     batch = {"input_ids": ids, "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
              "segment_ids": np.ones((b, t), np.int32), "response_mask": np.ones((b, t), bool),
              "record_index": np.arange(b, dtype=np.int32)[:, None]}
     base = {"dtype": args.dtype, "remat": args.remat, "chunk": args.chunk, "train": "repo", "attention": "auto",
-            "dropout": "model"}
+            "dropout": "model", "family": args.family}
     variants = [base] + [parse_variant(s, base) for s in args.variants.split(";") if s.strip()]
     if any(v["train"] not in ("repo", "alt") for v in variants) or (any(v["train"] == "alt" for v in variants)
                                                                     and not args.alt_train):
         raise SystemExit("--variants: train=alt needs --alt-train FILE (train=repo is the package's trainer)")
     modules = {"repo": load_train_module(None), "alt": load_train_module(args.alt_train) if args.alt_train else None}
 
-    runners = [JaxStep(hf_cfg, v, batch, modules[v["train"]]) for v in variants]
+    runners = [JaxStep(bench_config(args.layers, v["family"]), v, batch, modules[v["train"]]) for v in variants]
     peer = None
     if not args.no_peer:
         try:
@@ -283,10 +293,10 @@ def main() -> None:
 
     params = runners[0].model.config.num_params()
     tokens = b * t
-    analytic = train_flops_per_token(runners[0].model.config, t)
 
     def summary(r: JaxStep) -> dict:
         dt = min(r.times)
+        params, analytic = r.model.config.num_params(), train_flops_per_token(r.model.config, t)
         return {"config": label(r.v), "step_seconds": round(dt, 3),
                 "step_seconds_median": round(float(np.median(r.times)), 3),
                 "tokens_per_s": round(tokens / dt, 1), "model_gflops_per_s": round(6 * params * tokens / dt / 1e9, 1),
@@ -296,7 +306,8 @@ def main() -> None:
 
     main_s = summary(runners[0])
     out = {"benchmark": "train_throughput", "impl": "mbc-jax", "jax": jax.__version__,
-           "backend": jax.default_backend(), "devices": len(jax.devices()), "layers": args.layers,
+           "backend": jax.default_backend(), "devices": len(jax.devices()), "family": args.family,
+           "model_type": runners[0].model.config.model_type, "layers": args.layers,
            "params": params, "batch": [b, t], "tokens_per_step": tokens, **main_s,
            "repeats": args.repeats, "matmul_peak_gflops_per_s": round(peak / 1e9, 1),
            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -7,10 +7,11 @@ generate, judge (when an endpoint is configured), build every artifact, and writ
     python -m experiments.reproduce --scale paper --judge-base-url http://127.0.0.1:8000/v1   # TPU VM
 
 Scales (see SCALES):
-- demo: the demo run (generated demonstrations, tiny random-init GPT-Neo,
-  experiments/configs/demo.yaml) at learning rates 1e-3 and 3e-3: a model trained from random
-  weights needs rates far above the paper's 1e-5 / 5e-5, which are for fine-tuning a pretrained
-  gpt-neo-2.7B. With `--data FILE` it trains on the first `--max-train-records` records of FILE.
+- demo: the demo run (generated demonstrations, the demo base: a tiny GPT-Neo pretrained on the
+  demo world's corpus, mbc_jax/demo/base.py, built and cached on first use;
+  experiments/configs/demo.yaml) at learning rates 1e-3 and 3e-3, chosen when the model was trained
+  from random weights (the paper's 1e-5 / 5e-5 are for fine-tuning gpt-neo-2.7B) and not yet
+  retuned for the base. With `--data FILE` it trains on the first `--max-train-records` records of FILE.
 - small: gpt-neo-125m (experiments/configs/gpt_neo_125m_{mbc,uniform}.yaml) at the paper's rates.
 - paper: gpt-neo-2.7B (experiments/configs/gpt_neo_2p7b_{mbc,uniform}_lr{1e-5,5e-5}.yaml), for TPU VMs.
 
@@ -18,7 +19,9 @@ Everything goes under `--out`: runs/<sampler>_lr<lr>/ (run folders; an interrupt
 them), figures/ (every artifact's PNG, CSV, Markdown), judge/ (judge results), REPORT.md. The judge
 (by default the paper's model, gpt-4; `--judge-model` or $MBC_JUDGE_MODEL choose another) runs when
 `--judge-base-url` or $MBC_JUDGE_BASE_URL names an OpenAI-compatible endpoint; without
-one that step and Figure 5 are skipped, and REPORT.md says so. An artifact that fails is reported
+one that step and Figure 5 are skipped, and REPORT.md says so, except at the demo scale on the
+demo's own data, where the demo world's local judge (mbc_jax/judge/world_server.py) is started on
+127.0.0.1 for the step and stopped after. An artifact that fails is reported
 in REPORT.md and the exit code, and the others are still built.
 """
 
@@ -72,8 +75,10 @@ SCALES = {
         overrides=("demo_records=320", "epochs=8", "log_every=25"),
         max_train_records=320, generate_records=80, max_new_tokens=64, extraction_records=160,
         extraction_new_tokens=48, zeng_steps="first,last",
-        note="tiny random-init GPT-Neo on the demo's generated suite; learning rates 1e-3 / 3e-3 suit a model "
-             "trained from scratch (the paper's 1e-5 / 5e-5 are for fine-tuning a pretrained gpt-neo-2.7B)"),
+        note="tiny GPT-Neo pretrained on the demo world's generated encyclopedia (mbc_jax/demo/base.py), "
+             "fine-tuned on the demo's generated suite; learning rates 1e-3 / 3e-3 were chosen for the model "
+             "trained from scratch and are not yet retuned for the base (the paper's 1e-5 / 5e-5 are for "
+             "fine-tuning gpt-neo-2.7B)"),
     "small": Scale(
         learning_rates=(1e-5, 5e-5),
         config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_125m_{sampler}.yaml"),
@@ -169,6 +174,15 @@ def judge_all(runs, gens: dict[str, Path], lrs, args, out: Path, scale: Scale | 
     """Judge MBC (A) against the baseline (B) at each lr, at each run's selected checkpoint (`mbc-jax select`)
     and at the last one (experiments/judge_selected.py)."""
     url = args.judge_base_url or os.environ.get(JUDGE_URL_ENV)
+    if not url and getattr(args, "scale", None) == "demo" and not getattr(args, "data", None):  # the demo's own judge
+        from mbc_jax.judge.world_server import WORLD_JUDGE_MODEL, world_judge
+
+        with world_judge(seed=0) as local:
+            results, labels, _ = judge_all(runs, gens, lrs, argparse.Namespace(
+                **{**vars(args), "judge_base_url": local, "judge_model": WORLD_JUDGE_MODEL}), out, scale)
+        return results, labels, (f"judge: {WORLD_JUDGE_MODEL}, the demo world's local judge on 127.0.0.1 "
+                                 "(mbc_jax.judge.world_server: grades by the world's facts and task rules, "
+                                 "not an LLM; --judge-base-url names a real one)")
     if not url:
         msg = (f"judge: skipped, no endpoint configured (set ${JUDGE_URL_ENV} or pass --judge-base-url URL of an "
                "OpenAI-compatible server); checkpoint selection and Figure 5 are left out")
@@ -180,7 +194,7 @@ def judge_all(runs, gens: dict[str, Path], lrs, args, out: Path, scale: Scale | 
     last = {(s, lr): gens[f"{s}_{lr}"] for (s, lr) in runs if f"{s}_{lr}" in gens}
     results, labels, notes = judge_runs(runs, last, lrs, out / "judge", url=url, judge_model=args.judge_model,
                                         **SELECT.get(args.scale, SELECT["paper"]), max_new_tokens=scale.max_new_tokens,
-                                        mesh=args.mesh, limit=args.judge_limit, log=log)
+                                        mesh=getattr(args, "mesh", None), limit=args.judge_limit, log=log)
     return results, labels, "; ".join([f"judge: {args.judge_model} at {url}", *notes])
 
 

@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from mbc_jax import UserError
 from mbc_jax.models import Model, abstract_params, export_model, load_tokenizer
 from mbc_jax.models.config import config_from_hf
+from mbc_jax.paths import UrlPath, as_path, fetch, orbax_dir, staged
 from mbc_jax.run_folder import CHECKPOINTS, MODEL, PARAMS, weight_sources
 from mbc_jax.sharding import make_mesh
 
@@ -119,20 +120,30 @@ def disk_needed(abstract_state: dict, snapshot: str | None, keep: int, steps: in
 # ----------------------------------------------------------------------------- saving
 
 
+def _barriers(prefix: str) -> ocp.options.MultiprocessingOptions:
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
+
+
 class Checkpoints:
     """A run's orbax saves: full checkpoints (the latest `keep`, plus step 0 (the untrained model) and the
     last step) and, unless `snapshot` is None, a parameters-only snapshot of every checkpoint step in
     that dtype (never deleted)."""
 
-    def __init__(self, run_dir: Path, keep: int, total_steps: int, snapshot: str | None = None):
+    def __init__(self, run_dir: Path | UrlPath, keep: int, total_steps: int, snapshot: str | None = None):
+        # Two managers save asynchronously; across processes their barriers need distinct keys, and their
+        # saves take turns (JAX collectives must not run concurrently: a shared barrier key fails with
+        # "Barrier ... is already ongoing", as a 2-process run showed).
+        self._multiprocess = jax.process_count() > 1
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, keep_period=total_steps,
-                                               enable_async_checkpointing=True)
-        self.manager = ocp.CheckpointManager((Path(run_dir) / CHECKPOINTS).absolute(), options=options)
+                                               enable_async_checkpointing=True,
+                                               multiprocessing_options=_barriers("checkpoints"))
+        self.manager = ocp.CheckpointManager(orbax_dir(as_path(run_dir) / CHECKPOINTS), options=options)
         self.snapshot = snapshot
         self.params = None if snapshot is None else ocp.CheckpointManager(
-            (Path(run_dir) / PARAMS).absolute(), item_handlers=ocp.StandardCheckpointHandler(),
+            orbax_dir(as_path(run_dir) / PARAMS), item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
-                                                 cleanup_tmp_directories=True))
+                                                 cleanup_tmp_directories=True,
+                                                 multiprocessing_options=_barriers("params")))
         self._cast = None
         self.seconds = 0.0
 
@@ -141,6 +152,8 @@ class Checkpoints:
 
     def save(self, step: int, state: dict, sampler_state: dict[str, np.ndarray]) -> None:
         t0 = time.perf_counter()
+        if self._multiprocess and self.params is not None:
+            self.params.wait_until_finished()
         try:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
@@ -161,6 +174,8 @@ class Checkpoints:
                 self._cast = jax.jit(lambda p: jax.tree_util.tree_map(lambda x: x.astype(dtype), p),
                                      out_shardings=jax.tree_util.tree_map(lambda x: x.sharding, params))
             params = self._cast(params)
+        if self._multiprocess:
+            self.manager.wait_until_finished()
         try:
             self.params.save(step, args=ocp.args.StandardSave(params))
         except OSError as e:
@@ -200,7 +215,8 @@ class Checkpoints:
                 f"{'step ' + str(max(good)) if good else 'none'}, and running the same command again resumes from it")
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> tuple[Path, int]:
+def export_run(run_dir: str | Path | UrlPath, out_dir: str | Path | UrlPath, step: int | None = None
+               ) -> tuple[Path | UrlPath, int]:
     """Writes a Hugging Face folder of a run's weights at `step` (default: the latest step with weights).
 
     Any step with a full checkpoint or a param snapshot exports (`run_folder.weight_sources`). Where both
@@ -208,7 +224,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
     snapshot (bfloat16 compute) holds them rounded to bfloat16. The folder's tensors keep the dtype they
     were read in (float32 from a full checkpoint, the snapshot dtype from a snapshot); config.json's
     `dtype` says which. Returns (folder, step)."""
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     if not (run_dir / MODEL / "config.json").is_file():
         raise UserError(f"{run_dir}: not a run folder (no model/config.json)")
     sources = weight_sources(run_dir)
@@ -223,7 +239,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
     mesh = make_mesh("1,1,1", jax.devices()[:1])
     abstract, shardings, module = abstract_params(cfg, mesh)
     full = sources[step].parent.name == CHECKPOINTS
-    manager = ocp.CheckpointManager(sources[step].parent.absolute(),
+    manager = ocp.CheckpointManager(orbax_dir(sources[step].parent),
                                     item_handlers=None if full else ocp.StandardCheckpointHandler())
     try:
         if full:
@@ -238,5 +254,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
             params = manager.restore(step, args=ocp.args.StandardRestore(target))
     finally:
         manager.close()
-    model = Model(cfg, hf_config, module, params, mesh, load_tokenizer(run_dir / MODEL), str(run_dir))
-    return export_model(model, out_dir), step
+    model = Model(cfg, hf_config, module, params, mesh, load_tokenizer(fetch(run_dir / MODEL)), str(run_dir))
+    with staged(out_dir) as folder:  # a URL: written locally, then uploaded
+        export_model(model, folder)
+    return as_path(out_dir), step

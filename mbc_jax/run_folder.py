@@ -8,7 +8,8 @@ nothing); `experiments/` and any other reader go through `RunFolder`:
     table = run.memorization(150, "train")    # {column: numpy array}, one entry per record
     steps, index, em = run.record_matrix("exact_match")   # [checkpoints, records]
 
-Every file is written atomically (`atomic_write`): a reader never sees half a file.
+Every file is written atomically (`atomic_write`): a reader never sees half a file. The run folder may
+be a local path or a URL (gs://, any fsspec URL): every path goes through `mbc_jax.paths.as_path`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import math
 import os
 import re
-import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +34,7 @@ from mbc_jax import config as config_lib
 from mbc_jax.data import Template, load_records, tokenize
 from mbc_jax.data.template import CHAT
 from mbc_jax.models import load_tokenizer
+from mbc_jax.paths import UrlPath, as_path, atomic_write, fetch, is_url, staged
 
 CONFIG, RECORDS, METRICS, SAMPLING, SUMMARY = (
     "config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json"
@@ -49,27 +51,6 @@ INT_COLUMNS = ("step", "index", "tokens", "response_tokens", "response_tokens_no
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def atomic_write(path: str | Path, content: str | bytes | Callable[[IO], None], *, newline: str | None = None,
-                 fsync: bool = False) -> Path:
-    """Writes `content` (text, bytes, or a function given the open file) to a temporary file next to
-    `path`, then renames it over `path`: a reader sees the old file or the new one, never half.
-    Safe from several threads and processes at once; `fsync` also survives a power cut."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        binary = isinstance(content, bytes)
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": newline, "encoding": "utf-8"})) as f:
-            content(f) if callable(content) else f.write(content)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _cell(v: Any) -> Any:
@@ -94,18 +75,18 @@ def write_csv(path: str | Path, rows: Iterable[dict], columns: Sequence[str]) ->
     return atomic_write(path, body, newline="")
 
 
-def read_csv(path: str | Path) -> dict[str, np.ndarray]:
+def read_csv(path: str | Path | UrlPath) -> dict[str, np.ndarray]:
     """{column: array} of a CSV file. Columns whose non-empty cells all parse as numbers become
     float64 (empty cells -> nan), or int64 for the integer columns of the run folder when no
     cell is empty; the rest stay arrays of str."""
-    path = Path(path)
+    path = as_path(path)
     try:
         with path.open(newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             rows = list(reader)
     except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
     if header is None:
         raise UserError(f"{path}: empty file (no header row)")
     for lineno, row in enumerate(rows, 2):
@@ -133,28 +114,31 @@ def snapshot_name(step: int) -> str:
     return f"step_{step:08d}.csv"
 
 
-def saved_steps(folder: str | Path) -> list[int]:
+def saved_steps(folder: str | Path | UrlPath) -> list[int]:
     """Steps of the complete orbax checkpoints in `folder`. Orbax writes a step into
     `<step>.orbax-checkpoint-tmp*` and renames it to `<step>` only once complete (with its
-    `_CHECKPOINT_METADATA`), so a save cut short (kill -9, full disk) is never listed."""
-    folder = Path(folder)
+    `_CHECKPOINT_METADATA`), so a save cut short (kill -9, full disk) is never listed. On gs:// (no
+    rename) orbax writes `<step>` in place, `_CHECKPOINT_METADATA` first, and marks it complete with
+    `commit_success.txt` last: behind a URL both must be there."""
+    folder = as_path(folder)
     if not folder.is_dir():
         return []
+    marks = ["_CHECKPOINT_METADATA"] + ([] if isinstance(folder, Path) else ["commit_success.txt"])
     return sorted(int(p.name) for p in folder.iterdir()
-                  if p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
+                  if p.is_dir() and p.name.isdigit() and all((p / m).exists() for m in marks))
 
 
-def weight_sources(run_dir: str | Path) -> dict[int, Path]:
+def weight_sources(run_dir: str | Path | UrlPath) -> dict[int, Path | UrlPath]:
     """{step: the orbax folder its weights are read from}, for every step with loadable weights: the full
     checkpoint (checkpoints/<step>, float32 master weights: exact) where retention kept one, else the
     parameters-only snapshot (params/<step>, in the snapshot dtype: exact only when that is float32)."""
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     out = {s: run_dir / PARAMS / str(s) for s in saved_steps(run_dir / PARAMS)}
     out.update({s: run_dir / CHECKPOINTS / str(s) for s in saved_steps(run_dir / CHECKPOINTS)})
     return dict(sorted(out.items()))
 
 
-def data_paths(cfg: Any, run_dir: Path) -> tuple[str, str | None]:
+def data_paths(cfg: Any, run_dir: Path | UrlPath) -> tuple[str, str | None]:
     """(train, validation) data of a `TrainConfig` as the run reads them: the demo's generated files
     live in the run folder's data/."""
     if cfg.data == "demo":
@@ -165,11 +149,61 @@ def data_paths(cfg: Any, run_dir: Path) -> tuple[str, str | None]:
 # ----------------------------------------------------------------------------- writing
 
 
+class MetricsLog:
+    """metrics.jsonl, one JSON line per record, and the trackers every record also goes to.
+
+    Local file: each line is appended and flushed at once. URL: object stores have no append, so the lines
+    are kept in memory and the whole file is rewritten with one (atomic) put at `flush()`: before every
+    checkpoint save (so a run resumed from any checkpoint finds every line up to it), every
+    `FLUSH_SECONDS` (so the file shows progress) and at the end. A kill loses at most the lines after the
+    last checkpoint, which the resumed run drops anyway (`RunWriter.rewind`) and writes again. Each put
+    sends the whole file: about 0.5 KB a line, so 10,000 log lines are a 5 MB put."""
+
+    FLUSH_SECONDS = 60.0
+
+    def __init__(self, path: Path | UrlPath | None, trackers: Sequence[Any] = ()):
+        self.path, self.trackers = path, list(trackers)
+        self._file: IO | None = None
+        self._lines: list[str] = []
+        self._unsaved, self._saved_at = False, time.monotonic()
+        if isinstance(path, UrlPath):
+            self._lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+        else:
+            self._file = open(path if path is not None else os.devnull, "a")
+
+    def __call__(self, rec: dict) -> None:
+        line = json.dumps(rec) + "\n"
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+        else:
+            self._lines.append(line)
+            self._unsaved = True
+            if time.monotonic() - self._saved_at >= self.FLUSH_SECONDS:
+                self.flush()
+        for t in self.trackers:
+            t.log(rec, rec["step"])
+
+    def flush(self) -> None:
+        if self._unsaved:
+            atomic_write(self.path, "".join(self._lines))
+            self._unsaved, self._saved_at = False, time.monotonic()
+
+    def close(self) -> None:
+        try:
+            if self._file is not None:
+                self._file.close()
+            self.flush()
+        finally:
+            for t in self.trackers:
+                t.close()
+
+
 class RunWriter:
     """Writes a run folder. Only process 0 writes; on the others every call does nothing."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | UrlPath):
+        self.path = as_path(path)
         self.writes = distributed.is_main()
 
     def _write(self, name: str, content: Any, **kw) -> None:
@@ -187,7 +221,8 @@ class RunWriter:
         """The model's config.json and tokenizer, kept with the run for export."""
         self._write(f"{MODEL}/config.json", json.dumps(hf_config, indent=2) + "\n")
         if tokenizer is not None and self.writes:
-            tokenizer.save_pretrained(str(self.path / MODEL))
+            with staged(self.path / MODEL) as folder:  # a URL: saved locally, then uploaded
+                tokenizer.save_pretrained(str(folder))
 
     def write_records(self, splits: dict[str, Sequence[Any]]) -> None:
         rows = [{"index": e.index, "id": e.id, "category": e.category, "split": split, "tokens": len(e),
@@ -218,21 +253,15 @@ class RunWriter:
                 f.unlink()
 
     @contextlib.contextmanager
-    def metrics(self, trackers: Sequence[Any] = ()) -> Iterator[Callable[[dict], None]]:
+    def metrics(self, trackers: Sequence[Any] = ()) -> Iterator[MetricsLog]:
         """`emit(record)`: appends a line to metrics.jsonl and hands the record to each of `trackers`
-        (mbc_jax/trackers.py: `log(record, step)`, closed at the end)."""
-        with open(self.path / METRICS if self.writes else os.devnull, "a") as f:
-            def emit(rec: dict) -> None:
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
-                for t in trackers:
-                    t.log(rec, rec["step"])
-
-            try:
-                yield emit
-            finally:
-                for t in trackers:
-                    t.close()
+        (mbc_jax/trackers.py: `log(record, step)`, closed at the end). `emit.flush()` stores every line
+        emitted so far (the trainer calls it before each checkpoint save)."""
+        log = MetricsLog(self.path / METRICS if self.writes else None, trackers)
+        try:
+            yield log
+        finally:
+            log.close()
 
     def last_eval(self) -> dict:
         """The last evaluation record of metrics.jsonl ({} if none)."""
@@ -264,15 +293,15 @@ def fmt_lr(lr: float) -> str:
 class RunFolder:
     """A run folder as written by `mbc-jax train` (read-only)."""
 
-    path: Path
+    path: Path | UrlPath
     config: dict
     records: dict[str, np.ndarray]
     label: str = ""
     _mem: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, path: str | Path, label: str | None = None) -> RunFolder:
-        path = Path(path)
+    def open(cls, path: str | Path | UrlPath, label: str | None = None) -> RunFolder:
+        path = as_path(path)
         if not path.is_dir():
             raise UserError(f"{path}: no such run folder (pass the `out` folder of `mbc-jax train`)")
         cfg_path = path / CONFIG
@@ -463,16 +492,16 @@ class RunFolder:
         return records, examples
 
     def tokenizer(self):
-        tok = load_tokenizer(self.path / MODEL)
+        tok = load_tokenizer(fetch(self.path / MODEL))  # a URL: a local copy
         if tok is None:
             raise UserError(f"{self.path / MODEL}: no tokenizer files; this experiment needs the run's tokenizer")
         return tok
 
 
-def _resolve(p: str, run_dir: Path) -> str:
-    """A data/template path as the run saw it: as given (hf: ids and absolute paths), else relative
+def _resolve(p: str, run_dir: Path | UrlPath) -> str:
+    """A data/template path as the run saw it: as given (hf: ids, URLs and absolute paths), else relative
     to the current folder, else to the run folder's parent."""
-    if p.startswith("hf:") or Path(p).is_absolute() or Path(p).exists():
+    if p.startswith("hf:") or is_url(p) or Path(p).is_absolute() or Path(p).exists():
         return p
     for base in (run_dir.parent, run_dir):
         if (base / p).exists():

@@ -8,6 +8,11 @@ written by `RunWriter.metrics` whatever the list says (the run folder's own reco
 - `wandb`: a Weights & Biases run (`pip install 'mbc-jax[wandb]'`), set up by the `wandb.*` keys
   (project, entity, name, group, mode, dir); its id is kept in RUN/wandb/run_id.txt.
 
+Both write local files. With the run folder on a URL (gs://...), TensorBoard writes into a local folder
+(`paths.cache_dir` of RUN/tensorboard) and uploads its changed event files into RUN/tensorboard every
+`TensorBoard.UPLOAD_SECONDS` and at the end, so a kill loses at most that much of TensorBoard's copy
+(metrics.jsonl is the run's record); wandb keeps its local files there too (`wandb.dir` to choose).
+
 Every record goes to every tracker at its own step, its numbers named `train/KEY` (or `eval/KEY` for
 checkpoint evaluations). Only process 0 opens trackers. On resume from the checkpoint of step S,
 TensorBoard purges what an earlier attempt logged after S (the same lines `RunWriter.rewind` drops
@@ -26,8 +31,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
-from mbc_jax import UserError, distributed
+from mbc_jax import UserError, distributed, paths
 from mbc_jax import config as config_lib
+from mbc_jax.paths import UrlPath, as_path
 from mbc_jax.run_folder import TENSORBOARD, atomic_write
 
 PACKAGES = {"tensorboard": "tensorboardX", "wandb": "wandb"}  # tracker -> the module it needs (extra: same name)
@@ -66,33 +72,47 @@ def check(names: list[str]) -> None:
 
 
 class TensorBoard:
-    """Scalars into event files under RUN/tensorboard/."""
+    """Scalars into event files under RUN/tensorboard/ (a URL run folder: a local mirror, uploaded)."""
 
-    def __init__(self, run_dir: Path, start: int):
-        folder = Path(run_dir) / TENSORBOARD
-        earlier = folder.is_dir() and any(f.name.startswith("events.") for f in folder.iterdir())
+    UPLOAD_SECONDS = 120.0
+
+    def __init__(self, run_dir: Path | UrlPath, start: int):
+        self.remote = as_path(run_dir) / TENSORBOARD
+        url = isinstance(self.remote, UrlPath)
+        self.folder = paths.cache_dir(self.remote) if url else self.remote
+        self.uploaded: dict | None = {} if url else None
+        self.upload_at = time.monotonic() + self.UPLOAD_SECONDS
+        earlier = self.remote.is_dir() and any(f.name.startswith("events.") for f in self.remote.iterdir())
         # purge_step: TensorBoard drops the events of steps >= it that earlier files hold. tensorboardX names a
         # file by the second it opened (and overwrites one of the same name): the suffix keeps two apart and
         # sorts them by time, the order TensorBoard reads them in
-        self.writer = _module("tensorboard").SummaryWriter(str(folder), purge_step=start + 1 if earlier else None,
+        self.writer = _module("tensorboard").SummaryWriter(str(self.folder), purge_step=start + 1 if earlier else None,
                                                            filename_suffix=f".{time.time_ns()}")
 
     def log(self, record: dict, step: int) -> None:
         for tag, value in scalars(record).items():
             self.writer.add_scalar(tag, value, step)
         self.writer.flush()
+        if self.uploaded is not None and time.monotonic() >= self.upload_at:
+            self._upload()
+
+    def _upload(self) -> None:
+        paths.upload(self.folder, self.remote, only_changed=self.uploaded)
+        self.upload_at = time.monotonic() + self.UPLOAD_SECONDS
 
     def close(self) -> None:
         self.writer.close()
+        if self.uploaded is not None:
+            self._upload()
 
 
 class Wandb:
     """A wandb run: one per run folder, continued (same id, resume="allow") when the run resumes."""
 
-    def __init__(self, cfg: config_lib.TrainConfig, run_dir: Path, resumed: bool):
+    def __init__(self, cfg: config_lib.TrainConfig, run_dir: Path | UrlPath, resumed: bool):
         wandb = _module("wandb")
-        run_dir, w = Path(run_dir), cfg.wandb
-        folder = Path(w.dir) if w.dir else run_dir
+        run_dir, w = as_path(run_dir), cfg.wandb
+        folder = Path(w.dir) if w.dir else run_dir if isinstance(run_dir, Path) else paths.cache_dir(run_dir)
         folder.mkdir(parents=True, exist_ok=True)
         self.id = wandb_run_id(run_dir, resumed)
         self.run = wandb.init(project=w.project, entity=w.entity, name=w.name or run_dir.name, group=w.group,
@@ -106,9 +126,9 @@ class Wandb:
         self.run.finish()
 
 
-def wandb_run_id(run_dir: Path, resumed: bool) -> str:
+def wandb_run_id(run_dir: Path | UrlPath, resumed: bool) -> str:
     """The id saved in the run folder when the run resumes from a checkpoint; else a new one, saved."""
-    path = Path(run_dir) / WANDB_ID
+    path = as_path(run_dir) / WANDB_ID
     if resumed and path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     run_id = secrets.token_hex(4)

@@ -35,11 +35,13 @@ from mbc_jax.checkpoints import Checkpoints, abstract_train_state, init_train_st
 from mbc_jax.config import TrainConfig
 from mbc_jax.data import Batch, Example, Template, load_records, pack_drawn, split_train_val, tokenize
 from mbc_jax.demo import materialize
+from mbc_jax.demo.base import demo_base
 from mbc_jax.flops import peak_flops_per_device, train_flops_per_token
 from mbc_jax.loss import fused_nll_loss, segment_sums, targets
 from mbc_jax.models import Model, init_model, load_model, load_tokenizer, resolve_model_dir
 from mbc_jax.models.config import DROPOUT_FIELDS
 from mbc_jax.models.hf_io import WEIGHT_FILES
+from mbc_jax.paths import as_path, fetch, orbax_dir
 from mbc_jax.run_folder import DATA, RunWriter, data_paths
 from mbc_jax.samplers import make_sampler
 from mbc_jax.scoring import Scorer, Scores
@@ -125,19 +127,24 @@ class RunData:
     val: list[Example]
 
 
-def _model_dir(cfg: TrainConfig, run_dir: Path) -> tuple[Path, bool]:
-    """(folder with config.json [+ weights] [+ tokenizer], has_weights)."""
+def _model_dir(cfg: TrainConfig, run_dir: Path, log=print) -> tuple[Path, bool]:
+    """(folder with config.json [+ weights] [+ tokenizer], has_weights). `model: demo` is the demo base,
+    pretrained on the demo world's corpus and cached (built on first use); with `init: random` it is the
+    weightless demo folder (the same config and tokenizer), so nothing is pretrained."""
     if cfg.model == "demo" or cfg.data == "demo":
         with distributed.main_first("materialize demo"):
             paths = materialize(run_dir / DATA, num_records=cfg.demo_records, seed=0)
         if cfg.model == "demo":
-            return paths["model"], False
+            if cfg.init == "random":
+                return fetch(paths["model"]), False  # a URL run folder: a local copy for the tokenizer
+            with distributed.main_first("demo base"):
+                return demo_base(seed=0, log=log), True
     src = resolve_model_dir(cfg.model)
     return src, any((src / f).is_file() for f in WEIGHT_FILES)
 
 
 def _load_model(cfg: TrainConfig, run_dir: Path, mesh: Any, log) -> Model:
-    model_dir, has_weights = _model_dir(cfg, run_dir)
+    model_dir, has_weights = _model_dir(cfg, run_dir, log)
     runtime = model_runtime(cfg)
     if cfg.init == "pretrained" and not has_weights:
         raise UserError(f"{model_dir}: no weights (init: pretrained); use init=random to start from random weights")
@@ -214,7 +221,8 @@ class Trainer:
     @classmethod
     def create(cls, cfg: TrainConfig, override: bool = False, log=print) -> Trainer:
         distributed.initialize()  # no-op for one process, and when the CLI already did it
-        run_dir = Path(cfg.out)
+        run_dir = as_path(cfg.out)  # a local folder, or a URL (gs://...: mbc_jax/paths.py)
+        orbax_dir(run_dir)  # a URL orbax cannot write fails now, not after the model loaded
         run_dir.mkdir(parents=True, exist_ok=True)
         writer = RunWriter(run_dir)
         saved = writer.saved_config()
@@ -332,6 +340,7 @@ class Trainer:
                         ev = self.evaluate(step, state["params"])
                         emit(ev)
                         bar.write(_eval_line(ev))
+                    emit.flush()  # on an object store metrics.jsonl is stored whole: its lines so far, before the save
                     if step != start or restored is None:
                         checkpoints.save(step, state, self.sampler.state())
                     checkpoints.save_params(step, state["params"])  # unless one is complete (before a kill)

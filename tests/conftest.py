@@ -29,6 +29,12 @@ TOKENIZER_DIR = SHARED / "tokenizers" / "gpt-neo-125M"
 BENCH = SHARED / "bench" / "dolly256_gptneo.jsonl"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Tests never read or write the user's cache (the demo base lives there): one per test session."""
+    os.environ["MBC_JAX_CACHE"] = str(tmp_path_factory.mktemp("mbc-jax-cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
@@ -159,7 +165,8 @@ def _write(path, rows):
 # --------------------------------------------------------------- training runs
 
 
-TINY_RUN = ["model=demo", "data=demo", "demo_records=64", "epochs=2", "batch_size=8",
+# init=random: the mechanics under test need no pretrained base (test_demo_base.py tests that path)
+TINY_RUN = ["model=demo", "init=random", "data=demo", "demo_records=64", "epochs=2", "batch_size=8",
             "checkpoint_every=4", "log_every=2", "learning_rate=3e-3", "max_length=256", "keep_checkpoints=2",
             "mesh=1,1,1"]
 

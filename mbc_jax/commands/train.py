@@ -55,12 +55,13 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / 
 
 def run_demo(args: argparse.Namespace) -> int:
     from mbc_jax import config as config_lib
+    from mbc_jax.paths import as_path
     from mbc_jax.train import Trainer
 
     summaries = {}
     for sampler in ("mbc", "uniform"):
         cfg = config_lib.load(str(DEMO_CONFIG) if DEMO_CONFIG.is_file() else None,
-                              [f"out={Path(args.out) / sampler}", f"sampler={sampler}", *args.overrides])
+                              [f"out={as_path(args.out) / sampler}", f"sampler={sampler}", *args.overrides])
         print(f"=== {sampler} run -> {cfg.out}")
         summaries[sampler] = Trainer.create(cfg).train()
     print(compare(summaries))

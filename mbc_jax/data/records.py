@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mbc_jax import UserError
+from mbc_jax import UserError, paths
 
 SCHEMAS: dict[str, str] = {
     "dolly": "instruction, context (optional), response",
@@ -243,14 +243,22 @@ _Item = tuple[str, Any, "DataError | None"]  # (source, parsed object, error whi
 
 
 def _check_file(path: str) -> None:
-    if not os.path.exists(path):
+    if paths.is_url(path):  # gs://, s3://, any fsspec URL (mbc_jax/paths.py)
+        p = paths.as_path(path)
+        exists, is_dir = p.exists(), p.is_dir()
+    else:
+        exists, is_dir = os.path.exists(path), os.path.isdir(path)
+    if not exists:
         raise UserError(f"{path}: no such file")
-    if os.path.isdir(path):
+    if is_dir:
         raise UserError(f"{path}: is a directory, expected a JSONL, JSON, Parquet or CSV file")
 
 
 def _read_bytes(path: str) -> bytes:
     _check_file(path)
+    if paths.is_url(path):
+        data = paths.as_path(path).read_bytes()
+        return gzip.decompress(data) if path.endswith(".gz") else data
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
         return f.read()
@@ -350,7 +358,11 @@ def load_records(
     elif kind is not None:
         _check_file(path)
         report = LoadReport(path=path, schema=schema, format=kind)
-        items = tables.iter_table(path, kind)
+        if paths.is_url(path):  # read from a local copy; every line still names the URL
+            local = str(paths.fetch(path))
+            items = ((src.replace(local, path, 1), obj, err) for src, obj, err in tables.iter_table(local, kind))
+        else:
+            items = tables.iter_table(path, kind)
     else:
         data = _read_bytes(path)
         if not data.strip() or data.strip() == b"\xef\xbb\xbf":

@@ -1,6 +1,7 @@
 """The demo suite: eight task categories in fixed shares, drawn deterministically from one seed.
 
-    records = generate_suite(600, seed=0)   # [{"id", "instruction", "context", "response", "category"}]
+    records = generate_suite(600, seed=0)
+    # [{"id", "instruction", "context", "response", "category", "familiarity"}]
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mbc_jax import UserError
-from mbc_jax.demo.tasks import GENERATORS
+from mbc_jax.demo.familiarity import Knowledge, label
+from mbc_jax.demo.tasks import GENERATORS, Task
 from mbc_jax.demo.world import STREAM_PREFIX, make_world
 
 DEFAULT_NUM_RECORDS = 600
@@ -69,7 +71,8 @@ def generate_suite(num_records: int = DEFAULT_NUM_RECORDS, seed: int = 0, *, spl
                    exclude: Iterable[dict] = ()) -> list[dict]:
     """A deterministic synthetic demonstration suite in the Dolly schema.
 
-    Returns `num_records` dicts `{"id", "instruction", "context", "response", "category"}`, split
+    Returns `num_records` dicts `{"id", "instruction", "context", "response", "category",
+    "familiarity"}` (familiarity: what the pretrained demo base could know, `familiarity.LABELS`), split
     over `CATEGORIES` by their shares (`category_counts`) and shuffled. The same `(num_records,
     seed, split, exclude)` always gives the same list; each category draws from its own random
     stream, so its records do not depend on the other categories' counts. No two records share a
@@ -79,6 +82,7 @@ def generate_suite(num_records: int = DEFAULT_NUM_RECORDS, seed: int = 0, *, spl
     if split not in ("train", "valid"):
         raise DemoError(f"split={split!r}: use 'train' or 'valid'")
     world = make_world(seed)
+    knowledge = Knowledge.of_seed(seed)
     seen = {(r["instruction"], r["context"]) for r in exclude}
     records: list[dict] = []
     for name, count in category_counts(num_records).items():
@@ -92,12 +96,12 @@ def generate_suite(num_records: int = DEFAULT_NUM_RECORDS, seed: int = 0, *, spl
                     f"num_records={num_records}: could not draw {count} distinct '{name}' prompts from "
                     "the demo world; ask for fewer records or use real data"
                 )
-            instruction, context, response = GENERATORS[name](rng, world)
-            if (instruction, context) in seen:
+            task = Task(*GENERATORS[name](rng, world))
+            if (task.instruction, task.context) in seen:
                 continue
-            seen.add((instruction, context))
-            records.append({"instruction": instruction, "context": context, "response": response,
-                            "category": name})
+            seen.add((task.instruction, task.context))
+            records.append({"instruction": task.instruction, "context": task.context, "response": task.response,
+                            "category": name, "familiarity": label(name, task.fact, knowledge)})
             made += 1
     random.Random(f"{STREAM_PREFIX}/{seed}/{split}/order").shuffle(records)
     return [{"id": f"{split}-{i:05d}", **r} for i, r in enumerate(records)]

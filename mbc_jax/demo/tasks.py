@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
+from typing import NamedTuple
 
 from mbc_jax.demo.words import (
     ADJECTIVES,
@@ -31,7 +32,18 @@ from mbc_jax.demo.words import (
 )
 from mbc_jax.demo.world import LEX, World
 
-Task = tuple[str, str, str]  # (instruction, context, response)
+
+class Task(NamedTuple):
+    """One generated demonstration, and the world fact its answer rests on (None: no world fact).
+
+    `fact` is ("country", country, attribute) for a fact about a country, ("kind", thing) for
+    whether a creature or plant is an animal or a plant; `familiarity.label` reads it.
+    """
+
+    instruction: str
+    context: str
+    response: str
+    fact: tuple[str, ...] | None = None
 
 
 def _article(word: str) -> str:
@@ -62,7 +74,8 @@ def _gen_open_qa(rng: random.Random, world: World) -> Task:
         "export": (("What is the main export of {c}?", "What does {c} sell most to other countries?"),
                    "The main export of {c} is {v}."),
     }[attribute]
-    return rng.choice(questions).format(c=country), "", answer.format(c=country, v=v)
+    return Task(rng.choice(questions).format(c=country), "", answer.format(c=country, v=v),
+                ("country", country, attribute))
 
 
 def _gen_classification(rng: random.Random, world: World) -> Task:
@@ -90,7 +103,7 @@ def _gen_classification(rng: random.Random, world: World) -> Task:
     thing = rng.choice(LEX.creatures if is_animal else LEX.plants)
     instruction = rng.choice(("Is the {t} an animal or a plant?", "Classify the {t} as an animal or a plant.",
                               "Would you call the {t} a plant or an animal?"))
-    return instruction.format(t=thing), "", "animal" if is_animal else "plant"
+    return Task(instruction.format(t=thing), "", "animal" if is_animal else "plant", ("kind", thing))
 
 
 def _gen_closed_qa(rng: random.Random, world: World) -> Task:
@@ -304,7 +317,7 @@ def _gen_creative_writing(rng: random.Random, world: World) -> Task:
     return instruction, "", "\n".join(lines) + "."
 
 
-GENERATORS: dict[str, Callable[[random.Random, World], Task]] = {
+GENERATORS: dict[str, Callable[[random.Random, World], Task | tuple[str, str, str]]] = {
     "open_qa": _gen_open_qa,
     "classification": _gen_classification,
     "closed_qa": _gen_closed_qa,

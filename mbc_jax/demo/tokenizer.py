@@ -1,4 +1,5 @@
-"""The demo's tokenizer: a small byte-level BPE trained at run time on the suite, as the template renders it."""
+"""The demo's tokenizer: a small byte-level BPE trained at run time on the suite, as the template renders it,
+and on the world's pretraining corpus (`corpus.build_corpus`)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ PAD_TOKEN = "<|pad|>"
 TOKENIZER_VOCAB_SIZE = 2048
 
 
-def _training_texts(records: Iterable[dict]) -> Iterable[str]:
-    """The strings the data pipeline encodes for each record: its segments under the default `Template`."""
+def _training_texts(records: Iterable[dict], corpus: Iterable[dict] = ()) -> Iterable[str]:
+    """The strings the data pipeline encodes for each record: its segments under the default `Template`;
+    corpus documents come first, as text (without their end-of-text marker, a special token)."""
+    for doc in corpus:
+        yield doc["text"].replace(EOS_TOKEN, "")
     template = Template()
     for i, r in enumerate(records):
         turns = [("user", r["instruction"]), ("assistant", r["response"])]
@@ -29,9 +33,10 @@ def _training_texts(records: Iterable[dict]) -> Iterable[str]:
             yield text
 
 
-def build_tokenizer(records: list[dict], out_dir: str | Path,
-                    vocab_size: int = TOKENIZER_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on `records`, save it to `out_dir` and return it.
+def build_tokenizer(records: list[dict], out_dir: str | Path, vocab_size: int = TOKENIZER_VOCAB_SIZE,
+                    corpus: Iterable[dict] = ()) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on `records` (and the text-schema `corpus` documents), save it
+    to `out_dir` and return it.
 
     GPT-2 style: bytes are mapped to 256 visible symbols and split by the GPT-2 regex before BPE,
     so any string encodes and decodes to itself (spaces, tabs and newlines included), and
@@ -53,7 +58,7 @@ def build_tokenizer(records: list[dict], out_dir: str | Path,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_training_texts(records), trainer)
+    tok.train_from_iterator(_training_texts(records, corpus), trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=EOS_TOKEN,

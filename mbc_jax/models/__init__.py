@@ -22,7 +22,7 @@ from huggingface_hub import snapshot_download
 from jax.sharding import Mesh
 from transformers import AutoTokenizer
 
-from mbc_jax import UserError
+from mbc_jax import UserError, paths
 from mbc_jax.models import hf_io
 from mbc_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, config_from_hf, load_config
 from mbc_jax.models.transformer import CausalLM, init_cache, sown_attention_probs, unstack_layers
@@ -102,7 +102,12 @@ def init_model(hf_config: dict, mesh: Mesh | None = None, seed: int = 0, tokeniz
 
 
 def resolve_model_dir(name_or_path: str) -> Path:
-    """A local checkpoint folder, or a hub id fetched through the Hugging Face cache."""
+    """A local checkpoint folder, or a hub id fetched through the Hugging Face cache, or a URL (gs://...)
+    fetched into a local cache (`paths.fetch`)."""
+    if paths.is_url(name_or_path):
+        if not paths.as_path(name_or_path).is_dir():
+            raise UserError(f"{name_or_path}: no such folder")
+        return paths.fetch(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path

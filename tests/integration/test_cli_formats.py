@@ -22,8 +22,8 @@ def test_alpaca_file_train_score_generate(tmp_path, capsys):
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp_path / "run"
-    assert cli(["train", "model=demo", f"data={good}", f"out={run}", "sampler=uniform", "steps=2", "batch_size=4",
-                "max_length=64", "val_fraction=0", "track_memorization=false", "log_every=1"]) == 0
+    assert cli(["train", "model=demo", "init=random", f"data={good}", f"out={run}", "sampler=uniform", "steps=2",
+                "batch_size=4", "max_length=64", "val_fraction=0", "track_memorization=false", "log_every=1"]) == 0
     assert cli(["export", "--run", str(run), "--out", str(tmp_path / "model")]) == 0
     capsys.readouterr()
 

@@ -42,17 +42,24 @@ def encoded(suite, built):
 
 # The shipped default's bytes: a change to the generator (or to Python's `random`) shows up here.
 # Update the digest deliberately, knowing that earlier runs were made on different data.
-DEFAULT_SUITE_SHA256 = "15e5193a599a03cfa4959cca6b1f97e412445bb20069e3a23e66b1fcedac7dbf"
+DEFAULT_SUITE_SHA256 = "4868825cb78e236332f7eddded9d43c397da1ca3874b5e138e78798cdea5ac59"
+# The same records without their `familiarity` field (added with the pretrained base): the digest of the
+# suite before that change, so labelling the records changed none of their text.
+DEFAULT_SUITE_TEXT_SHA256 = "15e5193a599a03cfa4959cca6b1f97e412445bb20069e3a23e66b1fcedac7dbf"
+
+
+def _sha(records) -> str:
+    return hashlib.sha256("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()).hexdigest()
 
 
 def test_default_suite_bytes_are_pinned(suite, built):
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in suite)
-    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == DEFAULT_SUITE_SHA256
+    assert _sha(suite) == DEFAULT_SUITE_SHA256
+    assert _sha([{k: v for k, v in r.items() if k != "familiarity"} for r in suite]) == DEFAULT_SUITE_TEXT_SHA256
     paths, _ = built
     assert json.loads(paths["manifest"].read_text())["data_sha256"] == DEFAULT_SUITE_SHA256
     assert suite[0] == {"id": "train-00000", "instruction": "Is this review positive or negative?",
                         "context": "Lovely lesson, generous staff. That is my whole memory of Krogra.",
-                        "response": "positive", "category": "classification"}
+                        "response": "positive", "category": "classification", "familiarity": "context_given"}
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -91,17 +98,17 @@ def test_prompt_and_response_encode_cleanly_apart(encoded, built):
     assert tok.convert_ids_to_tokens(assistant) == ["\u010a", "\u010a", "Assistant", ":"]  # newlines apart
     tokens = sum(len(p) + len(s) for _, p, s in encoded)
     chars = sum(len(prompt_of(r)) + 1 + len(r["response"]) for r, _, _ in encoded)
-    assert chars / tokens > 4.0  # about a word per token
+    assert chars / tokens > 3.8  # about a word per token (4.0 before the tokenizer also fit the corpus: 3.92)
 
 
 def test_tokenizer_deterministic_and_seed_dependent(suite, built, tmp_path):
     paths, tok = built
-    again = D.build_tokenizer(suite, tmp_path / "again")
+    again = D.build_tokenizer(suite, tmp_path / "again", corpus=D.build_corpus(0))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / "again" / name).read_bytes() == (paths["tokenizer"] / name).read_bytes()
     text = prompt_of(suite[0]) + " " + suite[0]["response"]
     assert again.encode(text) == tok.encode(text)
-    other = D.build_tokenizer(D.generate_suite(600, 1), tmp_path / "other")
+    other = D.build_tokenizer(D.generate_suite(600, 1), tmp_path / "other", corpus=D.build_corpus(1))
     assert other.get_vocab() != tok.get_vocab()
 
 
@@ -183,7 +190,13 @@ def test_data_pipeline_reads_the_suite(built, encoded):
 
 def test_materialize_layout_and_idempotence(built, suite, tmp_path):
     paths, tok = built
-    assert set(paths) == {"data", "valid", "tokenizer", "model", "config", "manifest"}
+    assert set(paths) == {"data", "valid", "corpus", "tokenizer", "model", "config", "manifest"}
+    assert [json.loads(x) for x in paths["corpus"].read_text().splitlines()] == D.build_corpus(0)
+    from mbc_jax.demo.familiarity import labels_of
+
+    labels = labels_of(paths["data"].parent)  # what a later analysis joins to records.csv by id
+    assert len(labels) == 680 and labels["train-00000"] == "context_given"
+    assert collections.Counter(labels[r["id"]] for r in suite) == collections.Counter(r["familiarity"] for r in suite)
     lines = paths["data"].read_text(encoding="utf-8").splitlines()
     assert [json.loads(x) for x in lines] == suite
     assert len(paths["valid"].read_text().splitlines()) == D.DEFAULT_NUM_VALID == 80
@@ -206,3 +219,6 @@ def test_materialize_small_without_valid(tmp_path):
     assert len(paths["data"].read_text().splitlines()) == 80
     vocab = json.loads(paths["config"].read_text())["vocab_size"]
     assert vocab == json.loads(paths["manifest"].read_text())["vocab_size"] <= 2048
+    # the tokenizer depends on the seed only (the base's), not on the suite's size
+    full = D.materialize(tmp_path / "full", num_records=600, seed=3, num_valid=0)
+    assert (full["tokenizer"] / "tokenizer.json").read_bytes() == (paths["tokenizer"] / "tokenizer.json").read_bytes()

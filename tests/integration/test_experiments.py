@@ -695,7 +695,7 @@ def tiny_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("exp") / "mbc"
     cfg = config_lib.load(str(REPO / "experiments" / "configs" / "demo.yaml"),
-                          [f"out={out}", "demo_records=64", "epochs=1", "checkpoint_every=3",
+                          [f"out={out}", "init=random", "demo_records=64", "epochs=1", "checkpoint_every=3",
                            "keep_checkpoints=2", "log_every=5", "mesh=1,1,1"])  # the paper configs' retention
     Trainer.create(cfg, log=lambda m: None).train()
     return out

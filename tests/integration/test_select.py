@@ -61,7 +61,7 @@ def run_dir(tmp_path_factory):
     from mbc_jax.train import Trainer
 
     out = tmp_path_factory.mktemp("select") / "run"
-    cfg = config_lib.load(None, [f"out={out}", "model=demo", "data=demo", "demo_records=48", "epochs=2",
+    cfg = config_lib.load(None, [f"out={out}", "model=demo", "init=random", "data=demo", "demo_records=48", "epochs=2",
                                  "batch_size=8", "checkpoint_every=4", "log_every=4", "learning_rate=3e-3",
                                  "max_length=256", "keep_checkpoints=100", "mesh=1,1,1"])
     Trainer.create(cfg, log=lambda m: None).train()

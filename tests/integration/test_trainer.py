@@ -162,6 +162,7 @@ def test_train_step_dropout_is_a_function_of_seed_and_step(tmp_path):
 def test_batch_larger_than_data(tmp_path):
     from mbc_jax.train import Trainer
 
-    cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", "demo_records=40", "val_fraction=0", "batch_size=64"])
+    cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", "init=random", "demo_records=40", "val_fraction=0",
+                                 "batch_size=64"])
     with pytest.raises(UserError, match="batch_size: 64 is larger than the 40 training records"):
         Trainer.create(cfg, log=lambda *a: None)

@@ -38,7 +38,7 @@ def test_category_counts_other_sizes():
 
 def test_schema_ids_and_unique_prompts(suite):
     for r in suite:
-        assert list(r) == ["id", "instruction", "context", "response", "category"]
+        assert list(r) == ["id", "instruction", "context", "response", "category", "familiarity"]
         assert all(isinstance(v, str) for v in r.values())
         assert r["instruction"] and r["response"] and r["response"] == r["response"].strip()
     assert [r["id"] for r in suite] == [f"train-{i:05d}" for i in range(600)]
