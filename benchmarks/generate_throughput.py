@@ -169,13 +169,11 @@ class Ours:
                 "compile_seconds": self.compile_s - before}
 
     def prefill(self, batch: int, new: int) -> float:
-        """The decode program's prefill (cache init, one forward pass over the padded prompts, last
-        logits), jitted alone, warm: seconds of the best of 2 calls."""
-        import jax.numpy as jnp
+        """The decode's own prefill program (`decode._prefill`: cache init, one forward pass over the padded
+        prompts, last logits), on the layers as `generate` lays them out, warm: seconds of the best of 2 calls."""
         import numpy as np
 
-        from mbc_jax.generate.decode import bucket_length
-        from mbc_jax.models import init_cache, unstack_layers
+        from mbc_jax.generate.decode import _prefill, _unstack, bucket_length
 
         jax, model = self.jax, self.model
         prompts = self.prompts(batch)
@@ -184,21 +182,14 @@ class Ours:
         seg = np.zeros((batch, t), np.int32)
         for r, p in enumerate(prompts):
             ids[r, t - len(p):], seg[r, t - len(p):] = p, 1
-        module = model.module
-
-        @jax.jit
-        def prefill(params, ids, seg):
-            params = unstack_layers(params)
-            positions = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0).astype(jnp.int32)
-            hidden, cache = module.apply({"params": params}, ids, positions, seg,
-                                         cache=init_cache(model.config, batch, t + new), return_hidden=True)
-            return module.apply({"params": params}, hidden[:, -1], method=type(module).logits), cache
-
-        jax.block_until_ready(prefill(model.params, ids, seg))
+        live, keys = np.ones((batch,), bool), np.arange(batch, dtype=np.uint32)
+        params = _unstack(model.params)
+        call = lambda: _prefill(model.module, new, params, ids, seg, live, keys, np.uint32(0))  # noqa: E731
+        jax.block_until_ready(call())
         best = float("inf")
         for _ in range(2):
             t0 = time.perf_counter()
-            jax.block_until_ready(prefill(model.params, ids, seg))
+            jax.block_until_ready(call())
             best = min(best, time.perf_counter() - t0)
         return best
 
@@ -232,7 +223,7 @@ def main() -> None:
 
     ensure_huge_pages()  # as the CLI does; the peer's process gets its default environment
     ensure_model(args.model)
-    from mbc_jax.generate import DEFAULT_BUCKET
+    from mbc_jax.generate import DEFAULT_BUCKET, bucket_length
 
     args.bucket = args.bucket or DEFAULT_BUCKET
     configs = parse_configs(args.configs)
@@ -243,7 +234,7 @@ def main() -> None:
     results = []
     for batch, new in configs:
         first = ours.run(batch, new)  # compiles (one prompt bucket: the prompts are <= 45 tokens)
-        bucket = -(-max(len(p) for p in ours.prompts(batch)) // args.bucket) * args.bucket
+        bucket = bucket_length(max(len(p) for p in ours.prompts(batch)), args.bucket)
         row = {"config": f"{batch}x{new}", "batch": batch, "new_tokens_per_prompt": new,
                "ours_compile_seconds_per_bucket": {str(bucket): round(first["compile_seconds"], 2)},
                "ours_first_call_seconds": round(first["seconds"], 2)}

@@ -207,18 +207,67 @@ def test_order_keys_and_first_argmax():
     np.testing.assert_array_equal(np.asarray(first_argmax(x)), np.argmax(x, -1))
 
 
+_COMPILES: list[str] = []
+
+
+def _count_compiles(event: str, seconds: float, **_) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES.append(event)
+
+
 def test_one_compile_per_prompt_bucket(neo):
-    """Three batches of prompts in one bucket run one compiled program; a longer bucket adds one."""
-    from mbc_jax.generate.decode import _decode
+    """Three batches of prompts in one bucket compile one prefill and one step program (XLA compiles,
+    counted by JAX's own events); a longer bucket adds one of each (with EOS ignored no row finishes early,
+    so no smaller batch is compiled)."""
+    import jax
 
     ref = reference("gpt_neo_tiny")
     cfg = SamplingConfig(greedy=True, repetition_penalty=1.0, max_new_tokens=3, ignore_eos=True)
     short = [ref["input_ids"][i % 3][:5 + i % 7] for i in range(20)]
-    before = _decode._cache_size()
+    generate(neo, short[:3], cfg, batch_size=8)  # compiles the per-call layer unstacking as well
+    if _count_compiles not in getattr(test_one_compile_per_prompt_bucket, "registered", ()):
+        jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+        test_one_compile_per_prompt_bucket.registered = (_count_compiles,)
+    before = len(_COMPILES)
     generate(neo, short, cfg, batch_size=8)  # 3 batches of 8 rows, prompts <= 11 tokens: bucket 16
-    assert _decode._cache_size() == before + 1
+    assert len(_COMPILES) == before
     generate(neo, short[:5] + [np.arange(40) % 512], cfg, batch_size=8)  # the 40-token prompt: bucket 48
-    assert _decode._cache_size() == before + 2
+    assert len(_COMPILES) == before + 2  # its prefill and its step program
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_row(neo):
+    """Rows that hit EOS early are read out and the rest continue in a smaller batch (`shrunk_rows`): every
+    row's tokens and entropies equal those of the same prompt decoded with EOS ignored, cut at its EOS."""
+    from mbc_jax.generate import decode
+
+    ref = reference("gpt_neo_tiny")
+    prompts = [ref["input_ids"][i % 3][:4 + i] for i in range(16)]
+    free = generate(neo, prompts, SamplingConfig(max_new_tokens=40, ignore_eos=True), seed=3, batch_size=16)
+    eos = sorted({int(g.output_ids[1]) for g in free[:8]})  # "EOS" ids: rows 0-7 stop at their 2nd token
+    first_hit = [next((j for j, t in enumerate(g.output_ids) if int(t) in eos), None) for g in free]
+    assert sum(j is not None and j < decode.CHUNK_STEPS for j in first_hit) >= 8
+    assert any(j is None or j >= 2 * decode.CHUNK_STEPS for j in first_hit)  # someone decodes on
+    shrinks = []
+    real_take = decode._take_rows
+    decode._take_rows = lambda state, idx, mesh: shrinks.append(len(idx)) or real_take(state, idx, mesh=mesh)
+    try:
+        got = generate(neo, prompts, SamplingConfig(max_new_tokens=40), seed=3, batch_size=16, eos_token_id=eos)
+    finally:
+        decode._take_rows = real_take
+    assert shrinks == [8]  # 16 rows -> 8 (the mesh's 8 data devices are the floor)
+    for g, f, j in zip(got, free, first_hit):
+        n = 40 if j is None else j + 1
+        np.testing.assert_array_equal(g.output_ids, f.output_ids[:n])
+        np.testing.assert_allclose(g.token_entropy, f.token_entropy[:n], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g.token_sampling_entropy, f.token_sampling_entropy[:n], rtol=1e-5, atol=1e-6)
+        assert g.stopped == ("length" if j is None else "eos")
+
+
+def test_shrunk_rows():
+    from mbc_jax.generate.decode import shrunk_rows
+
+    assert [shrunk_rows(n, 16, 1) for n in (0, 1, 3, 4, 5, 8, 9, 16)] == [1, 1, 4, 4, 8, 8, 16, 16]
+    assert shrunk_rows(3, 16, 8) == 8 and shrunk_rows(9, 16, 8) == 16 and shrunk_rows(1, 8, 8) == 8
 
 
 def test_repetition_penalty_matches_numpy_ctrl_rule():
