@@ -74,7 +74,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-length", type=int, default=None, metavar="N",
                    help="keep at most the last N prompt tokens (default: the model's positions minus --max-new-tokens)")
     p.add_argument("--bucket", type=int, default=DEFAULT_BUCKET, metavar="N",
-                   help=f"pad prompts to a multiple of N tokens (one compile per bucket; default: {DEFAULT_BUCKET})")
+                   help=f"the smallest prompt bucket: prompts are padded to N x 1, 1.5, 2, 3, 4, 6, ... tokens "
+                        f"(one compile per bucket; default: {DEFAULT_BUCKET})")
     p.set_defaults(func=run)
     return p
 

@@ -4,10 +4,15 @@
     gens[0].output_ids, gens[0].entropy, gens[0].stopped     # "eos" or "length"
 
 One jitted program per (rows, prompt bucket, max_new_tokens) shape: the prompts of a batch are
-LEFT-padded to a multiple of `bucket` (padding has segment id 0, so no real token ever attends to
-it, and every row's positions start at 0), prefilled in one forward pass, then decoded one token
-per step in a `lax.while_loop` that stops as soon as every row has finished. Rows are split over
-the mesh's (data, fsdp) axes. Each token is picked as `mbc_jax.generate.sampling` says.
+LEFT-padded to a bucket length (`bucket_length`: `bucket` times a power of two or 1.5 times one;
+padding has segment id 0, so no real token ever attends to it, and every row's positions start at 0),
+prefilled in one forward pass, then decoded one token per step in a `lax.while_loop` that stops as soon
+as every row has finished. Rows are split over the mesh's (data, fsdp) axes. Each token is picked as
+`mbc_jax.generate.sampling` says.
+The cache holds prompt bucket + max_new_tokens slots, one [B, KV heads, S, D] buffer per layer, written
+in place at every step; the layers' weights are unstacked once before the loop (`unstack_layers`: they
+sit twice in memory while decoding). Nothing goes back to the host until the batch is done. Where the
+time goes, before and after: benchmarks/README.md, "Generation".
 
 Entropy (nats), recorded at every generated token:
 - `entropy`: of the model's full predictive distribution, softmax of the raw logits at
@@ -20,8 +25,9 @@ Entropy (nats), recorded at every generated token:
   The other reading of Table 1's sampling column: the paper does not state which it used.
 Per record both are averaged over its generated tokens, the EOS step included.
 
-Sampling is a pure function of (seed, row key, step): row b draws with
-`fold_in(fold_in(key(seed), row_key[b]), step)`, so a record's sample does not depend on which
+Sampling is a pure function of (seed, row key, step): row b draws its token from the processed
+distribution by inverting its CDF at one uniform from `fold_in(fold_in(key(seed), row_key[b]), step)`
+(`sampling.draw`), so a record's sample does not depend on which
 other prompts share its batch, the batch size or the mesh, up to float rounding of its logits
 (row_key defaults to the prompt's position in the list; the CLI passes the record index, so
 `--limit` or a different `--batch-size` keep each record's sample).
@@ -39,11 +45,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbc_jax import UserError
-from mbc_jax.generate.sampling import SamplingConfig, Settings, entropy, process_logits
-from mbc_jax.models import init_cache
+from mbc_jax.generate.sampling import SamplingConfig, Settings, draw, entropy, first_argmax, process_logits
+from mbc_jax.models import init_cache, unstack_layers
 from mbc_jax.sharding import batch_divisor, batch_sharding, constrain
 
-DEFAULT_BUCKET = 32  # prompts are left-padded to a multiple of this many tokens (one compile per bucket)
+DEFAULT_BUCKET = 16  # the smallest prompt bucket: prompts are padded to 16, 24, 32, 48, 64, 96, ... tokens
 
 
 @dataclasses.dataclass
@@ -71,61 +77,79 @@ class Generation:
 # ------------------------------------------------------------------------------ the decode program
 
 
+_unstack = jax.jit(unstack_layers)  # once per `generate` call: the decode programs read the layers as a tuple
+
+
 @functools.partial(jax.jit, static_argnames=("module", "max_new"))
-def _decode(module, max_new: int, params, ids, seg, live, row_keys, seed, eos_ids, pad_id, settings: Settings):
-    """ids/seg [B, T] left-padded prompts; live [B] (False: a filler row). Returns tokens [B, N],
-    entropies [B, N] x 2, number of tokens [B], stopped-at-EOS [B]."""
+def _prefill(module, max_new: int, params, ids, seg, live, row_keys, seed) -> dict:
+    """ids/seg [B, T] left-padded prompts; live [B] (False: a filler row) -> the decode state: the KV cache
+    after the prompts, the first token's logits, the tokens seen so far (for the penalty), each row's random
+    key and empty output buffers [B, max_new]."""
     mesh = module.mesh
     b, t = ids.shape
-    n = max_new
-    cfg = module.cfg
     real = seg > 0
     positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0).astype(jnp.int32)
-    lengths = real.sum(axis=1).astype(jnp.int32)
-
-    cache = init_cache(cfg, b, t + n)
+    cache = init_cache(module.cfg, b, t + max_new)
     for name in ("k", "v"):
-        cache[name] = constrain(cache[name], mesh, (None, "batch", "length", "act_heads", None))
+        cache[name] = tuple(constrain(c, mesh, ("batch", "act_heads", "length", None)) for c in cache[name])
     for name in ("pos", "seg"):
         cache[name] = constrain(cache[name], mesh, ("batch", "length"))
-
-    def last_logits(hidden):
-        return module.apply({"params": params}, hidden[:, -1], method=type(module).logits).astype(jnp.float32)
-
     hidden, cache = module.apply({"params": params}, ids, positions, seg, cache=cache, return_hidden=True)
-    logits = last_logits(hidden)
-
-    rows = jnp.arange(b)
+    logits = _last_logits(module, params, hidden)
     vocab = logits.shape[-1]
-    present = jnp.zeros((b, vocab), bool).at[rows[:, None], jnp.where(real, ids, vocab)].set(True, mode="drop")
-    present = constrain(present, mesh, ("batch", None))
+    present = jnp.zeros((b, vocab), bool).at[jnp.arange(b)[:, None], jnp.where(real, ids, vocab)].set(True, mode="drop")
     base = jax.random.key(seed)
-    keys = jax.vmap(lambda r: jax.random.fold_in(base, r))(row_keys)
-
-    state = dict(
-        step=jnp.zeros((), jnp.int32), logits=logits, cache=cache, present=present,
+    return _pin(dict(
+        step=jnp.zeros((), jnp.int32), logits=logits, cache=cache, present=constrain(present, mesh, ("batch", None)),
+        keys=jax.vmap(lambda r: jax.random.fold_in(base, r))(row_keys), lengths=real.sum(axis=1).astype(jnp.int32),
         finished=~live, eos=jnp.zeros((b,), bool), count=jnp.zeros((b,), jnp.int32),
-        tokens=jnp.full((b, n), pad_id, jnp.int32),
-        ent=jnp.zeros((b, n), jnp.float32), sent=jnp.zeros((b, n), jnp.float32),
-    )
+        tokens=jnp.zeros((b, max_new), jnp.int32), ent=jnp.zeros((b, max_new), jnp.float32),
+        sent=jnp.zeros((b, max_new), jnp.float32),
+    ), mesh)
+
+
+def _pin(state: dict, mesh) -> dict:
+    """The decode state laid out one way whoever made it (prefill, a chunk of steps, a row compaction):
+    rows over the batch axes, each layer's k/v heads over the tensor axis, scalars replicated. Otherwise
+    each producer's own choice would compile the step program again."""
+    def lay(path, a):
+        if a.ndim == 0:
+            return constrain(a, mesh, ())
+        if path[0].key == "cache" and path[1].key in ("k", "v"):
+            return constrain(a, mesh, ("batch", "act_heads", "length", None))
+        return constrain(a, mesh, ("batch",) + (None,) * (a.ndim - 1))
+    return jax.tree_util.tree_map_with_path(lay, state)
+
+
+def _last_logits(module, params, hidden):
+    return module.apply({"params": params}, hidden[:, -1], method=type(module).logits).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("module",), donate_argnames=("state",))
+def _steps(module, params, state: dict, stop, eos_ids, pad_id, settings: Settings) -> dict:
+    """Decode until step `stop` or until every row has finished (a `while_loop`; the state's buffers are
+    donated, so the cache is written in place across calls)."""
+    b = state["finished"].shape[0]
+    rows = jnp.arange(b)
 
     def cond(s):
-        return (s["step"] < n) & ~jnp.all(s["finished"])
+        return (s["step"] < stop) & ~jnp.all(s["finished"])
 
     def body(s):
         step, raw, done = s["step"], s["logits"], s["finished"]
         x = process_logits(raw, s["present"], settings)
-        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-        sampled = jax.vmap(jax.random.categorical)(step_keys, x)
-        tok = jnp.where(settings.greedy, jnp.argmax(x, axis=-1), sampled).astype(jnp.int32)
-        sent = jnp.where(settings.greedy, 0.0, entropy(x))
+
+        def sample(x):  # one uniform per row, the processed distribution's CDF inverted at it
+            u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step), (), jnp.float32))(s["keys"])
+            return draw(x, u), entropy(x)
+
+        tok, sent = jax.lax.cond(settings.greedy, lambda x: (first_argmax(x), jnp.zeros((b,), jnp.float32)),
+                                 sample, x)
         tok = jnp.where(done, pad_id, tok)
         active = ~done
         hit_eos = active & jnp.any(tok[:, None] == eos_ids[None, :], axis=-1) & ~settings.ignore_eos
         out = dict(
-            step=step + 1,
-            finished=done | hit_eos,
-            eos=s["eos"] | hit_eos,
+            s, step=step + 1, finished=done | hit_eos, eos=s["eos"] | hit_eos,
             count=s["count"] + active.astype(jnp.int32),
             tokens=s["tokens"].at[:, step].set(tok),
             ent=s["ent"].at[:, step].set(jnp.where(active, entropy(raw), 0.0)),
@@ -134,26 +158,88 @@ def _decode(module, max_new: int, params, ids, seg, live, row_keys, seed, eos_id
         )
         # feed the token: next position of each row is its prompt length + step
         hidden, out["cache"] = module.apply(
-            {"params": params}, tok[:, None], (lengths + step)[:, None], jnp.ones((b, 1), jnp.int32),
+            {"params": params}, tok[:, None], (s["lengths"] + step)[:, None], jnp.ones((b, 1), jnp.int32),
             cache=s["cache"], return_hidden=True)
-        out["logits"] = last_logits(hidden)
+        out["logits"] = _last_logits(module, params, hidden)
         return out
 
-    s = jax.lax.while_loop(cond, body, state)
-    return s["tokens"], s["ent"], s["sent"], s["count"], s["eos"]
+    return _pin(jax.lax.while_loop(cond, body, state), module.mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",), donate_argnames=("state",))
+def _take_rows(state: dict, idx, mesh=None) -> dict:
+    """The decode state of rows `idx` only (every array but the step counters is per row)."""
+    return _pin(jax.tree.map(lambda a: a if a.ndim == 0 else a[idx], state), mesh)
+
+
 
 
 # ------------------------------------------------------------------------------ host side
 
 
 def bucket_length(n: int, bucket: int = DEFAULT_BUCKET) -> int:
-    return max(bucket, -(-n // bucket) * bucket)
+    """The padded length of a batch whose longest prompt has n tokens: the first of bucket x 1, 1.5, 2, 3,
+    4, 6, 8, ... (powers of two and 1.5x powers of two) that holds n. At most a third of a prefill is
+    padding, and a prompt list whose lengths reach L compiles about 2 log2(L / bucket) programs.
+    (A Dolly prompt of 45 tokens runs as 48: with multiples of 32 it ran as 64, 1.33x the prefill.)"""
+    for j in range(64):
+        for size in (bucket << j, -(-3 * (bucket << j) // 2)):
+            if size >= n:
+                return size
+    raise ValueError(f"no bucket holds {n} tokens")
 
 
 def batch_rows(n_prompts: int, batch_size: int, mesh: Any) -> int:
     """Rows of each decoding batch: min(batch_size, n_prompts) rounded up to a multiple of data x fsdp."""
     div = batch_divisor(mesh)
     return -(-min(batch_size, max(n_prompts, 1)) // div) * div
+
+
+CHUNK_STEPS = 16  # decode steps between looks at which rows have finished
+SHRINK_MIN_STEPS = 16  # rows are compacted only when at least this many steps may remain
+
+
+def shrunk_rows(live: int, rows: int, divisor: int) -> int:
+    """Rows to continue with when `live` of `rows` are still decoding: the next power of two holding them
+    (a multiple of the mesh's divisor), if that halves the batch at least; else `rows`. Each row count
+    compiles the step program once per prompt bucket, so there are at most log2(batch) of them."""
+    size = divisor
+    while size < live:
+        size *= 2
+    return size if size * 2 <= rows else rows
+
+
+def _run_rows(module, params, state: dict, max_new: int, members: int, divisor: int, eos_ids, pad_id,
+              settings) -> list[tuple]:
+    """Decode a prefilled batch to the end, CHUNK_STEPS at a time. Rows that finish early stop costing
+    work: when the live rows fit in half the batch or less (`shrunk_rows`), the finished rows' outputs are
+    read out and the rest continue in a smaller batch. Each row's computation is unchanged by who shares
+    its batch (its random stream is its own). Returns (tokens, entropy, sampling entropy, count, eos)
+    per batch row, in the batch's order; only the first `members` rows are real prompts."""
+    out: list[tuple | None] = [None] * members
+    where = np.arange(state["finished"].shape[0])  # state row -> batch row
+    step = 0
+
+    def read(rows_idx):
+        got = jax.device_get({k: state[k] for k in ("tokens", "ent", "sent", "count", "eos")})
+        for r in rows_idx:
+            if where[r] < members and out[where[r]] is None:
+                out[where[r]] = (got["tokens"][r], got["ent"][r], got["sent"][r], int(got["count"][r]),
+                                 bool(got["eos"][r]))
+
+    while True:
+        step = min(step + CHUNK_STEPS, max_new)
+        state = _steps(module, params, state, np.int32(step), eos_ids, pad_id, settings)
+        finished = np.asarray(jax.device_get(state["finished"]))
+        if finished.all() or step >= max_new:
+            read(range(len(where)))
+            return out  # type: ignore[return-value]
+        rows = shrunk_rows(int((~finished).sum()), len(where), divisor)
+        if rows < len(where) and max_new - step >= SHRINK_MIN_STEPS:
+            read(np.flatnonzero(finished))
+            keep = np.concatenate([np.flatnonzero(~finished), np.flatnonzero(finished)])[:rows]
+            state = _take_rows(state, jnp.asarray(keep, jnp.int32), mesh=module.mesh)
+            where = where[keep]
 
 
 MAX_EOS_IDS = 8  # EOS ids are passed as a fixed-size vector, so their number never recompiles
@@ -219,8 +305,10 @@ def generate(
 
     rows = batch_rows(len(prompts), batch_size, model.mesh)
     order = sorted(range(len(prompts)), key=lambda i: (-prompts[i].size, i))
-    scalars = dict(seed=np.uint32(seed & 0xFFFFFFFF), eos_ids=_eos_array(eos_token_id), pad_id=np.int32(pad),
-                   settings=Settings.of(config))
+    scalars = dict(eos_ids=_eos_array(eos_token_id), pad_id=np.int32(pad), settings=Settings.of(config))
+    scalars_seed = np.uint32(seed & 0xFFFFFFFF)
+    div = batch_divisor(model.mesh)
+    params = _unstack(model.params)  # the layers sliced and laid out for decoding once per call
     shard2, shard1 = batch_sharding(model.mesh, 2), batch_sharding(model.mesh, 1)
     results: list[Generation | None] = [None] * len(prompts)
     done = tokens_out = 0
@@ -241,12 +329,12 @@ def generate(
             keys[r] = row_keys[i] & 0xFFFFFFFF
         seg[len(members):, -1] = 1  # idle rows: one token so attention has something to look at
         put = lambda a: jax.device_put(a, shard2 if a.ndim == 2 else shard1)  # noqa: E731
-        toks, ent, sent, count, eos = jax.device_get(_decode(
-            model.module, config.max_new_tokens, model.params, put(ids), put(seg), put(live), put(keys), **scalars))
+        state = _prefill(model.module, config.max_new_tokens, params, put(ids), put(seg), put(live), put(keys),
+                         scalars_seed)
+        out = _run_rows(model.module, params, state, config.max_new_tokens, len(members), div, **scalars)
         for r, i in enumerate(members):
-            k = int(count[r])
-            results[i] = Generation(toks[r, :k].copy(), ent[r, :k].copy(), sent[r, :k].copy(),
-                                    "eos" if eos[r] else "length")
+            toks, ent, sent, k, eos = out[r]
+            results[i] = Generation(toks[:k].copy(), ent[:k].copy(), sent[:k].copy(), "eos" if eos else "length")
             tokens_out += k
         done += len(members)
         if on_batch is not None:

@@ -25,11 +25,11 @@ from transformers import AutoTokenizer
 from mbc_jax import UserError, paths
 from mbc_jax.models import hf_io
 from mbc_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, config_from_hf, load_config
-from mbc_jax.models.transformer import CausalLM, init_cache, sown_attention_probs
+from mbc_jax.models.transformer import CausalLM, init_cache, sown_attention_probs, unstack_layers
 from mbc_jax.sharding import batch_divisor, batch_sharding, make_mesh, mesh_str, tree_shardings
 
 __all__ = [
-    "SUPPORTED_MODEL_TYPES", "ModelConfig", "config_from_hf", "load_config", "CausalLM", "init_cache",
+    "SUPPORTED_MODEL_TYPES", "ModelConfig", "config_from_hf", "load_config", "CausalLM", "init_cache", "unstack_layers",
     "sown_attention_probs", "Model", "abstract_params", "init_model", "load_model", "export_model", "resolve_model_dir",
 ]
 

@@ -22,7 +22,10 @@ from mbc_jax.models.layers import LayerNorm, Linear, dropout, inverse_frequencie
 from mbc_jax.sharding import constrain
 
 Array = jax.Array
-Cache = dict[str, Array]  # k, v: [L, B, S, KV heads, D]; pos, seg: [B, S]; index: [] (next slot to write)
+# A KV cache (`transformer.init_cache`): k, v: one [B, KV heads, S, D] array per layer (separate buffers, so a
+# decode step writes one slot of each in place and reads it without slicing a stacked array); pos, seg: [B, S];
+# index: [] (next slot to write). `Attention` sees one layer's {k, v, pos, seg, index}.
+Cache = dict[str, Any]
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 ATTENTION_PROBS = "attention_probs"  # name of the sown attention probabilities in the "intermediates" collection
@@ -42,7 +45,8 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, pos, seg, window, scale, cache: Cache | None = None):
-        """`window`, `scale`: this layer's attention window and query scale (scanned per layer)."""
+        """`window`, `scale`: this layer's attention window and query scale (scanned per layer). With `cache`
+        (this layer's, see `Cache`) returns (out, {"k", "v"}: the cache with this call's tokens written)."""
         cfg = self.cfg
         b, t, e = x.shape
         d = cfg.head_dim
@@ -59,12 +63,10 @@ class Attention(nn.Module):
             q, k = rotary(q, pos, inv_freq), rotary(k, pos, inv_freq)
         if cfg.attention_scale or cfg.scale_by_inverse_layer:
             q = q * scale.astype(q.dtype)
-        k_pos, k_seg = pos, seg
-        if cache is not None:  # write this step's keys/values at cache["index"], attend over the whole cache
-            i = cache["index"]
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, i, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, i, 0, 0))
-            k_pos, k_seg = cache["pos"], cache["seg"]
+        if cache is not None:  # write this call's keys/values at cache["index"] (in place), attend over the cache
+            i, cache_pos, cache_seg = cache["index"], cache["pos"], cache["seg"]
+            k, v = (jax.lax.dynamic_update_slice(cache[n], new.astype(cache[n].dtype).transpose(0, 2, 1, 3),
+                                                 (0, 0, i, 0)) for n, new in (("k", k), ("v", v)))
             cache = {"k": k, "v": v}
         k = k.astype(q.dtype)
         drop = None
@@ -81,7 +83,7 @@ class Attention(nn.Module):
             block = 0 if collect else cfg.attention_block
             out = causal_attention(q, k, v, pos, seg, window, block, per_head, drop, record)
         else:
-            out = _attend(q, k, v, pos, seg, k_pos, k_seg, window, drop, record)
+            out = cached_attention(q, k, v, pos, seg, cache_pos, cache_seg, window, drop, record)
         out = Linear(e, ("heads", "embed"), cfg.out_bias, cfg, name="o")(out.reshape(b, t, cfg.num_heads * d))
         return train_dropout(self, out, cfg.resid_dropout), cache
 
@@ -154,3 +156,23 @@ def _attend(q, k, v, q_pos, q_seg, k_pos, k_seg, window, drop: tuple[Array, floa
     if kv == h:
         return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     return jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(b, tq, h, d)
+
+
+def cached_attention(q, k, v, q_pos, q_seg, k_pos, k_seg, window, drop: tuple[Array, float] | None = None,
+                     record: Callable[[Array], Any] | None = None):
+    """Attention of q [B, Tq, H, D] over a KV cache k, v [B, KV, S, D] (the cache's layout: key/value heads
+    ahead of the slots, so both matmuls read it as stored, with no transposed copy), masked by the slots'
+    positions and segments k_pos, k_seg [B, S] (unwritten slots have segment 0). Same function as `_attend`."""
+    b, tq, h, d = q.shape
+    kv = k.shape[1]
+    mask = attention_mask(q_pos, q_seg, k_pos, k_seg, window)[:, :, None]  # [B, 1, 1, Tq, S]
+    q = q.reshape(b, tq, kv, h // kv, d).transpose(0, 2, 3, 1, 4)  # [B, KV, G, Tq, D]: a small copy
+    scores = jnp.einsum("bhgqd,bhkd->bhgqk", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(jnp.where(mask, scores, NEG_INF), axis=-1)
+    if record is not None:
+        record(probs.reshape(b, h, tq, -1))
+    probs = probs.astype(v.dtype)
+    if drop is not None:
+        probs = dropout(probs, drop[1], drop[0])
+    out = jnp.einsum("bhgqk,bhkd->bhgqd", probs, v)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, tq, h, d)

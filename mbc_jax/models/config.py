@@ -86,6 +86,7 @@ class ModelConfig:
     attention_block: int = 128  # causal block skipping without a KV cache (0: one full score matrix)
     attention_impl: str = "auto"  # "einsum" | "per_head" (lax.map over heads) | "auto" (per_head on CPU,
     # except in the train step: train.make_train_step picks einsum, faster with gradients)
+    kernels_transposed: bool = False  # Linear kernels stored [out, in]: the layers of a decode loop (`unstack_layers`)
 
     def __post_init__(self):
         fill = dict(layer_windows=(GLOBAL_WINDOW,) * self.num_layers, num_kv_heads=self.num_heads,

@@ -54,10 +54,11 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        flip = self.cfg.kernels_transposed
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(normal(0.02), self.axes),
-            (x.shape[-1], self.features),
+            nn.with_logical_partitioning(normal(0.02), self.axes[::-1] if flip else self.axes),
+            (self.features, x.shape[-1]) if flip else (x.shape[-1], self.features),
             jnp.dtype(self.cfg.param_dtype),
         )
         dtype = jnp.dtype(self.cfg.dtype)
@@ -65,7 +66,12 @@ class Linear(nn.Module):
         # (the kernel gradient contracts over batch and length at once) to a slow generic loop
         # (measured in benchmarks/README.md).
         lead = x.shape[:-1]
-        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), kernel.astype(dtype)).reshape(*lead, self.features)
+        x2, k = x.reshape(-1, x.shape[-1]).astype(dtype), kernel.astype(dtype)
+        if flip:  # [out, in] . [rows, in] -> [out, rows]: XLA:CPU's fast form for a few rows (decoding)
+            y = jax.lax.dot_general(k, x2, (((1,), (1,)), ((), ()))).T
+        else:
+            y = jnp.dot(x2, k)
+        y = y.reshape(*lead, self.features)
         if self.use_bias:
             bias = self.param(
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),

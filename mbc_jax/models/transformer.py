@@ -31,7 +31,8 @@ from mbc_jax.models.config import ModelConfig
 from mbc_jax.models.layers import LayerNorm, Linear, Mlp, dropout, normal, train_dropout
 from mbc_jax.sharding import constrain
 
-__all__ = ["CausalLM", "Block", "init_cache", "sown_attention_probs", "layer_scales", "REMAT_POLICIES",
+__all__ = ["CausalLM", "Block", "init_cache", "unstack_layers", "sown_attention_probs", "layer_scales",
+           "REMAT_POLICIES",
            # the parts, importable from here as before the split
            "Attention", "attention_mask", "causal_attention", "Linear", "LayerNorm", "Mlp", "dropout"]
 
@@ -155,19 +156,7 @@ class CausalLM(nn.Module):
         per_layer = {"window": jnp.asarray(cfg.layer_windows, jnp.int32),
                      "scale": jnp.asarray(layer_scales(cfg), jnp.float32)}
         if cache is not None:
-            i = cache["index"]
-            k_pos = jax.lax.dynamic_update_slice(cache["pos"], positions.astype(jnp.int32), (0, i))
-            k_seg = jax.lax.dynamic_update_slice(cache["seg"], segment_ids.astype(jnp.int32), (0, i))
-            # every layer sees the same positions/segments; broadcast them along the scan
-            layer_cache = {
-                "k": cache["k"],
-                "v": cache["v"],
-                "pos": jnp.broadcast_to(k_pos, (cfg.num_layers, *k_pos.shape)),
-                "seg": jnp.broadcast_to(k_seg, (cfg.num_layers, *k_seg.shape)),
-                "index": jnp.broadcast_to(i, (cfg.num_layers,)),
-            }
-            x, new_kv = self.layers(x, positions, segment_ids, per_layer, layer_cache)
-            new_cache = {**new_kv, "pos": k_pos, "seg": k_seg, "index": i + t}
+            x, new_cache = self._cached_layers(x, positions, segment_ids, per_layer, cache)
         else:
             x, _ = self.layers(x, positions, segment_ids, per_layer, None)
         if cfg.final_layer_norm:
@@ -177,10 +166,46 @@ class CausalLM(nn.Module):
         out = x if return_hidden else self.logits(x)
         return (out, new_cache) if cache is not None else out
 
+    def _cached_layers(self, x, positions, segment_ids, per_layer, cache: Cache):
+        """The layers with a KV cache: a Python loop over the layers, each reading and writing its own cache
+        buffers in place (under `nn.scan` a stacked cache is sliced, copied and re-stacked at every layer of
+        every decode step). Each layer's parameters are a slice of the stacked ones; a decode loop passes
+        `unstack_layers(params)`, sliced once before the loop (XLA:CPU does not hoist the slices out of a
+        `while_loop` by itself: they copied every weight at every step, see benchmarks/README.md)."""
+        cfg = self.cfg
+        i = cache["index"]
+        k_pos = jax.lax.dynamic_update_slice(cache["pos"], positions.astype(jnp.int32), (0, i))
+        k_seg = jax.lax.dynamic_update_slice(cache["seg"], segment_ids.astype(jnp.int32), (0, i))
+        layers = self.variables["params"]["layers"]  # stacked, or a tuple of per-layer trees (`unstack_layers`)
+        unstacked = isinstance(layers, (tuple, list))
+        block = Block(cfg.replace(kernels_transposed=unstacked), self.mesh, self.deterministic, parent=None)
+        collect = self.is_mutable_collection("intermediates")
+        ks, vs, probs = [], [], []
+        for n in range(cfg.num_layers):
+            params = layers[n] if unstacked else jax.tree.map(lambda a: a[n], layers)  # noqa: B023
+            layer = jax.tree.map(lambda a: a[n], per_layer)  # noqa: B023
+            layer_cache = {"k": cache["k"][n], "v": cache["v"][n], "pos": k_pos, "seg": k_seg, "index": i}
+            rngs = None if self.deterministic else {"dropout": jax.random.fold_in(self.make_rng("dropout"), n)}
+            if collect:
+                (x, kv), state = block.apply({"params": params}, x, positions, segment_ids, layer, layer_cache,
+                                             rngs=rngs, mutable=["intermediates"])
+                probs.append(state["intermediates"]["attn"][ATTENTION_PROBS][0])
+            else:
+                x, kv = block.apply({"params": params}, x, positions, segment_ids, layer, layer_cache, rngs=rngs)
+            ks.append(kv["k"])
+            vs.append(kv["v"])
+        if collect:
+            self.sow("intermediates", CACHED_ATTENTION_PROBS, jnp.stack(probs))
+        return x, {"k": tuple(ks), "v": tuple(vs), "pos": k_pos, "seg": k_seg, "index": i + x.shape[1]}
+
     def logits(self, hidden: Array) -> Array:
         """LM head: hidden [..., word_embed_dim] -> logits [..., vocab] in the compute dtype."""
         dtype = jnp.dtype(self.cfg.dtype)
         if self.cfg.tie_word_embeddings:
+            if hidden.ndim == 2 and hidden.shape[0] <= 64:  # a decode step: [V, E] . [rows, E], XLA:CPU's fast form
+                rows = jax.lax.dot_general(self.embed_tokens.astype(dtype), hidden.astype(dtype),
+                                           (((1,), (1,)), ((), ())))
+                return rows.T
             return jnp.dot(hidden.astype(dtype), self.embed_tokens.astype(dtype).T)
         return jnp.dot(hidden.astype(dtype), self.lm_head.astype(dtype))
 
@@ -189,19 +214,43 @@ class CausalLM(nn.Module):
         return self.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head.T
 
 
+def unstack_layers(params: dict) -> dict:
+    """`params` with "layers" as a tuple of per-layer trees, every Linear kernel stored [out, in] (copies: the
+    layers' weights once more in memory), which `CausalLM` with a cache reads as they are. For decode loops:
+    they would otherwise slice the stack at every step, and XLA:CPU multiplies a few rows by an [out, in]
+    kernel 2-3x faster than by the [in, out] one (benchmarks/README.md)."""
+    stacked = params["layers"]
+    if isinstance(stacked, (tuple, list)):
+        return params
+
+    def layer(i):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, a: a[i].T if getattr(path[-1], "key", None) == "kernel" else a[i], stacked)
+
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    return {**params, "layers": tuple(layer(i) for i in range(n))}
+
+
+CACHED_ATTENTION_PROBS = "cached_attention_probs"  # where the layer loop with a KV cache sows them
+
+
 def sown_attention_probs(variables: dict) -> Array:
     """The attention probabilities [layers, B, heads, T_query, T_key] from the collections that
     `CausalLM.apply(..., mutable=["intermediates"])` returns."""
-    return variables["intermediates"]["layers"]["attn"][ATTENTION_PROBS][0]
+    inter = variables["intermediates"]
+    if CACHED_ATTENTION_PROBS in inter:
+        return inter[CACHED_ATTENTION_PROBS][0]
+    return inter["layers"]["attn"][ATTENTION_PROBS][0]
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> Cache:
-    """An empty KV cache for `length` positions (prompt + new tokens): only the key/value heads."""
+    """An empty KV cache for `length` positions (prompt + new tokens): per layer, k and v [B, KV heads, S, D]
+    (only the key/value heads), in separate buffers."""
     dtype = jnp.dtype(dtype or cfg.dtype)
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
     return {
-        "k": jnp.zeros(shape, dtype),
-        "v": jnp.zeros(shape, dtype),
+        "k": tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        "v": tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
         "pos": jnp.zeros((batch, length), jnp.int32),
         "seg": jnp.zeros((batch, length), jnp.int32),
         "index": jnp.zeros((), jnp.int32),

@@ -40,7 +40,8 @@ def test_gqa_model_on_a_tensor_mesh_reproduces_its_fixture(shared_dir):
     from mbc_jax.sharding import make_mesh
 
     model = load_model(str(FIXTURES / "llama_gqa_tiny"), mesh=make_mesh("2,2,2"))
-    assert init_cache(model.config, 2, 8)["k"].shape == (3, 2, 8, 2, 16)
+    cache = init_cache(model.config, 2, 8)  # per layer: [B, KV heads, slots, head_dim]
+    assert len(cache["k"]) == len(cache["v"]) == 3 and cache["k"][0].shape == (2, 2, 8, 16)
     ref = reference("llama_gqa_tiny")
     got = generate(model, prompt_set(ref), GREEDY)
     np.testing.assert_array_equal(got[0].output_ids, ref["greedy_continuation"])

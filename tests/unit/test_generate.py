@@ -14,6 +14,7 @@ import pytest
 from conftest import GREEDY, N, _write, prompt_set, reference
 from mbc_jax import UserError
 from mbc_jax.generate import SamplingConfig, build_prompts, generate, repetition_penalty, top_k_filter, top_p_filter
+from mbc_jax.generate.sampling import first_argmax
 
 
 def full_logits(model, seqs) -> np.ndarray:
@@ -126,6 +127,147 @@ def test_filters_against_numpy():
         want = np.where(ahead < p if p < 1 else True, logits, -np.inf)
         np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
         assert np.isfinite(got).sum(-1).min() >= 1
+
+
+def test_filters_on_a_vocabulary_against_float64_numpy():
+    """The radix-search cutoffs on 50k-token rows (flat, peaked, ties at the top and at the k-th value, a
+    -inf already in the row), against numpy in float64: exact wherever the boundary is clear in float32."""
+    rng = np.random.default_rng(2)
+    for scale in (0.5, 3.0, 12.0):
+        x = (rng.normal(size=(3, 50257)) * scale).astype(np.float32)
+        x[0, :4] = x[0].max()  # a tie at the top
+        x[1, 7] = -np.inf
+        x[2, 100:103] = np.sort(x[2])[-10]  # ties with the 10th largest
+        for k in (1, 4, 10, 1000, 60000):
+            kth = np.sort(x, -1)[:, ::-1][:, min(k, x.shape[1]) - 1:min(k, x.shape[1])]
+            np.testing.assert_array_equal(np.asarray(top_k_filter(x, k)), np.where(x >= kth, x, -np.inf))
+        probs = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        ahead = np.stack([mass_ahead(row) for row in probs])
+        for p in (0.05, 0.5, 0.9, 0.999):
+            kept = np.isfinite(np.asarray(top_p_filter(x, p)))
+            clear = np.abs(ahead - p) > 1e-5
+            np.testing.assert_array_equal(kept[clear], (ahead < p)[clear])
+            assert kept.sum(-1).min() >= 1
+
+
+def test_radix_threshold_equals_bisection():
+    """The three-pass radix search returns the very threshold of the 32-step bisection it replaced, for
+    probability masses (top-p) and counts (top-k), on rows with ties, -inf, negative and huge values."""
+    import jax
+
+    from mbc_jax.generate.sampling import _bisect_threshold, _order_keys, _smallest_threshold
+
+    rng = np.random.default_rng(5)
+    for scale in (0.02, 0.7, 4.0, 30.0):
+        x = (rng.normal(size=(6, 5000)) * scale).astype(np.float32)
+        x[0, :50] = x[0, 50]  # ties
+        x[1, ::3] = -np.inf
+        x[2] = np.round(x[2])  # few distinct values
+        keys = _order_keys(x)
+        probs = np.asarray(jax.nn.softmax(x, axis=-1))
+        for weight, limits in ((probs, (1e-6, 0.1, 0.9, 0.999)), (np.ones_like(probs), (1.0, 7.0, 2500.0))):
+            for limit in limits:
+                lim = np.float32(limit)
+                np.testing.assert_array_equal(np.asarray(jax.jit(_smallest_threshold)(keys, weight, lim)),
+                                              np.asarray(jax.jit(_bisect_threshold)(keys, weight, lim)))
+
+
+def test_draw_inverts_the_cdf_against_float64_numpy():
+    """`draw` at a grid of uniforms picks the token numpy's float64 CDF picks, except where u lies within
+    float32 rounding of a boundary; it never returns a token of probability 0."""
+    from mbc_jax.generate.sampling import draw
+
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(4, 3000)) * np.array([[0.1], [1.0], [4.0], [9.0]])).astype(np.float32)
+    x[1, ::2] = -np.inf  # filtered tokens
+    x[3, 700:2000] = -np.inf
+    u = np.linspace(0, 1, 4001, endpoint=False, dtype=np.float32)[1:]
+    for row in range(4):
+        got = np.asarray(draw(np.repeat(x[row:row + 1], u.size, 0), u))
+        p = np.exp(x[row].astype(np.float64) - x[row].max())
+        cdf = np.cumsum(p) / p.sum()
+        want = np.searchsorted(cdf, u.astype(np.float64), side="right")
+        near = np.min(np.abs(cdf[:, None] - u[None, :]), axis=0) < 1e-5
+        np.testing.assert_array_equal(got[~near], want[~near])
+        assert np.all(np.isfinite(x[row, got])) and (got[~near] == want[~near]).all()
+        assert (~near).sum() > 0.9 * u.size
+
+
+def test_order_keys_and_first_argmax():
+    from mbc_jax.generate.sampling import _order_keys
+
+    v = np.array([-np.inf, -3e38, -2.5, -1e-30, -0.0, 0.0, 1e-30, 1.0, 2.5, 3e38, np.inf], np.float32)
+    keys = np.asarray(_order_keys(v))
+    assert np.all(np.diff(keys[[0, 1, 2, 3, 4, 6, 7, 8, 9, 10]]) > 0) and keys[4] == keys[5]
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 5, size=(6, 300)).astype(np.float32)  # many ties of the maximum
+    x[1] = -np.inf
+    x[1, 17] = 0.0
+    np.testing.assert_array_equal(np.asarray(first_argmax(x)), np.argmax(x, -1))
+
+
+_COMPILES: list[str] = []
+
+
+def _count_compiles(event: str, seconds: float, **_) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES.append(event)
+
+
+def test_one_compile_per_prompt_bucket(neo):
+    """Three batches of prompts in one bucket compile one prefill and one step program (XLA compiles,
+    counted by JAX's own events); a longer bucket adds one of each (with EOS ignored no row finishes early,
+    so no smaller batch is compiled)."""
+    import jax
+
+    ref = reference("gpt_neo_tiny")
+    cfg = SamplingConfig(greedy=True, repetition_penalty=1.0, max_new_tokens=3, ignore_eos=True)
+    short = [ref["input_ids"][i % 3][:5 + i % 7] for i in range(20)]
+    generate(neo, short[:3], cfg, batch_size=8)  # compiles the per-call layer unstacking as well
+    if _count_compiles not in getattr(test_one_compile_per_prompt_bucket, "registered", ()):
+        jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+        test_one_compile_per_prompt_bucket.registered = (_count_compiles,)
+    before = len(_COMPILES)
+    generate(neo, short, cfg, batch_size=8)  # 3 batches of 8 rows, prompts <= 11 tokens: bucket 16
+    assert len(_COMPILES) == before
+    generate(neo, short[:5] + [np.arange(40) % 512], cfg, batch_size=8)  # the 40-token prompt: bucket 48
+    assert len(_COMPILES) == before + 2  # its prefill and its step program
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_row(neo):
+    """Rows that hit EOS early are read out and the rest continue in a smaller batch (`shrunk_rows`): every
+    row's tokens and entropies equal those of the same prompt decoded with EOS ignored, cut at its EOS."""
+    from mbc_jax.generate import decode
+
+    ref = reference("gpt_neo_tiny")
+    prompts = [ref["input_ids"][i % 3][:4 + i] for i in range(16)]
+    free = generate(neo, prompts, SamplingConfig(max_new_tokens=40, ignore_eos=True), seed=3, batch_size=16)
+    eos = sorted({int(g.output_ids[1]) for g in free[:8]})  # "EOS" ids: rows 0-7 stop at their 2nd token
+    first_hit = [next((j for j, t in enumerate(g.output_ids) if int(t) in eos), None) for g in free]
+    assert sum(j is not None and j < decode.CHUNK_STEPS for j in first_hit) >= 8
+    assert any(j is None or j >= 2 * decode.CHUNK_STEPS for j in first_hit)  # someone decodes on
+    shrinks = []
+    real_take = decode._take_rows
+    decode._take_rows = lambda state, idx, mesh: shrinks.append(len(idx)) or real_take(state, idx, mesh=mesh)
+    try:
+        got = generate(neo, prompts, SamplingConfig(max_new_tokens=40), seed=3, batch_size=16, eos_token_id=eos)
+    finally:
+        decode._take_rows = real_take
+    assert shrinks == [8]  # 16 rows -> 8 (the mesh's 8 data devices are the floor)
+    for g, f, j in zip(got, free, first_hit):
+        n = 40 if j is None else j + 1
+        np.testing.assert_array_equal(g.output_ids, f.output_ids[:n])
+        np.testing.assert_allclose(g.token_entropy, f.token_entropy[:n], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g.token_sampling_entropy, f.token_sampling_entropy[:n], rtol=1e-5, atol=1e-6)
+        assert g.stopped == ("length" if j is None else "eos")
+
+
+def test_shrunk_rows():
+    from mbc_jax.generate.decode import shrunk_rows
+
+    assert [shrunk_rows(n, 16, 1) for n in (0, 1, 3, 4, 5, 8, 9, 16)] == [1, 1, 4, 4, 8, 8, 16, 16]
+    assert shrunk_rows(3, 16, 8) == 8 and shrunk_rows(9, 16, 8) == 16 and shrunk_rows(1, 8, 8) == 8
 
 
 def test_repetition_penalty_matches_numpy_ctrl_rule():
