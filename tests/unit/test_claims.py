@@ -57,7 +57,8 @@ def test_auc_is_the_pairwise_win_share_with_half_ties():
     assert float(st.auc(pos, neg)) == pytest.approx(np.mean(pairs))
     v, lo, hi = st.auc_ci(pos, neg)
     ip, ineg = boot_indices(4, 3)
-    brute = [np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos[i] for n in neg[j]]) for i, j in zip(ip, ineg)]
+    brute = [np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos[i] for n in neg[j]])
+             for i, j in zip(ip, ineg)]
     assert v == pytest.approx(np.mean(pairs)) and (lo, hi) == pytest.approx(percentile(brute))
 
 
