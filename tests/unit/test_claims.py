@@ -276,3 +276,18 @@ def test_real_data_has_no_ground_truth_rows(tmp_path):
     fam, quality = rows[claims.FINDINGS[7][0]], rows[claims.FINDINGS[3][0]]
     assert fam.verdict == quality.verdict == claims.UNMEASURED
     assert "familiarity" in fam.why and "world's grader" in quality.why and "perplexity last / lowest" in quality.why
+
+
+def test_the_demo_prints_the_claims_its_run_folder_can_test(tmp_path):
+    from mbc_jax.commands.train import demo_claims
+
+    run = make_run(tmp_path, plateau=True)
+    text = demo_claims(run.path)
+    measured = [line for line in text.splitlines() if line.startswith((f"- {claims.HOLDS}:", f"- {claims.FAILS}:"))]
+    # the run folder alone (and the data map it writes): the rise, response vs full, QA vs summarization, familiarity
+    assert len(measured) == 4
+    for line, i in zip(measured, (0, 1, 2, 7)):
+        assert line.split(": ", 1)[1].startswith(claims.FINDINGS[i][0] + ": ")
+    assert all(m.startswith(f"- {claims.HOLDS}:") for m in measured[:2])  # make_run plateaus, response above
+    assert (tmp_path / "figures" / "fig2_data_map.csv").is_file()
+    assert text.splitlines()[-1].startswith("- not measured here: ") and claims.JUDGE_FINDING[0] in text
