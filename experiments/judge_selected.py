@@ -26,7 +26,7 @@ from mbc_jax.selection import DEFAULT_DEV, DEFAULT_MAX_CALLS, SelectConfig, answ
 
 # dev prompts and the bound on judge calls of each run's selection, per `reproduce --scale`: the paper's 50
 # dev prompts elsewhere; 16 for the CPU demo (its validation split has 80 records; 64 are left to judge)
-SELECT = {"demo": {"dev": 16, "max_calls": 500}, "small": {"dev": DEFAULT_DEV, "max_calls": DEFAULT_MAX_CALLS},
+SELECT = {"tiny": {"dev": 16, "max_calls": 500}, "small": {"dev": DEFAULT_DEV, "max_calls": DEFAULT_MAX_CALLS},
           "paper": {"dev": DEFAULT_DEV, "max_calls": DEFAULT_MAX_CALLS}}
 
 

@@ -65,7 +65,28 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"=== {sampler} run -> {cfg.out}")
         summaries[sampler] = Trainer.create(cfg).train()
     print(compare(summaries))
+    print(demo_claims(as_path(args.out) / "uniform"))
     return 0
+
+
+def demo_claims(run_dir) -> str:
+    """The claims check in short, on the demo's uniform run: the findings its run folder and data map
+    (written to `<run_dir>/../figures/`) can test; `reproduce --scale tiny` measures the rest."""
+    from experiments import claims, fig2_data_map
+    from mbc_jax.run_folder import RunFolder
+
+    run = RunFolder.open(run_dir)
+    figs = run_dir.parent / "figures"
+    fig2_data_map.build([run], figs)
+    rows = claims.evaluate([run], figs, [], "the demo does not judge")
+    lines = ["", "claims check, in short (baseline run; `python -m experiments.reproduce --scale tiny` tests all of "
+             "them, with MBC, generation, the judge and Zeng's analyses):"]
+    for r in rows:
+        if r.verdict == claims.UNMEASURED:
+            continue
+        lines.append(f"- {r.verdict}: {r.finding}: {'; '.join(r.values)} (rule: {r.rule})")
+    lines.append(f"- not measured here: {', '.join(r.finding for r in rows if r.verdict == claims.UNMEASURED)}")
+    return "\n".join(lines)
 
 
 def compare(summaries: dict[str, dict]) -> str:

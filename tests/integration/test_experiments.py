@@ -20,6 +20,7 @@ from conftest import FIXTURES, REPO
 from experiments import (
     appendix_a_categories,
     attention_concentration,
+    claims,
     common,
     extraction_memorization,
     fig1_memorization_dynamics,
@@ -803,6 +804,25 @@ def test_every_module_on_a_real_tiny_run(tiny_run, tmp_path):
     text = (out / "zeng.md").read_text()
     assert "Claim 1" in text and "Claim 2" in text and "zeng_attention_maps.png" in text
     assert (out / "zeng_attention_maps.png").stat().st_size > 5000 and (out / "zeng_attention.png").is_file()
+
+    # the claims check over these figures, at the top of REPORT.md as `reproduce` writes it (no new training run)
+    report_dir = tmp_path / "report"
+    (report_dir / "runs").mkdir(parents=True)
+    (report_dir / "runs" / "mbc").symlink_to(tiny_run)
+    rows = claims.evaluate([run], out, [], "judge: skipped (--skip-judge)")
+    report = reproduce.write_report(report_dir, "tiny", reproduce.SCALES["tiny"],
+                                    {("mbc", run.learning_rate): report_dir / "runs" / "mbc"}, [], [],
+                                    [("total", 1.0)], claims.markdown(rows))
+    lines = report.read_text().splitlines()
+    assert lines[0] == "# MBC reproduction report (tiny scale)" and lines[2] == "## Claims check"
+    table = lines[2:lines.index("## Setup")]
+    for finding, *_ in (*claims.FINDINGS, claims.JUDGE_FINDING):  # one row per finding, with a computed verdict
+        (row,) = [line for line in table if line.startswith(f"| {finding} |")]
+        assert any(f"| **{v}**" in row for v in (claims.HOLDS, claims.FAILS, claims.UNMEASURED)), row
+    verdicts = {r.finding: r for r in rows}
+    assert verdicts[claims.JUDGE_FINDING[0]].why == "judge: skipped (--skip-judge)"
+    measured = [r for r in rows if r.verdict != claims.UNMEASURED]  # the demo data: every other input is there
+    assert len(measured) == len(claims.FINDINGS), [(r.finding, r.why) for r in rows if r not in measured]
 
 
 def test_reproduce_report_links_and_judge_skip(tmp_path, monkeypatch, capsys):

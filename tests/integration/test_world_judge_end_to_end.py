@@ -53,9 +53,9 @@ def test_judge_cli_against_the_world_judge(tmp_path, suite, orders):
 
 
 def test_reproduce_demo_scale_judges_with_the_world_judge(tmp_path, suite, monkeypatch):
-    """`reproduce --scale demo` without an endpoint starts the world judge for the judge step (selection and
-    the MBC-vs-baseline judgments: `judge_selected.judge_runs`, here replaced by the real client judging the
-    last answers, as selection itself is tested in test_select.py), and stops it."""
+    """`reproduce --scale demo` (the tiny scale's other name) without an endpoint starts the world judge for the
+    judge step (selection and the MBC-vs-baseline judgments: `judge_selected.judge_runs`, here replaced by the
+    real client judging the last answers, as selection itself is tested in test_select.py), and stops it."""
     import argparse
 
     from experiments import judge_selected, reproduce
@@ -76,9 +76,9 @@ def test_reproduce_demo_scale_judges_with_the_world_judge(tmp_path, suite, monke
     args = argparse.Namespace(scale="demo", data=None, judge_base_url=None, judge_model="gpt-4", judge_limit=None)
     runs = {("mbc", 1e-3): None, ("uniform", 1e-3): None}
     results, labels, note = reproduce.judge_all(runs, {"mbc_0.001": a, "uniform_0.001": b}, (1e-3,), args, tmp_path,
-                                                reproduce.SCALES["demo"])
+                                                reproduce.SCALES["tiny"])
     assert seen["model"] == WORLD_JUDGE_MODEL and seen["url"].startswith("http://127.0.0.1:")
-    assert (seen["dev"], seen["max_new_tokens"]) == (16, reproduce.SCALES["demo"].max_new_tokens)
+    assert (seen["dev"], seen["max_new_tokens"]) == (16, reproduce.SCALES["tiny"].max_new_tokens)
     assert labels == ["lr 1e-3"] and WORLD_JUDGE_MODEL in note and "not an LLM" in note
     res = json.loads(results[0].read_text())
     assert res["judge"]["model"] == WORLD_JUDGE_MODEL and res["protocol"]["orders"] == 1

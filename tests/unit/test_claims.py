@@ -1,0 +1,293 @@
+"""experiments/claims.py and claim_statistics.py: every statistic against numpy on synthetic inputs, each
+finding's row on a synthetic run folder with synthetic figure files (one that holds, one that does not),
+and "not measured" when an input is missing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import spearmanr
+
+from experiments import claim_statistics as st
+from experiments import claims
+from experiments.common import fmt
+from mbc_jax.run_folder import RunFolder
+
+CATS = ("open_qa", "summarization", "brainstorming")
+
+
+def boot_indices(*sizes: int) -> list[np.ndarray]:
+    """The resample indices `st.ci` draws: one seeded generator, one [N_BOOT, n] array per group in turn."""
+    rng = np.random.default_rng(st.SEED)
+    return [rng.integers(0, n, (st.N_BOOT, n)) for n in sizes]
+
+
+def percentile(values: list[float]) -> tuple[float, float]:
+    lo, hi = np.quantile(np.asarray(values), [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- statistics against numpy
+
+
+def test_mean_diff_and_paired_diff_against_a_numpy_loop():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(1, 1, 17), rng.normal(0, 1, 11)
+    v, lo, hi = st.mean_diff_ci(a, b)
+    ia, ib = boot_indices(17, 11)
+    assert v == pytest.approx(a.mean() - b.mean())
+    assert (lo, hi) == pytest.approx(percentile([a[i].mean() - b[j].mean() for i, j in zip(ia, ib)]))
+    x, y = rng.normal(size=20), rng.normal(size=20)
+    v, lo, hi = st.paired_diff_ci(x, y)
+    (idx,) = boot_indices(20)
+    assert v == pytest.approx((x - y).mean())
+    assert (lo, hi) == pytest.approx(percentile([(x[i] - y[i]).mean() for i in idx]))
+
+
+def test_auc_is_the_pairwise_win_share_with_half_ties():
+    pos = np.array([0.9, 0.5, 0.5, 0.2])
+    neg = np.array([0.5, 0.1, 0.3])
+    pairs = [1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg]
+    assert float(st.auc(pos, neg)) == pytest.approx(np.mean(pairs))
+    v, lo, hi = st.auc_ci(pos, neg)
+    ip, ineg = boot_indices(4, 3)
+    brute = [np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos[i] for n in neg[j]])
+             for i, j in zip(ip, ineg)]
+    assert v == pytest.approx(np.mean(pairs)) and (lo, hi) == pytest.approx(percentile(brute))
+
+
+def test_gain_shares_against_pooled_numpy():
+    rng = np.random.default_rng(2)
+    steps = [0, 10, 20, 30, 40, 50, 60]
+    em = np.sort(rng.random((7, 9)), axis=0)
+    tokens = rng.integers(3, 30, 9).astype(float)
+    p = (em * tokens).sum(1) / tokens.sum()  # Eq. 1 per step
+    # first step >= 60/3 = 20 is index 2; last step <= 40 is index 4
+    early, late = st.gain_shares_ci(em, tokens, steps)
+    assert early[0] == pytest.approx((p[2] - p[0]) / (p[-1] - p[0]))
+    assert late[0] == pytest.approx((p[-1] - p[4]) / (p[-1] - p[0]))
+    (idx,) = boot_indices(9)
+    boot = []
+    for i in idx:
+        q = (em[:, i] * tokens[i]).sum(1) / tokens[i].sum()
+        boot.append((q[2] - q[0]) / (q[-1] - q[0]))
+    boot = [b for b in boot if math.isfinite(b)]
+    assert early[1:] == pytest.approx(percentile(boot))
+
+
+def test_response_gap_is_pooled_response_minus_pooled_full():
+    em = np.array([0.5, 0.2, 0.9, 0.4])
+    tokens = np.array([10, 20, 5, 8.0])
+    rem = np.array([0.8, np.nan, 1.0, 0.25])  # record 1 has no response targets
+    rtok = np.array([4, 0, 2, 4.0])
+    full = (em * tokens).sum() / tokens.sum()
+    resp = (0.8 * 4 + 1.0 * 2 + 0.25 * 4) / 10
+    v, lo, hi = st.response_gap_ci(em, tokens, rem, rtok)
+    assert v == pytest.approx(resp - full) and lo <= v <= hi
+
+
+def test_perplexity_ratio_against_numpy():
+    rng = np.random.default_rng(3)
+    ppl = np.exp(rng.normal([[3.0], [2.0], [2.5]], 0.3, (3, 12)))
+    tokens = rng.integers(1, 40, 12).astype(float)
+    pooled = np.exp((np.log(ppl) * tokens).sum(1) / tokens.sum())
+    (v, lo, hi), best = st.perplexity_ratio_ci(ppl, tokens)
+    assert best == int(np.argmin(pooled)) == 1 and v == pytest.approx(pooled[-1] / pooled[1])
+    (idx,) = boot_indices(12)
+    boot = [np.exp((np.log(ppl[:, i]) * tokens[i]).sum(1) / tokens[i].sum()) for i in idx]
+    assert (lo, hi) == pytest.approx(percentile([b[-1] / b[1] for b in boot]))
+
+
+def test_net_win_against_numpy():
+    v, lo, hi = st.net_win_ci(30, 10, 20)
+    outcome = np.array([1.0] * 30 + [0.0] * 10 + [-1.0] * 20)
+    (idx,) = boot_indices(60)
+    assert v == pytest.approx(10 / 60) and (lo, hi) == pytest.approx(percentile([outcome[i].mean() for i in idx]))
+
+
+# ----------------------------------------------------------------------------- a synthetic run and its figures
+
+
+def _csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([{k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows])
+    return path
+
+
+def make_run(root: Path, *, plateau: bool, data: str = "demo", n: int = 24, n_val: int = 10) -> RunFolder:
+    """A uniform run folder: 24 training records (8 per category) and 10 validation records, 7 snapshots.
+    plateau: memorization rises early then flat, response above full, val perplexity falls then rises,
+    entropies fall; else a straight rise, response below full, perplexity falling, entropies rising."""
+    rng = np.random.default_rng(0)
+    path = root / ("good" if plateau else "bad")
+    steps = [0, 10, 20, 30, 40, 50, 60]
+    (path / "data").mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({"sampler": "uniform", "learning_rate": 1e-3, "batch_size": 4,
+                                                      "data": data, "loss_on": "full"}))
+    recs = [{"index": i, "id": f"t{i}", "category": CATS[i % 3], "split": "train"} for i in range(n)]
+    recs += [{"index": i, "id": f"v{i}", "category": CATS[i % 3], "split": "val"} for i in range(n_val)]
+    _csv(path / "records.csv", recs)
+    fam = ["corpus_fact" if r["category"] == "open_qa" and r["index"] % 2 == 0 else
+           "unseen_fact" if r["category"] == "open_qa" else "context_given" for r in recs if r["split"] == "train"]
+    (path / "data" / "data.jsonl").write_text("".join(json.dumps({"id": f"t{i}", "familiarity": f}) + "\n"
+                                                      for i, f in enumerate(fam)))
+    shape = np.array([0, .6, .8, .9, .95, .97, 1.0]) if plateau else np.linspace(0, 1, 7)
+    vshape = np.array([3, 2, 1.5, 1.8, 2.2, 2.6, 3]) if plateau else np.array([3, 2.8, 2.6, 2.4, 2.2, 2.1, 2.0])
+    for s, step in enumerate(steps):
+        rows = []
+        for r in recs:
+            base = 0.1 + 0.8 * shape[s] * (0.5 + 0.5 * rng.random())
+            rows.append({**r, "step": step, "tokens": 20 + r["index"], "response_tokens": 8,
+                         "exact_match": base, "response_exact_match": min(1.0, base + (0.1 if plateau else -0.1)),
+                         "perplexity": math.exp(vshape[s] + 0.1 * rng.random()),
+                         "response_perplexity": math.exp(vshape[s]),
+                         "entropy": 2.0,
+                         "response_entropy": (2.0 - 0.2 * s if plateau else 1.0 + 0.2 * s) + 0.05 * rng.random()})
+        _csv(path / "memorization" / f"step_{step:08d}.csv", rows)
+    return RunFolder.open(path)
+
+
+def make_figures(run: RunFolder, figs: Path, *, good: bool) -> None:
+    rng = np.random.default_rng(5)
+    train = run.records["split"] == "train"
+    ids, cats = run.records["id"][train], run.records["category"][train]
+    fam = {json.loads(x)["id"]: json.loads(x)["familiarity"] for x in (run.path / "data" / "data.jsonl").read_text()
+           .splitlines()}
+    # data-map mean: corpus_fact high, open_qa above summarization when good (reversed when not)
+    mean = {c: (0.8 if good else 0.2) if c == "open_qa" else (0.2 if good else 0.8) if c == "summarization" else 0.5
+            for c in CATS}
+    dm = [{"run": run.label, "index": i, "id": d, "category": c,
+           "mean": mean[c] + (0.15 if fam[d] == "corpus_fact" and good else 0) + 0.02 * rng.random()}
+          for i, (d, c) in enumerate(zip(ids, cats))]
+    _csv(figs / "fig2_data_map.csv", dm)
+    gen_dir = figs / "table1_entropy_generations"
+    gen_dir.mkdir(parents=True)
+    t1 = []
+    right, wrong = "The capital of Nisaraora is Kridetra.", "No idea."  # a fact of the demo world of seed 0
+    for which, step, ent, answer in (("first", 10, 1.0 if good else 0.5, wrong if good else right),
+                                     ("last", 60, 0.5 if good else 1.0, right if good else wrong)):
+        rows = [{"index": i, "id": f"v{i}", "category": CATS[i % 3], "output_text": answer if i % 2 else "",
+                 "instruction": "What is the capital of Nisaraora?", "entropy": ent + 0.05 * rng.random()}
+                for i in range(10)]
+        (gen_dir / f"{run.slug}_step{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        t1.append({"run": run.label, "checkpoint": which, "step": step})
+    _csv(figs / "table1_entropy.csv", t1)
+    zr = []
+    for step in (0, 60):
+        for i in range(24):
+            cat = CATS[i % 3]
+            gain = {"open_qa": 0.6, "summarization": 0.1, "brainstorming": 0.3}[cat] if good else 0.3
+            rouge = 0.1 + (gain + 0.01 * rng.random() if step else 0.0)
+            zr.append({"run": run.label, "step": step, "index": i, "category": cat, "rouge_l": rouge,
+                       "normalized_entropy": 0.5 + (rouge if good else -rouge) * 0.3 + 0.01 * rng.random()})
+    _csv(figs / "zeng_records.csv", zr)
+
+
+@pytest.fixture
+def good(tmp_path):
+    run = make_run(tmp_path, plateau=True)
+    make_figures(run, tmp_path / "figs_good", good=True)
+    return run, tmp_path / "figs_good"
+
+
+@pytest.fixture
+def bad(tmp_path):
+    run = make_run(tmp_path, plateau=False)
+    make_figures(run, tmp_path / "figs_bad", good=False)
+    return run, tmp_path / "figs_bad"
+
+
+def judge_file(path: Path, win: int, tie: int, loss: int) -> Path:
+    path.write_text(json.dumps({"protocol": {"headline": "single_order", "orders": 1},
+                                "single_order": {"overall": {"win": win, "tie": tie, "loss": loss}}}))
+    return path
+
+
+def test_every_finding_holds_on_a_run_built_to_show_it(good, tmp_path):
+    run, figs = good
+    results = [judge_file(tmp_path / "lr1e-3_selected.json", 40, 10, 10), judge_file(tmp_path / "lr1e-3_last.json",
+                                                                                      0, 0, 60)]
+    rows = claims.evaluate([run], figs, results)
+    assert len(rows) == len(claims.FINDINGS) + 1
+    by = {r.finding: r for r in rows}
+    assert {r.finding: r.verdict for r in rows} == {r.finding: claims.HOLDS for r in rows}, [
+        (r.finding, r.values, r.why) for r in rows if r.verdict != claims.HOLDS]
+    # the world grader: 5 of the 10 prompts go from a wrong to the right answer, the other 5 stay empty (0)
+    assert "grade last - first (step 60 - 10, 10 prompts) 0.500 [" in by[claims.FINDINGS[3][0]].values[0]
+    wins = by[claims.JUDGE_FINDING[0]]
+    assert wins.values == [f"lr1e-3_selected (40/10/10): {fmt(st.net_win_ci(40, 10, 10)[0])} "
+                           f"[{fmt(st.net_win_ci(40, 10, 10)[1])}, {fmt(st.net_win_ci(40, 10, 10)[2])}]"]
+    # the familiarity AUC, recomputed from the synthetic data map and labels
+    dm = list(csv.DictReader((figs / "fig2_data_map.csv").open()))
+    fam = {json.loads(x)["id"]: json.loads(x)["familiarity"] for x in (run.path / "data" / "data.jsonl").read_text()
+           .splitlines()}
+    pos = [float(r["mean"]) for r in dm if fam[r["id"]] == "corpus_fact"]
+    neg = [float(r["mean"]) for r in dm if fam[r["id"]] != "corpus_fact"]
+    expect = np.mean([1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg])
+    assert by[claims.FINDINGS[7][0]].values[0].startswith(f"{run.lr_label} ({len(pos)} vs {len(neg)}): {fmt(expect)}")
+    # Zeng 2: the Spearman of the last step's records
+    zr = [r for r in csv.DictReader((figs / "zeng_records.csv").open()) if r["step"] == "60"]
+    rho = spearmanr([float(r["normalized_entropy"]) for r in zr], [float(r["rouge_l"]) for r in zr]).statistic
+    assert f"(n = 24): {fmt(rho, 2)} [" in by[claims.FINDINGS[6][0]].values[0]
+    text = claims.markdown(rows)
+    assert text.startswith("## Claims check") and f"{len(rows)} of {len(rows)} findings hold" in text
+    assert sum(line.startswith("| ") for line in text.splitlines()) == len(rows) + 1  # header + one per finding
+
+
+def test_no_finding_holds_on_a_run_built_against_it(bad, tmp_path):
+    run, figs = bad
+    rows = claims.evaluate([run], figs, [judge_file(tmp_path / "lr1e-3_selected.json", 10, 10, 40)])
+    assert [r.verdict for r in rows] == [claims.FAILS] * len(rows), [(r.finding, r.values) for r in rows]
+    # the entropy row: first minus last from the generations and the snapshots, recomputed
+    gens = {w: [json.loads(x)["entropy"] for x in (figs / "table1_entropy_generations" / f"{run.slug}_step{s}.jsonl")
+                .read_text().splitlines()] for w, s in (("first", 10), ("last", 60))}
+    expect = np.mean(np.array(gens["first"]) - np.array(gens["last"]))
+    row = next(r for r in rows if r.finding == claims.FINDINGS[4][0])
+    assert f"nucleus {fmt(expect)} [" in row.values[0]
+
+
+def test_missing_inputs_are_not_measured_with_the_reason(good, tmp_path):
+    run, figs = good
+    (figs / "zeng_records.csv").unlink()
+    rows = {r.finding: r for r in claims.evaluate([run], figs, [], "judge: skipped (--skip-judge)")}
+    assert rows[claims.JUDGE_FINDING[0]].verdict == claims.UNMEASURED
+    assert rows[claims.JUDGE_FINDING[0]].why == "judge: skipped (--skip-judge)"
+    for finding in (claims.FINDINGS[5][0], claims.FINDINGS[6][0]):
+        assert rows[finding].verdict == claims.UNMEASURED and "zeng_records.csv is missing" in rows[finding].why
+    assert rows[claims.FINDINGS[0][0]].verdict == claims.HOLDS  # the others still measured
+    nothing = claims.evaluate([], figs)
+    assert all(r.verdict == claims.UNMEASURED for r in nothing)
+    assert "| **not measured**: no baseline (uniform) run |" in claims.markdown(nothing).replace(" |\n", " |\n")
+
+
+def test_real_data_has_no_ground_truth_rows(tmp_path):
+    run = make_run(tmp_path, plateau=True, data="dolly.jsonl")
+    make_figures(run, tmp_path / "figs", good=True)
+    rows = {r.finding: r for r in claims.evaluate([run], tmp_path / "figs")}
+    fam, quality = rows[claims.FINDINGS[7][0]], rows[claims.FINDINGS[3][0]]
+    assert fam.verdict == quality.verdict == claims.UNMEASURED
+    assert "familiarity" in fam.why and "world's grader" in quality.why and "perplexity last / lowest" in quality.why
+
+
+def test_the_demo_prints_the_claims_its_run_folder_can_test(tmp_path):
+    from mbc_jax.commands.train import demo_claims
+
+    run = make_run(tmp_path, plateau=True)
+    text = demo_claims(run.path)
+    measured = [line for line in text.splitlines() if line.startswith((f"- {claims.HOLDS}:", f"- {claims.FAILS}:"))]
+    # the run folder alone (and the data map it writes): the rise, response vs full, QA vs summarization, familiarity
+    assert len(measured) == 4
+    for line, i in zip(measured, (0, 1, 2, 7)):
+        assert line.split(": ", 1)[1].startswith(claims.FINDINGS[i][0] + ": ")
+    assert all(m.startswith(f"- {claims.HOLDS}:") for m in measured[:2])  # make_run plateaus, response above
+    assert (tmp_path / "figures" / "fig2_data_map.csv").is_file()
+    assert text.splitlines()[-1].startswith("- not measured here: ") and claims.JUDGE_FINDING[0] in text
