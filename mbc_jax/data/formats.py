@@ -47,6 +47,8 @@ def detect(obj: Any) -> str | None:
         return None
     if "message_id" in obj and "parent_id" in obj:
         return "tree"
+    if isinstance(obj.get("prompt"), dict) and "message_id" in obj["prompt"]:  # a nested tree (trees.py)
+        return "tree"
     if "conversations" in obj and "messages" not in obj:
         return "sharegpt"
     if "instruction" in obj and "output" in obj and "response" not in obj:

@@ -109,8 +109,11 @@ class LoadReport:
     counts: dict[str, int] = field(default_factory=dict)  # the numbers behind the notes
 
     def summary(self, max_listed: int = 20) -> str:
-        s = (f"{self.path}: loaded {self.records_loaded} of {self.records_read} "
-             f"{'messages' if self.schema == 'tree' else 'records'} (schema {self.schema}, {self.format})")
+        if self.schema == "tree":  # records are dialogues, each a path through several messages
+            s = f"{self.path}: loaded {self.records_loaded} dialogues from {self.records_read} messages"
+        else:
+            s = f"{self.path}: loaded {self.records_loaded} of {self.records_read} records"
+        s += f" (schema {self.schema}, {self.format})"
         s += "".join(f"; {note}" for note in self.notes)
         if self.skipped:
             s += f"; skipped {len(self.skipped)} bad record(s):"
