@@ -14,6 +14,9 @@ context is); `history` is `[[instruction, output], ...]`, earlier turns. Every a
 response turn (scored), in every format: where TRL trains only a conversational `completion`, an
 assistant message inside the `prompt` list is scored here too.
 
+A message's content may be an array of text parts (`message_text`); a per-turn `weight` that asks for
+something other than what is done is an error (`check_weight`), in `chat` records too.
+
 `FieldMap` (`--fields instruction=question,response=answer`) renames a file's columns onto the record
 keys before the schema is detected; errors then name the file's column.
 """
@@ -47,11 +50,43 @@ def detect(obj: Any) -> str | None:
         return None
     if "message_id" in obj and "parent_id" in obj:
         return "tree"
+    if isinstance(obj.get("prompt"), dict) and "message_id" in obj["prompt"]:  # a nested tree (trees.py)
+        return "tree"
     if "conversations" in obj and "messages" not in obj:
         return "sharegpt"
     if "instruction" in obj and "output" in obj and "response" not in obj:
         return "alpaca"
     return None
+
+
+def message_text(m: dict, key: str, where: str, source: str) -> str:
+    """A message's content: a string, or an array of text parts (`[{type: text, text}]`, the content-parts
+    shape of OpenAI's API and HF chat data), joined as they stand. Any other part is an error naming it."""
+    content = m.get(key)
+    if content is None:
+        raise DataError(source, f"{where}.{key}", "missing")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    hint = " (an array is read when every part is {type: text, text: STRING})" if isinstance(content, list) else ""
+    raise DataError(source, f"{where}.{key}", f"expected a string, got {json_type_name(content)}{hint}")
+
+
+def check_weight(m: dict, role: str, where: str, source: str) -> None:
+    """A per-turn `weight` (axolotl/SlimOrca ShareGPT) must say what is done anyway: 1 on assistant turns, which
+    are all trained and scored, 0 (or null) elsewhere; any other weight would be silently ignored, so it is an error."""
+    w = m.get("weight")
+    if w is None:
+        return
+    if isinstance(w, bool) or not isinstance(w, (int, float)):
+        raise DataError(source, f"{where}.weight", f"expected a number or null, got {json_type_name(w)}")
+    want = 1 if role == "assistant" else 0
+    if w != want:
+        raise DataError(source, f"{where}.weight", f"{w} on a{'n' if role == 'assistant' else ''} {role} turn: "
+                        "per-turn weights are not read (every assistant turn is trained and scored, weight 1; "
+                        "no other turn is, weight 0); drop the turn or the weight")
 
 
 def _message_list(value: Any, field: str, source: str, role_key: str = "role", content_key: str = "content",
@@ -79,11 +114,8 @@ def _message_list(value: Any, field: str, source: str, role_key: str = "role", c
         if role not in ROLES:
             known = ", ".join(names) if names is not None else ", ".join(ROLES)
             raise DataError(source, f"{where}.{rk}", f"unknown role {name!r} (expected one of {known})")
-        content = m.get(ck)
-        if content is None:
-            raise DataError(source, f"{where}.{ck}", "missing")
-        if not isinstance(content, str):
-            raise DataError(source, f"{where}.{ck}", f"expected a string, got {json_type_name(content)}")
+        content = message_text(m, ck, where, source)
+        check_weight(m, role, where, source)
         if role == "assistant" and not content.strip():
             raise DataError(source, f"{where}.{ck}", "empty assistant message")
         turns.append((role, content))

@@ -109,8 +109,11 @@ class LoadReport:
     counts: dict[str, int] = field(default_factory=dict)  # the numbers behind the notes
 
     def summary(self, max_listed: int = 20) -> str:
-        s = (f"{self.path}: loaded {self.records_loaded} of {self.records_read} "
-             f"{'messages' if self.schema == 'tree' else 'records'} (schema {self.schema}, {self.format})")
+        if self.schema == "tree":  # records are dialogues, each a path through several messages
+            s = f"{self.path}: loaded {self.records_loaded} dialogues from {self.records_read} messages"
+        else:
+            s = f"{self.path}: loaded {self.records_loaded} of {self.records_read} records"
+        s += f" (schema {self.schema}, {self.format})"
         s += "".join(f"; {note}" for note in self.notes)
         if self.skipped:
             s += f"; skipped {len(self.skipped)} bad record(s):"
@@ -190,11 +193,8 @@ def _parse_record(obj: Any, schema: str, index: int, source: str) -> Record:
                 raise DataError(source, f"{where}.role", f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
             if role == "system" and k != 0:
                 raise DataError(source, f"{where}.role", "a system message must come first")
-            if "content" not in m or m["content"] is None:
-                raise DataError(source, f"{where}.content", "missing")
-            content = m["content"]
-            if not isinstance(content, str):
-                raise DataError(source, f"{where}.content", f"expected a string, got {json_type_name(content)}")
+            content = formats.message_text(m, "content", where, source)
+            formats.check_weight(m, role, where, source)
             if role == "assistant" and not content.strip():
                 raise DataError(source, f"{where}.content", "empty assistant message")
             rec.turns.append((role, content))

@@ -13,6 +13,11 @@ One input row is one message:
 | `review_result` | optional boolean (false: failed review; null or missing: not reviewed)    |
 | `category`      | optional, read from a tree's first message                                |
 
+OpenAssistant also publishes the same trees nested, one tree per line (`*.trees.jsonl`): `prompt` is the
+first message and each message's `replies` are its children. Such rows are read as the flat messages they
+hold (a message's parent is the one it is nested in), and a message's source names its place in the line
+(`FILE:LINE: prompt.replies[1]`).
+
 Expansion (`tree`): `best` follows the top-ranked reply at every turn (ties: input order), the usual
 SFT choice; `all` gives every root-to-leaf path. Trailing prompts without a reply are cut off; a path
 with no assistant reply gives no record (counted). Identical paths after that cut are kept once.
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +108,44 @@ def _message(obj: Any, order: int, source: str) -> _Message:
     return _Message(mid, parent, role, text, float(rank), order, source, obj)
 
 
+def is_nested_tree(obj: Any) -> bool:
+    """A row of the nested export: one whole tree, its first message under `prompt`."""
+    return isinstance(obj, dict) and isinstance(obj.get("prompt"), dict) and "message_id" in obj["prompt"]
+
+
+def flatten_nested(items: Iterable[tuple[str, Any, DataError | None]]) -> Iterator[tuple[str, Any, DataError | None]]:
+    """Each nested-tree row as its messages, in depth-first input order (other rows pass through)."""
+    for source, obj, err in items:
+        if err is not None or not is_nested_tree(obj):
+            yield source, obj, err
+            continue
+        stack: list[tuple[Any, str | None, str]] = [(obj["prompt"], None, "prompt")]
+        while stack:
+            m, parent, where = stack.pop()
+            here = f"{source}: {where}"
+            if not isinstance(m, dict):
+                yield here, m, None  # reported by _message as not a message object
+                continue
+            row = {k: v for k, v in m.items() if k != "replies"}
+            if parent is not None and row.get("parent_id") is None:
+                row["parent_id"] = parent
+            replies = m.get("replies", [])
+            if parent is not None and row["parent_id"] != parent:
+                yield here, row, DataError(here, "parent_id", f"{row['parent_id']!r}, but the message is nested in "
+                                           f"the replies of {parent!r}")
+                continue
+            if replies is None:
+                replies = []
+            if not isinstance(replies, list):
+                yield here, row, DataError(here, "replies", f"expected an array of messages, got "
+                                           f"{json_type_name(replies)}")
+                continue
+            yield here, row, None
+            mid = row.get("message_id")
+            stack.extend((replies[k], mid if isinstance(mid, (str, int)) and not isinstance(mid, bool) else "?",
+                          f"{where}.replies[{k}]") for k in reversed(range(len(replies))))
+
+
 def _filtered(m: _Message, filters: tuple[str, ...]) -> str | None:
     if "deleted" in filters and m.raw.get("deleted") is True:
         return "deleted"
@@ -128,6 +171,7 @@ def build_records(items: Iterable[tuple[str, Any, DataError | None]], report: Lo
             raise e
         report.skipped.append((source, str(e)))
 
+    items = flatten_nested(items)
     msgs: dict[str, _Message] = {}
     status: dict[str, str] = {}  # message id -> "ok" or why it is out
     for order, (source, obj, err) in enumerate(items):

@@ -198,3 +198,41 @@ def test_json_array_of_sharegpt_records(tmp_path):
                               indent=1))
     with pytest.raises(DataError, match=r"s\.json:\d+: conversations\[1\]\.value: expected a string, got integer"):
         load_records(arr)
+
+
+def test_content_parts_are_joined_text(tmp_path):
+    # OpenAI / HF content parts: an array of {type: text, text}; every schema with message lists reads them
+    parts = [{"type": "text", "text": "Name a "}, {"type": "text", "text": "colour."}]
+    src = write_jsonl(tmp_path / "p.jsonl", [
+        {"messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": [{"type": "text",
+                                                                                              "text": "Red."}]}]}])
+    (rec,), _ = load_records(src)
+    assert rec.turns == [("user", "Name a colour."), ("assistant", "Red.")]
+    src = write_jsonl(tmp_path / "q.jsonl", [{"prompt": [{"role": "user", "content": parts}],
+                                              "completion": [{"role": "assistant", "content": "Red."}]}])
+    (rec,), _ = load_records(src)
+    assert rec.turns == [("user", "Name a colour."), ("assistant", "Red.")]
+    image = [{"type": "image"}, {"type": "text", "text": "What is this?"}]
+    src = write_jsonl(tmp_path / "i.jsonl", [{"messages": [{"role": "user", "content": image},
+                                                           {"role": "assistant", "content": "A cat."}]}])
+    with pytest.raises(DataError) as e:
+        load_records(src)
+    assert str(e.value) == (f"{src}:1: messages[0].content: expected a string, got array (an array is read when "
+                            "every part is {type: text, text: STRING})")
+
+
+def test_turn_weights_that_would_be_ignored_are_errors(tmp_path):
+    # SlimOrca-style weights that say what is done anyway load; a weight asking for something else is an error
+    ok = {"conversations": [{"from": "system", "value": "s", "weight": None}, {"from": "human", "value": "q",
+                            "weight": 0.0}, {"from": "gpt", "value": "a", "weight": 1.0}]}
+    off = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a", "weight": 0}]}
+    src = write_jsonl(tmp_path / "w.jsonl", [ok, off])
+    records, rep = load_records(src, skip_bad=True)
+    assert [r.turns for r in records] == [[("system", "s"), ("user", "q"), ("assistant", "a")]]
+    assert rep.skipped == [(f"{src}:2", f"{src}:2: conversations[1].weight: 0 on an assistant turn: per-turn "
+                            "weights are not read (every assistant turn is trained and scored, weight 1; no other "
+                            "turn is, weight 0); drop the turn or the weight")]
+    src = write_jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": "q", "weight": 1},
+                                                           {"role": "assistant", "content": "a"}]}])
+    with pytest.raises(DataError, match=r"m\.jsonl:1: messages\[0\]\.weight: 1 on a user turn"):
+        load_records(src)

@@ -135,3 +135,42 @@ def test_fields_map_a_tree_export(tmp_path):
     with pytest.raises(DataError) as e:
         load_records(src, fields=spec)
     assert str(e.value) == f"{src}:2: body (read as text): empty assistant message"
+
+
+def _nest(rows, mid):
+    """The nested export's shape (OpenAssistant `*.trees.jsonl`): a message with its `replies`, recursively."""
+    m = dict(next(r for r in rows if r["message_id"] == mid))
+    kids = [_nest(rows, r["message_id"]) for r in rows if r["parent_id"] == mid]
+    return {**m, "replies": kids} if kids else m
+
+
+def test_nested_tree_export_reads_as_the_flat_one(tmp_path):
+    # one tree per line, `prompt` holding the first message; nested messages may omit parent_id
+    roots = [r["message_id"] for r in TREE if r["parent_id"] is None]
+    nested = [{"message_tree_id": r, "tree_state": "ready_for_export", "prompt": _nest(TREE, r)} for r in roots]
+    nested[0]["prompt"]["replies"][1]["replies"][0].pop("parent_id")  # p, under a0
+    flat_src, nested_src = write_jsonl(tmp_path / "flat.jsonl", TREE), write_jsonl(tmp_path / "trees.jsonl", nested)
+    for mode in ("best", "all"):
+        flat, flat_rep = load_records(flat_src, tree=mode)
+        got, rep = load_records(nested_src, tree=mode)
+        assert rep.schema == "tree" and rep.records_read == len(TREE) and rep.counts == flat_rep.counts
+        assert [(r.id, r.turns, r.category) for r in got] == [(r.id, r.turns, r.category) for r in flat]
+    # r's replies in input order: a1, a0, a2; b0 is a0's child p's second reply
+    assert got[0].source == f"{nested_src}:1: prompt.replies[1].replies[0].replies[1]"
+    assert rep.summary().startswith(f"{nested_src}: loaded 3 dialogues from 10 messages (schema tree, jsonl)")
+
+
+def test_nested_tree_errors_name_the_line_and_place(tmp_path):
+    tree = {"message_tree_id": "r", "prompt": {**msg("r", None, "prompter", "q"), "replies": [
+        msg("a", "r", "assistant", "A"),
+        {**msg("b", "r", "assistant", " "), "replies": [msg("c", "b", "prompter", "Q")]},
+        msg("d", "zz", "assistant", "D")]}}
+    src = write_jsonl(tmp_path / "t.jsonl", [tree])
+    with pytest.raises(DataError) as e:
+        load_records(src)
+    assert str(e.value) == f"{src}:1: prompt.replies[1]: text: empty assistant message"
+    records, rep = load_records(src, skip_bad=True)
+    assert [r.id for r in records] == ["r/a"] and rep.counts["below_out"] == 1  # c goes with b
+    assert [m for _, m in rep.skipped] == [f"{src}:1: prompt.replies[1]: text: empty assistant message",
+                                           f"{src}:1: prompt.replies[2]: parent_id: 'zz', but the message is "
+                                           "nested in the replies of 'r'"]
