@@ -7,7 +7,8 @@ config from random weights with our own `Trainer` (text schema, `loss_on: full`,
 `PRETRAIN` below, one device so the result does not depend on the machine's device count) and
 exports the last step as a normal HF folder (`config.json`, `model.safetensors`, tokenizer files)
 plus `pretrain.json` (what was trained, the loss and the wall time) and `pretrain_metrics.jsonl`.
-Training is a pure function of the seed, so two builds give the same weights (on CPU).
+Training is a pure function of the seed, so two builds give the same weights (on CPU). `pretrain` is that
+recipe for any weightless folder and text corpus (experiments/tiny_data.py pretrains a base on real data with it).
 
 `demo_base` keeps it in `cache_root()/demo-base/<seed>-<code version>`, where the code version
 hashes the package version and every file of `mbc_jax/demo/` (the world, the corpus, the tokenizer,
