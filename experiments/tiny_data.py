@@ -131,6 +131,7 @@ class Prepared:
     model: str  # the base folder (or --model)
     pretrain: dict | None  # the base's pretrain.json (None with --model)
     seed: int = 0
+    length_cap: int = LENGTH_RANGE[1]  # the upper bound of max_length (lower with --model: its positions - 64)
 
     def overrides(self) -> list[str]:
         return [f"data={self.train_path}", f"val_data={self.valid_path}", f"model={self.model}",
@@ -156,7 +157,7 @@ class Prepared:
             f"(median {self.lengths['median']}, 90th percentile {self.lengths['p90']}, longest {self.lengths['max']}).",
             "",
             f"Records: max_length {self.max_length} = the {LENGTH_QUANTILE:.0%} quantile of the records' token "
-            f"lengths rounded up to a multiple of {LENGTH_STEP}, within {LENGTH_RANGE[0]}..{LENGTH_RANGE[1]}. In a "
+            f"lengths rounded up to a multiple of {LENGTH_STEP}, within {LENGTH_RANGE[0]}..{self.length_cap}. In a "
             f"seeded random order (seed {self.seed}), the first {self.n_train} records that fit train and the next "
             f"{self.n_valid} validate; **{self.dropped} records met on the way were dropped for length, "
             f"{self.truncated} truncated, {self.responses_lost} responses lost**. Training records by category "
@@ -295,7 +296,8 @@ def _build(path: Path, target: Path, n_train: int, n_valid: int, vocab_size: int
         "vocab_size": len(tok), "seed": seed,
         "lengths": {"mean": round(float(arr.mean()), 1), "median": int(np.median(arr)),
                     "p90": int(np.quantile(arr, 0.9, method="inverted_cdf")), "max": int(arr.max())},
-        "max_length": max_length, "n_train": len(sel.train), "n_valid": len(sel.valid), "dropped": len(sel.dropped),
+        "max_length": max_length, "length_cap": hi, "n_train": len(sel.train), "n_valid": len(sel.valid),
+        "dropped": len(sel.dropped),
         "truncated": truncated, "responses_lost": lost,
         "categories": {c: [pool_cats[c], train_cats[c]] for c in sorted(pool_cats)},
         "pretrain": None,
