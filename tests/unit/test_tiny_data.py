@@ -110,3 +110,9 @@ def test_needs_a_local_jsonl_file(tmp_path):
     (tmp_path / "d.jsonl").write_text("{}\n")
     with pytest.raises(UserError, match="--tokenizer with --model"):
         tiny_data.prepare(str(tmp_path / "d.jsonl"), tmp_path, 10, tokenizer="t", model="m")
+
+
+def test_reproduce_tokenizer_needs_data_at_the_tiny_scale(tmp_path, capsys):
+    assert reproduce.main(["--scale", "demo", "--tokenizer", "gpt2", "--out", str(tmp_path)]) != 0
+    assert "--tokenizer: only used with --data at the tiny scale" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before any training
