@@ -10,8 +10,10 @@ Scales (see SCALES):
 - tiny (`demo` is accepted as another name of it): the demo run (generated demonstrations, the demo
   base: a tiny GPT-Neo pretrained on the demo world's corpus, mbc_jax/demo/base.py, built and cached on first use;
   experiments/configs/demo.yaml) at learning rates 2e-4 and 1e-3: the paper's rates relative to the
-  pretraining peak (see the Scale's note). With `--data FILE` it trains on the first
-  `--max-train-records` records of FILE.
+  pretraining peak (see the Scale's note). With `--data FILE` (a local JSONL file)
+  experiments/tiny_data.py prepares it: a tokenizer fit on its text (or `--tokenizer`), max_length and the
+  320 training records chosen so that no response is cut (what was dropped is counted), and a tiny base
+  pretrained on the file's other records.
 - small: gpt-neo-125m (experiments/configs/gpt_neo_125m_{mbc,uniform}.yaml) at the paper's rates.
 - paper: gpt-neo-2.7B (experiments/configs/gpt_neo_2p7b_{mbc,uniform}_lr{1e-5,5e-5}.yaml), for TPU VMs.
 
@@ -44,6 +46,7 @@ from typing import Callable
 
 import yaml
 
+from experiments import tiny_data
 from mbc_jax import UserError, exit_code
 from mbc_jax.run_folder import RunFolder
 
@@ -192,6 +195,8 @@ def judge_all(runs, gens: dict[str, Path], lrs, args, out: Path, scale: Scale | 
     if not url:
         msg = (f"judge: skipped, no endpoint configured (set ${JUDGE_URL_ENV} or pass --judge-base-url URL of an "
                "OpenAI-compatible server); checkpoint selection and Figure 5 are left out")
+        if getattr(args, "data", None) and getattr(args, "scale", None) in tiny_data.TINY_SCALES:
+            msg += "; the demo world's local judge is not used on --data: it grades by the generated world's facts"
         log(msg)
         return [], [], msg
     from experiments.judge_selected import SELECT, judge_runs
@@ -230,15 +235,16 @@ def mbc_settings(configs: list[dict]) -> str:
 
 
 def write_report(out: Path, scale_name: str, scale: Scale, runs, sections: list[tuple[str, str]], notes: list[str],
-                 timings: list[tuple[str, float]], claims: str = "") -> Path:
-    """REPORT.md: the title, the claims table (`claims`, experiments.claims.markdown) at the top, then the runs,
-    notes, every section and the timings."""
+                 timings: list[tuple[str, float]], claims: str = "", header: str | None = None) -> Path:
+    """REPORT.md: the title, the claims table (`claims`, experiments.claims.markdown) at the top, then the setup
+    (`header`: the data and model actually used, else the scale's note), the runs, notes, every section and
+    the timings."""
     from experiments.common import fmt, markdown_table
 
     lines = [f"# MBC reproduction report ({scale_name} scale)", ""]
     if claims:
         lines += [claims.strip(), ""]
-    lines += ["## Setup", "", scale.note + ".", ""]
+    lines += ["## Setup", "", header or scale.note + ".", ""]
     rows = []
     for (_sampler, _lr), folder in runs.items():
         rf = RunFolder.open(folder)
@@ -295,6 +301,20 @@ def reproduce(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     timings: list[tuple[str, float]] = []
 
+    header = None
+    if args.data and args.scale in tiny_data.TINY_SCALES:  # real data at the tiny scale: tokenizer, records, base
+        t0 = time.perf_counter()
+        prep = tiny_data.prepare(args.data, out, scale.max_train_records, tokenizer=getattr(args, "tokenizer", None),
+                                 model=args.model, log=log)
+        args = argparse.Namespace(**{**vars(args), "data": prep.train_path, "model": prep.model,
+                                     "set": [f"val_data={prep.valid_path}", f"max_length={prep.max_length}",
+                                             *(args.set or [])]})
+        scale = dataclasses.replace(scale, max_train_records=None)  # prepared: train on the whole file
+        header = prep.header() + "\n\nLearning rates: {} and {}, the tiny scale's.".format(
+            *map(lr_name, scale.learning_rates))
+        timings.append(("prepare --data (tokenizer, records, base)", time.perf_counter() - t0))
+    elif getattr(args, "tokenizer", None):
+        raise UserError("--tokenizer: only used with --data at the tiny scale (other scales use the model's own)")
     t0 = time.perf_counter()
     run_dirs = train_all(scale, args, out)
     timings.append(("train (4 runs)", time.perf_counter() - t0))
@@ -378,7 +398,7 @@ def reproduce(args: argparse.Namespace) -> int:
     timings.append(("total", time.perf_counter() - t_start))
     if failed:
         notes.append(f"failed: {', '.join(failed)} (see the sections below and the log)")
-    report = write_report(out, args.scale, scale, run_dirs, sections, notes, timings, claims_table)
+    report = write_report(out, args.scale, scale, run_dirs, sections, notes, timings, claims_table, header)
     log(f"wrote {report} ({len(sections)} sections, {math.ceil(timings[-1][1] / 60)} min in all)"
         + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
@@ -392,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="tiny (CPU; 'demo' is another name of it), small (gpt-neo-125m), paper")
     p.add_argument("--data", default=None, metavar="PATH_OR_HF_ID", help="training records (default: the scale's)")
     p.add_argument("--model", default=None, metavar="ID", help="checkpoint folder or hub id (default: the scale's)")
+    p.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID",
+                   help="with --data at the tiny scale: this tokenizer instead of a BPE fit on the data")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/reproduce_<scale>)")
     p.add_argument("--mesh", default=None, metavar="D,F,T", help="device mesh for training and the analyses")
     p.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE", help="extra config overrides for every run")

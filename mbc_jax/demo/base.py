@@ -7,7 +7,8 @@ config from random weights with our own `Trainer` (text schema, `loss_on: full`,
 `PRETRAIN` below, one device so the result does not depend on the machine's device count) and
 exports the last step as a normal HF folder (`config.json`, `model.safetensors`, tokenizer files)
 plus `pretrain.json` (what was trained, the loss and the wall time) and `pretrain_metrics.jsonl`.
-Training is a pure function of the seed, so two builds give the same weights (on CPU).
+Training is a pure function of the seed, so two builds give the same weights (on CPU). `pretrain` is that
+recipe for any weightless folder and text corpus (experiments/tiny_data.py pretrains a base on real data with it).
 
 `demo_base` keeps it in `cache_root()/demo-base/<seed>-<code version>`, where the code version
 hashes the package version and every file of `mbc_jax/demo/` (the world, the corpus, the tokenizer,
@@ -98,35 +99,52 @@ def demo_base(seed: int = 0, spec: PretrainSpec = PRETRAIN, log: Callable[[str],
 def build_base(target: Path, seed: int = 0, spec: PretrainSpec = PRETRAIN,
                log: Callable[[str], None] = print) -> Path:
     """Pretrain the base of world `seed` and put it at `target` (atomically); returns `target`."""
+    from mbc_jax.demo import materialize  # here: mbc_jax.demo imports this module
+
+    target = Path(target)
+    work = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    world = materialize(work / "world", seed=seed, num_valid=0)
+    info = {
+        "what": "tiny GPT-Neo pretrained on the demo world's generated corpus (mbc_jax.demo.corpus)",
+        "seed": seed, "code_version": code_version(),
+        "corpus_documents": len(world["corpus"].read_text().splitlines()),
+        "corpus_sha256": hashlib.sha256(world["corpus"].read_bytes()).hexdigest(),
+    }
+    info = pretrain(target, work, world["model"], world["corpus"], info, seed=seed, spec=spec, log=log)
+    log(f"demo base: pretrained in {info['wall_seconds']:.0f}s, loss {info['first_loss']:.3f} -> "
+        f"{info['final_loss']:.3f} ({target})")
+    return target
+
+
+def pretrain(target: Path, work: Path, model_dir: Path, corpus: Path, info: dict, *, seed: int = 0,
+             spec: PretrainSpec = PRETRAIN, max_length: int = 256, log: Callable[[str], None] = print) -> dict:
+    """Pretrain the weightless checkpoint folder `model_dir` (config.json + tokenizer) from random weights on the
+    text-schema JSONL `corpus` with our own `Trainer` (`loss_on: full`, uniform sampling, one device), building
+    in `work` (removed after), and move the exported HF folder to `target` atomically. Writes `pretrain.json`
+    (`info` plus the spec, tokens, epochs, first / final loss and wall time, returned) and
+    `pretrain_metrics.jsonl` next to the weights."""
     # imported here: mbc_jax.train imports mbc_jax.demo, so a top-level import would be circular
     from mbc_jax import config as config_lib
     from mbc_jax.checkpoints import export_run
-    from mbc_jax.demo import materialize
     from mbc_jax.train import Trainer
 
-    target = Path(target)
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    world = materialize(partial / "world", seed=seed, num_valid=0)
-    run = partial / "run"
+    run = work / "run"
     cfg = config_lib.load(None, [
-        f"out={run}", f"model={world['model']}", "init=random", f"data={world['corpus']}", "schema=text",
-        "loss_on=full", "sampler=uniform", "val_fraction=0", "track_memorization=false", "max_length=256",
+        f"out={run}", f"model={model_dir}", "init=random", f"data={corpus}", "schema=text",
+        "loss_on=full", "sampler=uniform", "val_fraction=0", "track_memorization=false", f"max_length={max_length}",
         f"checkpoint_every={spec.steps}", "keep_checkpoints=1", "log_every=50", f"seed={seed}", "mesh=1,1,1",
         *spec.overrides()])
     t0 = time.perf_counter()
     summary = Trainer.create(cfg, log=lambda m: log(f"  pretrain: {m}")).train()
     seconds = time.perf_counter() - t0
-    model = partial / "model"
+    model = work / "model"
     export_run(run, model)
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     losses = [x["loss_mean"] for x in lines if "loss_mean" in x]
     (model / "pretrain_metrics.jsonl").write_text((run / "metrics.jsonl").read_text())
     info = {
-        "what": "tiny GPT-Neo pretrained on the demo world's generated corpus (mbc_jax.demo.corpus)",
-        "seed": seed, "code_version": code_version(), "spec": dataclasses.asdict(spec),
-        "corpus_documents": len(world["corpus"].read_text().splitlines()),
-        "corpus_sha256": hashlib.sha256(world["corpus"].read_bytes()).hexdigest(),
+        **info, "spec": dataclasses.asdict(spec), "max_length": max_length,
         "tokens_trained": summary["tokens"], "epochs": summary["epochs"],
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "wall_seconds": round(seconds, 1),
@@ -139,10 +157,8 @@ def build_base(target: Path, seed: int = 0, spec: PretrainSpec = PRETRAIN,
         if not is_complete(target):  # not another build's finished base: a leftover; replace it
             shutil.rmtree(target, ignore_errors=True)
             os.replace(model, target)
-    shutil.rmtree(partial, ignore_errors=True)
-    log(f"demo base: pretrained in {seconds:.0f}s, loss {info['first_loss']:.3f} -> {info['final_loss']:.3f} "
-        f"({target})")
-    return target
+    shutil.rmtree(work, ignore_errors=True)
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:
