@@ -95,10 +95,10 @@ def test_header_describes_the_data_and_model(tmp_path):
     assert "dropped for length: 41; truncated: 0; responses lost: 0" in cuts and "1498 truncated" in cuts
     given = _prepared(model="EleutherAI/gpt-neo-125m", pretrain=None).header()
     assert "`EleutherAI/gpt-neo-125m` as given (--model)" in given and "pretrained from random" not in given
-    report = reproduce.write_report(tmp_path, "tiny", reproduce.SCALES["demo"], {}, [], [], [], header=h)
+    report = reproduce.write_report(tmp_path, "tiny", reproduce.SCALES["tiny"], {}, [], [], [], header=h)
     text = report.read_text()
     assert text.startswith("# MBC reproduction report (tiny scale)\n\n" + h)
-    assert "generated suite;" not in text and reproduce.SCALES["demo"].note not in text
+    assert "generated suite;" not in text and reproduce.SCALES["tiny"].note not in text
 
 
 def test_needs_a_local_jsonl_file(tmp_path):
