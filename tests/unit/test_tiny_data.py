@@ -97,7 +97,7 @@ def test_header_describes_the_data_and_model(tmp_path):
     assert "`EleutherAI/gpt-neo-125m` as given (--model)" in given and "pretrained from random" not in given
     report = reproduce.write_report(tmp_path, "tiny", reproduce.SCALES["tiny"], {}, [], [], [], header=h)
     text = report.read_text()
-    assert text.startswith("# MBC reproduction report (tiny scale)\n\n" + h)
+    assert text.startswith("# MBC reproduction report (tiny scale)\n\n## Setup\n\n" + h)  # no claims table given
     assert "generated suite;" not in text and reproduce.SCALES["tiny"].note not in text
 
 
