@@ -118,11 +118,24 @@ def test_nan_loss_stops_naming_step_and_records(tmp_path, monkeypatch):
         run.train()
 
 
-def test_run_folder_with_different_config_is_refused(tmp_path):
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> tuple[Path, dict]:
+    """One finished TINY_RUN epoch, trained once for the tests that only read it (or a copy of it)."""
     from mbc_jax.train import Trainer
 
+    run_dir = tmp_path_factory.mktemp("one_epoch") / "r"
+    summary = Trainer.create(config_lib.load(None, [f"out={run_dir}", *TINY_RUN, "epochs=1"]),
+                             log=lambda *a: None).train()
+    return run_dir, summary
+
+
+def test_run_folder_with_different_config_is_refused(one_epoch_run, tmp_path):
+    import shutil
+
+    from mbc_jax.train import Trainer
+
+    shutil.copytree(one_epoch_run[0], tmp_path / "r")  # a finished run folder (`out` may change on resume)
     base = [f"out={tmp_path / 'r'}", *TINY_RUN, "epochs=1"]
-    Trainer.create(config_lib.load(None, base), log=lambda *a: None).train()
     with pytest.raises(UserError, match=r"made with a different config \(learning_rate: 0.003 -> 0.001\)"):
         Trainer.create(config_lib.load(None, [*base, "learning_rate=1e-3"]), log=lambda *a: None)
     # allowed with override; and a finished run re-run is a no-op resume
@@ -151,15 +164,11 @@ def test_disk_full_during_save_keeps_last_good_checkpoint(tmp_path, monkeypatch)
     assert summary["steps"] == 8 and summary["final"]["step"] == 8
 
 
-def test_run_folder_contents(tmp_path):
+def test_run_folder_contents(one_epoch_run):
     """The files docs/run_folder.md promises, read back independently with the csv module."""
     import csv
 
-    from mbc_jax.train import Trainer
-
-    run_dir = tmp_path / "r"
-    summary = Trainer.create(config_lib.load(None, [f"out={run_dir}", *TINY_RUN, "epochs=1"]),
-                             log=lambda *a: None).train()
+    run_dir, summary = one_epoch_run
     for name in ("config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json", "model/config.json"):
         assert (run_dir / name).is_file(), name
     steps = sorted(int(f.stem[5:]) for f in (run_dir / "memorization").glob("step_*.csv"))
