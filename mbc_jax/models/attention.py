@@ -147,15 +147,23 @@ def _attend(q, k, v, q_pos, q_seg, k_pos, k_seg, window, drop: tuple[Array, floa
         scores = jnp.einsum("bqhgd,bkhd->bhgqk", q.reshape(b, tq, kv, h // kv, d), k,
                             preferred_element_type=jnp.float32)
         mask = mask[:, :, None]
-    probs = jax.nn.softmax(jnp.where(mask, scores, NEG_INF), axis=-1)
-    if record is not None:
-        record(probs.reshape(b, h, tq, -1))
-    probs = probs.astype(v.dtype)
-    if drop is not None:
-        probs = dropout(probs, drop[1], drop[0])
+    probs = _masked_probs(scores, mask, v.dtype, drop, record)
     if kv == h:
         return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     return jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(b, tq, h, d)
+
+
+def _masked_probs(scores, mask, dtype, drop: tuple[Array, float] | None, record: Callable[[Array], Any] | None):
+    """softmax of the masked float32 scores [B, KV, (G,) Tq, Tk] (recorded as [B, H, Tq, Tk] when asked), in
+    `dtype`, with attention dropout when `drop` is (rng, rate)."""
+    probs = jax.nn.softmax(jnp.where(mask, scores, NEG_INF), axis=-1)
+    if record is not None:
+        b, tq, tk = probs.shape[0], probs.shape[-2], probs.shape[-1]
+        record(probs.reshape(b, -1, tq, tk))
+    probs = probs.astype(dtype)
+    if drop is not None:
+        probs = dropout(probs, drop[1], drop[0])
+    return probs
 
 
 def cached_attention(q, k, v, q_pos, q_seg, k_pos, k_seg, window, drop: tuple[Array, float] | None = None,
@@ -168,11 +176,6 @@ def cached_attention(q, k, v, q_pos, q_seg, k_pos, k_seg, window, drop: tuple[Ar
     mask = attention_mask(q_pos, q_seg, k_pos, k_seg, window)[:, :, None]  # [B, 1, 1, Tq, S]
     q = q.reshape(b, tq, kv, h // kv, d).transpose(0, 2, 3, 1, 4)  # [B, KV, G, Tq, D]: a small copy
     scores = jnp.einsum("bhgqd,bhkd->bhgqk", q, k, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(jnp.where(mask, scores, NEG_INF), axis=-1)
-    if record is not None:
-        record(probs.reshape(b, h, tq, -1))
-    probs = probs.astype(v.dtype)
-    if drop is not None:
-        probs = dropout(probs, drop[1], drop[0])
+    probs = _masked_probs(scores, mask, v.dtype, drop, record)
     out = jnp.einsum("bhgqk,bhkd->bhgqd", probs, v)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, tq, h, d)
