@@ -89,18 +89,14 @@ def _prefill(module, max_new: int, params, ids, seg, live, row_keys, seed) -> di
     b, t = ids.shape
     real = seg > 0
     positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0).astype(jnp.int32)
-    cache = init_cache(module.cfg, b, t + max_new)
-    for name in ("k", "v"):
-        cache[name] = tuple(constrain(c, mesh, ("batch", "act_heads", "length", None)) for c in cache[name])
-    for name in ("pos", "seg"):
-        cache[name] = constrain(cache[name], mesh, ("batch", "length"))
+    cache = _pin_cache(init_cache(module.cfg, b, t + max_new), mesh)
     hidden, cache = module.apply({"params": params}, ids, positions, seg, cache=cache, return_hidden=True)
     logits = _last_logits(module, params, hidden)
     vocab = logits.shape[-1]
     present = jnp.zeros((b, vocab), bool).at[jnp.arange(b)[:, None], jnp.where(real, ids, vocab)].set(True, mode="drop")
     base = jax.random.key(seed)
     return _pin(dict(
-        step=jnp.zeros((), jnp.int32), logits=logits, cache=cache, present=constrain(present, mesh, ("batch", None)),
+        step=jnp.zeros((), jnp.int32), logits=logits, cache=cache, present=present,
         keys=jax.vmap(lambda r: jax.random.fold_in(base, r))(row_keys), lengths=real.sum(axis=1).astype(jnp.int32),
         finished=~live, eos=jnp.zeros((b,), bool), count=jnp.zeros((b,), jnp.int32),
         tokens=jnp.zeros((b, max_new), jnp.int32), ent=jnp.zeros((b, max_new), jnp.float32),
@@ -108,17 +104,23 @@ def _prefill(module, max_new: int, params, ids, seg, live, row_keys, seed) -> di
     ), mesh)
 
 
+def _pin_cache(cache: dict, mesh) -> dict:
+    """The KV cache's layout: rows over the batch axes, each layer's k/v heads over the tensor axis."""
+    return {**cache, "k": tuple(constrain(c, mesh, ("batch", "act_heads", "length", None)) for c in cache["k"]),
+            "v": tuple(constrain(c, mesh, ("batch", "act_heads", "length", None)) for c in cache["v"]),
+            "pos": constrain(cache["pos"], mesh, ("batch", "length")),
+            "seg": constrain(cache["seg"], mesh, ("batch", "length"))}
+
+
 def _pin(state: dict, mesh) -> dict:
-    """The decode state laid out one way whoever made it (prefill, a chunk of steps, a row compaction):
-    rows over the batch axes, each layer's k/v heads over the tensor axis, scalars replicated. Otherwise
-    each producer's own choice would compile the step program again."""
-    def lay(path, a):
-        if a.ndim == 0:
-            return constrain(a, mesh, ())
-        if path[0].key == "cache" and path[1].key in ("k", "v"):
-            return constrain(a, mesh, ("batch", "act_heads", "length", None))
-        return constrain(a, mesh, ("batch",) + (None,) * (a.ndim - 1))
-    return jax.tree_util.tree_map_with_path(lay, state)
+    """The decode state laid out one way whoever made it (prefill, a chunk of steps, a row compaction): the
+    cache as `_pin_cache`, every other array's rows over the batch axes, scalars replicated. Otherwise each
+    producer's own choice would compile the step program again."""
+    def lay(a):
+        return constrain(a, mesh, ("batch",) + (None,) * (a.ndim - 1) if a.ndim else ())
+    rest = jax.tree.map(lay, {k: v for k, v in state.items() if k != "cache"})
+    cache = _pin_cache(state["cache"], mesh)
+    return {**rest, "cache": {**cache, "index": lay(cache["index"])}}
 
 
 def _last_logits(module, params, hidden):
@@ -220,7 +222,7 @@ def _run_rows(module, params, state: dict, max_new: int, members: int, divisor: 
     where = np.arange(state["finished"].shape[0])  # state row -> batch row
     step = 0
 
-    def read(rows_idx):
+    def read(state, rows_idx):
         got = jax.device_get({k: state[k] for k in ("tokens", "ent", "sent", "count", "eos")})
         for r in rows_idx:
             if where[r] < members and out[where[r]] is None:
@@ -232,11 +234,11 @@ def _run_rows(module, params, state: dict, max_new: int, members: int, divisor: 
         state = _steps(module, params, state, np.int32(step), eos_ids, pad_id, settings)
         finished = np.asarray(jax.device_get(state["finished"]))
         if finished.all() or step >= max_new:
-            read(range(len(where)))
+            read(state, range(len(where)))
             return out  # type: ignore[return-value]
         rows = shrunk_rows(int((~finished).sum()), len(where), divisor)
         if rows < len(where) and max_new - step >= SHRINK_MIN_STEPS:
-            read(np.flatnonzero(finished))
+            read(state, np.flatnonzero(finished))
             keep = np.concatenate([np.flatnonzero(~finished), np.flatnonzero(finished)])[:rows]
             state = _take_rows(state, jnp.asarray(keep, jnp.int32), mesh=module.mesh)
             where = where[keep]
