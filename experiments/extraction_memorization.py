@@ -39,6 +39,7 @@ import numpy as np
 
 from experiments import common
 from experiments.common import fmt
+from mbc_jax.commands.common import progress
 from mbc_jax.run_folder import RunFolder
 
 NAME = "extraction_memorization"
@@ -234,6 +235,7 @@ def measure(run: RunFolder, steps: Sequence[int], *, window: str = "response", f
     eos = run.template().eos_id(tok)
     examples = cuts = None
     out = []
+    bar = progress(len(steps), f"{NAME}: {run.label}", unit="ckpt")
     for step in steps:
         t0 = time.perf_counter()
         with common.checkpoint_model(run, step, cache_dir, mesh) as model:
@@ -245,8 +247,11 @@ def measure(run: RunFolder, steps: Sequence[int], *, window: str = "response", f
             if per_step is not None:
                 per_step(model, step, examples, cuts, rows)
         out += rows
-        log(f"{NAME}: {run.label} step {step}: {len(rows)} records, ROUGE-L "
-            f"{np.mean([r['rouge_l'] for r in rows]):.3f} ({time.perf_counter() - t0:.0f}s)")
+        bar.update()
+        with bar.external_write_mode():  # the line above the bar, not glued to it
+            log(f"{NAME}: {run.label} step {step}: {len(rows)} records, ROUGE-L "
+                f"{np.mean([r['rouge_l'] for r in rows]):.3f} ({time.perf_counter() - t0:.0f}s)")
+    bar.close()
     return out
 
 

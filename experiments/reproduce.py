@@ -103,8 +103,13 @@ SCALES = {
 }
 
 
+_STARTED = time.perf_counter()
+
+
 def log(msg: str) -> None:
-    print(f"[reproduce] {msg}", file=sys.stderr, flush=True)
+    """A line on stderr, prefixed with the minutes:seconds since the command started."""
+    minutes, seconds = divmod(int(time.perf_counter() - _STARTED), 60)
+    print(f"[reproduce {minutes}:{seconds:02d}] {msg}", file=sys.stderr, flush=True)
 
 
 def lr_name(lr: float) -> str:
@@ -153,24 +158,24 @@ def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[s
     if data and scale.max_train_records:
         data = subset_data(data, scale.max_train_records, out)
     runs = {}
-    for lr in scale.learning_rates:
-        for sampler in SAMPLERS:
-            folder = out / "runs" / f"{sampler}_lr{lr_name(lr)}"
-            config = scale.config(sampler, lr)
-            if not Path(config).is_file():
-                raise UserError(f"{config}: missing config file for --scale {args.scale} ({sampler}, lr {lr_name(lr)})")
-            cfg = config_lib.load(config, run_overrides(scale, sampler, lr, folder, args, data))
-            runs[(sampler, lr)] = folder
-            summary = folder / "summary.json"
-            if summary.is_file() and (folder / "config.yaml").is_file():
-                old = config_lib.from_dict(yaml.safe_load((folder / "config.yaml").read_text()), "")
-                if not config_lib.differences(old, cfg):
-                    log(f"{folder}: already trained ({json.loads(summary.read_text())['steps']} steps)")
-                    continue
-            log(f"training {sampler} at lr {lr_name(lr)} -> {folder} ({Path(config).name})")
-            t0 = time.perf_counter()
-            Trainer.create(cfg, log=lambda m: log(f"  {m}")).train()
-            log(f"  done in {time.perf_counter() - t0:.0f}s")
+    todo = [(lr, sampler) for lr in scale.learning_rates for sampler in SAMPLERS]
+    for n, (lr, sampler) in enumerate(todo, 1):
+        folder = out / "runs" / f"{sampler}_lr{lr_name(lr)}"
+        config = scale.config(sampler, lr)
+        if not Path(config).is_file():
+            raise UserError(f"{config}: missing config file for --scale {args.scale} ({sampler}, lr {lr_name(lr)})")
+        cfg = config_lib.load(config, run_overrides(scale, sampler, lr, folder, args, data))
+        runs[(sampler, lr)] = folder
+        summary = folder / "summary.json"
+        if summary.is_file() and (folder / "config.yaml").is_file():
+            old = config_lib.from_dict(yaml.safe_load((folder / "config.yaml").read_text()), "")
+            if not config_lib.differences(old, cfg):
+                log(f"{folder}: already trained ({json.loads(summary.read_text())['steps']} steps)")
+                continue
+        log(f"training {sampler} at lr {lr_name(lr)} (run {n} of {len(todo)}) -> {folder} ({Path(config).name})")
+        t0 = time.perf_counter()
+        Trainer.create(cfg, log=lambda m: log(f"  {m}")).train()
+        log(f"  done in {time.perf_counter() - t0:.0f}s")
     return runs
 
 

@@ -118,8 +118,10 @@ def measure(run: RunFolder, out: Path, *, split: str = "val", max_records: int |
     rows = []
     for which, step in steps.items():
         t0 = time.perf_counter()
-        with common.checkpoint_model(run, step, cache_dir, mesh) as model:
-            answers = g.answer_records(model, records, cfg, run.template(), seed=seed, batch_size=batch_size)
+        with (common.checkpoint_model(run, step, cache_dir, mesh) as model,
+              g.AnswerProgress(len(records), f"{NAME}: {run.label} step {step}") as bar):
+            answers = g.answer_records(model, records, cfg, run.template(), seed=seed, batch_size=batch_size,
+                                       on_batch=bar)
         path = gen_dir / f"{run.slug}_step{step}.jsonl"
         path.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers.rows))
         tf = teacher_forcing(run, step, split, [a["index"] for a in answers.rows])

@@ -26,7 +26,6 @@ from mbc_jax.commands.common import (
     format_options,
     load_model_from_args,
     load_template,
-    progress,
     write_jsonl,
 )
 from mbc_jax.generate import (
@@ -35,6 +34,7 @@ from mbc_jax.generate import (
     DEFAULT_REPETITION_PENALTY,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
+    AnswerProgress,
     SamplingConfig,
 )
 
@@ -133,24 +133,11 @@ def run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, max_new_tokens=n)
         if cap_note:
             print(cap_note, file=sys.stderr)
-    bar = None  # opened by answer_records' first on_batch(0, 0), once its checks have passed
-
-    def on_batch(done: int, tokens: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = progress(len(records), "generate")
-        bar.update(done - bar.n)
-        if done:
-            bar.set_postfix(tokens=tokens, refresh=False)
-
-    try:
+    with AnswerProgress(len(records), "generate") as bar:
         answers = answer_records(model, records, cfg, template, seed=args.seed, batch_size=args.batch_size,
-                                 bucket=args.bucket, max_prompt_length=args.max_prompt_length, on_batch=on_batch,
+                                 bucket=args.bucket, max_prompt_length=args.max_prompt_length, on_batch=bar,
                                  log=lambda line: print(line, file=sys.stderr),
                                  template_source=args.template or "the template")
-    finally:
-        if bar is not None:
-            bar.close()
     write_jsonl(out, answers.rows)
 
     summary = answers.summary

@@ -9,6 +9,7 @@
 """
 
 from mbc_jax.generate.answers import (
+    AnswerProgress,
     Answers,
     Prompt,
     answer_records,
@@ -34,7 +35,7 @@ from mbc_jax.generate.sampling import (
 
 __all__ = [
     "DEFAULT_BUCKET", "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_REPETITION_PENALTY", "DEFAULT_TEMPERATURE", "DEFAULT_TOP_P",
-    "MAX_EOS_IDS", "Answers", "Generation", "Prompt", "SamplingConfig", "Settings", "answer_records",
+    "MAX_EOS_IDS", "AnswerProgress", "Answers", "Generation", "Prompt", "SamplingConfig", "Settings", "answer_records",
     "batch_rows", "bucket_length", "build_prompts", "decode_text", "entropy", "generate", "instruction_text",
     "process_logits", "repetition_penalty", "summarize", "top_k_filter", "top_p_filter",
 ]

@@ -4,12 +4,14 @@
     answers.rows        # one dict per record: the lines `mbc-jax generate` writes (`mbc-jax judge` reads)
     answers.summary     # tokens, seconds, mean entropies, stops at EOS, truncated prompts
 
-`mbc-jax generate` and `experiments/table1_entropy.py` both answer records through `answer_records`.
+`mbc-jax generate`, `mbc-jax select` and `experiments/table1_entropy.py` answer records through
+`answer_records`; `AnswerProgress` is their progress bar (pass it as `on_batch`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +24,36 @@ from mbc_jax.data.chat import chat_prompt
 from mbc_jax.generate.decode import DEFAULT_BUCKET, Generation, batch_rows, generate
 from mbc_jax.generate.sampling import SamplingConfig
 from mbc_jax.sharding import mesh_str
+
+
+class AnswerProgress:
+    """A progress bar for `answer_records` (records answered, tokens so far) on stderr, shown only on a terminal.
+
+        with AnswerProgress(len(records), "generate") as bar:
+            answers = answer_records(model, records, config, on_batch=bar)
+
+    The bar opens at the first `on_batch` call, so an error raised by `answer_records`' checks leaves none behind.
+    """
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc, self.bar = total, desc, None
+
+    def __call__(self, done: int, tokens: int) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="rec", file=sys.stderr, dynamic_ncols=True,
+                            disable=None)  # None: off when stderr is not a terminal
+        self.bar.update(done - self.bar.n)
+        if done:
+            self.bar.set_postfix(tokens=tokens, refresh=False)
+
+    def __enter__(self) -> AnswerProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @dataclasses.dataclass

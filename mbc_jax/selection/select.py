@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mbc_jax import UserError
 from mbc_jax.checkpoints import export_run
-from mbc_jax.generate import DEFAULT_MAX_NEW_TOKENS, SamplingConfig, answer_records
+from mbc_jax.generate import DEFAULT_MAX_NEW_TOKENS, AnswerProgress, SamplingConfig, answer_records
 from mbc_jax.judge.bradley_terry import DEFAULT_RIDGE, rank, tables
 from mbc_jax.judge.client import JudgeConfig
 from mbc_jax.models import load_model
@@ -106,8 +106,9 @@ def answers_at_step(run: RunFolder, step: int, records: Sequence, path: Path, *,
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     t0 = time.perf_counter()
-    with step_model(run, step, mesh, dtype) as model:
-        answers = answer_records(model, records, sampling, run.template(), seed=seed, batch_size=batch_size)
+    with step_model(run, step, mesh, dtype) as model, AnswerProgress(len(records), f"select: step {step}") as bar:
+        answers = answer_records(model, records, sampling, run.template(), seed=seed, batch_size=batch_size,
+                                 on_batch=bar)
     atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in answers.rows))
     atomic_write(meta_path, json.dumps(meta, indent=2) + "\n")
     log(f"select: step {step}: answered {len(records)} dev prompts ({answers.summary['tokens']} tokens, "

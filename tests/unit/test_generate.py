@@ -13,7 +13,15 @@ import pytest
 
 from conftest import GREEDY, N, _write, prompt_set, reference
 from mbc_jax import UserError
-from mbc_jax.generate import SamplingConfig, build_prompts, generate, repetition_penalty, top_k_filter, top_p_filter
+from mbc_jax.generate import (
+    AnswerProgress,
+    SamplingConfig,
+    build_prompts,
+    generate,
+    repetition_penalty,
+    top_k_filter,
+    top_p_filter,
+)
 from mbc_jax.generate.sampling import first_argmax
 
 
@@ -456,3 +464,29 @@ def test_sampling_entropy_at_the_paper_settings(neo):
             checked += 1
     assert checked > 0.8 * len(prompts) * N
     assert np.mean([g.sampling_entropy for g in gens]) < np.mean([g.entropy for g in gens])  # truncated: narrower
+
+
+def test_answer_progress_opens_at_the_first_batch_and_follows_the_counts(monkeypatch):
+    import io
+
+    import tqdm.auto
+
+    made = []
+
+    def fake_tqdm(**kw):  # a real tqdm writing to a buffer, as it would to a terminal
+        bar = tqdm.std.tqdm(**{**kw, "file": io.StringIO(), "disable": False})
+        made.append(bar)
+        return bar
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", fake_tqdm)
+    with AnswerProgress(5, "generate") as progress:
+        assert progress.bar is None  # nothing shown until answer_records' checks have passed
+        progress(0, 0)
+        progress(3, 40)
+        assert made[0].n == 3 and made[0].postfix == "tokens=40"
+        progress(5, 70)
+        assert made[0].n == 5 and "generate" in made[0].fp.getvalue()
+    assert made[0].disable  # closed on leaving the block
+    with AnswerProgress(5, "generate") as unused:
+        pass
+    assert unused.bar is None and len(made) == 1  # an error before the first batch leaves no bar
