@@ -174,7 +174,8 @@ def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[s
                 continue
         log(f"training {sampler} at lr {lr_name(lr)} (run {n} of {len(todo)}) -> {folder} ({Path(config).name})")
         t0 = time.perf_counter()
-        Trainer.create(cfg, log=lambda m: log(f"  {m}")).train()
+        trainer = Trainer.create(cfg, log=lambda m: log(f"  {m}"))
+        trainer.train(desc=f"train {sampler} lr {lr_name(lr)} ({n}/{len(todo)})")
         log(f"  done in {time.perf_counter() - t0:.0f}s")
     return runs
 

@@ -316,7 +316,9 @@ class Trainer:
         self.log(f"resuming {self.dir} from the checkpoint of step {int(state['step'])}")
         return state, latest
 
-    def train(self) -> dict:
+    def train(self, desc: str | None = None) -> dict:
+        """Train to the last step (resuming from the latest checkpoint); `desc` labels the progress bar
+        (default `train SAMPLER`). Returns the summary written to summary.json."""
         cfg = self.cfg
         checkpoints = Checkpoints(self.dir, cfg.keep_checkpoints, self.total_steps, ckpt.snapshot_dtype(cfg))
         state, restored = self._initial_state(checkpoints)
@@ -330,8 +332,8 @@ class Trainer:
         flops_per_token = train_flops_per_token(self.model.config, cfg.max_length)
         sharding = batch_sharding(self.model.mesh)
         interval = {"loss": 0.0, "n": 0, "real": 0, "seconds": 0.0}
-        bar = tqdm(total=self.total_steps, initial=start, desc=f"train {cfg.sampler}", unit="step", file=sys.stderr,
-                   dynamic_ncols=True, disable=None)
+        bar = tqdm(total=self.total_steps, initial=start, desc=desc or f"train {cfg.sampler}", unit="step",
+                   file=sys.stderr, dynamic_ncols=True, disable=None)
         t_run = time.perf_counter()
         with self.writer.metrics(trackers.open_trackers(cfg, self.dir, start, resumed=restored is not None)) as emit:
             for step in range(start, self.total_steps + 1):

@@ -136,7 +136,7 @@ def pretrain(target: Path, work: Path, model_dir: Path, corpus: Path, info: dict
         f"checkpoint_every={spec.steps}", "keep_checkpoints=1", "log_every=50", f"seed={seed}", "mesh=1,1,1",
         *spec.overrides()])
     t0 = time.perf_counter()
-    summary = Trainer.create(cfg, log=lambda m: log(f"  pretrain: {m}")).train()
+    summary = Trainer.create(cfg, log=lambda m: log(f"  pretrain: {m}")).train(desc="pretrain base")
     seconds = time.perf_counter() - t0
     model = work / "model"
     export_run(run, model)
