@@ -316,7 +316,12 @@ P="$D/worker-$W.pid"
 if [ ! -e "$F" ]; then echo "[logs] worker $W: no log at $F" >&2; exit 1; fi
 SCRIPT
   if [ "$follow" = 1 ]; then
-    printf 'if [ -e "$P" ] && job_alive "$(cat "$P")"; then\n'
+    # run.sh's own stream ($5 = 1) started the job seconds ago, so its pid is not a recycled one: follow it
+    # while it exists at all, even before it has exec'd job.sh (job_alive's name check can miss that moment
+    # on a loaded machine, and the stream then ended before the job had written anything)
+    local alive='job_alive "$(cat "$P")"'
+    [ "$want_rc" = 1 ] && alive='kill -0 "$(cat "$P")" 2>/dev/null'
+    printf 'if [ -e "$P" ] && %s; then\n' "$alive"
     printf '  tail -n %s -F --pid="$(cat "$P")" "$F"%s\n' "$lines" "$sink"
     printf 'else\n  tail -n %s "$F"%s\nfi\n' "$lines" "$sink"
   else
@@ -324,6 +329,7 @@ SCRIPT
   fi
   if [ "$want_rc" = 1 ]; then
     cat <<'SCRIPT'
+for _ in $(seq 1 50); do [ -s "$D/worker-$W.rc" ] && break; sleep 0.1; done  # the exit trap's write may trail
 rc=$(cat "$D/worker-$W.rc" 2>/dev/null || true)
 case "$rc" in
   "" | *[!0-9]*) echo "[run] worker $W: no exit code yet (still running, or killed)"; exit 1 ;;
