@@ -235,23 +235,22 @@ def measure(run: RunFolder, steps: Sequence[int], *, window: str = "response", f
     eos = run.template().eos_id(tok)
     examples = cuts = None
     out = []
-    bar = progress(len(steps), f"{NAME}: {run.label}", unit="ckpt")
-    for step in steps:
-        t0 = time.perf_counter()
-        with common.checkpoint_model(run, step, cache_dir, mesh) as model:
-            if examples is None:
-                examples, cuts = select_examples(run, tok, model.config.vocab_size, max_records, lambda e: cut(
-                    e, window=window, fraction=fraction, tokens=tokens, max_new_tokens=max_new_tokens), log)
-            rows = [{"run": run.label, "step": step, **r}
-                    for r in extract(model, examples, cuts, batch_size=batch_size, eos=eos)]
-            if per_step is not None:
-                per_step(model, step, examples, cuts, rows)
-        out += rows
-        bar.update()
-        with bar.external_write_mode():  # the line above the bar, not glued to it
-            log(f"{NAME}: {run.label} step {step}: {len(rows)} records, ROUGE-L "
-                f"{np.mean([r['rouge_l'] for r in rows]):.3f} ({time.perf_counter() - t0:.0f}s)")
-    bar.close()
+    with progress(len(steps), f"{NAME}: {run.label}", unit="ckpt") as bar:
+        for step in steps:
+            t0 = time.perf_counter()
+            with common.checkpoint_model(run, step, cache_dir, mesh) as model:
+                if examples is None:
+                    examples, cuts = select_examples(run, tok, model.config.vocab_size, max_records, lambda e: cut(
+                        e, window=window, fraction=fraction, tokens=tokens, max_new_tokens=max_new_tokens), log)
+                rows = [{"run": run.label, "step": step, **r}
+                        for r in extract(model, examples, cuts, batch_size=batch_size, eos=eos)]
+                if per_step is not None:
+                    per_step(model, step, examples, cuts, rows)
+            out += rows
+            bar.update()
+            with bar.external_write_mode():  # the line above the bar, not glued to it
+                log(f"{NAME}: {run.label} step {step}: {len(rows)} records, ROUGE-L "
+                    f"{np.mean([r['rouge_l'] for r in rows]):.3f} ({time.perf_counter() - t0:.0f}s)")
     return out
 
 

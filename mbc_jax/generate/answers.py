@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mbc_jax import UserError
+from mbc_jax.commands.common import progress
 from mbc_jax.data import Template, tokenize
 from mbc_jax.data.chat import chat_prompt
 from mbc_jax.generate.decode import DEFAULT_BUCKET, Generation, batch_rows, generate
@@ -40,10 +40,7 @@ class AnswerProgress:
 
     def __call__(self, done: int, tokens: int) -> None:
         if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=self.total, desc=self.desc, unit="rec", file=sys.stderr, dynamic_ncols=True,
-                            disable=None)  # None: off when stderr is not a terminal
+            self.bar = progress(self.total, self.desc)  # tqdm on stderr, off when it is not a terminal
         self.bar.update(done - self.bar.n)
         if done:
             self.bar.set_postfix(tokens=tokens, refresh=False)
