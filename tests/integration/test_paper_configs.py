@@ -106,3 +106,31 @@ def test_new_family_config_plans_with_a_tiny_model_of_its_family(name, tmp_path,
     disk = plan["disk"]
     assert (disk["checkpoint_steps"], disk["full_states_peak"], disk["snapshot_dtype"]) == (16, 4, "bfloat16")
     assert disk["peak_bytes"] == 4 * (12 * n + 12) + 16 * 2 * n and disk["end_bytes"] == 3 * (12 * n + 12) + 16 * 2 * n
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
+def test_every_paper_config_clips_gradients_at_1_and_says_why(path):
+    """Issue 28: grad_clip 1.0, the HF Trainer's max_grad_norm default, stated in the header as an inference."""
+    assert config_lib.load(str(path), []).grad_clip == 1.0
+    assert "our inference, not a fact from the paper" in header(path) and "max_grad_norm default is 1.0" in header(path)
+
+
+BATCH4 = sorted(CONFIGS.glob("gpt_neo_2p7b_*_batch4.yaml"))
+
+
+def test_the_implied_batch_configs_exist_for_both_rates_and_samplers():
+    assert [p.name for p in BATCH4] == [f"gpt_neo_2p7b_{s}_lr{lr}_batch4.yaml" for s in ("mbc", "uniform")
+                                        for lr in ("1e-5", "5e-5")]
+
+
+@pytest.mark.parametrize("path", BATCH4, ids=lambda p: p.stem)
+def test_implied_batch_config_takes_4_records_per_step_and_checkpoints_every_5000(path):
+    """Section 2's checkpoints every 5,000 steps; about 3-4 records per optimizer step on ~10k records."""
+    cfg = config_lib.load(str(path), [])
+    twin = config_lib.load(str(path.with_name(path.name.replace("_batch4", ""))), [])
+    assert cfg.batch_size * cfg.grad_accum == 4 and cfg.checkpoint_every == 5000
+    assert config_lib.differences(twin, cfg) == ["batch_size: 32 -> 4", "checkpoint_every: 0 -> 5000"]
+    assert cfg.out == twin.out + "_batch4"
+    steps = checkpoint_schedule(cfg, DOLLY_TRAIN)
+    assert steps == [*range(0, 53_475, 5000), 53_475]  # 14,260 records x 15 epochs / 4 = 53,475 steps
+    assert "53,475 optimizer steps" in header(path)
