@@ -35,8 +35,26 @@ HEAVY_FILES = ("test_resume.py", "test_model_runtime.py", "test_multihost.py", "
                "test_experiments.py", "test_url_run_folder.py", "test_checkpoints.py", "test_select.py")
 
 
+SHUFFLE_ENV = "MBC_JAX_SHUFFLE_FILES"  # a seed: run the test files in a shuffled order (tests within a file keep theirs)
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Heaviest integration files first (HEAVY_FILES' order); every other test keeps its collected order."""
+    """Heaviest integration files first (HEAVY_FILES' order); every other test keeps its collected order.
+
+    With MBC_JAX_SHUFFLE_FILES=SEED the files run in a seeded random order instead, to show that the suite
+    passes in any file order (no test depends on what an earlier file left in the process):
+    `MBC_JAX_SHUFFLE_FILES=3 python -m pytest -q -n 0 -p no:randomly`.
+    """
+    seed = os.environ.get(SHUFFLE_ENV)
+    if seed is not None:
+        files = sorted({item.path for item in items})
+        perm = np.random.default_rng(int(seed)).permutation(len(files))
+        rank = {files[j]: position for position, j in enumerate(perm)}
+        items.sort(key=lambda item: rank[item.path])
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:  # None on pytest-xdist workers
+            reporter.write_line(f"{SHUFFLE_ENV}={seed}: " + ", ".join(files[j].name for j in perm))
+        return
     rank = {name: i for i, name in enumerate(HEAVY_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: ties keep their order
 

@@ -81,19 +81,33 @@ def _with_device_count(flags: str, n: int) -> str:
 
 
 def _cpu_devices(n: int) -> list | None:
-    """N CPU devices in this process, or None when JAX already started with fewer (re-run needed)."""
+    """N CPU devices of this process, or None: the plan then runs in a process of its own (`_rerun`).
+
+    This process's JAX configuration is never changed (a command run inside a test or a notebook leaves
+    JAX as it found it): its devices are used only when JAX already runs, or would start, on the CPU with
+    at least N devices as its environment stands; otherwise a fresh process gets the flags.
+    """
     import jax
     from jax._src import xla_bridge
 
-    if not xla_bridge.backends_are_initialized():  # not too late: start JAX's CPU backend with N devices
-        os.environ["XLA_FLAGS"] = _with_device_count(os.environ.get("XLA_FLAGS", ""), n)
-        jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_num_cpu_devices", n)
+    if not xla_bridge.backends_are_initialized() and not _env_gives_cpus(n):
+        return None
     try:
         cpus = jax.devices("cpu")
     except RuntimeError:  # JAX started without its CPU backend
         return None
     return cpus[:n] if len(cpus) >= n else None
+
+
+def _env_gives_cpus(n: int) -> bool:
+    """Whether JAX, started now as the environment stands, would run on the CPU alone with >= N devices."""
+    import jax
+
+    platforms = jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")
+    count = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    configured = jax.config.jax_num_cpu_devices
+    have = configured if configured > 0 else int(count.group(1)) if count else 1
+    return platforms == "cpu" and have >= n
 
 
 def _rerun(argv: list[str], n: int) -> int:
