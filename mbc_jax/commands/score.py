@@ -37,26 +37,41 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+# The table's pooled columns: (value column, its per-record target count). Pooled = targets summed first, as
+# the paper's Eq. 1 (exact memorization over all targets of a set, so long records weigh more); the same for
+# the entropy. Perplexity is a per-record median.
+POOLED = (("exact_match", "tokens"), ("response_exact_match", "response_tokens"),
+          ("response_exact_match_no_eos", "response_tokens_no_eos"), ("entropy", "tokens"),
+          ("response_entropy", "response_tokens"))
+
+
+def pooled(rows: list[dict], key: str, count: str) -> float | None:
+    """sum(value x targets) / sum(targets) over the rows that have targets for `key`: Eq. 1 for exact match."""
+    pairs = [(r[key], r[count]) for r in rows if r[key] is not None and r[count]]
+    n = sum(c for _, c in pairs)
+    return sum(v * c for v, c in pairs) / n if n else None
+
+
 def category_table(rows: list[dict]) -> str:
+    """Per category and ALL: exact match and entropy pooled over the group's targets (Eq. 1), median perplexity."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         groups[r["category"] or "(none)"].append(r)
     groups["ALL"] = rows
 
-    def mean(rs, key):
-        vals = [r[key] for r in rs if r[key] is not None]
-        return float(np.mean(vals)) if vals else None
-
     def median(rs, key):
         vals = [r[key] for r in rs if r[key] is not None]
         return float(np.median(vals)) if vals else None
 
-    body = [[name, str(len(rs)), fmt(mean(rs, "exact_match")), fmt(mean(rs, "response_exact_match")),
-             fmt(mean(rs, "response_exact_match_no_eos")), fmt(median(rs, "perplexity"), 2),
-             fmt(median(rs, "response_perplexity"), 2), fmt(mean(rs, "entropy")), fmt(mean(rs, "response_entropy"))]
-            for name, rs in sorted(groups.items(), key=lambda kv: (kv[0] == "ALL", kv[0]))]
-    return table(body, ["category", "records", "exact_match", "resp_exact_match", "resp_em_no_eos", "median_ppl",
-                        "median_resp_ppl", "entropy", "resp_entropy"])
+    body = []
+    for name, rs in sorted(groups.items(), key=lambda kv: (kv[0] == "ALL", kv[0])):
+        em, resp_em, no_eos, ent, resp_ent = (pooled(rs, key, count) for key, count in POOLED)
+        body.append([name, str(len(rs)), fmt(em), fmt(resp_em), fmt(no_eos), fmt(median(rs, "perplexity"), 2),
+                     fmt(median(rs, "response_perplexity"), 2), fmt(ent), fmt(resp_ent)])
+    return (table(body, ["category", "records", "exact_match", "resp_exact_match", "resp_em_no_eos", "median_ppl",
+                         "median_resp_ppl", "entropy", "resp_entropy"])
+            + "\nexact match and entropy: pooled over each group's targets (Eq. 1; long records weigh more), "
+              "not per-record means; perplexity: the per-record median")
 
 
 def run(args: argparse.Namespace) -> int:
