@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import warnings
 
 from mbc_jax import exit_code
 
@@ -49,6 +50,14 @@ def quiet_transformers() -> None:
         logger.addFilter(_NoTorchAdvisory())
 
 
+# Warnings from the libraries underneath that a user cannot act on, filtered for the command's duration only
+# (the caller's filters come back after it: `main` is also called from Python, in tests and notebooks).
+QUIET_WARNINGS = (
+    "Some donated buffers were not usable",  # JAX on CPU, which cannot donate: the train step donates its state
+    "Sharding info not provided when restoring",  # orbax: we restore onto the mesh the checkpoint was saved with
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_transformers()
     if argv is None:  # run as a program (not called from Python): set up the process first
@@ -60,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return exit_code(lambda: _run(args))
+    with warnings.catch_warnings():
+        for message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        return exit_code(lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int | None:

@@ -245,6 +245,25 @@ def _mtime(info: dict) -> float:
 # ----------------------------------------------------------------------------- writing
 
 
+def check_output_file(path: str | os.PathLike | UrlPath, what: str = "--out") -> Path | UrlPath:
+    """The output file `path`, checked before any work starts: a URL's filesystem package is installed, and a
+    local path is not a folder and lies under a folder this process can create files in. Else one UserError."""
+    out = as_path(path)
+    if isinstance(out, UrlPath):
+        out.fs  # noqa: B018 (makes the filesystem: a missing package, e.g. gcsfs for gs://, fails here)
+        return out
+    if out.is_dir():
+        raise UserError(f"{what} {out}: is a folder; give a file name")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{what} {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {out}: cannot write in {parent} (permission denied)")
+    return out
+
+
 def atomic_write(path: str | os.PathLike | UrlPath, content: str | bytes | Callable[[IO], None], *,
                  newline: str | None = None, fsync: bool = False) -> Path | UrlPath:
     """Writes `content` (text, bytes, or a function given the open text file) so that a reader sees the old

@@ -35,7 +35,7 @@ HEAVY_FILES = ("test_resume.py", "test_model_runtime.py", "test_multihost.py", "
                "test_experiments.py", "test_url_run_folder.py", "test_checkpoints.py", "test_select.py")
 
 
-SHUFFLE_ENV = "MBC_JAX_SHUFFLE_FILES"  # a seed: run the test files in a shuffled order (tests within a file keep theirs)
+SHUFFLE_ENV = "MBC_JAX_SHUFFLE_FILES"  # a seed: the test files in a shuffled order (tests in a file keep theirs)
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
-from mbc_jax import UserError
+from mbc_jax import UserError, __version__
 from mbc_jax.commands.common import (
     add_data_args,
     add_model_args,
@@ -22,6 +24,7 @@ from mbc_jax.commands.common import (
     table,
     write_jsonl,
 )
+from mbc_jax.paths import UrlPath, as_path, atomic_write, check_output_file
 
 
 def register(sub) -> None:
@@ -74,12 +77,30 @@ def category_table(rows: list[dict]) -> str:
               "not per-record means; perplexity: the per-record median")
 
 
+def meta_path(out: str) -> Path | UrlPath:
+    """The provenance file beside the scores: OUT's stem + `.meta.json` (as `generate`'s)."""
+    out_path = as_path(out)
+    return out_path.with_name(out_path.stem + ".meta.json")
+
+
+def write_side_files(args: argparse.Namespace, skipped: list[dict], meta: dict) -> None:
+    """OUT.skipped.jsonl (the records not scored; a stale one from an earlier run is removed when none are)
+    and the provenance file: model, data, settings and counts, so a scores file says what made it."""
+    side = as_path(args.out + ".skipped.jsonl")
+    if skipped:
+        write_jsonl(side, skipped)
+    elif side.exists():
+        side.unlink()
+    atomic_write(meta_path(args.out), json.dumps({"mbc_jax": __version__, **meta}, indent=2) + "\n")
+
+
 def run(args: argparse.Namespace) -> int:
     from mbc_jax.data import load_records, tokenize
     from mbc_jax.scoring import Scorer
 
     require_positive("--tokens-per-batch", args.tokens_per_batch)
     require_positive("--max-length", args.max_length)
+    check_output_file(args.out)  # before the model loads and every record is scored
     model = load_model_from_args(args)
     cfg = model.config
     max_length = args.max_length or min(512, cfg.max_position_embeddings)
@@ -115,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
     skipped = [{"source": src, "skipped": msg} for src, msg in load_report.skipped + tok_report.skipped]
     skipped += [{"index": i, "id": rid, "skipped": f"dropped: {n} tokens > --max-length {max_length}"}
                 for i, rid, n in tok_report.dropped]
-    if skipped and main_process:
-        write_jsonl(args.out + ".skipped.jsonl", skipped)
+    if main_process:
+        write_side_files(args, skipped, dict(
+            model=model.path, data=str(args.data), template=template.to_dict(), max_length=max_length,
+            overflow=args.overflow, tokens_per_batch=args.tokens_per_batch, limit=args.limit,
+            schema=load_report.schema, scored=len(rows), not_scored=len(skipped), seconds=round(seconds, 3)))
     real = sum(len(e) for e in examples)
     padded = sum(b.input_ids.size for b in batches)
     print(category_table(rows))

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 from flax import serialization
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from mbc_jax import UserError
@@ -44,15 +44,24 @@ class TensorSource:
     def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray: ...
 
 
+def _safe_open(path: Path) -> Any:
+    """safetensors' reader for `path`; a truncated or corrupt file (often a partial download) is one line."""
+    try:
+        return safe_open(str(path), framework="np")
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e}); a partial download? "
+                        f"fetch the file again") from None
+
+
 class SafetensorsSource(TensorSource):
     def __init__(self, files: dict[str, Path], where: str):
         self.where = where
-        self._handles = {f: safe_open(str(f), framework="np") for f in set(files.values())}
+        self._handles = {f: _safe_open(f) for f in set(files.values())}
         self._file_of = files
 
     @classmethod
     def single(cls, path: Path) -> "SafetensorsSource":
-        with safe_open(str(path), framework="np") as f:
+        with _safe_open(path) as f:
             names = list(f.keys())
         return cls({n: path for n in names}, str(path))
 

@@ -4,12 +4,15 @@ bad input in one line."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_MODELS, FIXTURES, TINY, assert_matches_reference, fixture_examples
+from conftest import FIXTURE_MODELS, FIXTURES, REPO, TINY, assert_matches_reference, fixture_examples
 from mbc_jax.cli import main as cli
 from mbc_jax.models import init_model
 from mbc_jax.sharding import make_mesh
@@ -94,3 +97,48 @@ def test_cli_text_records_need_a_tokenizer(tmp_path, capsys, shared_dir):
     assert cli(["score", "--model", str(FIXTURES / "gpt_neo_tiny"), "--data", str(data),
                 "--out", str(tmp_path / "o")]) == 2
     assert "no tokenizer" in capsys.readouterr().err
+
+
+def test_cli_score_writes_provenance_and_removes_its_stale_skipped_list(tmp_path, shared_dir, capsys):
+    """Issue 30: score records what made its output, and a clean rerun leaves no stale OUT.skipped.jsonl."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input_ids": [1, 2, 3]}\n{"input_ids": [1, 2,\n')
+    out = tmp_path / "scores.jsonl"
+    model = str(FIXTURES / "gpt_neo_tiny")
+    assert cli(["score", "--model", model, "--data", str(bad), "--out", str(out), "--skip-bad"]) == 0
+    assert (tmp_path / "scores.jsonl.skipped.jsonl").is_file()
+    meta = json.loads((tmp_path / "scores.meta.json").read_text())
+    assert (meta["model"], meta["data"], meta["scored"], meta["not_scored"]) == (model, str(bad), 1, 1)
+    assert meta["max_length"] == 128 and meta["overflow"] == "truncate" and "mbc_jax" in meta  # the model's 128
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"input_ids": [1, 2, 3]}\n')
+    assert cli(["score", "--model", model, "--data", str(good), "--out", str(out)]) == 0
+    assert not (tmp_path / "scores.jsonl.skipped.jsonl").exists()
+    assert json.loads((tmp_path / "scores.meta.json").read_text())["not_scored"] == 0
+
+
+@pytest.mark.parametrize("where", ["parent_is_a_file", "a_folder", "url_without_package"])
+def test_cli_score_checks_its_output_before_any_work(tmp_path, shared_dir, capsys, where):
+    """Issue 30: an --out that cannot be written is one line, before the model loads or a record is scored."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"input_ids": [1, 2, 3]}\n')
+    (tmp_path / "file").write_text("x")
+    out = {"parent_is_a_file": str(tmp_path / "file" / "o.jsonl"), "a_folder": str(tmp_path),
+           "url_without_package": "nosuchfs-scheme://bucket/o.jsonl"}[where]
+    code = cli(["score", "--model", str(FIXTURES / "gpt_neo_tiny"), "--data", str(data), "--out", out])
+    captured = capsys.readouterr()
+    assert code == 2 and "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "--out" in captured.err or "nosuchfs-scheme" in captured.err
+    assert "loaded" not in captured.err  # nothing was loaded before the check
+
+
+def test_a_clean_score_run_prints_no_python_warning(tmp_path, shared_dir):
+    """Issue 30: warnings a user cannot act on are filtered at the CLI boundary (all warnings shown: -W default)."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"input_ids": [1, 2, 3]}\n{"input_ids": [4, 5, 6, 7]}\n')
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-W", "default", "-m", "mbc_jax", "score", "--model",
+                          str(FIXTURES / "gpt_neo_tiny"), "--data", str(data), "--out", str(tmp_path / "o.jsonl")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stderr and "PyTorch was not found" not in out.stderr, out.stderr

@@ -187,3 +187,17 @@ def test_dropout_function_zeroes_its_rate_and_rescales_the_rest():
     kept = y != 0
     assert abs(1 - kept.mean() - 0.3) < 0.005  # 200k Bernoulli draws: 5 standard deviations is 0.005
     np.testing.assert_allclose(y[kept], np.asarray(x)[kept] / 0.7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cut", ["half", "last_bytes", "garbage"])
+def test_truncated_or_corrupt_safetensors_is_one_line_naming_the_file(tmp_path, cut):
+    """Issue 30: a partial download of model.safetensors was a 32-line traceback in info, score and generate."""
+    from mbc_jax.models.hf_io import open_weights
+
+    src = FIXTURES / "gpt_neo_tiny" / "model.safetensors"
+    data = src.read_bytes()
+    body = {"half": data[: len(data) // 2], "last_bytes": data[:-10], "garbage": b"garbage"}[cut]
+    (tmp_path / "model.safetensors").write_bytes(body)
+    with pytest.raises(UserError, match=r"model\.safetensors: not a readable safetensors file .*partial download"):
+        open_weights(tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == body  # nothing touched
