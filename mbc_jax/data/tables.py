@@ -11,9 +11,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import os
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -60,13 +63,46 @@ def _clean(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint (HF_ENDPOINT, default huggingface.co) accepts a connection now."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _offline(datasets: Any) -> Iterator[None]:
+    """`datasets` and `huggingface_hub` in offline mode for the block (the local cache only), then as they were:
+    with no network they would otherwise retry each request for half a minute, printing every try."""
+    import huggingface_hub.constants as hub_constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+
+
 def iter_hub(spec: str) -> Iterator[tuple[str, Any, None]]:
     hub = parse_hf_spec(spec)
     datasets = _datasets(spec)
+    offline_set = bool(datasets.config.HF_HUB_OFFLINE)  # HF_HUB_OFFLINE=1: the user chose the cache alone
+    unreachable = not offline_set and not hub_reachable()
     try:
-        ds = datasets.load_dataset(hub.name, hub.config, revision=hub.revision, split=hub.split,
-                                   data_files=list(hub.data_files) or None)
+        with _offline(datasets) if unreachable else contextlib.nullcontext():
+            ds = datasets.load_dataset(hub.name, hub.config, revision=hub.revision, split=hub.split,
+                                       data_files=list(hub.data_files) or None)
     except Exception as e:  # network, unknown name or split, ...: all actionable by the user
+        if unreachable or offline_set:
+            why = "HF_HUB_OFFLINE is set" if offline_set else "the Hugging Face Hub cannot be reached (no network?)"
+            raise UserError(f"{spec}: {why} and {hub.name!r} is not in the local datasets cache; download it to a "
+                            "JSONL file and pass its path") from None
         raise UserError(f"{spec}: could not load {hub.name!r} ({type(e).__name__}: {e}); check the name, config, "
                         "revision, split and your network, or download it to a JSONL file and pass its path") from None
     for i, row in enumerate(ds):

@@ -73,3 +73,26 @@ def test_parquet_alpaca_and_tree(tmp_path):
     records, rep = load_records(tree)
     assert rep.schema == "tree" and [r.id for r in records] == ["r/b"]
     assert [r.id for r in load_records(tree, tree_filter="unreviewed")[0]] == ["r/a"]
+
+
+def test_hub_data_without_network_is_one_clear_line_and_local_builders_still_load(tmp_path, monkeypatch):
+    """Issue 30: with no network, an hf: data set printed 11 lines of retries (half a minute) before its error."""
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants as hub_constants
+
+    from mbc_jax.data import tables
+
+    monkeypatch.setattr(tables, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # the test session sets HF_HUB_OFFLINE=1
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    before = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    with pytest.raises(UserError, match=r"hf:no-such-org/no-such-set: the Hugging Face Hub cannot be reached"):
+        list(tables.iter_hub("hf:no-such-org/no-such-set"))
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"instruction": "a", "response": "b"}\n{"instruction": "c", "response": "d"}\n')
+    rows = list(tables.iter_hub(f"hf:json?data_files={data}"))  # a packaged builder on a local file needs no hub
+    assert [r[1]["instruction"] for r in rows] == ["a", "c"]
+    assert (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE) == before  # offline only for the load
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # chosen by the user: said so
+    with pytest.raises(UserError, match=r"HF_HUB_OFFLINE is set and 'no-such-org/no-such-set' is not in the local"):
+        list(tables.iter_hub("hf:no-such-org/no-such-set"))
