@@ -30,7 +30,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from mbc_jax import UserError
+from mbc_jax import UserError, __version__
 from mbc_jax.models import Model, abstract_params, export_model, load_tokenizer
 from mbc_jax.models.config import config_from_hf
 from mbc_jax.paths import UrlPath, as_path, fetch, orbax_dir, staged
@@ -215,6 +215,9 @@ class Checkpoints:
                 f"{'step ' + str(max(good)) if good else 'none'}, and running the same command again resumes from it")
 
 
+EXPORT_INFO = "export.json"  # beside config.json in an exported folder: the run and step its weights came from
+
+
 def export_run(run_dir: str | Path | UrlPath, out_dir: str | Path | UrlPath, step: int | None = None
                ) -> tuple[Path | UrlPath, int]:
     """Writes a Hugging Face folder of a run's weights at `step` (default: the latest step with weights).
@@ -257,4 +260,8 @@ def export_run(run_dir: str | Path | UrlPath, out_dir: str | Path | UrlPath, ste
     model = Model(cfg, hf_config, module, params, mesh, load_tokenizer(fetch(run_dir / MODEL)), str(run_dir))
     with staged(out_dir) as folder:  # a URL: written locally, then uploaded
         export_model(model, folder)
+        provenance = {"run": str(run_dir), "step": step, "mbc_jax": __version__,
+                      "weights": "full checkpoint" if full else "param snapshot",
+                      "dtype": str(jax.tree_util.tree_leaves(params)[0].dtype)}
+        (folder / EXPORT_INFO).write_text(json.dumps(provenance, indent=2) + "\n")
     return as_path(out_dir), step

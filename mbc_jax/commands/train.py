@@ -22,7 +22,8 @@ def register(sub) -> None:
     p.add_argument("--step", type=int, default=None,
                    help="any checkpoint step with a param snapshot or a full checkpoint (default: the latest); "
                         "the full checkpoint's float32 weights where both exist")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (refused if it exists and is not empty)")
+    p.add_argument("--force", action="store_true", help="write into --out even if it holds files")
     p.set_defaults(func=run_export)
 
     p = sub.add_parser("demo", help="the demo: an MBC and a uniform SFT run on generated data, compared")
@@ -43,7 +44,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from mbc_jax import UserError
     from mbc_jax.checkpoints import export_run
+    from mbc_jax.paths import as_path
+
+    out = as_path(args.out)
+    if not args.force and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out}: exists and is not empty; choose a new folder, or pass --force to write "
+                        f"into it (files of the same names are replaced)")
 
     out, step = export_run(args.run, args.out, args.step)
     print(f"exported step {step} of {args.run} -> {out}")

@@ -6,6 +6,7 @@ snapshots, rewind on resume, and a half-written snapshot is never listed."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import jax
@@ -75,6 +76,23 @@ def test_every_snapshot_step_exports_the_params_of_that_step(paper_retention, tm
     assert cli(["export", "--run", str(out), "--out", str(tmp_path / "x"), "--step", "5"]) != 0
     err = capsys.readouterr().err
     assert "no weights of step 5" in err and "steps with weights: 0, 4, 8, 12, 16" in err
+
+
+def test_export_records_its_source_and_refuses_a_non_empty_folder_without_force(paper_retention, tmp_path, capsys):
+    """Issue 30: export silently overwrote a folder and recorded neither the run nor the step."""
+    out = paper_retention[0]
+    target = tmp_path / "e"
+    assert cli(["export", "--run", str(out), "--out", str(target), "--step", "4"]) == 0
+    info = json.loads((target / "export.json").read_text())
+    assert (info["run"], info["step"], info["weights"], info["dtype"]) == (str(out), 4, "param snapshot", "float32")
+    before = (target / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert cli(["export", "--run", str(out), "--out", str(target), "--step", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not empty" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert (target / "model.safetensors").read_bytes() == before  # nothing lost
+    assert cli(["export", "--run", str(out), "--out", str(target), "--step", "16", "--force"]) == 0
+    assert json.loads((target / "export.json").read_text())["weights"] == "full checkpoint"
 
 
 def test_a_removed_snapshot_is_named_not_replaced(paper_retention, tmp_path, capsys):
