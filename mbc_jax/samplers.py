@@ -120,6 +120,27 @@ def mbc_weights(perplexity: np.ndarray, power: float = 1.0, floor: float = 0.0) 
     return p / p.sum()
 
 
+# MBC's sampling health: below this share of N, the effective sample size of the weights means the draws
+# concentrate on few records (our threshold, not the paper's; the paper reports no such statistic).
+ESS_WARN_SHARE = 0.10
+
+
+def weight_health(p: np.ndarray, counts: np.ndarray, top: int = 3) -> dict:
+    """How concentrated sampling weights `p` (summing to 1) are, and how many records `counts` has drawn.
+
+    ess: the effective sample size 1 / sum p_i^2 (N for uniform weights, 1 when one record has all of it);
+    ess_share: ess / N; max_weight: the largest p_i; top1pct_share: the weight held by the heaviest 1% of
+    records (at least one record); distinct_drawn: records drawn at least once so far; heaviest: the `top`
+    heaviest record indices, heaviest first."""
+    p = np.asarray(p, np.float64)
+    n = len(p)
+    order = np.argsort(-p, kind="stable")
+    ess = float(1.0 / np.sum(p**2))
+    return {"ess": ess, "ess_share": ess / n, "max_weight": float(p[order[0]]),
+            "top1pct_share": float(p[order[:max(1, n // 100)]].sum()),
+            "distinct_drawn": int((np.asarray(counts) > 0).sum()), "heaviest": order[:top].tolist()}
+
+
 def record_perplexity(scores: PerplexityScores, response: bool) -> np.ndarray:
     """The perplexity MBC weighs by: over the response targets (`response`) or the whole dialogue.
     A record without response targets falls back to its full-dialogue perplexity."""

@@ -196,3 +196,22 @@ def test_default_mbc_is_algorithm_1_proportional_to_perplexity():
     for path in configs:
         mbc = (yaml.safe_load(path.read_text()) or {}).get("mbc", {})
         assert mbc.get("floor", 0.0) == 0.0 and mbc.get("power", 1.0) == 1.0, path.name
+
+
+def test_weight_health_on_hand_made_weights():
+    """Issue 29: effective sample size, largest weight, the top 1%'s share and distinct records drawn."""
+    from mbc_jax.samplers import weight_health
+
+    uniform = weight_health(np.full(200, 1 / 200), np.array([1] * 50 + [0] * 150))
+    assert uniform["ess"] == pytest.approx(200) and uniform["ess_share"] == pytest.approx(1.0)
+    assert uniform["max_weight"] == pytest.approx(1 / 200) and uniform["top1pct_share"] == pytest.approx(2 / 200)
+    assert uniform["distinct_drawn"] == 50
+    collapse = np.full(100, 0.01 / 99)
+    collapse[7] = 0.99  # one record holds 99% of the weight
+    h = weight_health(collapse, np.zeros(100))
+    assert h["ess"] == pytest.approx(1 / (0.99**2 + 99 * (0.01 / 99) ** 2)) and h["ess"] < 1.03
+    assert h["max_weight"] == pytest.approx(0.99) and h["top1pct_share"] == pytest.approx(0.99)
+    assert h["heaviest"][0] == 7 and h["distinct_drawn"] == 0
+    two = weight_health(np.array([0.5, 0.5, 0.0, 0.0]), np.array([3, 1, 0, 0]))
+    assert two["ess"] == pytest.approx(2.0) and two["ess_share"] == pytest.approx(0.5)
+    assert two["heaviest"][:2] == [0, 1] and two["distinct_drawn"] == 2
