@@ -36,8 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tqdm import tqdm
-
 from mbc_jax import UserError
 from mbc_jax.judge.answers import Pair
 from mbc_jax.judge.protocol import (
@@ -49,6 +47,7 @@ from mbc_jax.judge.protocol import (
     seeded_order,
     shown,
 )
+from mbc_jax.progress import progress_bar
 from mbc_jax.run_folder import atomic_write
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -351,8 +350,7 @@ class Judge:
             raise UserError(f"judging {len(pairs)} pair(s) with {orders} order(s) needs {len(todo)} judge "
                             f"call(s) ({len(results)} cached), over the limit of {max_calls}: raise the "
                             "limit or judge fewer pairs")
-        bar = tqdm(total=len(tasks), initial=len(results), desc="judge", unit="call",
-                   file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(len(tasks), "judge", unit="call", initial=len(results), show=progress)
         self._stop.clear()
         pool = ThreadPoolExecutor(max_workers=max(1, self.config.concurrency),
                                   thread_name_prefix="judge")
