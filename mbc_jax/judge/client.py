@@ -42,6 +42,7 @@ from mbc_jax.judge.protocol import (
     InvalidVerdict,
     JudgeTemplate,
     judgment,
+    load_template,
     orders_judged,
     parse_verdict,
     seeded_order,
@@ -381,6 +382,14 @@ class Judge:
         return [judgment(pair, {order: results[key] for order, key in keys.items()},
                          seeded=seeded, orders=orders)
                 for pair, (seeded, keys) in zip(pairs, slots)]
+
+
+def make_judge(config: JudgeConfig, base_url: str | None, cache_dir: str | Path, template: str | Path | None = None,
+               sleep: Callable[[float], None] | None = None) -> Judge:
+    """The judge client (endpoint and key as `resolve_endpoint` finds them) with its on-disk cache and template."""
+    url, key = resolve_endpoint(base_url)
+    return Judge(make_client(url, key, config.timeout), config, JudgmentCache(cache_dir), load_template(template),
+                 secrets=[key], sleep=sleep, endpoint=url)
 
 
 def _retry_after(e) -> float | None:

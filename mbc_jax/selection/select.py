@@ -28,7 +28,7 @@ from mbc_jax.answers_file import answer_rows, read_meta, write_answers
 from mbc_jax.checkpoints import export_run
 from mbc_jax.generate import DEFAULT_MAX_NEW_TOKENS, AnswerProgress, SamplingConfig, answer_records
 from mbc_jax.judge.bradley_terry import DEFAULT_RIDGE, rank, tables
-from mbc_jax.judge.client import JudgeConfig
+from mbc_jax.judge.client import JudgeConfig, make_judge
 from mbc_jax.models import load_model
 from mbc_jax.run_folder import CONFIG, RunFolder, atomic_write, write_csv
 from mbc_jax.selection import tournament
@@ -137,7 +137,7 @@ def select_checkpoint(run_dir: str | Path, config: SelectConfig | None = None, j
     plan = schedule(len(steps), len(dev.records), config.max_calls, tournament.CALLS_PER_JUDGMENT, config.seed)
     log(f"select: {plan.description}: at most {plan.calls} judge calls (round robin: {plan.round_robin_calls}; "
         f"--max-calls {config.max_calls})")
-    judge = (tournament.make_judge(judge_config, base_url, cache_dir if cache_dir is not None else out / "judge_cache",
+    judge = (make_judge(judge_config, base_url, cache_dir if cache_dir is not None else out / "judge_cache",
                                    template, sleep) if plan.pairs else None)  # endpoint checked before generating
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens).validate()
     answers = {}
