@@ -20,7 +20,6 @@ Conventions, the same in every row:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ from experiments.claim_statistics import (
 )
 from experiments.common import fmt
 from mbc_jax import UserError
+from mbc_jax.answers_file import answer_rows
 from mbc_jax.run_folder import RunFolder, read_csv
 
 HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured"
@@ -141,7 +141,7 @@ def _generations(figs: Path, run: RunFolder) -> dict[str, tuple[int, list[dict]]
         path = figs / "table1_entropy_generations" / f"{run.slug}_step{step}.jsonl"
         if not path.is_file():
             raise Missing(f"{path} is missing (Table 1's generations)")
-        out[which] = (int(step), [json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+        out[which] = (int(step), answer_rows(path))
     if set(out) != set(common.FIRST_LAST):
         raise Missing(f"table1_entropy.csv: {run.label} lacks a first or a last checkpoint")
     return out

@@ -39,7 +39,7 @@ import numpy as np
 
 from experiments import common
 from experiments.common import fmt
-from mbc_jax.commands.common import progress
+from mbc_jax.progress import progress_bar
 from mbc_jax.run_folder import RunFolder
 
 NAME = "extraction_memorization"
@@ -235,7 +235,7 @@ def measure(run: RunFolder, steps: Sequence[int], *, window: str = "response", f
     eos = run.template().eos_id(tok)
     examples = cuts = None
     out = []
-    with progress(len(steps), f"{NAME}: {run.label}", unit="ckpt") as bar:
+    with progress_bar(len(steps), f"{NAME}: {run.label}", unit="ckpt") as bar:
         for step in steps:
             t0 = time.perf_counter()
             with common.checkpoint_model(run, step, cache_dir, mesh) as model:

@@ -15,10 +15,10 @@ paper's separation of development and judged sets; how many were left out is log
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mbc_jax.answers_file import answer_rows, write_answers
 from mbc_jax.generate import SamplingConfig
 from mbc_jax.judge import JudgeConfig, judge_files
 from mbc_jax.run_folder import RunFolder
@@ -32,16 +32,6 @@ SELECT = {"tiny": {"dev": 16, "max_calls": 500}, "small": {"dev": DEFAULT_DEV, "
 
 def lr_name(lr: float) -> str:
     return f"{lr:.0e}".replace("e-0", "e-")
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write(path: Path, rows: Sequence[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return path
 
 
 def judge_runs(folders: dict[tuple[str, float], RunFolder], last_answers: dict[tuple[str, float], Path],
@@ -65,9 +55,9 @@ def judge_runs(folders: dict[tuple[str, float], RunFolder], last_answers: dict[t
         if not all(k in folders and k in last_answers for k in keys):
             continue
         dev_ids = {i for k in keys for i in selected[k]["dev"]["ids"]}
-        last = {k: [r for r in _read(last_answers[k]) if str(r["id"]) not in dev_ids] for k in keys}
+        last = {k: [r for r in answer_rows(last_answers[k]) if str(r["id"]) not in dev_ids] for k in keys}
         ids = [str(r["id"]) for r in last[keys[0]]]
-        left_out = len(_read(last_answers[keys[0]])) - len(ids)
+        left_out = len(answer_rows(last_answers[keys[0]])) - len(ids)
         notes.append(f"judge at lr {lr_name(lr)}: {len(ids)} validation prompts, {left_out} dev prompt(s) left out")
         files: dict[str, dict] = {"selected": {}, "last": {}}
         for k in keys:
@@ -76,7 +66,8 @@ def judge_runs(folders: dict[tuple[str, float], RunFolder], last_answers: dict[t
             files["selected"][k[0]] = out / "answers" / f"{run.slug}_step{step}.jsonl"
             answers_at_step(run, step, [by_id[i] for i in ids], files["selected"][k[0]], sampling=sampling, seed=0,
                             mesh=mesh, log=log)
-            files["last"][k[0]] = _write(out / "answers" / f"{run.slug}_last.jsonl", last[k])
+            files["last"][k[0]] = out / "answers" / f"{run.slug}_last.jsonl"
+            write_answers(files["last"][k[0]], last[k])
         steps = {k[0]: selected[k]["chosen_step"] for k in keys}
         for which, label in (("selected", f"lr {lr_name(lr)}, selected (MBC step {steps['mbc']}, baseline step "
                                           f"{steps['uniform']})"),

@@ -31,7 +31,6 @@ after training began (or `--first-step`).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 from experiments import common
 from experiments.common import Artifact, fmt
 from mbc_jax import generate as g
+from mbc_jax.answers_file import write_answers
 from mbc_jax.run_folder import MEMORIZATION, RunFolder, snapshot_name
 
 NAME = "table1_entropy"
@@ -123,7 +123,7 @@ def measure(run: RunFolder, out: Path, *, split: str = "val", max_records: int |
             answers = g.answer_records(model, records, cfg, run.template(), seed=seed, batch_size=batch_size,
                                        on_batch=bar)
         path = gen_dir / f"{run.slug}_step{step}.jsonl"
-        path.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers.rows))
+        write_answers(path, answers.rows)
         tf = teacher_forcing(run, step, split, [a["index"] for a in answers.rows])
         summary = answers.summary
         rows.append({"run": run.label, "checkpoint": which, "step": step, "records": summary["records"],

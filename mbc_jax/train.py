@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from mbc_jax import UserError, distributed, trackers
 from mbc_jax import checkpoints as ckpt
@@ -42,6 +40,7 @@ from mbc_jax.models import Model, init_model, load_model, load_tokenizer, resolv
 from mbc_jax.models.config import DROPOUT_FIELDS
 from mbc_jax.models.hf_io import WEIGHT_FILES
 from mbc_jax.paths import as_path, fetch, orbax_dir
+from mbc_jax.progress import progress_bar
 from mbc_jax.run_folder import DATA, RunWriter, data_paths
 from mbc_jax.samplers import make_sampler
 from mbc_jax.scoring import Scorer, Scores
@@ -332,8 +331,7 @@ class Trainer:
         flops_per_token = train_flops_per_token(self.model.config, cfg.max_length)
         sharding = batch_sharding(self.model.mesh)
         interval = {"loss": 0.0, "n": 0, "real": 0, "seconds": 0.0}
-        bar = tqdm(total=self.total_steps, initial=start, desc=desc or f"train {cfg.sampler}", unit="step",
-                   file=sys.stderr, dynamic_ncols=True, disable=None)
+        bar = progress_bar(self.total_steps, desc or f"train {cfg.sampler}", unit="step", initial=start)
         t_run = time.perf_counter()
         with self.writer.metrics(trackers.open_trackers(cfg, self.dir, start, resumed=restored is not None)) as emit:
             for step in range(start, self.total_steps + 1):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from mbc_jax import UserError
 
@@ -76,13 +75,6 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
 
     atomic_write(path, body)
     return n
-
-
-def progress(total: int, desc: str, unit: str = "rec") -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                disable=None)  # None: off when stderr is not a terminal
 
 
 def fmt(x: float | None, digits: int = 3) -> str:

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
 from pathlib import Path
 
 from mbc_jax import UserError
+from mbc_jax.answers_file import write_answers
 from mbc_jax.commands.common import (
     add_data_args,
     add_model_args,
     format_options,
     load_model_from_args,
     load_template,
-    write_jsonl,
 )
 from mbc_jax.generate import (
     DEFAULT_BUCKET,
@@ -105,11 +103,6 @@ def default_new_tokens(positions: int) -> tuple[int, str | None]:
                f"capped at {n} (half of them; the prompt keeps the rest); pass --max-new-tokens to choose")
 
 
-def meta_path(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.stem + ".meta.json")
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = _check_args(args)
     out = Path(args.out)
@@ -138,17 +131,13 @@ def run(args: argparse.Namespace) -> int:
                                  bucket=args.bucket, max_prompt_length=args.max_prompt_length, on_batch=bar,
                                  log=lambda line: print(line, file=sys.stderr),
                                  template_source=args.template or "the template")
-    write_jsonl(out, answers.rows)
-
     summary = answers.summary
     meta = {"model": model.path, "data": str(args.data), "out": str(out), "seed": args.seed,
             "sampling": dataclasses.asdict(cfg), "eos_token_id": answers.eos_token_id, "template": template.to_dict(),
             "entropy": "full softmax of the raw logits (temperature 1, before penalty/top-k/top-p), nats",
             "sampling_entropy": "softmax of the processed logits the token was drawn from (0 for greedy), nats",
             "summary": summary, "max_new_tokens_note": cap_note}
-    tmp = meta_path(out).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, meta_path(out))
+    write_answers(out, answers.rows, meta)
     print(f"generated {summary['records']} records, {summary['tokens']} tokens in {summary['seconds']:.1f}s "
           f"({summary['tokens_per_second']:.1f} tok/s); mean entropy {summary['mean_entropy']:.3f} nats "
           f"(sampling {summary['mean_sampling_entropy']:.3f}); stopped at EOS {summary['stopped_eos']}/"

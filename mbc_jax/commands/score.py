@@ -19,12 +19,12 @@ from mbc_jax.commands.common import (
     format_options,
     load_model_from_args,
     load_template,
-    progress,
     require_positive,
     table,
     write_jsonl,
 )
 from mbc_jax.paths import UrlPath, as_path, atomic_write, check_output_file
+from mbc_jax.progress import progress_bar
 
 
 def register(sub) -> None:
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                     eos_id=template.eos_id(model.tokenizer))
     batches = scorer.batches(examples)
     t0 = time.perf_counter()
-    with progress(len(examples), "scoring") as bar:
+    with progress_bar(len(examples), "scoring") as bar:
         scores = scorer(model.params, examples, batches, progress=bar)
     seconds = time.perf_counter() - t0
     rows = sorted(scores.rows(examples), key=lambda r: r["index"])

@@ -11,7 +11,8 @@ in the report.
 """
 
 from mbc_jax.data.packing import Batch, build_batches, check_lengths, pack, pack_drawn, row_bucket
-from mbc_jax.data.records import ROLES, SCHEMAS, DataError, LoadReport, Record, json_type_name, load_records
+from mbc_jax.data.records import load_records
+from mbc_jax.data.schema import ROLES, SCHEMAS, DataError, LoadReport, Record, json_type_name
 from mbc_jax.data.template import OVERFLOW_POLICIES, Example, Template, TokenizeReport, split_train_val, tokenize
 
 __all__ = [

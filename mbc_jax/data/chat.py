@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mbc_jax import UserError
-from mbc_jax.data.records import DataError, Record
+from mbc_jax.data.schema import DataError, Record
 
 if TYPE_CHECKING:
     from mbc_jax.data.template import Template

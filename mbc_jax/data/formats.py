@@ -1,6 +1,6 @@
 """Public demonstration formats mapped onto `Record`: Alpaca, ShareGPT, TRL conversational, column mappings.
 
-Each parser fills the dialogue of a `Record` that `records._parse_record` has begun (id, category,
+Each parser fills the dialogue of a `Record` that `records.load_records` has begun (id, category,
 source); a bad field raises `DataError` ("FILE:LINE: FIELD: problem") like every other schema.
 
 | format              | keys                                                               |
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mbc_jax import UserError
-from mbc_jax.data.records import ROLES, DataError, Record, _get_str, json_type_name
+from mbc_jax.data.schema import ROLES, DataError, Record, get_str, json_type_name
 
 # ShareGPT speaker names seen in public exports (lower-cased), and the role each one is
 SHAREGPT_ROLES: dict[str, str] = {
@@ -131,7 +131,7 @@ def _check_dialogue(turns: list[tuple[str, str]], field: str, source: str) -> No
 
 
 def _system(obj: dict, source: str) -> list[tuple[str, str]]:
-    system = _get_str(obj, "system", source, required=False)
+    system = get_str(obj, "system", source, required=False)
     return [("system", system)] if system.strip() else []
 
 
@@ -152,9 +152,9 @@ def parse_alpaca(obj: dict, rec: Record, source: str) -> None:
                 if role == "assistant" and not text.strip():
                     raise DataError(source, f"history[{k}][{j}]", "empty output")
                 turns.append((role, text))
-    instruction = _get_str(obj, "instruction", source)
-    rec.context = _get_str(obj, "input", source, required=False)
-    output = _get_str(obj, "output", source, nonempty=True)
+    instruction = get_str(obj, "instruction", source)
+    rec.context = get_str(obj, "input", source, required=False)
+    output = get_str(obj, "output", source, nonempty=True)
     rec.turns = [*turns, ("user", instruction), ("assistant", output)]
 
 

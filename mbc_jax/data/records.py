@@ -1,8 +1,9 @@
-"""Demonstration records: the schemas, the readers (JSONL, JSON array, Parquet/CSV, `hf:`) and their errors.
+"""Demonstration records: the readers (JSONL, JSON array, Parquet/CSV, `hf:`), dispatching to each schema's parser.
 
     records, report = load_records(path)    # schema auto-detected from the first record's keys
 
-Schemas (optional `id` and `category` in every one; other keys are ignored):
+Schemas (optional `id` and `category` in every one; other keys are ignored; the names, `Record`, `LoadReport`
+and `DataError` live in `schema.py`):
 
 | schema              | keys                                          | scored tokens (response mask)      |
 |---------------------|-----------------------------------------------|------------------------------------|
@@ -28,21 +29,12 @@ import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from mbc_jax import UserError, paths
+from mbc_jax.data import formats, tables, trees
+from mbc_jax.data.schema import ROLES, SCHEMAS, DataError, LoadReport, Record, get_str, json_type_name
 
-SCHEMAS: dict[str, str] = {
-    "dolly": "instruction, context (optional), response",
-    "chat": "messages: [{role, content}]",
-    "prompt_completion": "prompt, completion (strings or message lists)",
-    "text": "text",
-    "tokens": "input_ids, prompt_length (optional)",
-    "alpaca": "instruction, input (optional), output, system/history (optional)",
-    "sharegpt": "conversations: [{from, value}]",
-    "tree": "message_id, parent_id, role, text (one message per row)",
-}
 # auto-detection: the first schema whose key appears in the record wins (in this order)
 _DETECT_KEYS = (
     ("messages", "chat"),
@@ -52,95 +44,10 @@ _DETECT_KEYS = (
     ("completion", "prompt_completion"),
     ("text", "text"),
 )
-ROLES = ("system", "user", "assistant")
-
-
-class DataError(UserError):
-    """Bad input data: `str(e)` is "SOURCE: FIELD: problem", SOURCE being "FILE:LINE"."""
-
-    def __init__(self, source: str, field: str | None = None, problem: str | None = None):
-        self.source, self.field, self.problem = source, field, problem
-        super().__init__(source if field is None else f"{source}: {field}: {problem}")
 
 
 def _list_schemas() -> str:
     return "; ".join(f"{k} ({v})" for k, v in SCHEMAS.items())
-
-
-@dataclass
-class Record:
-    """One raw demonstration as parsed.
-
-    `turns` holds (role, text) for the dialogue schemas: Dolly and prompt/completion become
-    [("user", prompt), ("assistant", response)]. Dolly's `context` is kept apart in `context` and
-    joined to the last user turn by the template (`Template.context_separator`), so the format
-    lives in one place; use `Template.prompt(record)` for the rendered prompt text.
-    """
-
-    index: int
-    id: str
-    category: str
-    turns: list[tuple[str, str]]
-    text: str | None = None
-    input_ids: list[int] | None = None
-    prompt_length: int | None = None
-    source: str = ""
-    schema: str = ""
-    context: str = ""
-
-    def content_key(self) -> str:
-        """Canonical text of what the model sees (id, category, index and source left out)."""
-        return json.dumps(
-            [self.schema, self.turns, self.context, self.text, self.input_ids, self.prompt_length],
-            ensure_ascii=False, separators=(",", ":"),
-        )
-
-
-@dataclass
-class LoadReport:
-    path: str
-    schema: str
-    format: str  # "jsonl", "json" (array), "parquet", "csv", "tsv" or "hf"
-    records_read: int = 0  # every record seen, including skipped ones
-    records_loaded: int = 0
-    blank_lines: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, message)
-    notes: list[str] = field(default_factory=list)  # what a format did (e.g. a tree's expansion counts)
-    counts: dict[str, int] = field(default_factory=dict)  # the numbers behind the notes
-
-    def summary(self, max_listed: int = 20) -> str:
-        if self.schema == "tree":  # records are dialogues, each a path through several messages
-            s = f"{self.path}: loaded {self.records_loaded} dialogues from {self.records_read} messages"
-        else:
-            s = f"{self.path}: loaded {self.records_loaded} of {self.records_read} records"
-        s += f" (schema {self.schema}, {self.format})"
-        s += "".join(f"; {note}" for note in self.notes)
-        if self.skipped:
-            s += f"; skipped {len(self.skipped)} bad record(s):"
-            s += "".join(f"\n  {msg}" for _, msg in self.skipped[:max_listed])
-            if len(self.skipped) > max_listed:
-                s += f"\n  ... and {len(self.skipped) - max_listed} more"
-        return s
-
-
-def json_type_name(v: Any) -> str:
-    """The JSON name of a parsed value's type ("object", "array", "string", ...), for error messages."""
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
-            int: "integer", float: "number"}.get(type(v), type(v).__name__)
-
-
-def _get_str(obj: dict, key: str, source: str, *, required: bool = True, nonempty: bool = False,
-             default: str = "") -> str:
-    if key not in obj or obj[key] is None:
-        if required:
-            raise DataError(source, key, "missing")
-        return default
-    v = obj[key]
-    if not isinstance(v, str):
-        raise DataError(source, key, f"expected a string, got {json_type_name(v)} ({json.dumps(v)[:40]})")
-    if nonempty and not v.strip():
-        raise DataError(source, key, "empty")
-    return v
 
 
 def _get_int(v: Any, source: str, key: str) -> int:
@@ -159,20 +66,20 @@ def _parse_record(obj: Any, schema: str, index: int, source: str) -> Record:
         rid = str(rid)
     else:
         raise DataError(source, "id", f"expected a string or integer, got {json_type_name(rid)}")
-    category = _get_str(obj, "category", source, required=False)
+    category = get_str(obj, "category", source, required=False)
     rec = Record(index=index, id=rid, category=category, turns=[], source=source, schema=schema)
     if schema in formats.PARSERS:
         formats.PARSERS[schema](obj, rec, source)
     elif schema == "prompt_completion" and formats.is_conversational(obj):
         formats.parse_conversational(obj, rec, source)
     elif schema == "dolly":
-        instruction = _get_str(obj, "instruction", source)
-        rec.context = _get_str(obj, "context", source, required=False)
-        response = _get_str(obj, "response", source, nonempty=True)
+        instruction = get_str(obj, "instruction", source)
+        rec.context = get_str(obj, "context", source, required=False)
+        response = get_str(obj, "response", source, nonempty=True)
         rec.turns = [("user", instruction), ("assistant", response)]
     elif schema == "prompt_completion":
-        prompt = _get_str(obj, "prompt", source)
-        completion = _get_str(obj, "completion", source, nonempty=True)
+        prompt = get_str(obj, "prompt", source)
+        completion = get_str(obj, "completion", source, nonempty=True)
         rec.turns = [("user", prompt), ("assistant", completion)]
     elif schema == "chat":
         msgs = obj.get("messages")
@@ -201,7 +108,7 @@ def _parse_record(obj: Any, schema: str, index: int, source: str) -> Record:
         if not any(r == "assistant" for r, _ in rec.turns):
             raise DataError(source, "messages", "no assistant message (nothing to score as response)")
     elif schema == "text":
-        rec.text = _get_str(obj, "text", source, nonempty=True)
+        rec.text = get_str(obj, "text", source, nonempty=True)
     elif schema == "tokens":
         ids = obj.get("input_ids")
         if ids is None:
@@ -412,6 +319,3 @@ def load_records(
         raise UserError(f"{path}: all {report.records_read} records are bad; nothing to load. First problem: "
                         f"{report.skipped[0][1]}")
     return records, report
-
-
-from mbc_jax.data import formats, tables, trees  # noqa: E402  (they build on the names above)

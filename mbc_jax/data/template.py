@@ -23,7 +23,7 @@ import yaml
 
 from mbc_jax import UserError
 from mbc_jax.data.chat import chat_examples, chat_prompt
-from mbc_jax.data.records import DataError, Record, json_type_name
+from mbc_jax.data.schema import DataError, Record, json_type_name
 
 OVERFLOW_POLICIES = ("truncate", "drop", "error")
 CHAT = "chat"  # the template spec (CLI `--template chat`, config `template: chat`) for the tokenizer's chat template

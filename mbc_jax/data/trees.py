@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mbc_jax import UserError
-from mbc_jax.data.records import DataError, LoadReport, Record, json_type_name
+from mbc_jax.data.schema import DataError, LoadReport, Record, json_type_name
 
 TREE_MODES = ("best", "all")
 TREE_FILTERS = ("deleted", "failed_review", "unreviewed")

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from mbc_jax import UserError
-from mbc_jax.commands.common import progress
 from mbc_jax.data import Template, tokenize
 from mbc_jax.data.chat import chat_prompt
 from mbc_jax.generate.decode import DEFAULT_BUCKET, Generation, batch_rows, generate
 from mbc_jax.generate.sampling import SamplingConfig
+from mbc_jax.progress import progress_bar
 from mbc_jax.sharding import mesh_str
 
 
@@ -40,7 +40,7 @@ class AnswerProgress:
 
     def __call__(self, done: int, tokens: int) -> None:
         if self.bar is None:
-            self.bar = progress(self.total, self.desc)  # tqdm on stderr, off when it is not a terminal
+            self.bar = progress_bar(self.total, self.desc)  # tqdm on stderr, off when it is not a terminal
         self.bar.update(done - self.bar.n)
         if done:
             self.bar.set_postfix(tokens=tokens, refresh=False)

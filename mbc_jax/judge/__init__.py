@@ -15,9 +15,8 @@ reports the consistent rates (a win needs both orders to agree; anything else is
 - `length`: mean answer lengths and the length-controlled win rate (logistic fit, bootstrap CI).
 
 For other callers (e.g. checkpoint selection): build `Pair`s, then
-`Judge(make_client(url, key, cfg.timeout), cfg, JudgmentCache(dir), load_template()).judge_pairs(
-pairs, orders=1, seed=0, max_calls=N)` returns one judgment dict per pair (`outcome`: "A", "B",
-"tie" or None); `Judge.calls_needed` says what it would cost first.
+`make_judge(cfg, base_url, cache_dir).judge_pairs(pairs, orders=1, seed=0, max_calls=N)` returns one
+judgment dict per pair (`outcome`: "A", "B", "tie" or None); `Judge.calls_needed` says what it would cost first.
 """
 
 from mbc_jax.judge.answers import Matched, Pair, match_answers, read_answers
@@ -34,6 +33,7 @@ from mbc_jax.judge.client import (
     JudgmentCache,
     is_local_url,
     make_client,
+    make_judge,
     public_url,
     redact,
     resolve_endpoint,
@@ -58,9 +58,9 @@ from mbc_jax.judge.protocol import (
 
 __all__ = [
     "API_KEY_ENV", "DEFAULT_BASE_URL", "DEFAULT_MODEL", "LOCAL_PLACEHOLDER_KEY", "ORDERS", "PROTOCOLS",
-    "RETRYABLE_STATUS",
-    "TEMPLATE_PATH", "InvalidVerdict", "Judge", "JudgeConfig", "JudgeStats", "JudgeTemplate", "JudgeUnavailable",
-    "JudgmentCache", "Matched", "Pair", "combine", "default_name", "is_local_url", "judge_files", "judgment",
-    "load_template", "make_client", "match_answers", "orders_judged", "output_paths", "parse_verdict", "public_url",
-    "read_answers", "redact", "resolve_endpoint", "seeded_order", "shown", "summary_line", "winner_of", "words",
+    "RETRYABLE_STATUS", "TEMPLATE_PATH", "InvalidVerdict", "Judge", "JudgeConfig", "JudgeStats", "JudgeTemplate",
+    "JudgeUnavailable", "JudgmentCache", "Matched", "Pair", "combine", "default_name", "is_local_url", "judge_files",
+    "judgment", "load_template", "make_client", "make_judge", "match_answers", "orders_judged", "output_paths",
+    "parse_verdict", "public_url", "read_answers", "redact", "resolve_endpoint", "seeded_order", "shown",
+    "summary_line", "winner_of", "words",
 ]

@@ -1,4 +1,4 @@
-"""Answer files: read the JSONL written by `mbc-jax generate` and pair two models' answers.
+"""Answer files (`mbc_jax.answers_file`) as the judge reads them: two models' answers, paired.
 
 Records are matched by `id`, or by `index` when some record has no `id`; an instruction must read
 the same in both files. Records found in only one file are reported, not judged.
@@ -10,11 +10,11 @@ with its `Human: ... Assistant:` markers). A line without `instruction` is an er
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from mbc_jax import UserError
+from mbc_jax.answers_file import read_answer_lines
 
 
 @dataclass(frozen=True)
@@ -45,23 +45,10 @@ class Matched:
 
 
 def read_answers(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, record) for every non-blank line of a JSONL answer file."""
+    """(line number, record) for every non-blank line of a JSONL answer file, each with what the judge reads."""
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read answer file ({e.strerror})") from None
-    records = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); answer files are JSONL "
-                            "written by `mbc-jax generate`") from None
-        if not isinstance(rec, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object per line")
+    records = read_answer_lines(path)
+    for lineno, rec in records:
         if not isinstance(rec.get("instruction"), str):
             raise UserError(f"{path}:{lineno}: field `instruction` missing or not a string; the judge "
                             "reads the record's instruction, not the template-rendered `prompt`: "
@@ -69,7 +56,6 @@ def read_answers(path: str | Path) -> list[tuple[int, dict]]:
         if not isinstance(rec.get("output_text"), str):
             raise UserError(f"{path}:{lineno}: field `output_text` missing or not a string; answer "
                             "files need `instruction` and `output_text` (from `mbc-jax generate`)")
-        records.append((lineno, rec))
     if not records:
         raise UserError(f"{path}: no records")
     return records

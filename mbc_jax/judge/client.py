@@ -36,19 +36,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tqdm import tqdm
-
 from mbc_jax import UserError
 from mbc_jax.judge.answers import Pair
 from mbc_jax.judge.protocol import (
     InvalidVerdict,
     JudgeTemplate,
     judgment,
+    load_template,
     orders_judged,
     parse_verdict,
     seeded_order,
     shown,
 )
+from mbc_jax.progress import progress_bar
 from mbc_jax.run_folder import atomic_write
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -351,8 +351,7 @@ class Judge:
             raise UserError(f"judging {len(pairs)} pair(s) with {orders} order(s) needs {len(todo)} judge "
                             f"call(s) ({len(results)} cached), over the limit of {max_calls}: raise the "
                             "limit or judge fewer pairs")
-        bar = tqdm(total=len(tasks), initial=len(results), desc="judge", unit="call",
-                   file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(len(tasks), "judge", unit="call", initial=len(results), show=progress)
         self._stop.clear()
         pool = ThreadPoolExecutor(max_workers=max(1, self.config.concurrency),
                                   thread_name_prefix="judge")
@@ -383,6 +382,14 @@ class Judge:
         return [judgment(pair, {order: results[key] for order, key in keys.items()},
                          seeded=seeded, orders=orders)
                 for pair, (seeded, keys) in zip(pairs, slots)]
+
+
+def make_judge(config: JudgeConfig, base_url: str | None, cache_dir: str | Path, template: str | Path | None = None,
+               sleep: Callable[[float], None] | None = None) -> Judge:
+    """The judge client (endpoint and key as `resolve_endpoint` finds them) with its on-disk cache and template."""
+    url, key = resolve_endpoint(base_url)
+    return Judge(make_client(url, key, config.timeout), config, JudgmentCache(cache_dir), load_template(template),
+                 secrets=[key], sleep=sleep, endpoint=url)
 
 
 def _retry_after(e) -> float | None:

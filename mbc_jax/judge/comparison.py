@@ -25,16 +25,8 @@ from pathlib import Path
 from mbc_jax import UserError
 from mbc_jax.judge import length, winrate
 from mbc_jax.judge.answers import match_answers
-from mbc_jax.judge.client import (
-    Judge,
-    JudgeConfig,
-    JudgeUnavailable,
-    JudgmentCache,
-    make_client,
-    public_url,
-    resolve_endpoint,
-)
-from mbc_jax.judge.protocol import PROTOCOLS, load_template
+from mbc_jax.judge.client import JudgeConfig, JudgeUnavailable, make_judge, public_url
+from mbc_jax.judge.protocol import PROTOCOLS
 from mbc_jax.run_folder import atomic_write
 
 
@@ -120,8 +112,9 @@ def judge_files(
         raise UserError(f"--orders must be 1 (the paper's protocol) or 2 (both orders), got {orders}")
     config = config or JudgeConfig()
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    url, key = resolve_endpoint(base_url)
-    tmpl = load_template(template)
+    paths = output_paths(out)
+    judge = make_judge(config, base_url,
+                       cache_dir if cache_dir is not None else paths["results"].parent / "judge_cache", template, sleep)
     matched = match_answers(path_a, path_b)
     name_a = name_a or default_name(path_a, path_b)
     name_b = name_b or default_name(path_b, path_a)
@@ -140,18 +133,13 @@ def judge_files(
         raise UserError(f"{where}: empty output_text ({len(empty)} empty answer(s) in all); "
                         "regenerate them, or pass --allow-empty to judge them as they are")
 
-    paths = output_paths(out)
-    cache = JudgmentCache(cache_dir if cache_dir is not None
-                          else paths["results"].parent / "judge_cache")
-    judge = Judge(make_client(url, key, config.timeout), config, cache, tmpl, secrets=[key],
-                  sleep=sleep, endpoint=url)
     started = time.monotonic()
     try:
         judgments = judge.judge_pairs(pairs, orders=orders, seed=seed, max_calls=max_calls,
                                       progress=progress, on_result=on_result)
     except JudgeUnavailable as e:
-        raise UserError(f"judge endpoint {public_url(url)} unreachable or failing after retries "
-                        f"({e}); {len(cache)} judgment(s) are cached in {cache.dir}: rerun the "
+        raise UserError(f"judge endpoint {public_url(judge.endpoint)} unreachable or failing after retries "
+                        f"({e}); {len(judge.cache)} judgment(s) are cached in {judge.cache.dir}: rerun the "
                         "same command to resume") from None
     rates = summarize_judgments(judgments, orders=orders, seed=seed, n_boot=n_boot)
     headline = rates["protocol"]["headline"]
@@ -163,10 +151,10 @@ def judge_files(
         "b": str(path_b),
         "judge": {
             "model": config.model,
-            "base_url": public_url(url),
+            "base_url": public_url(judge.endpoint),
             "params": config.params(),
-            "template": tmpl.path,
-            "template_sha256": tmpl.sha256,
+            "template": judge.template.path,
+            "template_sha256": judge.template.sha256,
         },
         "n_pairs": len(pairs),
         "n_invalid": n_invalid,
@@ -174,7 +162,7 @@ def judge_files(
                     "b": sum(1 for _, s in empty if s == "b")},
         "matched_by": matched.field,
         "unmatched": {"only_in_a": matched.only_a, "only_in_b": matched.only_b},
-        "calls": {**judge.stats.as_dict(), "cache_dir": str(cache.dir),
+        "calls": {**judge.stats.as_dict(), "cache_dir": str(judge.cache.dir),
                   "seconds": round(time.monotonic() - started, 3)},
         **rates,
     }

@@ -24,10 +24,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from mbc_jax import UserError
+from mbc_jax.answers_file import answer_rows, read_meta, write_answers
 from mbc_jax.checkpoints import export_run
 from mbc_jax.generate import DEFAULT_MAX_NEW_TOKENS, AnswerProgress, SamplingConfig, answer_records
 from mbc_jax.judge.bradley_terry import DEFAULT_RIDGE, rank, tables
-from mbc_jax.judge.client import JudgeConfig
+from mbc_jax.judge.client import JudgeConfig, make_judge
 from mbc_jax.models import load_model
 from mbc_jax.run_folder import CONFIG, RunFolder, atomic_write, write_csv
 from mbc_jax.selection import tournament
@@ -102,15 +103,13 @@ def answers_at_step(run: RunFolder, step: int, records: Sequence, path: Path, *,
     meta = {"run_config_sha256": hashlib.sha256((run.path / CONFIG).read_bytes()).hexdigest(), "step": step,
             "ids": [str(r.id) for r in records], "sampling": dataclasses.asdict(sampling), "seed": seed,
             "dtype": dtype, "template": run.template().to_dict()}
-    meta_path = path.with_name(path.stem + ".meta.json")
-    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if path.is_file() and read_meta(path) == meta:
+        return answer_rows(path)
     t0 = time.perf_counter()
     with step_model(run, step, mesh, dtype) as model, AnswerProgress(len(records), f"select: step {step}") as bar:
         answers = answer_records(model, records, sampling, run.template(), seed=seed, batch_size=batch_size,
                                  on_batch=bar)
-    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in answers.rows))
-    atomic_write(meta_path, json.dumps(meta, indent=2) + "\n")
+    write_answers(path, answers.rows, meta)
     log(f"select: step {step}: answered {len(records)} dev prompts ({answers.summary['tokens']} tokens, "
         f"{time.perf_counter() - t0:.0f}s)")
     return answers.rows
@@ -138,7 +137,7 @@ def select_checkpoint(run_dir: str | Path, config: SelectConfig | None = None, j
     plan = schedule(len(steps), len(dev.records), config.max_calls, tournament.CALLS_PER_JUDGMENT, config.seed)
     log(f"select: {plan.description}: at most {plan.calls} judge calls (round robin: {plan.round_robin_calls}; "
         f"--max-calls {config.max_calls})")
-    judge = (tournament.make_judge(judge_config, base_url, cache_dir if cache_dir is not None else out / "judge_cache",
+    judge = (make_judge(judge_config, base_url, cache_dir if cache_dir is not None else out / "judge_cache",
                                    template, sleep) if plan.pairs else None)  # endpoint checked before generating
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens).validate()
     answers = {}

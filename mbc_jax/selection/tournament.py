@@ -10,34 +10,21 @@ counted, and asked again by the next run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 from mbc_jax import UserError
 from mbc_jax.judge.answers import Pair
 from mbc_jax.judge.client import (
     Judge,
-    JudgeConfig,
     JudgeUnavailable,
-    JudgmentCache,
-    make_client,
     public_url,
-    resolve_endpoint,
 )
-from mbc_jax.judge.protocol import ORDERS, load_template
+from mbc_jax.judge.protocol import ORDERS
 
 CALLS_PER_JUDGMENT = len(ORDERS)  # selection judges both presentation orders
 PROTOCOL = ("both orders, as `mbc-jax judge`: a checkpoint wins a game only when both orders pick its answer, "
             "anything else is a tie; identical answers are a tie without a call")
 SCORE = {"A": 1.0, "tie": 0.5, "B": 0.0}  # the score of the pair's first checkpoint (ties count half a win)
-
-
-def make_judge(config: JudgeConfig, base_url: str | None, cache_dir: str | Path, template: str | Path | None = None,
-               sleep: Callable[[float], None] | None = None) -> Judge:
-    """The judge client (endpoint and key as `mbc-jax judge` resolves them) with its on-disk cache."""
-    url, key = resolve_endpoint(base_url)
-    return Judge(make_client(url, key, config.timeout), config, JudgmentCache(cache_dir), load_template(template),
-                 secrets=[key], sleep=sleep, endpoint=url)
 
 
 def describe(judge: Judge) -> dict:

@@ -14,8 +14,7 @@ import pytest
 from experiments import attention_concentration as att
 from experiments import common, zeng
 from experiments import extraction_memorization as E
-from mbc_jax.data import Template, tokenize
-from mbc_jax.data.records import Record
+from mbc_jax.data import Record, Template, tokenize
 
 
 def test_metrics_on_hand_built_cases():
