@@ -40,6 +40,7 @@ import numpy as np
 from experiments import common
 from experiments.common import fmt
 from mbc_jax.commands.common import progress
+from mbc_jax.generate import EXTRACTION_MAX_NEW_TOKENS
 from mbc_jax.run_folder import RunFolder
 
 NAME = "extraction_memorization"
@@ -138,7 +139,7 @@ class Cut:
 
 
 def cut(example, *, window: str = "response", fraction: float | None = 0.5, tokens: int | None = None,
-        max_new_tokens: int = 64) -> Cut | str:
+        max_new_tokens: int = EXTRACTION_MAX_NEW_TOKENS) -> Cut | str:
     """The Cut of one Example, or why it has none (a short reason, counted in the report)."""
     span = response_span(example.response_mask)
     r0, r1 = span if span else (len(example), len(example))
@@ -182,10 +183,9 @@ def extract(model, examples: list, cuts: list[Cut], *, batch_size: int = 32, eos
     model's positions allow (with the new tokens) keep their last tokens (`prefix_clipped`)."""
     from mbc_jax.generate import SamplingConfig, generate
 
-    max_new = max(c.end - c.prefix_end for c in cuts)
-    room = model.config.max_position_embeddings - max_new
+    cfg = SamplingConfig(greedy=True, repetition_penalty=1.0, max_new_tokens=max(c.end - c.prefix_end for c in cuts))
+    room = cfg.prompt_room(model.config.max_position_embeddings)
     prompts = [e.input_ids[:c.prefix_end][-room:] for e, c in zip(examples, cuts)]
-    cfg = SamplingConfig(greedy=True, repetition_penalty=1.0, max_new_tokens=max_new)
     gens = generate(model, prompts, cfg, eos_token_id=eos, batch_size=batch_size, row_keys=[e.index for e in examples])
     out = []
     for e, c, g in zip(examples, cuts, gens):
@@ -226,9 +226,9 @@ def resolve_steps(run: RunFolder, spec: str = "all", baseline: bool = True, log=
 
 
 def measure(run: RunFolder, steps: Sequence[int], *, window: str = "response", fraction: float | None = 0.5,
-            tokens: int | None = None, max_records: int | None = 200, max_new_tokens: int = 64, batch_size: int = 32,
-            cache_dir: str | Path | None = None, mesh: str | None = None, per_step: Callable | None = None,
-            log=common.log) -> list[dict]:
+            tokens: int | None = None, max_records: int | None = 200,
+            max_new_tokens: int = EXTRACTION_MAX_NEW_TOKENS, batch_size: int = 32, cache_dir: str | Path | None = None,
+            mesh: str | None = None, per_step: Callable | None = None, log=common.log) -> list[dict]:
     """Extraction rows of every selected record at every step. `per_step(model, step, examples, cuts, rows)`,
     when given, runs while that checkpoint's model is loaded (the attention analysis uses it)."""
     tok = run.tokenizer()

@@ -48,6 +48,7 @@ import yaml
 
 from experiments import tiny_data
 from mbc_jax import UserError, exit_code
+from mbc_jax.generate import DEFAULT_MAX_NEW_TOKENS, EXTRACTION_MAX_NEW_TOKENS, TINY_MAX_NEW_TOKENS
 from mbc_jax.run_folder import RunFolder
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -67,9 +68,9 @@ class Scale:
     set_learning_rate: bool = True  # pass learning_rate=... (False: the config file holds it)
     max_train_records: int | None = None  # with --data: train on the first N records of the file
     generate_records: int | None = 64  # Table 1 / judge prompts per checkpoint (0 or None: all)
-    max_new_tokens: int = 256
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     extraction_records: int | None = 200
-    extraction_new_tokens: int = 64
+    extraction_new_tokens: int = EXTRACTION_MAX_NEW_TOKENS
     zeng_steps: str = "all"  # checkpoints of the Zeng et al. analyses (step 0 always comes in)
     note: str = ""
 
@@ -79,7 +80,7 @@ SCALES = {
         learning_rates=(2e-4, 1e-3),
         config=lambda sampler, lr: str(CONFIGS / "demo.yaml"),
         overrides=("demo_records=320", "epochs=8", "log_every=25"),
-        max_train_records=320, generate_records=80, max_new_tokens=64, extraction_records=160,
+        max_train_records=320, generate_records=80, max_new_tokens=TINY_MAX_NEW_TOKENS, extraction_records=160,
         extraction_new_tokens=48, zeng_steps="first,last",
         note="tiny GPT-Neo pretrained on the demo world's generated encyclopedia (mbc_jax/demo/base.py), "
              "fine-tuned on the demo's generated suite at learning rates 2e-4 / 1e-3: the paper's 1e-5 / 5e-5 are "
@@ -90,14 +91,14 @@ SCALES = {
     "small": Scale(
         learning_rates=(1e-5, 5e-5),
         config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_125m_{sampler}.yaml"),
-        overrides=(), generate_records=200, max_new_tokens=256, extraction_records=300,
-        extraction_new_tokens=64,
+        overrides=(), generate_records=200, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, extraction_records=300,
+        extraction_new_tokens=EXTRACTION_MAX_NEW_TOKENS,
         note="pretrained gpt-neo-125m at the paper's learning rates"),
     "paper": Scale(
         learning_rates=(1e-5, 5e-5),
         config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_2p7b_{sampler}_lr{lr:.0e}.yaml".replace("e-0", "e-")),
-        set_learning_rate=False, generate_records=None, max_new_tokens=256, extraction_records=1000,
-        extraction_new_tokens=64,
+        set_learning_rate=False, generate_records=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, extraction_records=1000,
+        extraction_new_tokens=EXTRACTION_MAX_NEW_TOKENS,
         note="gpt-neo-2.7B, the paper's setup (TPU VM); full checkpoints kept as the config says (the latest 2), "
              "and a bf16 param snapshot of every checkpoint step, so Table 1 and the extraction study read epoch 1"),
 }

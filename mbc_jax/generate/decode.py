@@ -298,7 +298,7 @@ def generate(
             raise UserError(f"prompt {i} is empty: generation needs at least one prompt token")
         if p.min() < 0 or p.max() >= cfg.vocab_size:
             raise UserError(f"prompt {i} has a token id outside the model's vocabulary [0, {cfg.vocab_size})")
-        if p.size + config.max_new_tokens > cfg.max_position_embeddings:
+        if p.size > config.prompt_room(cfg.max_position_embeddings):
             raise UserError(
                 f"prompt {i} has {p.size} tokens; with {config.max_new_tokens} new tokens that exceeds the "
                 f"model's {cfg.max_position_embeddings} positions: shorten the prompts or generate fewer tokens")
