@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from mbc_jax import UserError, exit_code
-from mbc_jax.run_folder import RunFolder, fmt_lr, read_csv, weight_sources, write_csv  # noqa: F401 (the experiment modules use them from here)
+from mbc_jax.formatting import fmt, fmt_lr  # noqa: F401 (the experiment modules use them from here)
+from mbc_jax.run_folder import RunFolder, read_csv, weight_sources, write_csv  # noqa: F401 (as fmt)
 
 FIRST_LAST = ("first", "last")
 
@@ -214,12 +215,6 @@ def balanced_order(categories: Sequence[str]) -> list[int]:
         rank[c] = rank.get(c, 0) + 1
         keys.append((rank[c], i))
     return [i for _, i in sorted(keys)]
-
-
-def fmt(x: float | None, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"{x:.{digits}f}"
 
 
 def pct(x: float | None, digits: int = 1) -> str:

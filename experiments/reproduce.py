@@ -48,6 +48,7 @@ import yaml
 
 from experiments import tiny_data
 from mbc_jax import UserError, exit_code
+from mbc_jax.formatting import fmt_lr
 from mbc_jax.generate import DEFAULT_MAX_NEW_TOKENS, EXTRACTION_MAX_NEW_TOKENS, TINY_MAX_NEW_TOKENS
 from mbc_jax.run_folder import RunFolder
 
@@ -113,10 +114,6 @@ def log(msg: str) -> None:
     print(f"[reproduce {minutes}:{seconds:02d}] {msg}", file=sys.stderr, flush=True)
 
 
-def lr_name(lr: float) -> str:
-    return f"{lr:.0e}".replace("e-0", "e-")
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -161,10 +158,10 @@ def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[s
     runs = {}
     todo = [(lr, sampler) for lr in scale.learning_rates for sampler in SAMPLERS]
     for n, (lr, sampler) in enumerate(todo, 1):
-        folder = out / "runs" / f"{sampler}_lr{lr_name(lr)}"
+        folder = out / "runs" / f"{sampler}_lr{fmt_lr(lr)}"
         config = scale.config(sampler, lr)
         if not Path(config).is_file():
-            raise UserError(f"{config}: missing config file for --scale {args.scale} ({sampler}, lr {lr_name(lr)})")
+            raise UserError(f"{config}: missing config file for --scale {args.scale} ({sampler}, lr {fmt_lr(lr)})")
         cfg = config_lib.load(config, run_overrides(scale, sampler, lr, folder, args, data))
         runs[(sampler, lr)] = folder
         summary = folder / "summary.json"
@@ -173,10 +170,10 @@ def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[s
             if not config_lib.differences(old, cfg):
                 log(f"{folder}: already trained ({json.loads(summary.read_text())['steps']} steps)")
                 continue
-        log(f"training {sampler} at lr {lr_name(lr)} (run {n} of {len(todo)}) -> {folder} ({Path(config).name})")
+        log(f"training {sampler} at lr {fmt_lr(lr)} (run {n} of {len(todo)}) -> {folder} ({Path(config).name})")
         t0 = time.perf_counter()
         trainer = Trainer.create(cfg, log=lambda m: log(f"  {m}"))
-        trainer.train(desc=f"train {sampler} lr {lr_name(lr)} ({n}/{len(todo)})")
+        trainer.train(desc=f"train {sampler} lr {fmt_lr(lr)} ({n}/{len(todo)})")
         log(f"  done in {time.perf_counter() - t0:.0f}s")
     return runs
 
@@ -318,7 +315,7 @@ def reproduce(args: argparse.Namespace) -> int:
                                              *(args.set or [])]})
         scale = dataclasses.replace(scale, max_train_records=None)  # prepared: train on the whole file
         header = prep.header() + "\n\nLearning rates: {} and {}, the tiny scale's.".format(
-            *map(lr_name, scale.learning_rates))
+            *map(fmt_lr, scale.learning_rates))
         timings.append(("prepare --data (tokenizer, records, base)", time.perf_counter() - t0))
     elif getattr(args, "tokenizer", None):
         raise UserError("--tokenizer: only used with --data at the tiny scale (other scales use the model's own)")
