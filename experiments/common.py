@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +215,16 @@ def balanced_order(categories: Sequence[str]) -> list[int]:
         rank[c] = rank.get(c, 0) + 1
         keys.append((rank[c], i))
     return [i for _, i in sorted(keys)]
+
+
+def by_run_and_step(records: Sequence[dict]) -> Iterator[tuple[str, int, list[dict], dict[Any, dict]]]:
+    """Per-record rows (keys run, step, index) by run and step: (run, step, the run's rows at that step,
+    the run's step-0 rows by index, empty without step 0); runs in first-seen order, steps ascending."""
+    for run in dict.fromkeys(r["run"] for r in records):
+        mine = [r for r in records if r["run"] == run]
+        base = {r["index"]: r for r in mine if r["step"] == 0}
+        for step in sorted({r["step"] for r in mine}):
+            yield run, step, [r for r in mine if r["step"] == step], base
 
 
 def pct(x: float | None, digits: int = 1) -> str:

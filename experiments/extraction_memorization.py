@@ -265,31 +265,27 @@ def summarize(records: list[dict], *, threshold: float = DEFAULT_THRESHOLD, n_bo
     for r in records:
         r["memorized"] = float(r["rouge_l"] >= threshold)
     out = []
-    for run in dict.fromkeys(r["run"] for r in records):
-        mine = [r for r in records if r["run"] == run]
-        base = {r["index"]: r for r in mine if r["step"] == 0}
-        for step in sorted({r["step"] for r in mine}):
-            at = [r for r in mine if r["step"] == step]
-            rows = []
-            for cat in ["all", *sorted({r["category"] for r in at})]:
-                sel = at if cat == "all" else [r for r in at if r["category"] == cat]
-                row = {"run": run, "step": step, "category": cat, "records": len(sel),
-                       **{m: float(np.mean([r[m] for r in sel])) for m in METRICS}}
-                for k in ("response_tokens", "prompt_tokens"):
-                    row[k] = float(np.mean([r[k] for r in sel]))
-                _, row["rouge_l_lo"], row["rouge_l_hi"] = common.mean_ci([r["rouge_l"] for r in sel], n_boot=n_boot,
-                                                                         seed=seed)
-                row["ratio"], row["ratio_lo"], row["ratio_hi"] = common.mean_ci([r["memorized"] for r in sel],
-                                                                                n_boot=n_boot, seed=seed)
-                for m, key in (("rouge_l", "rouge_l_change"), ("memorized", "ratio_change")):
-                    d = [r[m] - base[r["index"]][m] for r in sel if r["index"] in base]
-                    row[key], row[key + "_lo"], row[key + "_hi"] = common.mean_ci(d, n_boot=n_boot, seed=seed)
-                rows.append(row)
-            ranked = sorted(rows[1:], key=lambda s: -s["rouge_l"])
-            for k, s in enumerate(ranked, 1):
-                s["rank"] = k
-            rows[0]["rank"] = ""
-            out += rows
+    for run, step, at, base in common.by_run_and_step(records):
+        rows = []
+        for cat in ["all", *sorted({r["category"] for r in at})]:
+            sel = at if cat == "all" else [r for r in at if r["category"] == cat]
+            row = {"run": run, "step": step, "category": cat, "records": len(sel),
+                   **{m: float(np.mean([r[m] for r in sel])) for m in METRICS}}
+            for k in ("response_tokens", "prompt_tokens"):
+                row[k] = float(np.mean([r[k] for r in sel]))
+            _, row["rouge_l_lo"], row["rouge_l_hi"] = common.mean_ci([r["rouge_l"] for r in sel], n_boot=n_boot,
+                                                                     seed=seed)
+            row["ratio"], row["ratio_lo"], row["ratio_hi"] = common.mean_ci([r["memorized"] for r in sel],
+                                                                            n_boot=n_boot, seed=seed)
+            for m, key in (("rouge_l", "rouge_l_change"), ("memorized", "ratio_change")):
+                d = [r[m] - base[r["index"]][m] for r in sel if r["index"] in base]
+                row[key], row[key + "_lo"], row[key + "_hi"] = common.mean_ci(d, n_boot=n_boot, seed=seed)
+            rows.append(row)
+        ranked = sorted(rows[1:], key=lambda s: -s["rouge_l"])
+        for k, s in enumerate(ranked, 1):
+            s["rank"] = k
+        rows[0]["rank"] = ""
+        out += rows
     return out
 
 
