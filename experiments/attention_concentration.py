@@ -165,28 +165,24 @@ def correlations(records: list[dict], *, score: str = "rouge_l", n_boot: int = 1
     step: over records ("record") and over category means ("category"; the categories are resampled),
     of the values at the step ("absolute") and of their change from step 0 ("from_step0")."""
     out = []
-    for run in dict.fromkeys(r["run"] for r in records):
-        mine = [r for r in records if r["run"] == run]
-        base = {r["index"]: r for r in mine if r["step"] == 0}
-        for step in sorted({r["step"] for r in mine}):
-            at = [r for r in mine if r["step"] == step]
-            for change in ("absolute", "from_step0"):
-                if change == "from_step0" and (step == 0 or not base):
-                    continue
-                pairs = [r for r in at if change == "absolute" or r["index"] in base]
+    for run, step, at, base in common.by_run_and_step(records):
+        for change in ("absolute", "from_step0"):
+            if change == "from_step0" and (step == 0 or not base):
+                continue
+            pairs = [r for r in at if change == "absolute" or r["index"] in base]
 
-                def value(r, key, change=change, base=base):
-                    return r[key] - base[r["index"]][key] if change == "from_step0" else r[key]
+            def value(r, key, change=change, base=base):
+                return r[key] - base[r["index"]][key] if change == "from_step0" else r[key]
 
-                cats = np.array([r["category"] for r in pairs], dtype=object)
-                y = np.array([value(r, score) for r in pairs], float)
-                for measure in MEASURES:
-                    x = np.array([value(r, measure) for r in pairs], float)
-                    by_cat = [(np.nanmean(x[cats == c]), np.nanmean(y[cats == c])) for c in sorted(set(cats))]
-                    for level, (xs, ys) in (("record", (x, y)), ("category", tuple(zip(*by_cat)) or ((), ()))):
-                        c = common.correlation(xs, ys, n_boot=n_boot, seed=seed)
-                        out.append({"run": run, "step": step, "level": level, "change": change, "measure": measure,
-                                    **{k: c[k] for k in CORRELATION_COLUMNS[5:]}})
+            cats = np.array([r["category"] for r in pairs], dtype=object)
+            y = np.array([value(r, score) for r in pairs], float)
+            for measure in MEASURES:
+                x = np.array([value(r, measure) for r in pairs], float)
+                by_cat = [(np.nanmean(x[cats == c]), np.nanmean(y[cats == c])) for c in sorted(set(cats))]
+                for level, (xs, ys) in (("record", (x, y)), ("category", tuple(zip(*by_cat)) or ((), ()))):
+                    c = common.correlation(xs, ys, n_boot=n_boot, seed=seed)
+                    out.append({"run": run, "step": step, "level": level, "change": change, "measure": measure,
+                                **{k: c[k] for k in CORRELATION_COLUMNS[5:]}})
     return out
 
 

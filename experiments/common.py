@@ -25,14 +25,15 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mbc_jax import UserError, exit_code
-from mbc_jax.run_folder import RunFolder, fmt_lr, read_csv, weight_sources, write_csv  # noqa: F401 (the experiment modules use them from here)
+from mbc_jax.formatting import fmt, fmt_lr  # noqa: F401 (the experiment modules use them from here)
+from mbc_jax.run_folder import RunFolder, read_csv, weight_sources, write_csv  # noqa: F401 (as fmt)
 
 FIRST_LAST = ("first", "last")
 
@@ -216,10 +217,14 @@ def balanced_order(categories: Sequence[str]) -> list[int]:
     return [i for _, i in sorted(keys)]
 
 
-def fmt(x: float | None, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"{x:.{digits}f}"
+def by_run_and_step(records: Sequence[dict]) -> Iterator[tuple[str, int, list[dict], dict[Any, dict]]]:
+    """Per-record rows (keys run, step, index) by run and step: (run, step, the run's rows at that step,
+    the run's step-0 rows by index, empty without step 0); runs in first-seen order, steps ascending."""
+    for run in dict.fromkeys(r["run"] for r in records):
+        mine = [r for r in records if r["run"] == run]
+        base = {r["index"]: r for r in mine if r["step"] == 0}
+        for step in sorted({r["step"] for r in mine}):
+            yield run, step, [r for r in mine if r["step"] == step], base
 
 
 def pct(x: float | None, digits: int = 1) -> str:

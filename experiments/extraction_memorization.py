@@ -39,6 +39,7 @@ import numpy as np
 
 from experiments import common
 from experiments.common import fmt
+from mbc_jax.generate import EXTRACTION_MAX_NEW_TOKENS
 from mbc_jax.progress import progress_bar
 from mbc_jax.run_folder import RunFolder
 
@@ -138,7 +139,7 @@ class Cut:
 
 
 def cut(example, *, window: str = "response", fraction: float | None = 0.5, tokens: int | None = None,
-        max_new_tokens: int = 64) -> Cut | str:
+        max_new_tokens: int = EXTRACTION_MAX_NEW_TOKENS) -> Cut | str:
     """The Cut of one Example, or why it has none (a short reason, counted in the report)."""
     span = response_span(example.response_mask)
     r0, r1 = span if span else (len(example), len(example))
@@ -182,10 +183,9 @@ def extract(model, examples: list, cuts: list[Cut], *, batch_size: int = 32, eos
     model's positions allow (with the new tokens) keep their last tokens (`prefix_clipped`)."""
     from mbc_jax.generate import SamplingConfig, generate
 
-    max_new = max(c.end - c.prefix_end for c in cuts)
-    room = model.config.max_position_embeddings - max_new
+    cfg = SamplingConfig(greedy=True, repetition_penalty=1.0, max_new_tokens=max(c.end - c.prefix_end for c in cuts))
+    room = cfg.prompt_room(model.config.max_position_embeddings)
     prompts = [e.input_ids[:c.prefix_end][-room:] for e, c in zip(examples, cuts)]
-    cfg = SamplingConfig(greedy=True, repetition_penalty=1.0, max_new_tokens=max_new)
     gens = generate(model, prompts, cfg, eos_token_id=eos, batch_size=batch_size, row_keys=[e.index for e in examples])
     out = []
     for e, c, g in zip(examples, cuts, gens):
@@ -226,9 +226,9 @@ def resolve_steps(run: RunFolder, spec: str = "all", baseline: bool = True, log=
 
 
 def measure(run: RunFolder, steps: Sequence[int], *, window: str = "response", fraction: float | None = 0.5,
-            tokens: int | None = None, max_records: int | None = 200, max_new_tokens: int = 64, batch_size: int = 32,
-            cache_dir: str | Path | None = None, mesh: str | None = None, per_step: Callable | None = None,
-            log=common.log) -> list[dict]:
+            tokens: int | None = None, max_records: int | None = 200,
+            max_new_tokens: int = EXTRACTION_MAX_NEW_TOKENS, batch_size: int = 32, cache_dir: str | Path | None = None,
+            mesh: str | None = None, per_step: Callable | None = None, log=common.log) -> list[dict]:
     """Extraction rows of every selected record at every step. `per_step(model, step, examples, cuts, rows)`,
     when given, runs while that checkpoint's model is loaded (the attention analysis uses it)."""
     tok = run.tokenizer()
@@ -265,31 +265,27 @@ def summarize(records: list[dict], *, threshold: float = DEFAULT_THRESHOLD, n_bo
     for r in records:
         r["memorized"] = float(r["rouge_l"] >= threshold)
     out = []
-    for run in dict.fromkeys(r["run"] for r in records):
-        mine = [r for r in records if r["run"] == run]
-        base = {r["index"]: r for r in mine if r["step"] == 0}
-        for step in sorted({r["step"] for r in mine}):
-            at = [r for r in mine if r["step"] == step]
-            rows = []
-            for cat in ["all", *sorted({r["category"] for r in at})]:
-                sel = at if cat == "all" else [r for r in at if r["category"] == cat]
-                row = {"run": run, "step": step, "category": cat, "records": len(sel),
-                       **{m: float(np.mean([r[m] for r in sel])) for m in METRICS}}
-                for k in ("response_tokens", "prompt_tokens"):
-                    row[k] = float(np.mean([r[k] for r in sel]))
-                _, row["rouge_l_lo"], row["rouge_l_hi"] = common.mean_ci([r["rouge_l"] for r in sel], n_boot=n_boot,
-                                                                         seed=seed)
-                row["ratio"], row["ratio_lo"], row["ratio_hi"] = common.mean_ci([r["memorized"] for r in sel],
-                                                                                n_boot=n_boot, seed=seed)
-                for m, key in (("rouge_l", "rouge_l_change"), ("memorized", "ratio_change")):
-                    d = [r[m] - base[r["index"]][m] for r in sel if r["index"] in base]
-                    row[key], row[key + "_lo"], row[key + "_hi"] = common.mean_ci(d, n_boot=n_boot, seed=seed)
-                rows.append(row)
-            ranked = sorted(rows[1:], key=lambda s: -s["rouge_l"])
-            for k, s in enumerate(ranked, 1):
-                s["rank"] = k
-            rows[0]["rank"] = ""
-            out += rows
+    for run, step, at, base in common.by_run_and_step(records):
+        rows = []
+        for cat in ["all", *sorted({r["category"] for r in at})]:
+            sel = at if cat == "all" else [r for r in at if r["category"] == cat]
+            row = {"run": run, "step": step, "category": cat, "records": len(sel),
+                   **{m: float(np.mean([r[m] for r in sel])) for m in METRICS}}
+            for k in ("response_tokens", "prompt_tokens"):
+                row[k] = float(np.mean([r[k] for r in sel]))
+            _, row["rouge_l_lo"], row["rouge_l_hi"] = common.mean_ci([r["rouge_l"] for r in sel], n_boot=n_boot,
+                                                                     seed=seed)
+            row["ratio"], row["ratio_lo"], row["ratio_hi"] = common.mean_ci([r["memorized"] for r in sel],
+                                                                            n_boot=n_boot, seed=seed)
+            for m, key in (("rouge_l", "rouge_l_change"), ("memorized", "ratio_change")):
+                d = [r[m] - base[r["index"]][m] for r in sel if r["index"] in base]
+                row[key], row[key + "_lo"], row[key + "_hi"] = common.mean_ci(d, n_boot=n_boot, seed=seed)
+            rows.append(row)
+        ranked = sorted(rows[1:], key=lambda s: -s["rouge_l"])
+        for k, s in enumerate(ranked, 1):
+            s["rank"] = k
+        rows[0]["rank"] = ""
+        out += rows
     return out
 
 

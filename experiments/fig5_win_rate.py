@@ -57,10 +57,6 @@ def load(paths: Sequence[str | Path], labels: Sequence[str] | None) -> dict[str,
     return out
 
 
-def _lr_name(lr: float) -> str:
-    return f"{lr:.0e}".replace("e-0", "e-")
-
-
 def paper_block(lr: float) -> dict:
     win, loss = PAPER[lr]
     return {"win_rate": win, "tie_rate": round(1 - win - loss, 3), "loss_rate": loss, "reference": True}
@@ -84,10 +80,10 @@ def bars(results: dict[str, dict], lrs: Sequence[float | None]) -> tuple[dict[st
     extra: dict[str, dict] = {}
 
     def add_paper(lr: float) -> None:
-        label = f"paper, lr {_lr_name(lr)}: GPT-4, one judgment per prompt ({PAPER_CITE})"
+        label = f"paper, lr {common.fmt_lr(lr)}: GPT-4, one judgment per prompt ({PAPER_CITE})"
         if label not in rows:
             rows[label] = paper_block(lr)
-            extra[label] = {"source": "paper", "comparison": f"lr {_lr_name(lr)}",
+            extra[label] = {"source": "paper", "comparison": f"lr {common.fmt_lr(lr)}",
                             "protocol": "paper: one judgment per prompt"}
 
     if all(lr is None for lr in lrs):

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mbc_jax.answers_file import answer_rows, write_answers
+from mbc_jax.formatting import fmt_lr
 from mbc_jax.generate import SamplingConfig
 from mbc_jax.judge import JudgeConfig, judge_files
 from mbc_jax.run_folder import RunFolder
@@ -30,8 +31,6 @@ SELECT = {"tiny": {"dev": 16, "max_calls": 500}, "small": {"dev": DEFAULT_DEV, "
           "paper": {"dev": DEFAULT_DEV, "max_calls": DEFAULT_MAX_CALLS}}
 
 
-def lr_name(lr: float) -> str:
-    return f"{lr:.0e}".replace("e-0", "e-")
 
 
 def judge_runs(folders: dict[tuple[str, float], RunFolder], last_answers: dict[tuple[str, float], Path],
@@ -58,7 +57,7 @@ def judge_runs(folders: dict[tuple[str, float], RunFolder], last_answers: dict[t
         last = {k: [r for r in answer_rows(last_answers[k]) if str(r["id"]) not in dev_ids] for k in keys}
         ids = [str(r["id"]) for r in last[keys[0]]]
         left_out = len(answer_rows(last_answers[keys[0]])) - len(ids)
-        notes.append(f"judge at lr {lr_name(lr)}: {len(ids)} validation prompts, {left_out} dev prompt(s) left out")
+        notes.append(f"judge at lr {fmt_lr(lr)}: {len(ids)} validation prompts, {left_out} dev prompt(s) left out")
         files: dict[str, dict] = {"selected": {}, "last": {}}
         for k in keys:
             run, step = folders[k], selected[k]["chosen_step"]
@@ -69,10 +68,10 @@ def judge_runs(folders: dict[tuple[str, float], RunFolder], last_answers: dict[t
             files["last"][k[0]] = out / "answers" / f"{run.slug}_last.jsonl"
             write_answers(files["last"][k[0]], last[k])
         steps = {k[0]: selected[k]["chosen_step"] for k in keys}
-        for which, label in (("selected", f"lr {lr_name(lr)}, selected (MBC step {steps['mbc']}, baseline step "
+        for which, label in (("selected", f"lr {fmt_lr(lr)}, selected (MBC step {steps['mbc']}, baseline step "
                                           f"{steps['uniform']})"),
-                             ("last", f"lr {lr_name(lr)}, last checkpoint")):
-            path = out / f"lr{lr_name(lr)}_{which}.json"
+                             ("last", f"lr {fmt_lr(lr)}, last checkpoint")):
+            path = out / f"lr{fmt_lr(lr)}_{which}.json"
             log(f"judging MBC vs baseline: {label}")
             judge_files(files[which]["mbc"], files[which]["uniform"], path, config=judge, base_url=url, name_a="MBC",
                         name_b="baseline", limit=limit, allow_empty=True, log=log, progress=False)

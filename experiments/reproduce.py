@@ -48,6 +48,8 @@ import yaml
 
 from experiments import tiny_data
 from mbc_jax import UserError, exit_code
+from mbc_jax.formatting import fmt_lr
+from mbc_jax.generate import DEFAULT_MAX_NEW_TOKENS, EXTRACTION_MAX_NEW_TOKENS, TINY_MAX_NEW_TOKENS
 from mbc_jax.run_folder import RunFolder
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -67,9 +69,9 @@ class Scale:
     set_learning_rate: bool = True  # pass learning_rate=... (False: the config file holds it)
     max_train_records: int | None = None  # with --data: train on the first N records of the file
     generate_records: int | None = 64  # Table 1 / judge prompts per checkpoint (0 or None: all)
-    max_new_tokens: int = 256
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     extraction_records: int | None = 200
-    extraction_new_tokens: int = 64
+    extraction_new_tokens: int = EXTRACTION_MAX_NEW_TOKENS
     zeng_steps: str = "all"  # checkpoints of the Zeng et al. analyses (step 0 always comes in)
     note: str = ""
 
@@ -79,7 +81,7 @@ SCALES = {
         learning_rates=(2e-4, 1e-3),
         config=lambda sampler, lr: str(CONFIGS / "demo.yaml"),
         overrides=("demo_records=320", "epochs=8", "log_every=25"),
-        max_train_records=320, generate_records=80, max_new_tokens=64, extraction_records=160,
+        max_train_records=320, generate_records=80, max_new_tokens=TINY_MAX_NEW_TOKENS, extraction_records=160,
         extraction_new_tokens=48, zeng_steps="first,last",
         note="tiny GPT-Neo pretrained on the demo world's generated encyclopedia (mbc_jax/demo/base.py), "
              "fine-tuned on the demo's generated suite at learning rates 2e-4 / 1e-3: the paper's 1e-5 / 5e-5 are "
@@ -90,14 +92,14 @@ SCALES = {
     "small": Scale(
         learning_rates=(1e-5, 5e-5),
         config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_125m_{sampler}.yaml"),
-        overrides=(), generate_records=200, max_new_tokens=256, extraction_records=300,
-        extraction_new_tokens=64,
+        overrides=(), generate_records=200, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, extraction_records=300,
+        extraction_new_tokens=EXTRACTION_MAX_NEW_TOKENS,
         note="pretrained gpt-neo-125m at the paper's learning rates"),
     "paper": Scale(
         learning_rates=(1e-5, 5e-5),
         config=lambda sampler, lr: str(CONFIGS / f"gpt_neo_2p7b_{sampler}_lr{lr:.0e}.yaml".replace("e-0", "e-")),
-        set_learning_rate=False, generate_records=None, max_new_tokens=256, extraction_records=1000,
-        extraction_new_tokens=64,
+        set_learning_rate=False, generate_records=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, extraction_records=1000,
+        extraction_new_tokens=EXTRACTION_MAX_NEW_TOKENS,
         note="gpt-neo-2.7B, the paper's setup (TPU VM); full checkpoints kept as the config says (the latest 2), "
              "and a bf16 param snapshot of every checkpoint step, so Table 1 and the extraction study read epoch 1"),
 }
@@ -110,10 +112,6 @@ def log(msg: str) -> None:
     """A line on stderr, prefixed with the minutes:seconds since the command started."""
     minutes, seconds = divmod(int(time.perf_counter() - _STARTED), 60)
     print(f"[reproduce {minutes}:{seconds:02d}] {msg}", file=sys.stderr, flush=True)
-
-
-def lr_name(lr: float) -> str:
-    return f"{lr:.0e}".replace("e-0", "e-")
 
 
 # ----------------------------------------------------------------------------- training
@@ -160,10 +158,10 @@ def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[s
     runs = {}
     todo = [(lr, sampler) for lr in scale.learning_rates for sampler in SAMPLERS]
     for n, (lr, sampler) in enumerate(todo, 1):
-        folder = out / "runs" / f"{sampler}_lr{lr_name(lr)}"
+        folder = out / "runs" / f"{sampler}_lr{fmt_lr(lr)}"
         config = scale.config(sampler, lr)
         if not Path(config).is_file():
-            raise UserError(f"{config}: missing config file for --scale {args.scale} ({sampler}, lr {lr_name(lr)})")
+            raise UserError(f"{config}: missing config file for --scale {args.scale} ({sampler}, lr {fmt_lr(lr)})")
         cfg = config_lib.load(config, run_overrides(scale, sampler, lr, folder, args, data))
         runs[(sampler, lr)] = folder
         summary = folder / "summary.json"
@@ -172,10 +170,10 @@ def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[s
             if not config_lib.differences(old, cfg):
                 log(f"{folder}: already trained ({json.loads(summary.read_text())['steps']} steps)")
                 continue
-        log(f"training {sampler} at lr {lr_name(lr)} (run {n} of {len(todo)}) -> {folder} ({Path(config).name})")
+        log(f"training {sampler} at lr {fmt_lr(lr)} (run {n} of {len(todo)}) -> {folder} ({Path(config).name})")
         t0 = time.perf_counter()
         trainer = Trainer.create(cfg, log=lambda m: log(f"  {m}"))
-        trainer.train(desc=f"train {sampler} lr {lr_name(lr)} ({n}/{len(todo)})")
+        trainer.train(desc=f"train {sampler} lr {fmt_lr(lr)} ({n}/{len(todo)})")
         log(f"  done in {time.perf_counter() - t0:.0f}s")
     return runs
 
@@ -279,11 +277,123 @@ def write_report(out: Path, scale_name: str, scale: Scale, runs, sections: list[
 # ----------------------------------------------------------------------------- main
 
 
+@dataclasses.dataclass
+class Progress:
+    """What the steps of `reproduce` collect for REPORT.md: sections, notes, failures and timings."""
+
+    figs: Path
+    sections: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    failed: list[str] = dataclasses.field(default_factory=list)
+    timings: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+
+    def step(self, name: str, fn: Callable[[], object]) -> object | None:
+        """Build one artifact; a failure is logged, noted in its section and counted, and returns None."""
+        from experiments import common
+
+        log(f"building {name}")
+        t0 = time.perf_counter()
+        try:
+            art = fn()
+        except Exception as e:  # keep going: one failed artifact must not cost the others
+            detail = str(e) if isinstance(e, UserError) else "".join(traceback.format_exception_only(e)).strip()
+            log(f"{name} FAILED: {detail}")
+            if not isinstance(e, UserError):
+                traceback.print_exc()
+            self.failed.append(name)
+            self.sections.append((name, f"## {name}\n\nFailed: `{detail}`"))
+            return None
+        finally:
+            self.timings.append((name, time.perf_counter() - t0))
+        if isinstance(art, common.Artifact):
+            self.sections.append((art.title, section_markdown(art.md, self.figs.name)))
+        return art
+
+
+def scale_from_args(args: argparse.Namespace) -> Scale:
+    """The scale `args.scale` names, with --max-records and --max-new-tokens applied."""
+    scale = SCALES[args.scale]
+    if args.max_records is not None:
+        scale = dataclasses.replace(scale, generate_records=args.max_records or None)
+    if args.max_new_tokens is not None:
+        scale = dataclasses.replace(scale, max_new_tokens=args.max_new_tokens)
+    return scale
+
+
+def prepare_data(args: argparse.Namespace, scale: Scale, out: Path, progress: Progress
+                 ) -> tuple[argparse.Namespace, Scale, str | None]:
+    """With --data at the tiny scale: prepare tokenizer, records and base (experiments/tiny_data.py) and
+    return the arguments and scale that train on them, with REPORT.md's setup header; else unchanged."""
+    if args.data and args.scale in tiny_data.TINY_SCALES:  # real data at the tiny scale: tokenizer, records, base
+        t0 = time.perf_counter()
+        prep = tiny_data.prepare(args.data, out, scale.max_train_records, tokenizer=getattr(args, "tokenizer", None),
+                                 model=args.model, log=log)
+        args = argparse.Namespace(**{**vars(args), "data": prep.train_path, "model": prep.model,
+                                     "set": [f"val_data={prep.valid_path}", f"max_length={prep.max_length}",
+                                             *(args.set or [])]})
+        scale = dataclasses.replace(scale, max_train_records=None)  # prepared: train on the whole file
+        header = prep.header() + "\n\nLearning rates: {} and {}, the tiny scale's.".format(
+            *map(fmt_lr, scale.learning_rates))
+        progress.timings.append(("prepare --data (tokenizer, records, base)", time.perf_counter() - t0))
+        return args, scale, header
+    if getattr(args, "tokenizer", None):
+        raise UserError("--tokenizer: only used with --data at the tiny scale (other scales use the model's own)")
+    return args, scale, None
+
+
+def last_generations(table1: object | None, every: list[RunFolder]) -> dict[str, Path]:
+    """The answers Table 1 generated at each run's last checkpoint, by "<sampler>_<lr>" (the judge's input)."""
+    gens: dict[str, Path] = {}
+    if table1 is not None:
+        for r in table1.data["rows"]:
+            if r["checkpoint"] == "last":
+                rf = next(f for f in every if f.label == r["run"])
+                gens[f"{rf.sampler}_{rf.learning_rate}"] = Path(r["generations"])
+    return gens
+
+
+def judge_step(progress: Progress, folders: dict, gens: dict[str, Path], args: argparse.Namespace, out: Path,
+               scale: Scale) -> tuple[list[Path], list[str], str]:
+    """Run the judge unless --skip-judge (`judge_all`): its results, their labels and the note on it."""
+    if args.skip_judge:
+        judge_note = "judge: skipped (--skip-judge); Figure 5 is left out"
+        progress.notes.append(judge_note)
+        return [], [], judge_note
+    t0 = time.perf_counter()
+    try:
+        results, labels, judge_note = judge_all(folders, gens, scale.learning_rates, args, out, scale)
+        progress.notes.append(judge_note)
+    except UserError as e:
+        results, labels = [], []
+        judge_note = f"judge: failed ({e}); Figure 5 is left out"
+        progress.notes.append(judge_note)
+        progress.failed.append("judge")
+        log(f"judge FAILED: {e}")
+    progress.timings.append(("judge", time.perf_counter() - t0))
+    return results, labels, judge_note
+
+
+def claims_step(progress: Progress, baselines: list[RunFolder], results: list[Path], judge_note: str) -> str:
+    """The claims table (experiments/claims.py) from the run folders and the figures built; a failure is
+    reported in its place."""
+    from experiments import claims
+
+    t0 = time.perf_counter()
+    try:  # from the run folders and the figures above; a finding without its input says "not measured"
+        claims_table = claims.markdown(claims.evaluate(baselines, progress.figs, results, judge_note))
+    except Exception as e:  # a bug here must not cost the report
+        log(f"claims FAILED: {e!r}")
+        traceback.print_exc()
+        progress.failed.append("claims")
+        claims_table = f"## Claims check\n\nFailed: `{e!r}` (see the log)\n"
+    progress.timings.append(("claims", time.perf_counter() - t0))
+    return claims_table
+
+
 def reproduce(args: argparse.Namespace) -> int:
+    """Train, build every artifact, judge and write REPORT.md (see the module docstring); 1 if any step failed."""
     from experiments import (
         appendix_a_categories,
-        claims,
-        common,
         fig1_memorization_dynamics,
         fig2_data_map,
         fig3_validation_perplexity,
@@ -296,64 +406,21 @@ def reproduce(args: argparse.Namespace) -> int:
     )
 
     args.scale = SCALE_ALIASES.get(args.scale, args.scale)
-    scale = SCALES[args.scale]
-    if args.max_records is not None:
-        scale = dataclasses.replace(scale, generate_records=args.max_records or None)
-    if args.max_new_tokens is not None:
-        scale = dataclasses.replace(scale, max_new_tokens=args.max_new_tokens)
+    scale = scale_from_args(args)
     out = Path(args.out or f"runs/reproduce_{args.scale}")
     figs = out / "figures"
     exports = out / "exports"
     t_start = time.perf_counter()
-    timings: list[tuple[str, float]] = []
+    progress = Progress(figs)
+    step = progress.step
 
-    header = None
-    if args.data and args.scale in tiny_data.TINY_SCALES:  # real data at the tiny scale: tokenizer, records, base
-        t0 = time.perf_counter()
-        prep = tiny_data.prepare(args.data, out, scale.max_train_records, tokenizer=getattr(args, "tokenizer", None),
-                                 model=args.model, log=log)
-        args = argparse.Namespace(**{**vars(args), "data": prep.train_path, "model": prep.model,
-                                     "set": [f"val_data={prep.valid_path}", f"max_length={prep.max_length}",
-                                             *(args.set or [])]})
-        scale = dataclasses.replace(scale, max_train_records=None)  # prepared: train on the whole file
-        header = prep.header() + "\n\nLearning rates: {} and {}, the tiny scale's.".format(
-            *map(lr_name, scale.learning_rates))
-        timings.append(("prepare --data (tokenizer, records, base)", time.perf_counter() - t0))
-    elif getattr(args, "tokenizer", None):
-        raise UserError("--tokenizer: only used with --data at the tiny scale (other scales use the model's own)")
+    args, scale, header = prepare_data(args, scale, out, progress)
     t0 = time.perf_counter()
     run_dirs = train_all(scale, args, out)
-    timings.append(("train (4 runs)", time.perf_counter() - t0))
-    lrs = scale.learning_rates
+    progress.timings.append(("train (4 runs)", time.perf_counter() - t0))
     folders = {k: RunFolder.open(v) for k, v in run_dirs.items()}
-    every = [folders[(s, lr)] for lr in lrs for s in SAMPLERS]
-    baselines = [folders[("uniform", lr)] for lr in lrs]
-
-    sections: list[tuple[str, str]] = []
-    notes: list[str] = []
-    failed: list[str] = []
-    gens: dict[str, Path] = {}
-    results: list[Path] = []
-    judge_note = "judge: not run"
-
-    def step(name: str, fn: Callable[[], object]) -> object | None:
-        log(f"building {name}")
-        t0 = time.perf_counter()
-        try:
-            art = fn()
-        except Exception as e:  # keep going: one failed artifact must not cost the others
-            detail = str(e) if isinstance(e, UserError) else "".join(traceback.format_exception_only(e)).strip()
-            log(f"{name} FAILED: {detail}")
-            if not isinstance(e, UserError):
-                traceback.print_exc()
-            failed.append(name)
-            sections.append((name, f"## {name}\n\nFailed: `{detail}`"))
-            return None
-        finally:
-            timings.append((name, time.perf_counter() - t0))
-        if isinstance(art, common.Artifact):
-            sections.append((art.title, section_markdown(art.md, figs.name)))
-        return art
+    every = [folders[(s, lr)] for lr in scale.learning_rates for s in SAMPLERS]
+    baselines = [folders[("uniform", lr)] for lr in scale.learning_rates]
 
     step("fig1_memorization_dynamics", lambda: fig1_memorization_dynamics.build(baselines, figs))
     step("fig2_data_map", lambda: fig2_data_map.build(baselines, figs))
@@ -361,28 +428,9 @@ def reproduce(args: argparse.Namespace) -> int:
     t1 = step("table1_entropy", lambda: table1_entropy.build(
         every, figs, max_records=scale.generate_records, max_new_tokens=scale.max_new_tokens, cache_dir=exports,
         mesh=args.mesh))
-    if t1 is not None:
-        for r in t1.data["rows"]:
-            if r["checkpoint"] == "last":
-                rf = next(f for f in every if f.label == r["run"])
-                gens[f"{rf.sampler}_{rf.learning_rate}"] = Path(r["generations"])
-    if args.skip_judge:
-        judge_note = "judge: skipped (--skip-judge); Figure 5 is left out"
-        notes.append(judge_note)
-    else:
-        t0 = time.perf_counter()
-        try:
-            results, labels, judge_note = judge_all(folders, gens, lrs, args, out, scale)
-            notes.append(judge_note)
-        except UserError as e:
-            results, labels = [], []
-            judge_note = f"judge: failed ({e}); Figure 5 is left out"
-            notes.append(judge_note)
-            failed.append("judge")
-            log(f"judge FAILED: {e}")
-        timings.append(("judge", time.perf_counter() - t0))
-        if results:
-            step("fig5_win_rate", lambda: fig5_win_rate.build(results, figs, labels))
+    results, labels, judge_note = judge_step(progress, folders, last_generations(t1, every), args, out, scale)
+    if results:
+        step("fig5_win_rate", lambda: fig5_win_rate.build(results, figs, labels))
     step("fig6_mbc_vs_baseline", lambda: fig6_mbc_vs_baseline.build(every, figs))
     step("fig7_category_memorization", lambda: fig7_category_memorization.build(every, figs))
     step("fig8_sampling_frequency", lambda: fig8_sampling_frequency.build(every, figs))
@@ -392,20 +440,14 @@ def reproduce(args: argparse.Namespace) -> int:
     step("appendix_a_categories", lambda: appendix_a_categories.build(every, figs))
     if not args.keep_exports:
         shutil.rmtree(exports, ignore_errors=True)
-    t0 = time.perf_counter()
-    try:  # from the run folders and the figures above; a finding without its input says "not measured"
-        claims_table = claims.markdown(claims.evaluate(baselines, figs, results, judge_note))
-    except Exception as e:  # a bug here must not cost the report
-        log(f"claims FAILED: {e!r}")
-        traceback.print_exc()
-        failed.append("claims")
-        claims_table = f"## Claims check\n\nFailed: `{e!r}` (see the log)\n"
-    timings.append(("claims", time.perf_counter() - t0))
-    timings.append(("total", time.perf_counter() - t_start))
+    claims_table = claims_step(progress, baselines, results, judge_note)
+    progress.timings.append(("total", time.perf_counter() - t_start))
+    failed = progress.failed
     if failed:
-        notes.append(f"failed: {', '.join(failed)} (see the sections below and the log)")
-    report = write_report(out, args.scale, scale, run_dirs, sections, notes, timings, claims_table, header)
-    log(f"wrote {report} ({len(sections)} sections, {math.ceil(timings[-1][1] / 60)} min in all)"
+        progress.notes.append(f"failed: {', '.join(failed)} (see the sections below and the log)")
+    report = write_report(out, args.scale, scale, run_dirs, progress.sections, progress.notes, progress.timings,
+                          claims_table, header)
+    log(f"wrote {report} ({len(progress.sections)} sections, {math.ceil(progress.timings[-1][1] / 60)} min in all)"
         + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -103,9 +103,9 @@ def teacher_forcing(run: RunFolder, step: int, split: str, indices: Sequence[int
 
 
 def measure(run: RunFolder, out: Path, *, split: str = "val", max_records: int | None = 64,
-            max_new_tokens: int = 256, first_step: int | None = None, seed: int = 0, batch_size: int = 32,
-            cache_dir: str | Path | None = None, mesh: str | None = None, sampling: dict | None = None,
-            log=common.log) -> list[dict]:
+            max_new_tokens: int = g.DEFAULT_MAX_NEW_TOKENS, first_step: int | None = None, seed: int = 0,
+            batch_size: int = 32, cache_dir: str | Path | None = None, mesh: str | None = None,
+            sampling: dict | None = None, log=common.log) -> list[dict]:
     cfg = sampling_config(max_new_tokens, **(sampling or {}))
     if not (run.records["split"] == split).any():
         raise common.UserError(f"{run.path / 'records.csv'}: no {split!r} records to generate for (use --split train)")
@@ -183,8 +183,9 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 
 def build(runs: Sequence[RunFolder], out: str | Path, *, split: str = "val", max_records: int | None = 64,
-          max_new_tokens: int = 256, first_step: int | None = None, seed: int = 0, batch_size: int = 32,
-          cache_dir: str | Path | None = None, mesh: str | None = None, sampling: dict | None = None) -> Artifact:
+          max_new_tokens: int = g.DEFAULT_MAX_NEW_TOKENS, first_step: int | None = None, seed: int = 0,
+          batch_size: int = 32, cache_dir: str | Path | None = None, mesh: str | None = None,
+          sampling: dict | None = None) -> Artifact:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for run in runs for r in measure(run, out, split=split, max_records=max_records,

@@ -12,13 +12,14 @@ The rules (each stated in REPORT.md by `header`):
    or, with `--model`, that model's own.
 2. Length: each record is tokenized whole (prompt, response, EOS); max_length is the `LENGTH_QUANTILE` quantile
    of these lengths (the smallest length at least that share of the records fit in), rounded up to a multiple of
-   `LENGTH_STEP` and kept within `LENGTH_RANGE` (and within a given model's positions minus `NEW_TOKEN_ROOM`).
+   `LENGTH_STEP` and kept within `LENGTH_RANGE` (and within a given model's positions minus `TINY_MAX_NEW_TOKENS`,
+   the tiny scale's new tokens per answer, from mbc_jax.generate).
 3. Records: the file's records in a seeded random order (`numpy.random.default_rng(seed).permutation`: the file's
    own order may be sorted by category, as Dolly's is); the first `n_train` that fit in max_length train, the next
    `n_valid` that fit validate, and the longer ones met on the way are dropped and counted. Nothing is truncated,
    so no response is lost.
 4. Base (not with `--model`): the demo's tiny GPT-Neo (mbc_jax/demo/tiny_gpt_neo.json, with the tokenizer's
-   vocabulary and max_length + `NEW_TOKEN_ROOM` positions) pretrained from random weights on every record outside
+   vocabulary and max_length + `TINY_MAX_NEW_TOKENS` positions) pretrained from random weights on every record outside
    the two subsets, as plain text (its fields joined by blank lines, instruction / context / response, then EOS),
    with the demo base's recipe (`mbc_jax.demo.base.pretrain`, `PRETRAIN`: our Trainer, text schema, loss on
    every token); documents longer than max_length are truncated (counted).
@@ -46,12 +47,12 @@ from mbc_jax.data import Template, load_records, tokenize
 from mbc_jax.demo import base as demo_base
 from mbc_jax.demo.model import model_config
 from mbc_jax.demo.tokenizer import build_tokenizer
+from mbc_jax.generate import TINY_MAX_NEW_TOKENS
 
 VOCAB_SIZE = 4096  # Dolly: 241 tokens per record on average (2,048 tokens: 278; 8,192: 212)
 LENGTH_QUANTILE = 0.9
 LENGTH_STEP = 64
 LENGTH_RANGE = (128, 512)
-NEW_TOKEN_ROOM = 64  # positions after the longest record: the tiny scale's new tokens per answer
 N_VALID = 80  # as many as the demo's valid.jsonl
 SELECTION = "selection.json"
 TINY_SCALES = ("tiny", "demo")  # `demo` is the old name of the tiny scale
@@ -168,7 +169,8 @@ class Prepared:
             p = self.pretrain
             spec = p["spec"]
             lines += [
-                f"Model: the demo's tiny GPT-Neo (4 layers, hidden 128, {self.max_length + NEW_TOKEN_ROOM} positions) "
+                f"Model: the demo's tiny GPT-Neo (4 layers, hidden 128, "
+                f"{self.max_length + TINY_MAX_NEW_TOKENS} positions) "
                 f"pretrained from random weights on the file's {p['corpus_documents']:,} other records as plain text "
                 f"(instruction, context and response joined by blank lines; {p['corpus_truncated']} longer than "
                 f"{self.max_length} tokens truncated) with the demo base's recipe (our Trainer, text schema, loss on "
@@ -232,7 +234,7 @@ def prepare(data: str, out: Path, n_train: int, n_valid: int = N_VALID, *, token
         raise UserError("--tokenizer with --model: the model's own tokenizer is used; pass one of them")
     sha = _sha256(path)
     settings = json.dumps([n_train, n_valid, vocab_size, seed, repr(spec), LENGTH_QUANTILE, LENGTH_STEP, LENGTH_RANGE,
-                           NEW_TOKEN_ROOM, tokenizer, model])
+                           TINY_MAX_NEW_TOKENS, tokenizer, model])
     key = f"{sha[:16]}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}-{code_version()}"
     target = demo_base.cache_root() / "data-base" / key
     if not ((target / SELECTION).is_file() and (model or demo_base.is_complete(target))):
@@ -266,7 +268,7 @@ def _build(path: Path, target: Path, n_train: int, n_valid: int, vocab_size: int
 
         tok = _load_tokenizer(model)
         positions = json.loads((resolve_model_dir(model) / "config.json").read_text())["max_position_embeddings"]
-        hi = min(hi, positions - NEW_TOKEN_ROOM)
+        hi = min(hi, positions - TINY_MAX_NEW_TOKENS)
         how = f"the tokenizer of `{model}`"
     elif tokenizer:
         tok = _load_tokenizer(tokenizer)
@@ -326,7 +328,7 @@ def _pretrain(records: list, sel: Selection, tok: Any, work: Path, target: Path,
     corpus.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
     doc_lengths = [len(x) for x in tok(docs, add_special_tokens=True, verbose=False)["input_ids"]]
     model_dir = work / "model"
-    tok.model_max_length = sel.max_length + NEW_TOKEN_ROOM
+    tok.model_max_length = sel.max_length + TINY_MAX_NEW_TOKENS
     tok.save_pretrained(str(model_dir))
     config = {**model_config(tok), "max_position_embeddings": tok.model_max_length}
     (model_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

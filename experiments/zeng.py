@@ -30,6 +30,7 @@ from experiments import attention_concentration as att
 from experiments import common
 from experiments import extraction_memorization as ext
 from experiments.common import Artifact, fmt
+from mbc_jax.generate import EXTRACTION_MAX_NEW_TOKENS
 from mbc_jax.run_folder import RunFolder
 
 NAME = "zeng"
@@ -168,8 +169,9 @@ def describe(runs: list[str], summary: list[dict], corr: list[dict], threshold: 
 
 def build(runs: Sequence[RunFolder], out: str | Path, *, steps: str = "all", baseline: bool = True,
           window: str = "response", fraction: float | None = 0.5, tokens: int | None = None,
-          threshold: float = ext.DEFAULT_THRESHOLD, max_records: int | None = 200, max_new_tokens: int = 64,
-          batch_size: int = 32, attention: bool = True, top_k: int = att.DEFAULT_TOP_K, tokens_per_batch: int = 8192,
+          threshold: float = ext.DEFAULT_THRESHOLD, max_records: int | None = 200,
+          max_new_tokens: int = EXTRACTION_MAX_NEW_TOKENS, batch_size: int = 32, attention: bool = True,
+          top_k: int = att.DEFAULT_TOP_K, tokens_per_batch: int = 8192,
           n_boot: int = 1000, cache_dir: str | Path | None = None, mesh: str | None = None) -> Artifact:
     ext.check_options(window, fraction, tokens, max_new_tokens, threshold)
     if top_k < 1:
@@ -226,8 +228,8 @@ def add_arguments(p) -> None:
                    help=f"ROUGE-L at or above which a record counts as memorized (default: {ext.DEFAULT_THRESHOLD})")
     p.add_argument("--max-records", type=int, default=200, metavar="N",
                    help="training records, category-balanced; 0 = all (default: 200)")
-    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
-                   help="reference tokens compared at most (default: 64)")
+    p.add_argument("--max-new-tokens", type=int, default=EXTRACTION_MAX_NEW_TOKENS, metavar="N",
+                   help=f"reference tokens compared at most (default: {EXTRACTION_MAX_NEW_TOKENS})")
     p.add_argument("--batch-size", type=int, default=32, metavar="B")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default: 1000)")
     p.add_argument("--export-cache", default=None, metavar="DIR",

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Iterable
 
-from mbc_jax import UserError
+from mbc_jax import UserError, formatting
 
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -78,9 +77,8 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.{digits}f}" if abs(x) < 1e4 else f"{x:.3g}"
+    """A number in the commands' tables: "-" when missing (None, NaN), 3 significant digits from 1e4 up."""
+    return formatting.fmt(x, digits, missing="-", short_from=1e4)
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

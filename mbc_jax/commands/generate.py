@@ -83,10 +83,9 @@ def _check_args(args: argparse.Namespace) -> SamplingConfig:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    given = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}  # else: default_new_tokens
     cfg = SamplingConfig(greedy=args.greedy, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                         repetition_penalty=args.repetition_penalty,
-                         max_new_tokens=DEFAULT_MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens,
-                         ignore_eos=args.ignore_eos)
+                         repetition_penalty=args.repetition_penalty, ignore_eos=args.ignore_eos, **given)
     try:
         return cfg.validate()
     except UserError as e:  # name the flag

@@ -17,15 +17,21 @@ DEFAULT_DEV, DEFAULT_MAX_CALLS = 50, 2000  # = mbc_jax.selection (not imported h
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from mbc_jax.generate.sampling import DEFAULT_MAX_NEW_TOKENS  # light: no model code
+    from mbc_jax.generate.sampling import (  # light: no model code
+        DEFAULT_MAX_NEW_TOKENS,
+        DEFAULT_REPETITION_PENALTY,
+        DEFAULT_TEMPERATURE,
+        DEFAULT_TOP_P,
+    )
     from mbc_jax.judge.client import API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_MODEL
 
     p = subparsers.add_parser(
         "select", help="rank a run's checkpoints with the judge on dev prompts and choose one",
         description=(
             "Automates the paper's checkpoint choice (by hand, on a 50-example development set). Every kept "
-            "checkpoint after step 0 answers N dev prompts with the paper's sampling settings (top-p 0.9, "
-            "temperature 0.7, repetition penalty 1.2, the same seed for every checkpoint). Dev prompts: by "
+            f"checkpoint after step 0 answers N dev prompts with the paper's sampling settings (top-p {DEFAULT_TOP_P}, "
+            f"temperature {DEFAULT_TEMPERATURE}, repetition penalty {DEFAULT_REPETITION_PENALTY}, the same seed for "
+            "every checkpoint). Dev prompts: by "
             "default a seeded sample of N records of the run's VALIDATION split (held out from training, but "
             "part of the validation set: comparisons judged on that split should leave their ids out, as "
             "experiments/reproduce.py does; the paper kept them separate), or of --dev-data FILE. The judge "

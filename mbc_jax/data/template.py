@@ -251,9 +251,35 @@ def tokenize(
     report = TokenizeReport(max_length=max_length, overflow=overflow, records_in=len(records))
 
     # 1. render every record into (text, is_response, with_special_tokens) pieces; encode in two batches
-    # (chat templates: every dialogue record's (ids, mask), or the DataError it raised, from chat_examples)
-    plans: list[Any] = []  # per record: None, [(which batch, position, is_response)], (ids, mask) or DataError
-    batches: tuple[list[str], list[str]] = ([], [])  # without / with special tokens
+    plans, batches, needs_eos = _plan_records(records, tokenizer, template, skip_bad)
+    eos = _checked_eos(template, tokenizer, needs_eos, vocab_size)
+    encoded = (_encode(tokenizer, batches[0], False), _encode(tokenizer, batches[1], True))
+
+    # 2. assemble, validate, truncate
+    examples: list[Example] = []
+    for rec, plan in zip(records, plans):
+        try:
+            ids, mask = _record_ids(rec, plan, encoded, template, eos)
+            _check_ids(rec, plan, ids, max_length, overflow, vocab_size)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            report.skipped.append((rec.source, str(e)))
+            continue
+        ex = _fit(rec, ids, mask, max_length, overflow, report)
+        if ex is not None:
+            examples.append(ex)
+    report.examples_out = len(examples)
+    return examples, report
+
+
+def _plan_records(records: Sequence[Record], tokenizer: Any, template: Template, skip_bad: bool
+                  ) -> tuple[list[Any], tuple[list[str], list[str]], bool]:
+    """Per record, where its pieces sit in the two encoding batches (without / with special tokens):
+    None (pre-tokenized), [(which batch, position, is_response)], or, with a chat template, the (ids,
+    mask) or DataError chat_examples gave it; the two batches of texts; and whether an EOS is appended."""
+    plans: list[Any] = []
+    batches: tuple[list[str], list[str]] = ([], [])
     needs_eos = False
     chat_rows = iter(())
     if template.chat:
@@ -275,7 +301,7 @@ def tokenize(
             row = next(chat_rows)
             if isinstance(row, DataError) and not skip_bad:
                 raise row
-            plans.append(row)  # (ids, mask), or a DataError skipped and counted below, in input order
+            plans.append(row)  # (ids, mask), or a DataError skipped and counted later, in input order
             continue
         else:
             pieces = template.segments(rec)
@@ -286,6 +312,11 @@ def tokenize(
             plan.append((b, len(batches[b]), is_resp))
             batches[b].append(text)
         plans.append(plan)
+    return plans, batches, needs_eos
+
+
+def _checked_eos(template: Template, tokenizer: Any, needs_eos: bool, vocab_size: int | None) -> int | None:
+    """The EOS id the template appends; an error when one is needed and missing or outside the vocabulary."""
     eos = template.eos_id(tokenizer)
     if needs_eos and eos is None:
         raise UserError(_NO_EOS)
@@ -294,61 +325,63 @@ def tokenize(
                  else f"{getattr(tokenizer, 'name_or_path', 'the tokenizer')} (tokenizer files)")
         raise UserError(f"{where}: eos_token_id {eos} is outside the model's vocabulary (ids 0..{vocab_size - 1}); "
                         "set eos_token_id in the template or fix the tokenizer files")
-    encoded = (_encode(tokenizer, batches[0], False), _encode(tokenizer, batches[1], True))
+    return eos
 
-    # 2. assemble, validate, truncate
-    examples: list[Example] = []
-    for rec, plan in zip(records, plans):
-        if plan is None:
-            ids = np.asarray(rec.input_ids, dtype=np.int64)
-            mask = np.arange(len(ids)) >= (rec.prompt_length or 0)
-        elif isinstance(plan, tuple):
-            ids, mask = plan
-        elif isinstance(plan, list):
-            parts_ids, parts_mask = [], []
-            for b, pos, is_resp in plan:
-                toks = encoded[b][pos]
-                if is_resp and rec.text is None and template.add_eos:
-                    toks = toks + [eos]
-                parts_ids.append(np.asarray(toks, dtype=np.int64))
-                parts_mask.append(np.full(len(toks), is_resp, dtype=bool))
-            ids, mask = np.concatenate(parts_ids), np.concatenate(parts_mask)
-        try:
-            if isinstance(plan, DataError):
-                raise plan
-            if len(ids) == 0:
-                raise DataError(rec.source, "text", "encodes to no tokens")
-            if vocab_size is not None and (ids.max() >= vocab_size or ids.min() < 0):
-                j = int(np.flatnonzero((ids >= vocab_size) | (ids < 0))[0])
-                raise DataError(rec.source, f"input_ids[{j}]",
-                                f"token id {int(ids[j])} out of range for the vocabulary size {vocab_size}")
-            if len(ids) > max_length and overflow == "error":
-                raise DataError(rec.source, "input_ids" if plan is None else "record",
-                                f"{len(ids)} tokens, longer than the maximum length {max_length}")
-        except DataError as e:
-            if not skip_bad:
-                raise
-            report.skipped.append((rec.source, str(e)))
-            continue
-        n = len(ids)
-        report.longest = max(report.longest, n)
-        truncated = n > max_length
-        if truncated:
-            if overflow == "drop":
-                report.dropped.append((rec.index, rec.id, n))
-                continue
-            report.truncated.append((rec.index, rec.id, n))
-            ids, mask = ids[:max_length], mask[:max_length]
-        ex = Example(index=rec.index, id=rec.id, category=rec.category, input_ids=ids.astype(np.int32),
-                     response_mask=mask, truncated=truncated, source=rec.source)
-        if not mask.any():
-            report.no_response.append((rec.index, rec.id))
-        report.tokens += len(ex)
-        report.response_tokens += ex.response_tokens
-        examples.append(ex)
-    report.examples_out = len(examples)
-    return examples, report
 
+def _record_ids(rec: Record, plan: Any, encoded: tuple[list[list[int]], list[list[int]]], template: Template,
+                eos: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """One record's token ids and response mask from its plan (a planned DataError is raised)."""
+    if isinstance(plan, DataError):
+        raise plan
+    if plan is None:
+        ids = np.asarray(rec.input_ids, dtype=np.int64)
+        return ids, np.arange(len(ids)) >= (rec.prompt_length or 0)
+    if isinstance(plan, tuple):
+        return plan
+    parts_ids, parts_mask = [], []
+    for b, pos, is_resp in plan:
+        toks = encoded[b][pos]
+        if is_resp and rec.text is None and template.add_eos:
+            toks = toks + [eos]
+        parts_ids.append(np.asarray(toks, dtype=np.int64))
+        parts_mask.append(np.full(len(toks), is_resp, dtype=bool))
+    return np.concatenate(parts_ids), np.concatenate(parts_mask)
+
+
+def _check_ids(rec: Record, plan: Any, ids: np.ndarray, max_length: int, overflow: str,
+               vocab_size: int | None) -> None:
+    """DataError for a record that encodes to nothing, has an id outside the vocabulary, or (overflow
+    "error") is longer than max_length."""
+    if len(ids) == 0:
+        raise DataError(rec.source, "text", "encodes to no tokens")
+    if vocab_size is not None and (ids.max() >= vocab_size or ids.min() < 0):
+        j = int(np.flatnonzero((ids >= vocab_size) | (ids < 0))[0])
+        raise DataError(rec.source, f"input_ids[{j}]",
+                        f"token id {int(ids[j])} out of range for the vocabulary size {vocab_size}")
+    if len(ids) > max_length and overflow == "error":
+        raise DataError(rec.source, "input_ids" if plan is None else "record",
+                        f"{len(ids)} tokens, longer than the maximum length {max_length}")
+
+
+def _fit(rec: Record, ids: np.ndarray, mask: np.ndarray, max_length: int, overflow: str,
+         report: TokenizeReport) -> Example | None:
+    """The record's Example within max_length (truncated, or None when dropped), counted in `report`."""
+    n = len(ids)
+    report.longest = max(report.longest, n)
+    truncated = n > max_length
+    if truncated:
+        if overflow == "drop":
+            report.dropped.append((rec.index, rec.id, n))
+            return None
+        report.truncated.append((rec.index, rec.id, n))
+        ids, mask = ids[:max_length], mask[:max_length]
+    ex = Example(index=rec.index, id=rec.id, category=rec.category, input_ids=ids.astype(np.int32),
+                 response_mask=mask, truncated=truncated, source=rec.source)
+    if not mask.any():
+        report.no_response.append((rec.index, rec.id))
+    report.tokens += len(ex)
+    report.response_tokens += ex.response_tokens
+    return ex
 
 
 def _content_key(item: Record | Example) -> bytes:

@@ -171,7 +171,29 @@ def build_records(items: Iterable[tuple[str, Any, DataError | None]], report: Lo
             raise e
         report.skipped.append((source, str(e)))
 
-    items = flatten_nested(items)
+    msgs, status = _read_messages(flatten_nested(items), filters, report, bad, counts)
+    for m in sorted(msgs.values(), key=lambda x: x.order):
+        if status[m.id] == "?":
+            _settle(m, msgs, status, bad, counts)
+    roots = _link_trees(msgs, status)
+    records = _dialogues(_paths(roots, mode), counts)
+    report.counts.update({k: v for k, v in counts.items() if v})
+    out = [f"{counts['kept']} messages kept in {len(roots)} trees -> {len(records)} dialogues (tree: {mode})"]
+    out += [f"{counts[k]} {label}" for k, label in (
+        ("deleted", "deleted messages filtered"), ("failed_review", "messages that failed review filtered"),
+        ("unreviewed", "unreviewed messages filtered"), ("orphan", "orphan messages (parent not in the input)"),
+        ("cycle", "messages in reply cycles"),
+        ("below_out", "replies dropped below a filtered, bad, orphan or cyclic message"),
+        ("no_reply", "trees/paths without an assistant reply")) if counts[k]]
+    report.notes.append("; ".join(out))
+    return records
+
+
+def _read_messages(items: Iterable[tuple[str, Any, DataError | None]], filters: tuple[str, ...], report: LoadReport,
+                   bad: Callable[[str, DataError], None], counts: Counter[str]
+                   ) -> tuple[dict[str, _Message], dict[str, str]]:
+    """The messages by id, and each one's status: a filter's reason, "bad" (unreadable: its replies go
+    with it) or "?" (not settled yet); bad items go to `bad`."""
     msgs: dict[str, _Message] = {}
     status: dict[str, str] = {}  # message id -> "ok" or why it is out
     for order, (source, obj, err) in enumerate(items):
@@ -192,43 +214,46 @@ def build_records(items: Iterable[tuple[str, Any, DataError | None]], report: Lo
         reason = _filtered(m, filters)
         status[m.id] = reason or "?"
         counts[reason or "kept"] += 1
+    return msgs, status
 
-    def settle(m: _Message) -> str:
-        """Walk up to a settled ancestor; settle the walked chain; report orphans and cycles."""
-        chain, seen = [], set()
-        cur: _Message | None = m
-        while cur is not None and status.get(cur.id) == "?":
-            if cur.id in seen:  # a cycle: report it at its first message in input order
-                loop = chain[chain.index(cur):]
-                first = min(loop, key=lambda x: x.order)
-                path = " -> ".join(x.id for x in loop[loop.index(first):] + loop[:loop.index(first)] + [first])
-                bad(first.source, DataError(first.source, "parent_id", f"cycle of replies: {path}"))
-                counts["cycle"] += len(loop)
-                for x in loop:
-                    status[x.id] = "cycle"
-                break
-            seen.add(cur.id)
-            chain.append(cur)
-            if cur.parent is None:
-                status[cur.id] = "ok"
-                break
-            if cur.parent not in status:
-                bad(cur.source, DataError(cur.source, "parent_id",
-                                          f"no message {cur.parent!r} in the input (an orphan)"))
-                counts["orphan"] += 1
-                status[cur.id] = "orphan"
-                break
-            cur = msgs.get(cur.parent)
-        for x in reversed(chain):
-            if status[x.id] == "?":
-                up = status.get(x.parent, "bad")
-                status[x.id] = "ok" if up == "ok" else "below_out"
-                counts["below_out"] += status[x.id] == "below_out"
-        return status[m.id]
 
-    for m in sorted(msgs.values(), key=lambda x: x.order):
-        if status[m.id] == "?":
-            settle(m)
+def _settle(m: _Message, msgs: dict[str, _Message], status: dict[str, str], bad: Callable[[str, DataError], None],
+            counts: Counter[str]) -> str:
+    """Walk up to a settled ancestor; settle the walked chain; report orphans and cycles."""
+    chain, seen = [], set()
+    cur: _Message | None = m
+    while cur is not None and status.get(cur.id) == "?":
+        if cur.id in seen:  # a cycle: report it at its first message in input order
+            loop = chain[chain.index(cur):]
+            first = min(loop, key=lambda x: x.order)
+            path = " -> ".join(x.id for x in loop[loop.index(first):] + loop[:loop.index(first)] + [first])
+            bad(first.source, DataError(first.source, "parent_id", f"cycle of replies: {path}"))
+            counts["cycle"] += len(loop)
+            for x in loop:
+                status[x.id] = "cycle"
+            break
+        seen.add(cur.id)
+        chain.append(cur)
+        if cur.parent is None:
+            status[cur.id] = "ok"
+            break
+        if cur.parent not in status:
+            bad(cur.source, DataError(cur.source, "parent_id",
+                                      f"no message {cur.parent!r} in the input (an orphan)"))
+            counts["orphan"] += 1
+            status[cur.id] = "orphan"
+            break
+        cur = msgs.get(cur.parent)
+    for x in reversed(chain):
+        if status[x.id] == "?":
+            up = status.get(x.parent, "bad")
+            status[x.id] = "ok" if up == "ok" else "below_out"
+            counts["below_out"] += status[x.id] == "below_out"
+    return status[m.id]
+
+
+def _link_trees(msgs: dict[str, _Message], status: dict[str, str]) -> list[_Message]:
+    """Attach every kept message to its parent (children by rank, then input order); the roots."""
     roots = []
     for m in sorted(msgs.values(), key=lambda x: x.order):
         if status[m.id] != "ok":
@@ -239,7 +264,11 @@ def build_records(items: Iterable[tuple[str, Any, DataError | None]], report: Lo
             msgs[m.parent].children.append(m)
     for m in msgs.values():
         m.children.sort(key=lambda x: (x.rank, x.order))
+    return roots
 
+
+def _paths(roots: list[_Message], mode: str) -> list[list[_Message]]:
+    """Root-to-leaf paths: the best-ranked child at each turn ("best"), or every path."""
     paths: list[list[_Message]] = []
     for root in roots:
         stack = [[root]]
@@ -252,6 +281,11 @@ def build_records(items: Iterable[tuple[str, Any, DataError | None]], report: Lo
                 stack.append(path + [kids[0]])
             else:
                 stack.extend(path + [k] for k in reversed(kids))
+    return paths
+
+
+def _dialogues(paths: list[list[_Message]], counts: Counter[str]) -> list[Record]:
+    """One Record per distinct path cut after its last assistant message (paths without one are counted)."""
     records, seen_paths = [], set()
     for path in paths:
         while path and path[-1].role != "assistant":
@@ -266,13 +300,4 @@ def build_records(items: Iterable[tuple[str, Any, DataError | None]], report: Lo
         category = path[0].raw.get("category")
         records.append(Record(index=len(records), id="/".join(key), category=category if isinstance(category, str)
                               else "", turns=[(x.role, x.text) for x in path], source=path[-1].source, schema="tree"))
-    report.counts.update({k: v for k, v in counts.items() if v})
-    out = [f"{counts['kept']} messages kept in {len(roots)} trees -> {len(records)} dialogues (tree: {mode})"]
-    out += [f"{counts[k]} {label}" for k, label in (
-        ("deleted", "deleted messages filtered"), ("failed_review", "messages that failed review filtered"),
-        ("unreviewed", "unreviewed messages filtered"), ("orphan", "orphan messages (parent not in the input)"),
-        ("cycle", "messages in reply cycles"),
-        ("below_out", "replies dropped below a filtered, bad, orphan or cyclic message"),
-        ("no_reply", "trees/paths without an assistant reply")) if counts[k]]
-    report.notes.append("; ".join(out))
     return records

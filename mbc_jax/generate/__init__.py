@@ -24,6 +24,8 @@ from mbc_jax.generate.sampling import (
     DEFAULT_REPETITION_PENALTY,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
+    EXTRACTION_MAX_NEW_TOKENS,
+    TINY_MAX_NEW_TOKENS,
     SamplingConfig,
     Settings,
     entropy,
@@ -35,7 +37,8 @@ from mbc_jax.generate.sampling import (
 
 __all__ = [
     "DEFAULT_BUCKET", "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_REPETITION_PENALTY", "DEFAULT_TEMPERATURE", "DEFAULT_TOP_P",
-    "MAX_EOS_IDS", "AnswerProgress", "Answers", "Generation", "Prompt", "SamplingConfig", "Settings", "answer_records",
+    "EXTRACTION_MAX_NEW_TOKENS", "MAX_EOS_IDS", "TINY_MAX_NEW_TOKENS", "AnswerProgress", "Answers", "Generation",
+    "Prompt", "SamplingConfig", "Settings", "answer_records",
     "batch_rows", "bucket_length", "build_prompts", "decode_text", "entropy", "generate", "instruction_text",
     "process_logits", "repetition_penalty", "summarize", "top_k_filter", "top_p_filter",
 ]

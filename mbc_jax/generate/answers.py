@@ -241,7 +241,7 @@ def answer_records(model: Any, records: Sequence[Any], config: SamplingConfig, t
                         "generation needs one to encode prompts and decode answers (pre-tokenized records need "
                         "none): copy the base model's tokenizer files into the folder")
     positions = model.config.max_position_embeddings
-    room = positions - config.max_new_tokens
+    room = config.prompt_room(positions)
     if room < 1:
         raise UserError(f"--max-new-tokens {config.max_new_tokens}: the model has only {positions} positions; "
                         f"use at most {positions - 1}")

@@ -260,6 +260,38 @@ def _eos_array(eos_token_id: int | Sequence[int] | None) -> np.ndarray:
     return np.asarray(ids + [-1] * (MAX_EOS_IDS - len(ids)), np.int32)  # -1 never matches a token
 
 
+def _check_prompts(prompts: list[np.ndarray], config: SamplingConfig, cfg: Any) -> None:
+    """A UserError naming the first prompt that is empty, has an id outside the vocabulary, or leaves
+    no room for `config.max_new_tokens` in the model's positions."""
+    for i, p in enumerate(prompts):
+        if p.size == 0:
+            raise UserError(f"prompt {i} is empty: generation needs at least one prompt token")
+        if p.min() < 0 or p.max() >= cfg.vocab_size:
+            raise UserError(f"prompt {i} has a token id outside the model's vocabulary [0, {cfg.vocab_size})")
+        if p.size > config.prompt_room(cfg.max_position_embeddings):
+            raise UserError(
+                f"prompt {i} has {p.size} tokens; with {config.max_new_tokens} new tokens that exceeds the "
+                f"model's {cfg.max_position_embeddings} positions: shorten the prompts or generate fewer tokens")
+
+
+def _left_padded(prompts: list[np.ndarray], row_keys: list[int], rows: int, t: int, pad: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One batch's [rows, t] ids and segment ids, live rows and row keys: each prompt left-padded to t
+    with `pad` (segment 0, never attended to; an id inside the vocabulary, as an id past it would embed
+    as NaN), the rows after the prompts idle."""
+    ids = np.full((rows, t), pad, np.int32)
+    seg = np.zeros((rows, t), np.int32)
+    live = np.zeros((rows,), bool)
+    keys = np.zeros((rows,), np.uint32)
+    for r, (p, key) in enumerate(zip(prompts, row_keys)):
+        ids[r, t - p.size:] = p
+        seg[r, t - p.size:] = 1
+        live[r] = True
+        keys[r] = key & 0xFFFFFFFF
+    seg[len(prompts):, -1] = 1  # idle rows: one token so attention has something to look at
+    return ids, seg, live, keys
+
+
 def generate(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -293,15 +325,7 @@ def generate(
     row_keys = [int(k) for k in row_keys]
     if len(row_keys) != len(prompts):
         raise ValueError(f"{len(row_keys)} row keys for {len(prompts)} prompts")
-    for i, p in enumerate(prompts):
-        if p.size == 0:
-            raise UserError(f"prompt {i} is empty: generation needs at least one prompt token")
-        if p.min() < 0 or p.max() >= cfg.vocab_size:
-            raise UserError(f"prompt {i} has a token id outside the model's vocabulary [0, {cfg.vocab_size})")
-        if p.size + config.max_new_tokens > cfg.max_position_embeddings:
-            raise UserError(
-                f"prompt {i} has {p.size} tokens; with {config.max_new_tokens} new tokens that exceeds the "
-                f"model's {cfg.max_position_embeddings} positions: shorten the prompts or generate fewer tokens")
+    _check_prompts(prompts, config, cfg)
     if batch_size < 1 or bucket < 1:
         raise UserError(f"batch size and bucket must be >= 1, got {batch_size} and {bucket}")
 
@@ -316,20 +340,9 @@ def generate(
     done = tokens_out = 0
     for start in range(0, len(order), rows):
         members = order[start:start + rows]
-        t = bucket_length(max(prompts[i].size for i in members), bucket)
-        # left padding (segment 0, never attended to) with an id inside the vocabulary: an id past it
-        # (a tokenizer's pad token for a model with a smaller vocabulary) would embed as NaN
-        ids = np.full((rows, t), pad if 0 <= pad < cfg.vocab_size else 0, np.int32)
-        seg = np.zeros((rows, t), np.int32)
-        live = np.zeros((rows,), bool)
-        keys = np.zeros((rows,), np.uint32)
-        for r, i in enumerate(members):
-            p = prompts[i]
-            ids[r, t - p.size:] = p
-            seg[r, t - p.size:] = 1
-            live[r] = True
-            keys[r] = row_keys[i] & 0xFFFFFFFF
-        seg[len(members):, -1] = 1  # idle rows: one token so attention has something to look at
+        ids, seg, live, keys = _left_padded([prompts[i] for i in members], [row_keys[i] for i in members], rows,
+                                             bucket_length(max(prompts[i].size for i in members), bucket),
+                                             pad if 0 <= pad < cfg.vocab_size else 0)
         put = lambda a: jax.device_put(a, shard2 if a.ndim == 2 else shard1)  # noqa: E731
         state = _prefill(model.module, config.max_new_tokens, params, put(ids), put(seg), put(live), put(keys),
                          scalars_seed)

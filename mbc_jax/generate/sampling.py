@@ -27,11 +27,16 @@ import numpy as np
 
 from mbc_jax import UserError
 
-# Paper defaults (nucleus sampling for the judged answers).
+# The paper's generation settings (Ge et al., Section 4: one response per prompt, nucleus sampling
+# p 0.9, temperature 0.7, repetition penalty 1.2, at most 256 new tokens); every command and experiment
+# that generates the judged or Table 1 answers takes them from here.
 DEFAULT_TOP_P = 0.9
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_REPETITION_PENALTY = 1.2
 DEFAULT_MAX_NEW_TOKENS = 256
+# Our choices, where the paper says nothing:
+EXTRACTION_MAX_NEW_TOKENS = 64  # extraction memorization (Zeng et al.'s test): reference tokens compared at most
+TINY_MAX_NEW_TOKENS = 64  # the tiny (CPU) scale: new tokens per answer, and the positions its base keeps for them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +70,11 @@ class SamplingConfig:
                                           + (f" top_k={self.top_k}" if self.top_k else ""))
         s += f", repetition penalty {self.repetition_penalty:g}, max {self.max_new_tokens} new tokens"
         return s + (", ignoring EOS" if self.ignore_eos else "")
+
+    def prompt_room(self, positions: int) -> int:
+        """How many prompt tokens fit before `max_new_tokens` new ones in a model with `positions`
+        positions (the check of every prompt; under 1: none fits)."""
+        return positions - self.max_new_tokens
 
 
 

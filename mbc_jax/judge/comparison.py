@@ -24,8 +24,8 @@ from pathlib import Path
 
 from mbc_jax import UserError
 from mbc_jax.judge import length, winrate
-from mbc_jax.judge.answers import match_answers
-from mbc_jax.judge.client import JudgeConfig, JudgeUnavailable, make_judge, public_url
+from mbc_jax.judge.answers import Matched, Pair, match_answers
+from mbc_jax.judge.client import Judge, JudgeConfig, JudgeUnavailable, make_judge, public_url
 from mbc_jax.judge.protocol import PROTOCOLS
 from mbc_jax.run_folder import atomic_write
 
@@ -118,20 +118,7 @@ def judge_files(
     matched = match_answers(path_a, path_b)
     name_a = name_a or default_name(path_a, path_b)
     name_b = name_b or default_name(path_b, path_a)
-    if matched.only_a or matched.only_b:
-        log(f"warning: {len(matched.only_a)} record(s) only in {path_a}, "
-            f"{len(matched.only_b)} only in {path_b}: not judged (matched by "
-            f"{matched.field}; first: {(matched.only_a + matched.only_b)[:5]})")
-    pairs = matched.pairs
-    if limit is not None and limit < len(pairs):
-        log(f"note: --limit {limit}: judging the first {limit} of {len(pairs)} matched pairs")
-        pairs = pairs[:limit]
-    empty = [(p.where_a, "a") for p in pairs if not p.answer_a.strip()]
-    empty += [(p.where_b, "b") for p in pairs if not p.answer_b.strip()]
-    if empty and not allow_empty:
-        where = ", ".join(w for w, _ in empty[:5]) + (", ..." if len(empty) > 5 else "")
-        raise UserError(f"{where}: empty output_text ({len(empty)} empty answer(s) in all); "
-                        "regenerate them, or pass --allow-empty to judge them as they are")
+    pairs, empty = _pairs_to_judge(matched, path_a, path_b, limit, allow_empty, log)
 
     started = time.monotonic()
     try:
@@ -149,13 +136,7 @@ def judge_files(
         "name_b": name_b,
         "a": str(path_a),
         "b": str(path_b),
-        "judge": {
-            "model": config.model,
-            "base_url": public_url(judge.endpoint),
-            "params": config.params(),
-            "template": judge.template.path,
-            "template_sha256": judge.template.sha256,
-        },
+        "judge": _judge_info(config, judge),
         "n_pairs": len(pairs),
         "n_invalid": n_invalid,
         "n_empty": {"a": sum(1 for _, s in empty if s == "a"),
@@ -166,17 +147,56 @@ def judge_files(
                   "seconds": round(time.monotonic() - started, 3)},
         **rates,
     }
-    paths["results"].parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(paths["judgments"],
-                  "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in judgments))
-    atomic_write(paths["results"], json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    if rates[headline]["overall"]["n"]:
-        winrate.plot_win_rates(winrate.summary_rows(results), paths["png"], name_a=name_a, name_b=name_b,
-                               title=f"{name_a} vs {name_b} (judge: {config.model}, --orders {orders})")
+    _write_outputs(paths, judgments, results, plot=bool(rates[headline]["overall"]["n"]),
+                   title=f"{name_a} vs {name_b} (judge: {config.model}, --orders {orders})")
     if n_invalid:
         log(f"warning: {n_invalid} pair(s) got no valid verdict after {config.max_retries} "
             "retries; they are left out of the rates and will be retried by the next run")
     return results
+
+
+def _pairs_to_judge(matched: Matched, path_a: str | Path, path_b: str | Path, limit: int | None, allow_empty: bool,
+                    log: Callable[[str], None]) -> tuple[list[Pair], list[tuple[str, str]]]:
+    """The matched pairs to judge (the first `limit`; unmatched records are logged) and their empty
+    answers as (file:line, side); empty answers are an error unless `allow_empty`."""
+    if matched.only_a or matched.only_b:
+        log(f"warning: {len(matched.only_a)} record(s) only in {path_a}, "
+            f"{len(matched.only_b)} only in {path_b}: not judged (matched by "
+            f"{matched.field}; first: {(matched.only_a + matched.only_b)[:5]})")
+    pairs = matched.pairs
+    if limit is not None and limit < len(pairs):
+        log(f"note: --limit {limit}: judging the first {limit} of {len(pairs)} matched pairs")
+        pairs = pairs[:limit]
+    empty = [(p.where_a, "a") for p in pairs if not p.answer_a.strip()]
+    empty += [(p.where_b, "b") for p in pairs if not p.answer_b.strip()]
+    if empty and not allow_empty:
+        where = ", ".join(w for w, _ in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise UserError(f"{where}: empty output_text ({len(empty)} empty answer(s) in all); "
+                        "regenerate them, or pass --allow-empty to judge them as they are")
+    return pairs, empty
+
+
+def _judge_info(config: JudgeConfig, judge: Judge) -> dict:
+    """The results' `judge` block: the model, the endpoint (without credentials), the request
+    parameters and the prompt template."""
+    return {
+        "model": config.model,
+        "base_url": public_url(judge.endpoint),
+        "params": config.params(),
+        "template": judge.template.path,
+        "template_sha256": judge.template.sha256,
+    }
+
+
+def _write_outputs(paths: dict[str, Path], judgments: list[dict], results: dict, *, plot: bool, title: str) -> None:
+    """The judgments JSONL, the results JSON and, when `plot`, the chart (with its CSV)."""
+    paths["results"].parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(paths["judgments"],
+                  "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in judgments))
+    atomic_write(paths["results"], json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    if plot:
+        winrate.plot_win_rates(winrate.summary_rows(results), paths["png"], name_a=results["name_a"],
+                               name_b=results["name_b"], title=title)
 
 
 def _fmt(block: dict, part: str) -> str:

@@ -263,12 +263,16 @@ def plot_win_rates(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)
+    _write_rates_csv(path.with_suffix(".csv"), labels, blocks, extra or {})
+    return path
 
+
+def _write_rates_csv(path: Path, labels: list[str], blocks: list[Mapping], extra: Mapping[str, Mapping]) -> None:
+    """The numbers behind the win-rate chart: one row per label, then the `extra` columns."""
     fields = ["label", "n", "win", "tie", "loss", "win_rate", "tie_rate", "loss_rate",
               "win_lo", "win_hi", "tie_lo", "tie_hi", "loss_lo", "loss_hi", "consistency"]
-    extra = extra or {}
     extra_fields = list(dict.fromkeys(k for label in labels for k in extra.get(label, {})))
-    with path.with_suffix(".csv").open("w", newline="") as f:
+    with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(fields + extra_fields)
         for label, block in zip(labels, blocks):
@@ -279,4 +283,3 @@ def plot_win_rates(
                 row += list(ci)
             row.append(block.get("consistency"))
             writer.writerow(row + [extra.get(label, {}).get(k) for k in extra_fields])
-    return path
