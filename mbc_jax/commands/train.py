@@ -80,11 +80,13 @@ def demo_claims(run_dir) -> str:
     fig2_data_map.build([run], figs)
     rows = claims.evaluate([run], figs, [], "the demo does not judge")
     lines = ["", "claims check, in short (baseline run; `python -m experiments.reproduce --scale tiny` tests all of "
-             "them, with MBC, generation, the judge and Zeng's analyses):"]
+             "them, with MBC, generation, the judge and Zeng's analyses); verdicts: "
+             f"{claims.VERDICT_WORDS.replace('**', '')}"]
     for r in rows:
         if r.verdict == claims.UNMEASURED:
             continue
-        lines.append(f"- {r.verdict}: {r.finding}: {'; '.join(r.values)} (rule: {r.rule})")
+        why = f"; {r.why}" if r.why else ""
+        lines.append(f"- {r.verdict}: {r.finding}: {'; '.join(r.values)} (rule: {r.rule}{why})")
     lines.append(f"- not measured here: {', '.join(r.finding for r in rows if r.verdict == claims.UNMEASURED)}")
     return "\n".join(lines)
 
