@@ -20,7 +20,8 @@ Scales (see SCALES):
 Everything goes under `--out`: runs/<sampler>_lr<lr>/ (run folders; an interrupted command resumes
 them), figures/ (every artifact's PNG, CSV, Markdown), judge/ (judge results), REPORT.md. REPORT.md opens
 with the claims check (experiments/claims.py): each finding of the paper and of Zeng et al., the statistic
-that tests it, its value with a bootstrap CI, and holds / does not hold by a rule in code. The judge
+that tests it, its value with a bootstrap CI, and a verdict by a rule in code (holds, contradicted,
+inconclusive or not measured). The judge
 (by default the paper's model, gpt-4; `--judge-model` or $MBC_JUDGE_MODEL choose another) runs when
 `--judge-base-url` or $MBC_JUDGE_BASE_URL names an OpenAI-compatible endpoint; without
 one that step and Figure 5 are skipped, and REPORT.md says so, except at the tiny scale on the

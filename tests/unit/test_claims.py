@@ -174,8 +174,10 @@ def make_figures(run: RunFolder, figs: Path, *, good: bool) -> None:
     gen_dir.mkdir(parents=True)
     t1 = []
     right, wrong = "The capital of Nisaraora is Kridetra.", "No idea."  # a fact of the demo world of seed 0
-    for which, step, ent, answer in (("first", 10, 1.0 if good else 0.5, wrong if good else right),
-                                     ("last", 60, 0.5 if good else 1.0, right if good else wrong)):
+    # nucleus entropy: falling and below teacher forcing's (make_run: 1.8 at step 10, 0.8 at 60) when good;
+    # rising and above it (1.2, 2.2) when not
+    for which, step, ent, answer in (("first", 10, 1.0 if good else 2.5, wrong if good else right),
+                                     ("last", 60, 0.5 if good else 3.0, right if good else wrong)):
         rows = [{"index": i, "id": f"v{i}", "category": CATS[i % 3], "output_text": answer if i % 2 else "",
                  "instruction": "What is the capital of Nisaraora?", "entropy": ent + 0.05 * rng.random()}
                 for i in range(10)]
