@@ -142,6 +142,17 @@ def response_gap_ci(em: np.ndarray, tokens: np.ndarray, rem: np.ndarray, rtokens
     return ci(lambda i: pooled(resp, rtokens, i)[:, 0] - pooled(full, tokens, i)[:, 0], len(tokens))
 
 
+def pooled_diff_ci(em_a: np.ndarray, em_b: np.ndarray, tokens: np.ndarray) -> list[Interval]:
+    """Per step s, pooled exact memorization (Eq. 1) of run a minus that of run b over the same records,
+    each record resampled once for both: em_a, em_b [S, N], tokens [N] (records without a value in either
+    run count nowhere)."""
+    ok = np.all(np.isfinite(em_a) & np.isfinite(em_b), 0)
+    tok = np.where(ok, tokens, 0.0)
+    a, b = np.nan_to_num(em_a) * tok, np.nan_to_num(em_b) * tok
+    return [ci(lambda i, s=s: pooled(a[s:s + 1], tok, i)[:, 0] - pooled(b[s:s + 1], tok, i)[:, 0], len(tok))
+            for s in range(len(em_a))]
+
+
 def perplexity_ratio_ci(ppl: np.ndarray, tokens: np.ndarray, base: int = 0) -> Interval:
     """Pooled perplexity at the last step / at step position `base` (fixed in advance, not chosen on the
     data), from per-record perplexity [S, N] and targets [N]."""

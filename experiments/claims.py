@@ -50,6 +50,7 @@ from experiments.claim_statistics import (
     partial_spearman_ci,
     permutation_test,
     perplexity_ratio_ci,
+    pooled_diff_ci,
     response_gap_ci,
     verdict,
 )
@@ -151,6 +152,20 @@ def nucleus_rule(nucleus: np.ndarray, teacher: np.ndarray, label: str) -> tuple[
     a, b = paired_diff_ci(teacher[:, 0], nucleus[:, 0]), paired_diff_ci(teacher[:, 1], nucleus[:, 1])
     text = f"{label}: first {fmt(a[0])} [{fmt(a[1])}, {fmt(a[2])}], last {fmt(b[0])} [{fmt(b[1])}, {fmt(b[2])}]"
     return text, [Test.of(f"{label} first", a), Test.of(f"{label} last", b)]
+
+
+def mbc_memorization_rule(em_mbc: np.ndarray, em_base: np.ndarray, tokens: np.ndarray, steps: Sequence[int],
+                          label: str) -> tuple[str, list[Test]]:
+    """Fig. 6: MBC minus baseline pooled exact memorization over the same records at each of `steps` (rows)."""
+    diffs = pooled_diff_ci(em_mbc, em_base, tokens)
+    text = f"{label}: " + ", ".join(_ci_text(f"step {s}", v) for s, v in zip(steps, diffs))
+    return text, [Test.of(f"{label} step {s}", v) for s, v in zip(steps, diffs)]
+
+
+def draws_rule(draws: np.ndarray, perplexity0: np.ndarray, label: str) -> tuple[str, list[Test]]:
+    """Fig. 8: Spearman, over training records, of the times MBC drew a record with its step-0 perplexity."""
+    v = partial_spearman_ci(draws, perplexity0)
+    return _ci_text(f"{label} ({len(draws)} records)", v, 2), [Test.of(label, v)]
 
 
 def net_win_rule(win: int, tie: int, loss: int, label: str) -> tuple[str, list[Test]]:
@@ -431,6 +446,60 @@ def familiarity_auc(runs: Sequence[RunFolder], figs: Path) -> Result:
     return _collect(runs, one)
 
 
+def _trained(run: RunFolder) -> tuple[str, str]:
+    """(exact-match column, its target-count column) of the positions the run's loss trained."""
+    return (("response_exact_match", "response_tokens") if common.trained_positions(run) == "response"
+            else ("exact_match", "tokens"))
+
+
+def mbc_above_baseline(pairs: Sequence[tuple[RunFolder, RunFolder]], figs: Path) -> Result:
+    def one(pair: tuple[RunFolder, RunFolder]) -> tuple[str, list[Test]]:
+        mbc, base = pair
+        column, tokens = _trained(base)
+        common_steps = sorted(set(mbc.memorization_steps()) & set(base.memorization_steps()) - {0})
+        if len(common_steps) < 2:
+            raise Missing(f"{mbc.label} and {base.label} share {len(common_steps)} snapshots after step 0")
+        last = common_steps[-1]
+        middle = min(common_steps[:-1], key=lambda s: abs(s - last / 2))
+        _, im, em_m = mbc.record_matrix(column, "train", [middle, last])
+        _, ib, em_b = base.record_matrix(column, "train", [middle, last])
+        _, _, tok = base.record_matrix(tokens, "train", [last])
+        if not np.array_equal(im, ib):
+            raise Missing(f"{mbc.label} and {base.label} do not hold the same training records")
+        return mbc_memorization_rule(em_m, em_b, tok[0].astype(float), [middle, last],
+                                     f"{base.lr_label} ({column})")
+    return _collect(pairs, one)
+
+
+def mbc_draws_unmemorized(runs: Sequence[RunFolder], figs: Path) -> Result:
+    from experiments.fig8_sampling_frequency import draws
+
+    def one(run: RunFolder) -> tuple[str, list[Test]]:
+        t, _ = draws(run)
+        column = {"full": "perplexity", "response": "response_perplexity"}[common.trained_positions(run)]
+        if 0 not in run.memorization_steps():
+            raise Missing(f"{run.path}: no step-0 memorization snapshot")
+        _, index, ppl = run.record_matrix(column, "train", [0])
+        at = dict(zip(index.astype(int), ppl[0].astype(float)))
+        d = np.array([(n, at.get(int(i), math.nan)) for i, n in zip(t["index"], t["draws"].astype(float))])
+        d = d[np.all(np.isfinite(d), 1)]
+        if len(d) < 3:
+            raise Missing(f"{run.label}: fewer than 3 records with draws and a step-0 perplexity")
+        return draws_rule(d[:, 0], d[:, 1], run.lr_label)
+    return _collect(runs, one)
+
+
+MBC_FINDINGS = (
+    ("MBC memorizes more than the baseline (Fig. 6)",
+     "pooled exact memorization (Eq. 1, trained positions) of MBC minus that of the baseline at the same learning "
+     "rate, the same training records resampled once for both, at the middle and at the last common checkpoint",
+     "holds: all CIs > 0", mbc_above_baseline),
+    ("MBC draws the least-memorized records most (Fig. 8)",
+     "Spearman, over the training records of each MBC run, of the times drawn (sampling.csv) with the record's "
+     "step-0 perplexity (trained positions)", "holds: CI > 0 at every learning rate", mbc_draws_unmemorized),
+)
+
+
 # (finding, statistic, rule, function); the judge's row is built apart (its input is not a run folder)
 FINDINGS = (
     ("Memorization rises fast, then plateaus (Fig. 1)",
@@ -509,9 +578,10 @@ def _claim(finding: str, statistic: str, rule: str, fn: Callable[[], Result]) ->
 
 
 def evaluate(baselines: Sequence[RunFolder], figs: str | Path, judge_results: Sequence[str | Path] = (),
-             judge_note: str = "no judge results") -> list[Claim]:
+             judge_note: str = "no judge results", mbc: Sequence[RunFolder] = ()) -> list[Claim]:
     """Every finding's row: the SFT findings on `baselines` with the figures in `figs`, the judge's on the
-    `*_selected.json` files among `judge_results` (none: not measured, `judge_note` saying why)."""
+    `*_selected.json` files among `judge_results` (none: not measured, `judge_note` saying why), MBC's
+    (Figs. 6 and 8) on the `mbc` runs, each paired with the baseline of its learning rate."""
     figs = Path(figs)
 
     def on_baselines(fn: Callable) -> Callable[[], Result]:
@@ -530,6 +600,21 @@ def evaluate(baselines: Sequence[RunFolder], figs: str | Path, judge_results: Se
         return mbc_wins(selected)
 
     rows.insert(6, _claim(*JUDGE_FINDING, judge))  # after Table 1's two rows
+
+    def on_mbc(fn: Callable) -> Callable[[], Result]:
+        def measure() -> Result:
+            if not mbc:
+                raise Missing("no MBC run given")
+            if fn is mbc_draws_unmemorized:
+                return fn(mbc, figs)
+            by_lr = {b.learning_rate: b for b in baselines}
+            pairs = [(m, by_lr[m.learning_rate]) for m in mbc if m.learning_rate in by_lr]
+            if not pairs:
+                raise Missing("no MBC run with a baseline at its learning rate")
+            return fn(pairs, figs)
+        return measure
+
+    rows[7:7] = [_claim(finding, statistic, rule, on_mbc(fn)) for finding, statistic, rule, fn in MBC_FINDINGS]
     return rows
 
 

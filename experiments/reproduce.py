@@ -395,7 +395,8 @@ def reproduce(args: argparse.Namespace) -> int:
         shutil.rmtree(exports, ignore_errors=True)
     t0 = time.perf_counter()
     try:  # from the run folders and the figures above; a finding without its input says "not measured"
-        claims_table = claims.markdown(claims.evaluate(baselines, figs, results, judge_note))
+        claims_table = claims.markdown(claims.evaluate(baselines, figs, results, judge_note,
+                                                       mbc=[folders[('mbc', lr)] for lr in lrs]))
     except Exception as e:  # a bug here must not cost the report
         log(f"claims FAILED: {e!r}")
         traceback.print_exc()

@@ -2,7 +2,8 @@
 and how often "contradicted" when the finding sits exactly at its bound (no effect), and how often it says
 "holds" at a planted effect of stated size (power). Inputs are simulated at the miniature's sizes
 (`reproduce --scale tiny`: 320 training records in the demo suite's 8 categories, 64 open_qa and 27
-summarization; memorization snapshots every 40 steps to 320; 80 validation prompts; 160 extraction records,
+summarization, the same in the MBC run; memorization snapshots every 40 steps to 320; 80 validation prompts;
+160 extraction records,
 20 per category; 64 judged pairs per rate, mostly ties; 47 corpus_fact and 33 unseen_fact records), two
 learning rates per row as the check runs it, each rate one independent simulated run.
 
@@ -125,6 +126,27 @@ def judge(rng, effect: bool) -> list[st.Test]:
     return tests
 
 
+def mbc_memorization(rng, effect: bool) -> list[st.Test]:
+    tests = []
+    n = sum(CATEGORY_SIZES.values())
+    for lr in LRS:  # the same records in both runs; planted: MBC +0.02 at both checkpoints (per-record SD 0.05)
+        base = rng.uniform(0.3, 0.9, (2, n))
+        mbc = base + (0.02 if effect else 0.0) + rng.normal(0, 0.05, (2, n))
+        tests += claims.mbc_memorization_rule(mbc, base, rng.integers(10, 80, n).astype(float), [160, 320], lr)[1]
+    return tests
+
+
+def mbc_draws(rng, effect: bool) -> list[st.Test]:
+    tests = []
+    n = sum(CATEGORY_SIZES.values())
+    for lr in LRS:  # 8 epochs' worth of draws; planted: drawing weight proportional to perplexity^0.5
+        ppl0 = rng.lognormal(2.0, 0.5, n)
+        w = ppl0 ** (0.5 if effect else 0.0)
+        draws = rng.multinomial(8 * n, w / w.sum()).astype(float)
+        tests += claims.draws_rule(draws, ppl0, lr)[1]
+    return tests
+
+
 def extraction_sample(rng, effect: bool, length_effect: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(change of ROUGE-L, category, response length) of 20 records per category. Lengths differ by category
     (classification short, creative_writing long); `length_effect`: the change grows with log length, so
@@ -175,6 +197,8 @@ ROWS = {  # name: (simulation, the planted effect)
     "perplexity rises, quality holds (Fig. 3)": (perplexity_quality, "ratio 1.1 and grades +0.1"),
     "entropy falls (Table 1)": (entropy, "both -0.2 (per-prompt SD 0.5)"),
     "nucleus below teacher forcing (Table 1)": (nucleus, "+0.2 at both checkpoints (per-prompt SD 0.5)"),
+    "MBC above the baseline (Fig. 6)": (mbc_memorization, "+0.02 at both checkpoints (record SD 0.05)"),
+    "MBC draws the least memorized most (Fig. 8)": (mbc_draws, "draw weight proportional to perplexity^0.5"),
     "MBC wins (Fig. 5)": (judge, "25% wins, 5% losses"),
     "Zeng 1a, tasks differ": (task, "summarization +0.15, brainstorming -0.15 (SD 0.2)"),
     "Zeng 1b, Zeng's direction": (direction, "summarization +0.15 (SD 0.2)"),

@@ -157,6 +157,27 @@ def make_run(root: Path, *, plateau: bool, data: str = "demo", n: int = 24, n_va
     return RunFolder.open(path)
 
 
+def make_mbc_run(base: RunFolder, *, good: bool) -> RunFolder:
+    """The MBC run beside `base` (same records and steps): memorization 0.05 above the baseline's when good
+    (below when not), and each record drawn more the higher its step-0 perplexity when good (less when not)."""
+    import shutil
+
+    path = base.path.parent / (base.path.name + "_mbc")
+    shutil.copytree(base.path, path)
+    cfg = yaml.safe_load((path / "config.yaml").read_text())
+    (path / "config.yaml").write_text(yaml.safe_dump({**cfg, "sampler": "mbc"}))
+    for f in sorted((path / "memorization").iterdir()):
+        rows = list(csv.DictReader(f.open()))
+        for r in rows:
+            r["exact_match"] = str(float(r["exact_match"]) + (0.05 if good else -0.05))
+        _csv(f, rows)
+    step0 = [r for r in csv.DictReader((path / "memorization" / "step_00000000.csv").open()) if r["split"] == "train"]
+    _csv(path / "sampling.csv", [{"index": r["index"], "id": r["id"], "category": r["category"],
+                                  "draws": round(100 * float(r["perplexity"]) * (1 if good else -1)) + 3000}
+                                 for r in step0])
+    return RunFolder.open(path)
+
+
 def make_figures(run: RunFolder, figs: Path, *, good: bool) -> None:
     rng = np.random.default_rng(5)
     train = run.records["split"] == "train"
@@ -230,11 +251,16 @@ def test_every_finding_holds_on_a_run_built_to_show_it(good, tmp_path):
     run, figs = good
     results = [judge_file(tmp_path / "lr1e-3_selected.json", 40, 10, 10), judge_file(tmp_path / "lr1e-3_last.json",
                                                                                       0, 0, 60)]
-    rows = claims.evaluate([run], figs, results)
-    assert len(rows) == len(claims.FINDINGS) + 1
+    rows = claims.evaluate([run], figs, results, mbc=[make_mbc_run(run, good=True)])
+    assert len(rows) == len(claims.FINDINGS) + 1 + len(claims.MBC_FINDINGS)
     by = {r.finding: r for r in rows}
     assert {r.finding: r.verdict for r in rows} == {r.finding: claims.HOLDS for r in rows}, [
         (r.finding, r.values, r.why) for r in rows if r.verdict != claims.HOLDS]
+    # Fig. 6: every MBC record 0.05 above its baseline value, so every resample's pooled difference is 0.05; the
+    # middle checkpoint is the common one nearest half of the last (30 of 60)
+    fig6 = by[claims.MBC_FINDINGS[0][0]].values[0]
+    assert fig6 == f"{run.lr_label} (exact_match): step 30: 0.050 [0.050, 0.050], step 60: 0.050 [0.050, 0.050]"
+    assert by[claims.MBC_FINDINGS[1][0]].values[0].startswith(f"{run.lr_label} (24 records): 1.00 [")
     # the world grader: 5 of the 10 prompts go from a wrong to the right answer, the other 5 stay empty (0)
     assert "grade last - first (step 60 - 10, 10 prompts) 0.500 [" in by[claims.FINDINGS[3][0]].values[0]
     wins = by[claims.JUDGE_FINDING[0]]
@@ -269,7 +295,8 @@ def test_every_finding_holds_on_a_run_built_to_show_it(good, tmp_path):
 
 def test_no_finding_holds_on_a_run_built_against_it(bad, tmp_path):
     run, figs = bad
-    rows = claims.evaluate([run], figs, [judge_file(tmp_path / "lr1e-3_selected.json", 10, 10, 40)])
+    rows = claims.evaluate([run], figs, [judge_file(tmp_path / "lr1e-3_selected.json", 10, 10, 40)],
+                           mbc=[make_mbc_run(run, good=False)])
     # every row contradicted, but Zeng 1's two: the categories gain alike, so neither a spread nor a direction shows
     alike = {name(claims.zeng_by_task), name(claims.zeng_direction)}
     assert {r.finding: r.verdict for r in rows} == {
@@ -290,6 +317,8 @@ def test_missing_inputs_are_not_measured_with_the_reason(good, tmp_path):
     rows = {r.finding: r for r in claims.evaluate([run], figs, [], "judge: skipped (--skip-judge)")}
     assert rows[claims.JUDGE_FINDING[0]].verdict == claims.UNMEASURED
     assert rows[claims.JUDGE_FINDING[0]].why == "judge: skipped (--skip-judge)"
+    assert all(rows[f].verdict == claims.UNMEASURED and rows[f].why == "no MBC run given"
+               for f, *_ in claims.MBC_FINDINGS)
     for finding in (name(claims.zeng_by_task), name(claims.zeng_direction), name(claims.zeng_attention)):
         assert rows[finding].verdict == claims.UNMEASURED and "zeng_records.csv is missing" in rows[finding].why
     assert rows[claims.FINDINGS[0][0]].verdict == claims.HOLDS  # the others still measured
