@@ -143,10 +143,17 @@ def make_run(root: Path, *, plateau: bool, data: str = "demo", n: int = 24, n_va
                                                       for i, f in enumerate(fam)))
     shape = np.array([0, .6, .8, .9, .95, .97, 1.0]) if plateau else np.linspace(0, 1, 7)
     vshape = np.array([3, 2, 1.5, 1.8, 2.2, 2.6, 3]) if plateau else np.array([3, 2.8, 2.6, 2.4, 2.2, 2.1, 2.0])
+    # a constant per-record offset (it cancels in the pooled rise's shares): open_qa above summarization and
+    # corpus_fact above unseen_fact when plateau (the good run), the other way when not
+    sign = 1 if plateau else -1
+    offset = {r["index"]: sign * ((0.2 if r["category"] == "open_qa" else -0.2 if r["category"] == "summarization"
+                                   else 0.0) + (0.15 if r["index"] % 2 == 0 and r["category"] == "open_qa" else 0))
+              for r in recs if r["split"] == "train"}
     for s, step in enumerate(steps):
         rows = []
         for r in recs:
-            base = 0.1 + 0.8 * shape[s] * (0.5 + 0.5 * rng.random())
+            base = 0.1 + 0.8 * shape[s] * (0.5 + 0.5 * rng.random()) + offset.get(r["index"], 0.0) * (r["split"] ==
+                                                                                                   "train")
             rows.append({**r, "step": step, "tokens": 20 + r["index"], "response_tokens": 8,
                          "exact_match": base, "response_exact_match": min(1.0, base + (0.1 if plateau else -0.1)),
                          "perplexity": math.exp(vshape[s] + 0.1 * rng.random()),
@@ -266,15 +273,19 @@ def test_every_finding_holds_on_a_run_built_to_show_it(good, tmp_path):
     wins = by[claims.JUDGE_FINDING[0]]
     assert wins.values == [f"lr1e-3_selected (40/10/10): {fmt(st.net_win_ci(40, 10, 10)[0])} "
                            f"[{fmt(st.net_win_ci(40, 10, 10)[1])}, {fmt(st.net_win_ci(40, 10, 10)[2])}]"]
-    # the familiarity AUC, recomputed from the synthetic data map and labels: corpus_fact against unseen_fact
-    dm = list(csv.DictReader((figs / "fig2_data_map.csv").open()))
+    # the familiarity AUC, recomputed from the snapshots (mean exact_match over the steps after 0) and the labels:
+    # corpus_fact against unseen_fact
+    snaps = [list(csv.DictReader(f.open())) for f in sorted((run.path / "memorization").iterdir())[1:]]
+    mean = {r["id"]: np.mean([float(s[k]["exact_match"]) for s in snaps]) for k, r in enumerate(snaps[0])
+            if r["split"] == "train"}
     fam = {json.loads(x)["id"]: json.loads(x)["familiarity"] for x in (run.path / "data" / "data.jsonl").read_text()
            .splitlines()}
-    pos = [float(r["mean"]) for r in dm if fam[r["id"]] == "corpus_fact"]
-    neg = [float(r["mean"]) for r in dm if fam[r["id"]] == "unseen_fact"]
+    pos = [mean[i] for i in mean if fam[i] == "corpus_fact"]
+    neg = [mean[i] for i in mean if fam[i] == "unseen_fact"]
     expect = np.mean([1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg])
     value = by[name(claims.familiarity_auc)].values[0]
-    assert value.startswith(f"{run.lr_label} ({len(pos)} vs {len(neg)}): {fmt(expect)}") and "all others (20)" in value
+    assert value.startswith(f"{run.lr_label} (exact_match) ({len(pos)} vs {len(neg)}): {fmt(expect)}")
+    assert "all others (20)" in value
     # Zeng 2: the partial Spearman of the changes from step 0, prompt length controlled, from numpy's ranks
     zr = list(csv.DictReader((figs / "zeng_records.csv").open()))
     at = {(r["step"], r["index"]): r for r in zr}
