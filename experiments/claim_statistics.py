@@ -73,9 +73,9 @@ def counts(idx: np.ndarray, n: int) -> np.ndarray:
 
 def pooled(matched: np.ndarray, tokens: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Eq. 1 over the resampled records: matched[..., idx].sum / tokens[idx].sum; matched [S, N] -> [B, S]."""
-    c = counts(idx, len(tokens))
+    c = counts(idx, len(tokens))  # einsum, not a BLAS product: one thread, no spinning on a shared machine
     with np.errstate(invalid="ignore", divide="ignore"):  # a resample without targets: nan, left out of the CI
-        return (c @ matched.T) / (c @ tokens)[:, None]
+        return np.einsum("bn,sn->bs", c, matched) / np.einsum("bn,n->b", c, tokens)[:, None]
 
 
 def gain_shares(matched: np.ndarray, tokens: np.ndarray, steps: Sequence[int], idx: np.ndarray
