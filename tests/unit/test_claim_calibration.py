@@ -136,6 +136,18 @@ def mbc_memorization(rng, effect: bool) -> list[st.Test]:
     return tests
 
 
+def rise_fall(rng, effect: bool) -> list[st.Test]:
+    n = sum(CATEGORY_SIZES.values())
+    # the higher rate's baseline only; at the first after step 0, the middle and the last checkpoint. Planted: +0.1
+    # then -0.03, perplexity up 5%; null: flat memorization and perplexity (every part at its bound)
+    em = np.array([0.5, 0.6, 0.57] if effect else [0.5, 0.5, 0.5])[:, None] + rng.normal(0, 0.15, n) + \
+        rng.normal(0, 0.05, (3, n))
+    log_ppl = np.array([1.0, 0.8, 0.8 + (np.log(1.05) if effect else 0.0)])[:, None] + rng.normal(0, 0.3, n) + \
+        rng.normal(0, 0.05, (3, n))
+    return claims.rise_fall_rule(em, np.exp(log_ppl), rng.integers(10, 80, n).astype(float), [40, 160, 320],
+                                 LRS[1])[1]
+
+
 def mbc_draws(rng, effect: bool) -> list[st.Test]:
     tests = []
     n = sum(CATEGORY_SIZES.values())
@@ -197,6 +209,7 @@ ROWS = {  # name: (simulation, the planted effect)
     "perplexity rises, quality holds (Fig. 3)": (perplexity_quality, "ratio 1.1 and grades +0.1"),
     "entropy falls (Table 1)": (entropy, "both -0.2 (per-prompt SD 0.5)"),
     "nucleus below teacher forcing (Table 1)": (nucleus, "+0.2 at both checkpoints (per-prompt SD 0.5)"),
+    "baseline rises then falls, loss rises (Fig. 6)": (rise_fall, "+0.1 then -0.03 (SD 0.05), perplexity +5%"),
     "MBC above the baseline (Fig. 6)": (mbc_memorization, "+0.02 at both checkpoints (record SD 0.05)"),
     "MBC draws the least memorized most (Fig. 8)": (mbc_draws, "draw weight proportional to perplexity^0.5"),
     "MBC wins (Fig. 5)": (judge, "25% wins, 5% losses"),

@@ -261,8 +261,13 @@ def test_every_finding_holds_on_a_run_built_to_show_it(good, tmp_path):
     rows = claims.evaluate([run], figs, results, mbc=[make_mbc_run(run, good=True)])
     assert len(rows) == len(claims.FINDINGS) + 1 + len(claims.MBC_FINDINGS)
     by = {r.finding: r for r in rows}
-    assert {r.finding: r.verdict for r in rows} == {r.finding: claims.HOLDS for r in rows}, [
+    # every finding holds but Fig. 6's rise then fall: this run plateaus (still rising at the last checkpoint), so
+    # its memorization at the middle checkpoint is below the last one's
+    rise_fall = name(claims.baseline_rises_then_falls)
+    assert {r.finding: r.verdict for r in rows if r.finding != rise_fall} == {
+        r.finding: claims.HOLDS for r in rows if r.finding != rise_fall}, [
         (r.finding, r.values, r.why) for r in rows if r.verdict != claims.HOLDS]
+    assert by[rise_fall].verdict != claims.HOLDS and "(exact_match) fall" in by[rise_fall].why
     # Fig. 6: every MBC record 0.05 above its baseline value, so every resample's pooled difference is 0.05; the
     # middle checkpoint is the common one nearest half of the last (30 of 60)
     fig6 = by[claims.MBC_FINDINGS[0][0]].values[0]
@@ -300,7 +305,7 @@ def test_every_finding_holds_on_a_run_built_to_show_it(good, tmp_path):
     assert f"(n = 23) partial | prompt length: {fmt(partial, 2)} [" in zeng2 and f"plain {fmt(plain, 2)} [" in zeng2
     assert "1 EOS-only targets left out" in by[name(claims.zeng_direction)].values[0]
     text = claims.markdown(rows)
-    assert text.startswith("## Claims check") and f"Of {len(rows)} findings: {len(rows)} hold, 0 contradicted" in text
+    assert text.startswith("## Claims check") and f"Of {len(rows)} findings: {len(rows) - 1} hold, " in text
     assert sum(line.startswith("| ") for line in text.splitlines()) == len(rows) + 1  # header + one per finding
 
 
@@ -354,10 +359,12 @@ def test_the_demo_prints_the_claims_its_run_folder_can_test(tmp_path):
     run = make_run(tmp_path, plateau=True)
     text = demo_claims(run.path)
     measured = [line for line in text.splitlines() if line.startswith(tuple(f"- {v}:" for v in claims.VERDICTS))]
-    # the run folder alone (and the data map it writes): the rise, response vs full, QA vs summarization, familiarity
-    assert len(measured) == 4
+    # the run folder alone (and the data map it writes): the rise, response vs full, QA vs summarization, Fig. 6's
+    # rise then fall, familiarity
+    assert len(measured) == 5
     for line, fn in zip(measured, (claims.memorization_plateaus, claims.response_above_full,
-                                   claims.qa_easy_summarization_hard, claims.familiarity_auc)):
+                                   claims.qa_easy_summarization_hard, claims.baseline_rises_then_falls,
+                                   claims.familiarity_auc)):
         assert line.split(": ", 1)[1].startswith(name(fn) + ": ")
     assert all(m.startswith(f"- {claims.HOLDS}:") for m in measured[:2])  # make_run plateaus, response above
     assert (tmp_path / "figures" / "fig2_data_map.csv").is_file()
