@@ -81,7 +81,7 @@ def demo_claims(run_dir, mbc_dir=None) -> str:
     fig2_data_map.build([run], figs)
     mbc = [RunFolder.open(mbc_dir)] if mbc_dir is not None and (mbc_dir / "config.yaml").is_file() else []
     rows = claims.evaluate([run], figs, [], "the demo does not judge", mbc=mbc)
-    lines = ["", "claims check, in short (baseline run; `python -m experiments.reproduce --scale tiny` tests all of "
+    lines = ["", "claims check, in short (the demo's runs; `python -m experiments.reproduce --scale tiny` tests all of "
              "them, with MBC, generation, the judge and Zeng's analyses); verdicts: "
              f"{claims.VERDICT_WORDS.replace('**', '')}"]
     for r in rows:
