@@ -20,7 +20,8 @@ Scales (see SCALES):
 Everything goes under `--out`: runs/<sampler>_lr<lr>/ (run folders; an interrupted command resumes
 them), figures/ (every artifact's PNG, CSV, Markdown), judge/ (judge results), REPORT.md. REPORT.md opens
 with the claims check (experiments/claims.py): each finding of the paper and of Zeng et al., the statistic
-that tests it, its value with a bootstrap CI, and holds / does not hold by a rule in code. The judge
+that tests it, its value with a bootstrap CI, and a verdict by a rule in code (holds, contradicted,
+inconclusive or not measured). The judge
 (by default the paper's model, gpt-4; `--judge-model` or $MBC_JUDGE_MODEL choose another) runs when
 `--judge-base-url` or $MBC_JUDGE_BASE_URL names an OpenAI-compatible endpoint; without
 one that step and Figure 5 are skipped, and REPORT.md says so, except at the tiny scale on the
@@ -373,14 +374,15 @@ def judge_step(progress: Progress, folders: dict, gens: dict[str, Path], args: a
     return results, labels, judge_note
 
 
-def claims_step(progress: Progress, baselines: list[RunFolder], results: list[Path], judge_note: str) -> str:
+def claims_step(progress: Progress, baselines: list[RunFolder], mbc: list[RunFolder], results: list[Path],
+                judge_note: str) -> str:
     """The claims table (experiments/claims.py) from the run folders and the figures built; a failure is
     reported in its place."""
     from experiments import claims
 
     t0 = time.perf_counter()
     try:  # from the run folders and the figures above; a finding without its input says "not measured"
-        claims_table = claims.markdown(claims.evaluate(baselines, progress.figs, results, judge_note))
+        claims_table = claims.markdown(claims.evaluate(baselines, progress.figs, results, judge_note, mbc=mbc))
     except Exception as e:  # a bug here must not cost the report
         log(f"claims FAILED: {e!r}")
         traceback.print_exc()
@@ -440,7 +442,8 @@ def reproduce(args: argparse.Namespace) -> int:
     step("appendix_a_categories", lambda: appendix_a_categories.build(every, figs))
     if not args.keep_exports:
         shutil.rmtree(exports, ignore_errors=True)
-    claims_table = claims_step(progress, baselines, results, judge_note)
+    mbc = [folders[("mbc", lr)] for lr in scale.learning_rates]
+    claims_table = claims_step(progress, baselines, mbc, results, judge_note)
     progress.timings.append(("total", time.perf_counter() - t_start))
     failed = progress.failed
     if failed:

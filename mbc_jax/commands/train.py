@@ -73,26 +73,30 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"=== {sampler} run -> {cfg.out}")
         summaries[sampler] = Trainer.create(cfg).train()
     print(compare(summaries))
-    print(demo_claims(as_path(args.out) / "uniform"))
+    print(demo_claims(as_path(args.out) / "uniform", as_path(args.out) / "mbc"))
     return 0
 
 
-def demo_claims(run_dir) -> str:
-    """The claims check in short, on the demo's uniform run: the findings its run folder and data map
-    (written to `<run_dir>/../figures/`) can test; `reproduce --scale tiny` measures the rest."""
+def demo_claims(run_dir, mbc_dir=None) -> str:
+    """The claims check in short, on the demo's uniform run (and its MBC run, `mbc_dir`, for Figs. 6 and 8):
+    the findings its run folders and data map (written to `<run_dir>/../figures/`) can test;
+    `reproduce --scale tiny` measures the rest."""
     from experiments import claims, fig2_data_map
     from mbc_jax.run_folder import RunFolder
 
     run = RunFolder.open(run_dir)
     figs = run_dir.parent / "figures"
     fig2_data_map.build([run], figs)
-    rows = claims.evaluate([run], figs, [], "the demo does not judge")
-    lines = ["", "claims check, in short (baseline run; `python -m experiments.reproduce --scale tiny` tests all of "
-             "them, with MBC, generation, the judge and Zeng's analyses):"]
+    mbc = [RunFolder.open(mbc_dir)] if mbc_dir is not None and (mbc_dir / "config.yaml").is_file() else []
+    rows = claims.evaluate([run], figs, [], "the demo does not judge", mbc=mbc)
+    lines = ["", "claims check, in short (the demo's runs; `python -m experiments.reproduce --scale tiny` tests all of "
+             "them, with MBC, generation, the judge and Zeng's analyses); verdicts: "
+             f"{claims.VERDICT_WORDS.replace('**', '')}"]
     for r in rows:
         if r.verdict == claims.UNMEASURED:
             continue
-        lines.append(f"- {r.verdict}: {r.finding}: {'; '.join(r.values)} (rule: {r.rule})")
+        why = f"; {r.why}" if r.why else ""
+        lines.append(f"- {r.verdict}: {r.finding}: {'; '.join(r.values)} (rule: {r.rule}{why})")
     lines.append(f"- not measured here: {', '.join(r.finding for r in rows if r.verdict == claims.UNMEASURED)}")
     return "\n".join(lines)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from experiments import claim_statistics as st
 from experiments import claims
@@ -68,15 +68,16 @@ def test_gain_shares_against_pooled_numpy():
     em = np.sort(rng.random((7, 9)), axis=0)
     tokens = rng.integers(3, 30, 9).astype(float)
     p = (em * tokens).sum(1) / tokens.sum()  # Eq. 1 per step
-    # first step >= 60/3 = 20 is index 2; last step <= 40 is index 4
+    # from the first checkpoint after step 0 (10, index 1) to 60: the first step >= 10 + 50/3 is 30 (index 3), the
+    # last step <= 10 + 100/3 is 40 (index 4)
     early, late = st.gain_shares_ci(em, tokens, steps)
-    assert early[0] == pytest.approx((p[2] - p[0]) / (p[-1] - p[0]))
-    assert late[0] == pytest.approx((p[-1] - p[4]) / (p[-1] - p[0]))
+    assert early[0] == pytest.approx((p[3] - p[1]) / (p[-1] - p[1]))
+    assert late[0] == pytest.approx((p[-1] - p[4]) / (p[-1] - p[1]))
     (idx,) = boot_indices(9)
     boot = []
     for i in idx:
         q = (em[:, i] * tokens[i]).sum(1) / tokens[i].sum()
-        boot.append((q[2] - q[0]) / (q[-1] - q[0]))
+        boot.append((q[3] - q[1]) / (q[-1] - q[1]))
     boot = [b for b in boot if math.isfinite(b)]
     assert early[1:] == pytest.approx(percentile(boot))
 
@@ -97,8 +98,8 @@ def test_perplexity_ratio_against_numpy():
     ppl = np.exp(rng.normal([[3.0], [2.0], [2.5]], 0.3, (3, 12)))
     tokens = rng.integers(1, 40, 12).astype(float)
     pooled = np.exp((np.log(ppl) * tokens).sum(1) / tokens.sum())
-    (v, lo, hi), best = st.perplexity_ratio_ci(ppl, tokens)
-    assert best == int(np.argmin(pooled)) == 1 and v == pytest.approx(pooled[-1] / pooled[1])
+    v, lo, hi = st.perplexity_ratio_ci(ppl, tokens, 1)  # the last step against a step fixed in advance
+    assert v == pytest.approx(pooled[-1] / pooled[1])
     (idx,) = boot_indices(12)
     boot = [np.exp((np.log(ppl[:, i]) * tokens[i]).sum(1) / tokens[i].sum()) for i in idx]
     assert (lo, hi) == pytest.approx(percentile([b[-1] / b[1] for b in boot]))
@@ -142,10 +143,17 @@ def make_run(root: Path, *, plateau: bool, data: str = "demo", n: int = 24, n_va
                                                       for i, f in enumerate(fam)))
     shape = np.array([0, .6, .8, .9, .95, .97, 1.0]) if plateau else np.linspace(0, 1, 7)
     vshape = np.array([3, 2, 1.5, 1.8, 2.2, 2.6, 3]) if plateau else np.array([3, 2.8, 2.6, 2.4, 2.2, 2.1, 2.0])
+    # a constant per-record offset (it cancels in the pooled rise's shares): open_qa above summarization and
+    # corpus_fact above unseen_fact when plateau (the good run), the other way when not
+    sign = 1 if plateau else -1
+    offset = {r["index"]: sign * ((0.2 if r["category"] == "open_qa" else -0.2 if r["category"] == "summarization"
+                                   else 0.0) + (0.15 if r["index"] % 2 == 0 and r["category"] == "open_qa" else 0))
+              for r in recs if r["split"] == "train"}
     for s, step in enumerate(steps):
         rows = []
         for r in recs:
-            base = 0.1 + 0.8 * shape[s] * (0.5 + 0.5 * rng.random())
+            base = 0.1 + 0.8 * shape[s] * (0.5 + 0.5 * rng.random()) + offset.get(r["index"], 0.0) * (r["split"] ==
+                                                                                                   "train")
             rows.append({**r, "step": step, "tokens": 20 + r["index"], "response_tokens": 8,
                          "exact_match": base, "response_exact_match": min(1.0, base + (0.1 if plateau else -0.1)),
                          "perplexity": math.exp(vshape[s] + 0.1 * rng.random()),
@@ -153,6 +161,27 @@ def make_run(root: Path, *, plateau: bool, data: str = "demo", n: int = 24, n_va
                          "entropy": 2.0,
                          "response_entropy": (2.0 - 0.2 * s if plateau else 1.0 + 0.2 * s) + 0.05 * rng.random()})
         _csv(path / "memorization" / f"step_{step:08d}.csv", rows)
+    return RunFolder.open(path)
+
+
+def make_mbc_run(base: RunFolder, *, good: bool) -> RunFolder:
+    """The MBC run beside `base` (same records and steps): memorization 0.05 above the baseline's when good
+    (below when not), and each record drawn more the higher its step-0 perplexity when good (less when not)."""
+    import shutil
+
+    path = base.path.parent / (base.path.name + "_mbc")
+    shutil.copytree(base.path, path)
+    cfg = yaml.safe_load((path / "config.yaml").read_text())
+    (path / "config.yaml").write_text(yaml.safe_dump({**cfg, "sampler": "mbc"}))
+    for f in sorted((path / "memorization").iterdir()):
+        rows = list(csv.DictReader(f.open()))
+        for r in rows:
+            r["exact_match"] = str(float(r["exact_match"]) + (0.05 if good else -0.05))
+        _csv(f, rows)
+    step0 = [r for r in csv.DictReader((path / "memorization" / "step_00000000.csv").open()) if r["split"] == "train"]
+    _csv(path / "sampling.csv", [{"index": r["index"], "id": r["id"], "category": r["category"],
+                                  "draws": round(100 * float(r["perplexity"]) * (1 if good else -1)) + 3000}
+                                 for r in step0])
     return RunFolder.open(path)
 
 
@@ -166,15 +195,17 @@ def make_figures(run: RunFolder, figs: Path, *, good: bool) -> None:
     mean = {c: (0.8 if good else 0.2) if c == "open_qa" else (0.2 if good else 0.8) if c == "summarization" else 0.5
             for c in CATS}
     dm = [{"run": run.label, "index": i, "id": d, "category": c,
-           "mean": mean[c] + (0.15 if fam[d] == "corpus_fact" and good else 0) + 0.02 * rng.random()}
+           "mean": mean[c] + (0.15 if good else -0.15) * (fam[d] == "corpus_fact") + 0.02 * rng.random()}
           for i, (d, c) in enumerate(zip(ids, cats))]
     _csv(figs / "fig2_data_map.csv", dm)
     gen_dir = figs / "table1_entropy_generations"
     gen_dir.mkdir(parents=True)
     t1 = []
     right, wrong = "The capital of Nisaraora is Kridetra.", "No idea."  # a fact of the demo world of seed 0
-    for which, step, ent, answer in (("first", 10, 1.0 if good else 0.5, wrong if good else right),
-                                     ("last", 60, 0.5 if good else 1.0, right if good else wrong)):
+    # nucleus entropy: falling and below teacher forcing's (make_run: 1.8 at step 10, 0.8 at 60) when good;
+    # rising and above it (1.2, 2.2) when not
+    for which, step, ent, answer in (("first", 10, 1.0 if good else 2.5, wrong if good else right),
+                                     ("last", 60, 0.5 if good else 3.0, right if good else wrong)):
         rows = [{"index": i, "id": f"v{i}", "category": CATS[i % 3], "output_text": answer if i % 2 else "",
                  "instruction": "What is the capital of Nisaraora?", "entropy": ent + 0.05 * rng.random()}
                 for i in range(10)]
@@ -182,12 +213,18 @@ def make_figures(run: RunFolder, figs: Path, *, good: bool) -> None:
         t1.append({"run": run.label, "checkpoint": which, "step": step})
     _csv(figs / "table1_entropy.csv", t1)
     zr = []
+    length = rng.integers(4, 40, 24)  # response and prompt lengths drawn apart from the category
+    prompt = rng.integers(10, 60, 24)
     for step in (0, 60):
         for i in range(24):
             cat = CATS[i % 3]
-            gain = {"open_qa": 0.6, "summarization": 0.1, "brainstorming": 0.3}[cat] if good else 0.3
-            rouge = 0.1 + (gain + 0.01 * rng.random() if step else 0.0)
+            # Zeng's direction when good: summarization gains most; the categories alike when not
+            gain = {"open_qa": 0.1, "summarization": 0.6, "brainstorming": 0.3}[cat] if good else 0.3
+            rouge = 0.1 + (gain + 0.05 * rng.random() if step else 0.0)
             zr.append({"run": run.label, "step": step, "index": i, "category": cat, "rouge_l": rouge,
+                       "response_tokens": int(length[i]), "prompt_tokens": int(prompt[i]),
+                       "suffix_tokens": 1 if i == 23 else int(length[i]) // 2,  # record 23: an EOS-only target
+                       "entropy": 2.0 + rng.random(),
                        "normalized_entropy": 0.5 + (rouge if good else -rouge) * 0.3 + 0.01 * rng.random()})
     _csv(figs / "zeng_records.csv", zr)
 
@@ -206,6 +243,11 @@ def bad(tmp_path):
     return run, tmp_path / "figs_bad"
 
 
+def name(fn) -> str:
+    """The finding that `fn` (a function of claims.FINDINGS) measures."""
+    return next(finding for finding, _, _, f in claims.FINDINGS if f is fn)
+
+
 def judge_file(path: Path, win: int, tie: int, loss: int) -> Path:
     path.write_text(json.dumps({"protocol": {"headline": "single_order", "orders": 1},
                                 "single_order": {"overall": {"win": win, "tie": tie, "loss": loss}}}))
@@ -216,37 +258,67 @@ def test_every_finding_holds_on_a_run_built_to_show_it(good, tmp_path):
     run, figs = good
     results = [judge_file(tmp_path / "lr1e-3_selected.json", 40, 10, 10), judge_file(tmp_path / "lr1e-3_last.json",
                                                                                       0, 0, 60)]
-    rows = claims.evaluate([run], figs, results)
-    assert len(rows) == len(claims.FINDINGS) + 1
+    rows = claims.evaluate([run], figs, results, mbc=[make_mbc_run(run, good=True)])
+    assert len(rows) == len(claims.FINDINGS) + 1 + len(claims.MBC_FINDINGS)
     by = {r.finding: r for r in rows}
-    assert {r.finding: r.verdict for r in rows} == {r.finding: claims.HOLDS for r in rows}, [
+    # every finding holds but Fig. 6's rise then fall: this run plateaus (still rising at the last checkpoint), so
+    # its memorization at the middle checkpoint is below the last one's
+    rise_fall = name(claims.baseline_rises_then_falls)
+    assert {r.finding: r.verdict for r in rows if r.finding != rise_fall} == {
+        r.finding: claims.HOLDS for r in rows if r.finding != rise_fall}, [
         (r.finding, r.values, r.why) for r in rows if r.verdict != claims.HOLDS]
+    assert by[rise_fall].verdict != claims.HOLDS and "(exact_match) fall" in by[rise_fall].why
+    # Fig. 6: every MBC record 0.05 above its baseline value, so every resample's pooled difference is 0.05; the
+    # middle checkpoint is the common one nearest half of the last (30 of 60)
+    fig6 = by[claims.MBC_FINDINGS[0][0]].values[0]
+    assert fig6 == f"{run.lr_label} (exact_match): step 30: 0.050 [0.050, 0.050], step 60: 0.050 [0.050, 0.050]"
+    assert by[claims.MBC_FINDINGS[1][0]].values[0].startswith(f"{run.lr_label} (24 records): 1.00 [")
     # the world grader: 5 of the 10 prompts go from a wrong to the right answer, the other 5 stay empty (0)
     assert "grade last - first (step 60 - 10, 10 prompts) 0.500 [" in by[claims.FINDINGS[3][0]].values[0]
     wins = by[claims.JUDGE_FINDING[0]]
     assert wins.values == [f"lr1e-3_selected (40/10/10): {fmt(st.net_win_ci(40, 10, 10)[0])} "
                            f"[{fmt(st.net_win_ci(40, 10, 10)[1])}, {fmt(st.net_win_ci(40, 10, 10)[2])}]"]
-    # the familiarity AUC, recomputed from the synthetic data map and labels
-    dm = list(csv.DictReader((figs / "fig2_data_map.csv").open()))
+    # the familiarity AUC, recomputed from the snapshots (mean exact_match over the steps after 0) and the labels:
+    # corpus_fact against unseen_fact
+    snaps = [list(csv.DictReader(f.open())) for f in sorted((run.path / "memorization").iterdir())[1:]]
+    mean = {r["id"]: np.mean([float(s[k]["exact_match"]) for s in snaps]) for k, r in enumerate(snaps[0])
+            if r["split"] == "train"}
     fam = {json.loads(x)["id"]: json.loads(x)["familiarity"] for x in (run.path / "data" / "data.jsonl").read_text()
            .splitlines()}
-    pos = [float(r["mean"]) for r in dm if fam[r["id"]] == "corpus_fact"]
-    neg = [float(r["mean"]) for r in dm if fam[r["id"]] != "corpus_fact"]
+    pos = [mean[i] for i in mean if fam[i] == "corpus_fact"]
+    neg = [mean[i] for i in mean if fam[i] == "unseen_fact"]
     expect = np.mean([1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg])
-    assert by[claims.FINDINGS[7][0]].values[0].startswith(f"{run.lr_label} ({len(pos)} vs {len(neg)}): {fmt(expect)}")
-    # Zeng 2: the Spearman of the last step's records
-    zr = [r for r in csv.DictReader((figs / "zeng_records.csv").open()) if r["step"] == "60"]
-    rho = spearmanr([float(r["normalized_entropy"]) for r in zr], [float(r["rouge_l"]) for r in zr]).statistic
-    assert f"(n = 24): {fmt(rho, 2)} [" in by[claims.FINDINGS[6][0]].values[0]
+    value = by[name(claims.familiarity_auc)].values[0]
+    assert value.startswith(f"{run.lr_label} (exact_match) ({len(pos)} vs {len(neg)}): {fmt(expect)}")
+    assert "all others (20)" in value
+    # Zeng 2: the partial Spearman of the changes from step 0, prompt length controlled, from numpy's ranks
+    zr = list(csv.DictReader((figs / "zeng_records.csv").open()))
+    at = {(r["step"], r["index"]): r for r in zr}
+    keep = [i for i in map(str, range(24)) if int(at["60", i]["suffix_tokens"]) > 1]
+    d_ne = [float(at["60", i]["normalized_entropy"]) - float(at["0", i]["normalized_entropy"]) for i in keep]
+    d_ro = [float(at["60", i]["rouge_l"]) - float(at["0", i]["rouge_l"]) for i in keep]
+    pl = [float(at["60", i]["prompt_tokens"]) for i in keep]
+    r = np.corrcoef([rankdata(d_ne), rankdata(d_ro), rankdata(pl)])
+    partial = (r[0, 1] - r[0, 2] * r[1, 2]) / math.sqrt((1 - r[0, 2] ** 2) * (1 - r[1, 2] ** 2))
+    plain = spearmanr(d_ne, d_ro).statistic
+    zeng2 = by[name(claims.zeng_attention)].values[0]
+    assert f"(n = 23) partial | prompt length: {fmt(partial, 2)} [" in zeng2 and f"plain {fmt(plain, 2)} [" in zeng2
+    assert "1 EOS-only targets left out" in by[name(claims.zeng_direction)].values[0]
     text = claims.markdown(rows)
-    assert text.startswith("## Claims check") and f"{len(rows)} of {len(rows)} findings hold" in text
+    assert text.startswith("## Claims check") and f"Of {len(rows)} findings: {len(rows) - 1} hold, " in text
     assert sum(line.startswith("| ") for line in text.splitlines()) == len(rows) + 1  # header + one per finding
 
 
 def test_no_finding_holds_on_a_run_built_against_it(bad, tmp_path):
     run, figs = bad
-    rows = claims.evaluate([run], figs, [judge_file(tmp_path / "lr1e-3_selected.json", 10, 10, 40)])
-    assert [r.verdict for r in rows] == [claims.FAILS] * len(rows), [(r.finding, r.values) for r in rows]
+    rows = claims.evaluate([run], figs, [judge_file(tmp_path / "lr1e-3_selected.json", 10, 10, 40)],
+                           mbc=[make_mbc_run(run, good=False)])
+    # every row contradicted, but Zeng 1's two: the categories gain alike, so neither a spread nor a direction shows
+    alike = {name(claims.zeng_by_task), name(claims.zeng_direction)}
+    assert {r.finding: r.verdict for r in rows} == {
+        r.finding: claims.INCONCLUSIVE if r.finding in alike else claims.CONTRADICTED for r in rows}, [
+        (r.finding, r.values, r.why) for r in rows]
+    assert all("the sample could detect" in r.why for r in rows if r.finding in alike)
     # the entropy row: first minus last from the generations and the snapshots, recomputed
     gens = {w: [json.loads(x)["entropy"] for x in (figs / "table1_entropy_generations" / f"{run.slug}_step{s}.jsonl")
                 .read_text().splitlines()] for w, s in (("first", 10), ("last", 60))}
@@ -261,7 +333,9 @@ def test_missing_inputs_are_not_measured_with_the_reason(good, tmp_path):
     rows = {r.finding: r for r in claims.evaluate([run], figs, [], "judge: skipped (--skip-judge)")}
     assert rows[claims.JUDGE_FINDING[0]].verdict == claims.UNMEASURED
     assert rows[claims.JUDGE_FINDING[0]].why == "judge: skipped (--skip-judge)"
-    for finding in (claims.FINDINGS[5][0], claims.FINDINGS[6][0]):
+    assert all(rows[f].verdict == claims.UNMEASURED and rows[f].why == "no MBC run given"
+               for f, *_ in claims.MBC_FINDINGS)
+    for finding in (name(claims.zeng_by_task), name(claims.zeng_direction), name(claims.zeng_attention)):
         assert rows[finding].verdict == claims.UNMEASURED and "zeng_records.csv is missing" in rows[finding].why
     assert rows[claims.FINDINGS[0][0]].verdict == claims.HOLDS  # the others still measured
     nothing = claims.evaluate([], figs)
@@ -273,9 +347,10 @@ def test_real_data_has_no_ground_truth_rows(tmp_path):
     run = make_run(tmp_path, plateau=True, data="dolly.jsonl")
     make_figures(run, tmp_path / "figs", good=True)
     rows = {r.finding: r for r in claims.evaluate([run], tmp_path / "figs")}
-    fam, quality = rows[claims.FINDINGS[7][0]], rows[claims.FINDINGS[3][0]]
+    fam, quality = rows[name(claims.familiarity_auc)], rows[name(claims.perplexity_rises_quality_holds)]
     assert fam.verdict == quality.verdict == claims.UNMEASURED
-    assert "familiarity" in fam.why and "world's grader" in quality.why and "perplexity last / lowest" in quality.why
+    assert "familiarity" in fam.why and "world's grader" in quality.why
+    assert "perplexity last / first checkpoint" in quality.why
 
 
 def test_the_demo_prints_the_claims_its_run_folder_can_test(tmp_path):
@@ -283,11 +358,18 @@ def test_the_demo_prints_the_claims_its_run_folder_can_test(tmp_path):
 
     run = make_run(tmp_path, plateau=True)
     text = demo_claims(run.path)
-    measured = [line for line in text.splitlines() if line.startswith((f"- {claims.HOLDS}:", f"- {claims.FAILS}:"))]
-    # the run folder alone (and the data map it writes): the rise, response vs full, QA vs summarization, familiarity
-    assert len(measured) == 4
-    for line, i in zip(measured, (0, 1, 2, 7)):
-        assert line.split(": ", 1)[1].startswith(claims.FINDINGS[i][0] + ": ")
+    measured = [line for line in text.splitlines() if line.startswith(tuple(f"- {v}:" for v in claims.VERDICTS))]
+    # the run folder alone (and the data map it writes): the rise, response vs full, QA vs summarization, Fig. 6's
+    # rise then fall, familiarity
+    assert len(measured) == 5
+    for line, fn in zip(measured, (claims.memorization_plateaus, claims.response_above_full,
+                                   claims.qa_easy_summarization_hard, claims.baseline_rises_then_falls,
+                                   claims.familiarity_auc)):
+        assert line.split(": ", 1)[1].startswith(name(fn) + ": ")
     assert all(m.startswith(f"- {claims.HOLDS}:") for m in measured[:2])  # make_run plateaus, response above
     assert (tmp_path / "figures" / "fig2_data_map.csv").is_file()
     assert text.splitlines()[-1].startswith("- not measured here: ") and claims.JUDGE_FINDING[0] in text
+    # with the demo's MBC run beside it, Figs. 6 and 8 are measured too
+    with_mbc = demo_claims(run.path, make_mbc_run(run, good=True).path)
+    for finding, *_ in claims.MBC_FINDINGS:
+        assert f"- {claims.HOLDS}: {finding}: " in with_mbc
