@@ -151,8 +151,8 @@ def step_program(cfg: TrainConfig, module: Any, mesh: Any, train_records: int | 
 
 
 def abstract_batch(rows: int, length: int, segments: int, sharding: Any) -> dict:
-    """A packed batch of `rows` x `length` tokens holding up to `segments` records per batch, as
-    `jax.ShapeDtypeStruct`s (the train step's and the scorer's batch layout)."""
+    """A packed batch of `rows` x `length` tokens with a `record_index` of `rows` x `segments`, as
+    `jax.ShapeDtypeStruct`s (the layout of the train step's and the scorer's batches)."""
     tok = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=sharding)
     return {"input_ids": tok, "segment_ids": tok, "positions": tok,
             "response_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_, sharding=sharding),
