@@ -373,9 +373,13 @@ class _LogInterval:
         self.trainer = trainer
         self.peak = peak_flops_per_device(trainer.cfg.peak_tflops) * len(jax.devices())
         self.flops_per_token = train_flops_per_token(trainer.model.config, trainer.cfg.max_length)
+        self._reset()
+
+    def _reset(self) -> None:
         self.loss, self.n, self.real, self.seconds = 0.0, 0, 0, 0.0
 
     def add(self, step: int, batch: Batch, m: dict, seconds: float, emit: Any, bar: Any) -> None:
+        """Counts step `step`'s tokens, loss and seconds; emits the log record when one is due."""
         t = self.trainer
         real = int((batch.segment_ids != 0).sum())
         t.tokens["trained_real"] += real
@@ -387,7 +391,7 @@ class _LogInterval:
             rec = self.record(step + 1, batch, m, real)
             emit(rec)
             bar.set_postfix(loss=f"{rec['loss_mean']:.3f}", lr=f"{rec['learning_rate']:.2e}")
-            self.loss, self.n, self.real, self.seconds = 0.0, 0, 0, 0.0
+            self._reset()
 
     def record(self, step: int, batch: Batch, m: dict, real: int) -> dict:
         """The metrics.jsonl record after `step` steps: this step's loss and the interval's means."""
