@@ -99,12 +99,12 @@ def base_overrides(tmp: Path, args) -> tuple[str | None, list[str]]:
 
 def one_run(name: str, tmp: Path, config: str | None, overrides: list[str], correlate: bool) -> dict:
     from mbc_jax import config as config_lib
+    from mbc_jax.assemble import create_trainer
     from mbc_jax.samplers import MBCSampler, mbc_weights, record_perplexity
-    from mbc_jax.train import Trainer
 
     out = tmp / name
     cfg = config_lib.load(config, overrides + [f"out={out}"])
-    trainer = Trainer.create(cfg, log=lambda *a, **k: None)
+    trainer = create_trainer(cfg, log=lambda *a, **k: None)
     summary = trainer.train()
     tokens = summary["tokens"]  # the trainer's own counts of trained and MBC-scored positions
     res = {"run": name, "wall_seconds": summary["wall_seconds"], "train_seconds": summary["train_seconds"],

@@ -151,7 +151,7 @@ def run_overrides(scale: Scale, sampler: str, lr: float, out_dir: Path, args: ar
 
 def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[str, float], Path]:
     from mbc_jax import config as config_lib
-    from mbc_jax.train import Trainer
+    from mbc_jax.assemble import create_trainer
 
     data = args.data
     if data and scale.max_train_records:
@@ -173,7 +173,7 @@ def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[s
                 continue
         log(f"training {sampler} at lr {fmt_lr(lr)} (run {n} of {len(todo)}) -> {folder} ({Path(config).name})")
         t0 = time.perf_counter()
-        trainer = Trainer.create(cfg, log=lambda m: log(f"  {m}"))
+        trainer = create_trainer(cfg, log=lambda m: log(f"  {m}"))
         trainer.train(desc=f"train {sampler} lr {fmt_lr(lr)} ({n}/{len(todo)})")
         log(f"  done in {time.perf_counter() - t0:.0f}s")
     return runs

@@ -1,7 +1,11 @@
 """Supervised fine-tuning: the optimizer, the train step, and the `Trainer` that runs them.
 
-    trainer = Trainer.create(cfg)   # run folder, model, data, optimizer, sampler
+    trainer = create_trainer(cfg)   # mbc_jax.assemble: run folder, model, data, then Trainer(...)
     trainer.train()                 # resumes from the latest checkpoint when there is one
+
+The trainer is handed its model and data (`Trainer(cfg, run_dir, model, data)`): where they come from
+(a folder, a hub id, the demo) is `mbc_jax.assemble`'s business. `step_program` builds what a step
+compiles (optimizer, schedule, jitted step, batch shapes) for the Trainer and for `mbc-jax plan` alike.
 
 At every step boundary s (steps completed): evaluate and checkpoint if s is a checkpoint step,
 let the sampler re-score if it wants to (`Sampler.before_step`: MBC every k steps), draw the next
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import time
 from pathlib import Path
@@ -28,23 +31,18 @@ import optax
 
 from mbc_jax import UserError, distributed, trackers
 from mbc_jax import checkpoints as ckpt
-from mbc_jax import config as config_lib
 from mbc_jax.checkpoints import Checkpoints, abstract_train_state, init_train_state
 from mbc_jax.config import TrainConfig
-from mbc_jax.data import Batch, Example, Template, load_records, pack_drawn, split_train_val, tokenize
-from mbc_jax.demo import materialize
-from mbc_jax.demo.base import demo_base
+from mbc_jax.data import Batch, Example, Template, pack_drawn
 from mbc_jax.flops import peak_flops_per_device, train_flops_per_token
 from mbc_jax.loss import fused_nll_loss, segment_sums, targets
-from mbc_jax.models import Model, init_model, load_model, load_tokenizer, resolve_model_dir
+from mbc_jax.models import Model
 from mbc_jax.models.config import DROPOUT_FIELDS
-from mbc_jax.models.hf_io import WEIGHT_FILES
-from mbc_jax.paths import as_path, fetch, orbax_dir
 from mbc_jax.progress import progress_bar
-from mbc_jax.run_folder import DATA, RunWriter, data_paths
+from mbc_jax.run_folder import RunWriter
 from mbc_jax.samplers import make_sampler
 from mbc_jax.scoring import Scorer, Scores
-from mbc_jax.sharding import batch_divisor, batch_sharding, make_mesh
+from mbc_jax.sharding import batch_divisor, batch_sharding
 
 
 class TrainingDiverged(UserError):
@@ -117,129 +115,86 @@ def make_train_step(module: Any, tx: optax.GradientTransformation, schedule: opt
     return step
 
 
-# ----------------------------------------------------------------------------- setup
+@dataclasses.dataclass(frozen=True)
+class StepProgram:
+    """What a training step compiles, built once for the Trainer and for `mbc-jax plan` (`step_program`):
+    the optimizer and its schedule, the jitted step (state donated), the run's micro-steps (None when the
+    training record count is unknown and `steps` unset), and the shape of the largest train batch."""
+
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    step: Any
+    total_steps: int | None
+    max_length: int
+    segments: int  # records per batch: the most a train batch's rows hold (`record_index`'s width)
+    divisor: int  # the mesh's batch divisor: a train batch's rows are a multiple of it
+
+    @property
+    def batch_rows(self) -> int:
+        """The most rows a train batch takes (`Trainer.train_batch`): one record per row, rounded up to the mesh."""
+        return -(-self.segments // self.divisor) * self.divisor
+
+    def abstract_batch(self, sharding: Any) -> dict:
+        """The largest train batch as abstract arrays (`abstract_batch`), for ahead-of-time compilation."""
+        return abstract_batch(self.batch_rows, self.max_length, self.segments, sharding)
+
+
+def step_program(cfg: TrainConfig, module: Any, mesh: Any, train_records: int | None) -> StepProgram:
+    """The `StepProgram` of `cfg` for the model `module` on `mesh`, its length counted from `train_records`
+    (`checkpoints.total_steps`; with neither it nor `steps`, the schedule's length is a placeholder)."""
+    total = ckpt.total_steps(cfg, train_records) if train_records is not None else cfg.steps or None
+    tx, schedule = make_optimizer(cfg, (total or 0) // cfg.grad_accum)
+    step = jax.jit(make_train_step(module, tx, schedule, cfg.loss_on, cfg.grad_accum, seed=cfg.seed),
+                   donate_argnums=(0,))
+    return StepProgram(tx, schedule, step, total, cfg.max_length, cfg.batch_size, batch_divisor(mesh))
+
+
+def abstract_batch(rows: int, length: int, segments: int, sharding: Any) -> dict:
+    """A packed batch of `rows` x `length` tokens with a `record_index` of `rows` x `segments`, as
+    `jax.ShapeDtypeStruct`s (the layout of the train step's and the scorer's batches)."""
+    tok = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=sharding)
+    return {"input_ids": tok, "segment_ids": tok, "positions": tok,
+            "response_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_, sharding=sharding),
+            "record_index": jax.ShapeDtypeStruct((rows, segments), jnp.int32, sharding=sharding)}
 
 
 @dataclasses.dataclass
 class RunData:
+    """The tokenized training and validation records of a run."""
+
     train: list[Example]
     val: list[Example]
-
-
-def _model_dir(cfg: TrainConfig, run_dir: Path, log=print) -> tuple[Path, bool]:
-    """(folder with config.json [+ weights] [+ tokenizer], has_weights). `model: demo` is the demo base,
-    pretrained on the demo world's corpus and cached (built on first use); with `init: random` it is the
-    weightless demo folder (the same config and tokenizer), so nothing is pretrained."""
-    if cfg.model == "demo" or cfg.data == "demo":
-        with distributed.main_first("materialize demo"):
-            paths = materialize(run_dir / DATA, num_records=cfg.demo_records, seed=0)
-        if cfg.model == "demo":
-            if cfg.init == "random":
-                return fetch(paths["model"]), False  # a URL run folder: a local copy for the tokenizer
-            with distributed.main_first("demo base"):
-                return demo_base(seed=0, log=log), True
-    src = resolve_model_dir(cfg.model)
-    return src, any((src / f).is_file() for f in WEIGHT_FILES)
-
-
-def _load_model(cfg: TrainConfig, run_dir: Path, mesh: Any, log) -> Model:
-    model_dir, has_weights = _model_dir(cfg, run_dir, log)
-    runtime = model_runtime(cfg)
-    if cfg.init == "pretrained" and not has_weights:
-        raise UserError(f"{model_dir}: no weights (init: pretrained); use init=random to start from random weights")
-    if has_weights and cfg.init != "random":
-        return load_model(str(model_dir), mesh=mesh, **runtime)
-    hf_config = json.loads((model_dir / "config.json").read_text())
-    log(f"model: random initialization from {model_dir / 'config.json'}")
-    return init_model(hf_config, mesh=mesh, seed=cfg.seed, tokenizer=load_tokenizer(model_dir), **runtime)
-
-
-def _template(cfg: TrainConfig) -> Template:
-    return Template.from_spec(cfg.template)
-
-
-def _load_data(cfg: TrainConfig, run_dir: Path, model: Model, log) -> RunData:
-    train_path, val_path = data_paths(cfg, run_dir)
-    template = _template(cfg)
-    if cfg.max_length > model.config.max_position_embeddings:
-        raise UserError(
-            f"max_length: {cfg.max_length} exceeds the model's {model.config.max_position_embeddings} positions"
-        )
-
-    def examples(path: str) -> list[Example]:
-        records, report = load_records(path, schema=cfg.schema, fields=cfg.fields, tree=cfg.tree,
-                                       tree_filter=cfg.tree_filter)
-        if model.tokenizer is None and report.schema != "tokens":
-            raise UserError(f"{cfg.model}: the model folder has no tokenizer; needed for {report.schema!r} records")
-        out, tok_report = tokenize(records, model.tokenizer, template, cfg.max_length,
-                                   vocab_size=model.config.vocab_size)
-        log(report.summary())
-        log(tok_report.summary())
-        return out
-
-    train = examples(train_path)
-    if val_path:
-        val = examples(val_path)
-    elif cfg.val_fraction:
-        train, val = split_train_val(train, cfg.val_fraction, seed=cfg.seed)
-    else:
-        val = []
-    if cfg.loss_on == "response" and not sum(e.response_tokens for e in train):
-        raise UserError("loss_on: response, but no training record has response tokens")
-    if cfg.batch_size > len(train):
-        raise UserError(f"batch_size: {cfg.batch_size} is larger than the {len(train)} training records")
-    return RunData(train, val)
 
 
 # ----------------------------------------------------------------------------- the trainer
 
 
 class Trainer:
+    """One run's training loop over a loaded model and tokenized data (built by `mbc_jax.assemble`)."""
+
     def __init__(self, cfg: TrainConfig, run_dir: Path, model: Model, data: RunData, log=print):
         self.cfg, self.dir, self.model, self.data, self.log = cfg, run_dir, model, data, log
         self.writer = RunWriter(run_dir)
         n = len(data.train)
-        self.total_steps = ckpt.total_steps(cfg, n)
+        self.program = step_program(cfg, model.module, model.mesh, n)
+        self.total_steps = self.program.total_steps
         self.epoch_steps = max(1, math.ceil(n / cfg.batch_size))  # micro-steps per epoch-equivalent
         self.checkpoint_every = cfg.checkpoint_every or self.epoch_steps
         self.mbc_k = cfg.mbc.k or self.epoch_steps
-        self.tx, self.schedule = make_optimizer(cfg, self.total_steps // cfg.grad_accum)
+        self.tx, self.schedule = self.program.tx, self.program.schedule
         self.scorer = Scorer(model.module, model.mesh, seq_len=cfg.max_length,
                              tokens_per_batch=cfg.score_tokens_per_batch,
-                             eos_id=_template(cfg).eos_id(model.tokenizer))  # for the no-EOS response exact match
+                             eos_id=Template.from_spec(cfg.template).eos_id(model.tokenizer))  # no-EOS exact match
         self.train_batches = self.scorer.batches(data.train)
         self.scorer.max_segments = self.train_batches[0].record_index.shape[1] if self.train_batches else 1
         self.val_batches = self.scorer.batches(data.val) if data.val else []
+        self.batch_sharding = batch_sharding(model.mesh)
         self.sampler = make_sampler(cfg, n, self.mbc_k)
         self._train_scores: tuple[int, Scores] | None = None
         self.seconds = {"train": 0.0, "score": 0.0, "eval": 0.0, "checkpoint": 0.0}
         # positions computed: trained (real = record tokens; padded = the batch shapes), and scored for MBC
         self.tokens = {"trained_real": 0, "trained_padded": 0, "mbc_scored_real": 0, "mbc_scored_padded": 0}
         self.mbc_refreshes = 0
-
-    @classmethod
-    def create(cls, cfg: TrainConfig, override: bool = False, log=print) -> Trainer:
-        distributed.initialize()  # no-op for one process, and when the CLI already did it
-        run_dir = as_path(cfg.out)  # a local folder, or a URL (gs://...: mbc_jax/paths.py)
-        orbax_dir(run_dir)  # a URL orbax cannot write fails now, not after the model loaded
-        run_dir.mkdir(parents=True, exist_ok=True)
-        writer = RunWriter(run_dir)
-        saved = writer.saved_config()
-        if saved is not None:
-            diff = config_lib.differences(config_lib.from_dict(saved, str(run_dir / "config.yaml")), cfg)
-            if diff and not override:
-                raise UserError(
-                    f"{run_dir}: this run folder was made with a different config ({'; '.join(diff)}); "
-                    f"use another `out`, or pass --override to continue it with the new config"
-                )
-        trackers.check(cfg.tracker)  # a missing optional package fails before the model loads
-        model = _load_model(cfg, run_dir, make_mesh(cfg.mesh), log)
-        writer.write_model(model.hf_config, model.tokenizer)  # the run keeps its own copy, for export
-        data = _load_data(cfg, run_dir, model, log)
-        writer.write_records({"train": data.train, "val": data.val})
-        trainer = cls(cfg, run_dir, model, data, log)
-        writer.write_config(config_lib.to_dict(cfg))  # last, once the config has proved valid against model and data
-        return trainer
 
     # ------------------------------------------------------------------ scoring
 
@@ -299,8 +254,8 @@ class Trainer:
 
     def train_batch(self, idx: np.ndarray) -> Batch:
         """The drawn records packed into rows of max_length; row count bucketed (`data.row_bucket`)."""
-        return pack_drawn(self.data.train, idx, self.cfg.max_length, self.cfg.batch_size,
-                          batch_divisor(self.model.mesh))
+        return pack_drawn(self.data.train, idx, self.program.max_length, self.program.segments,
+                          self.program.divisor)
 
     # ------------------------------------------------------------------ the loop
 
@@ -324,68 +279,52 @@ class Trainer:
         start = int(state["step"])
         self.writer.rewind(start)
         checkpoints.rewind(start)  # param snapshots after the restored step, like the memorization snapshots
-        step_fn = jax.jit(make_train_step(self.model.module, self.tx, self.schedule, cfg.loss_on, cfg.grad_accum,
-                                          seed=cfg.seed), donate_argnums=(0,))
-        ckpt_steps = set(ckpt.checkpoint_schedule(cfg, len(self.data.train)))
-        peak = peak_flops_per_device(cfg.peak_tflops) * len(jax.devices())
-        flops_per_token = train_flops_per_token(self.model.config, cfg.max_length)
-        sharding = batch_sharding(self.model.mesh)
-        interval = {"loss": 0.0, "n": 0, "real": 0, "seconds": 0.0}
+        at_checkpoint = _CheckpointHook(self, checkpoints, skip_save=start if restored is not None else None)
+        interval = _LogInterval(self)
         bar = progress_bar(self.total_steps, desc or f"train {cfg.sampler}", unit="step", initial=start)
         t_run = time.perf_counter()
         with self.writer.metrics(trackers.open_trackers(cfg, self.dir, start, resumed=restored is not None)) as emit:
             for step in range(start, self.total_steps + 1):
-                if step in ckpt_steps:
-                    if cfg.track_memorization and not self.writer.has_snapshot(step):
-                        ev = self.evaluate(step, state["params"])
-                        emit(ev)
-                        bar.write(_eval_line(ev))
-                    emit.flush()  # on an object store metrics.jsonl is stored whole: its lines so far, before the save
-                    if step != start or restored is None:
-                        checkpoints.save(step, state, self.sampler.state())
-                    checkpoints.save_params(step, state["params"])  # unless one is complete (before a kill)
+                at_checkpoint(step, state, emit, bar)
                 if step == self.total_steps:
                     break
-                self.sampler.before_step(step, state["params"], functools.partial(self._mbc_score, step))
-                idx = self.sampler.draw(step)
-                batch = self.train_batch(idx)
-                arrays = distributed.put_batch(batch, sharding)  # each host feeds only the rows it owns
-                t0 = time.perf_counter()
-                state, m = step_fn(state, arrays)
-                loss = float(m["loss"])
-                dt = time.perf_counter() - t0
-                self.seconds["train"] += dt
-                if not math.isfinite(loss):
-                    ids = [self.data.train[i].id for i in idx]
-                    raise TrainingDiverged(
-                        f"step {step}: the loss is {loss}; the batch held records {', '.join(ids)}. The last "
-                        f"checkpoint is kept; lower learning_rate or set grad_clip, then rerun to resume")
-                if self.sampler.uses_step_losses:  # the gather is a collective across hosts: only when read
-                    self.sampler.after_step(step, batch.record_index, distributed.gather(m["per_record"]))
-                real = int((batch.segment_ids != 0).sum())
-                self.tokens["trained_real"] += real
-                self.tokens["trained_padded"] += int(batch.input_ids.size)
-                interval["loss"] += loss
-                interval["n"] += 1
-                interval["real"] += real
-                interval["seconds"] += dt
-                bar.update(1)
-                if (step + 1) % cfg.log_every == 0 or step + 1 == self.total_steps:
-                    tps = interval["real"] / max(interval["seconds"], 1e-9)
-                    rec = {"step": step + 1, "epoch": round((step + 1) / self.epoch_steps, 3), "loss": loss,
-                           "loss_mean": interval["loss"] / interval["n"], "learning_rate": float(m["learning_rate"]),
-                           "grad_norm": float(m["grad_norm"]), "tokens": int(batch.input_ids.size), "real_tokens": real,
-                           "tokens_per_s": tps, "mfu": tps * flops_per_token / peak,
-                           "step_seconds": interval["seconds"] / interval["n"],
-                           "score_seconds": self.seconds["score"], "train_seconds": self.seconds["train"]}
-                    emit(rec)
-                    bar.set_postfix(loss=f"{rec['loss_mean']:.3f}", lr=f"{rec['learning_rate']:.2e}")
-                    interval = {"loss": 0.0, "n": 0, "real": 0, "seconds": 0.0}
+                idx, batch = self._draw(step, state["params"])
+                state, m, seconds = self._step(step, state, idx, batch)
+                interval.add(step, batch, m, seconds, emit, bar)
         bar.close()
         checkpoints.close(self.total_steps)
         self.seconds["checkpoint"] += checkpoints.seconds
         self.params = state["params"]
         return self._finish(time.perf_counter() - t_run)
+
+    def _draw(self, step: int, params) -> tuple[np.ndarray, Batch]:
+        """(drawn record indices, their packed batch) of `step`, after the sampler's refresh (MBC re-scores
+        every k steps, through `_mbc_score`)."""
+        self.sampler.before_step(step, params, functools.partial(self._mbc_score, step))
+        idx = self.sampler.draw(step)
+        return idx, self.train_batch(idx)
+
+    def _step(self, step: int, state: dict, idx: np.ndarray, batch: Batch) -> tuple[dict, dict, float]:
+        """One jitted train step on `batch`: (new state, metrics with the loss as a float, its seconds);
+        the per-record losses go to the sampler when it reads them."""
+        arrays = distributed.put_batch(batch, self.batch_sharding)  # each host feeds only the rows it owns
+        t0 = time.perf_counter()
+        state, m = self.program.step(state, arrays)
+        m = {**m, "loss": float(m["loss"])}
+        seconds = time.perf_counter() - t0
+        self.seconds["train"] += seconds
+        self._check_finite(step, m["loss"], idx)
+        if self.sampler.uses_step_losses:  # the gather is a collective across hosts: only when read
+            self.sampler.after_step(step, batch.record_index, distributed.gather(m["per_record"]))
+        return state, m, seconds
+
+    def _check_finite(self, step: int, loss: float, idx: np.ndarray) -> None:
+        """Stops the run at a non-finite loss, naming the step and the batch's records (the last checkpoint stays)."""
+        if not math.isfinite(loss):
+            ids = [self.data.train[i].id for i in idx]
+            raise TrainingDiverged(
+                f"step {step}: the loss is {loss}; the batch held records {', '.join(ids)}. The last "
+                f"checkpoint is kept; lower learning_rate or set grad_clip, then rerun to resume")
 
     def _finish(self, seconds: float) -> dict:
         self.writer.write_sampling(self.data.train, self.sampler.counts, self.sampler.probabilities())
@@ -399,6 +338,69 @@ class Trainer:
                    "final": self.writer.last_eval()}
         self.writer.write_summary(summary)
         return summary
+
+
+class _CheckpointHook:
+    """At every checkpoint step: the memorization snapshot and eval record (unless the snapshot exists),
+    metrics.jsonl stored, then the full train state (unless `skip_save`: the step just restored) and the
+    param snapshot."""
+
+    def __init__(self, trainer: Trainer, checkpoints: Checkpoints, skip_save: int | None):
+        self.trainer, self.checkpoints, self.skip_save = trainer, checkpoints, skip_save
+        self.steps = set(ckpt.checkpoint_schedule(trainer.cfg, len(trainer.data.train)))
+
+    def __call__(self, step: int, state: dict, emit: Any, bar: Any) -> None:
+        if step not in self.steps:
+            return
+        t = self.trainer
+        if t.cfg.track_memorization and not t.writer.has_snapshot(step):
+            ev = t.evaluate(step, state["params"])
+            emit(ev)
+            bar.write(_eval_line(ev))
+        emit.flush()  # on an object store metrics.jsonl is stored whole: its lines so far, before the save
+        if step != self.skip_save:
+            self.checkpoints.save(step, state, t.sampler.state())
+        self.checkpoints.save_params(step, state["params"])  # unless one is complete (before a kill)
+
+
+class _LogInterval:
+    """Token counts, and the log record every `log_every` steps (and at the last): the loss, throughput
+    and MFU over the steps since the previous record."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.peak = peak_flops_per_device(trainer.cfg.peak_tflops) * len(jax.devices())
+        self.flops_per_token = train_flops_per_token(trainer.model.config, trainer.cfg.max_length)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss, self.n, self.real, self.seconds = 0.0, 0, 0, 0.0
+
+    def add(self, step: int, batch: Batch, m: dict, seconds: float, emit: Any, bar: Any) -> None:
+        """Counts step `step`'s tokens, loss and seconds; emits the log record when one is due."""
+        t = self.trainer
+        real = int((batch.segment_ids != 0).sum())
+        t.tokens["trained_real"] += real
+        t.tokens["trained_padded"] += int(batch.input_ids.size)
+        self.loss, self.n, self.real, self.seconds = (self.loss + m["loss"], self.n + 1, self.real + real,
+                                                      self.seconds + seconds)
+        bar.update(1)
+        if (step + 1) % t.cfg.log_every == 0 or step + 1 == t.total_steps:
+            rec = self.record(step + 1, batch, m, real)
+            emit(rec)
+            bar.set_postfix(loss=f"{rec['loss_mean']:.3f}", lr=f"{rec['learning_rate']:.2e}")
+            self._reset()
+
+    def record(self, step: int, batch: Batch, m: dict, real: int) -> dict:
+        """The metrics.jsonl record after `step` steps: this step's loss and the interval's means."""
+        t = self.trainer
+        tps = self.real / max(self.seconds, 1e-9)
+        return {"step": step, "epoch": round(step / t.epoch_steps, 3), "loss": m["loss"],
+                "loss_mean": self.loss / self.n, "learning_rate": float(m["learning_rate"]),
+                "grad_norm": float(m["grad_norm"]), "tokens": int(batch.input_ids.size), "real_tokens": real,
+                "tokens_per_s": tps, "mfu": tps * self.flops_per_token / self.peak,
+                "step_seconds": self.seconds / self.n,
+                "score_seconds": t.seconds["score"], "train_seconds": t.seconds["train"]}
 
 
 def _eval_line(ev: dict) -> str:

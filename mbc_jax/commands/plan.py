@@ -192,16 +192,6 @@ def _memory(compiled: Any) -> dict[str, int]:
     return out
 
 
-def _abstract_batch(rows: int, length: int, segments: int, sharding: Any) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    tok = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=sharding)
-    return {"input_ids": tok, "segment_ids": tok, "positions": tok,
-            "response_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_, sharding=sharding),
-            "record_index": jax.ShapeDtypeStruct((rows, segments), jnp.int32, sharding=sharding)}
-
-
 def checkpoint_disk(cfg: Any, state: dict, train_records: int | None = None) -> dict:
     """The disk the run's checkpoints need (`checkpoints.disk_needed`), its checkpoint steps counted from
     `train_records`, the demo's `demo_records`, or `steps` + `checkpoint_every` (no record count needed)."""
@@ -228,8 +218,8 @@ def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None,
     from mbc_jax.checkpoints import abstract_train_state
     from mbc_jax.models import abstract_params, config_from_hf
     from mbc_jax.scoring import Scorer
-    from mbc_jax.sharding import batch_divisor, batch_sharding, make_mesh, mesh_str
-    from mbc_jax.train import make_optimizer, make_train_step, model_runtime
+    from mbc_jax.sharding import batch_sharding, make_mesh, mesh_str
+    from mbc_jax.train import abstract_batch, model_runtime, step_program
 
     mcfg = config_from_hf(hf_config).replace(**model_runtime(cfg))
     if cfg.max_length > mcfg.max_position_embeddings:
@@ -239,25 +229,19 @@ def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None,
     params = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
-    tx, schedule = make_optimizer(cfg, max(1, cfg.steps // cfg.grad_accum) if cfg.steps else 1000)
-    state = abstract_train_state(tx, params, mesh)
+    program = step_program(cfg, module, mesh, train_records)  # the Trainer's own optimizer, step and batch shape
+    state = abstract_train_state(program.tx, params, mesh)
     disk = checkpoint_disk(cfg, state, train_records)
     params, opt_state = state["params"], state["opt_state"]
 
-    div = batch_divisor(mesh)
     shard = batch_sharding(mesh)
-    # the most rows a train batch takes (Trainer.train_batch): one record per row, rounded up to the mesh
-    train_rows = -(-cfg.batch_size // div) * div
-    train_batch = _abstract_batch(train_rows, cfg.max_length, cfg.batch_size, shard)
     t0 = time.perf_counter()
-    step = jax.jit(make_train_step(module, tx, schedule, cfg.loss_on, cfg.grad_accum, seed=cfg.seed),
-                   donate_argnums=(0,))
-    train = _memory(step.lower(state, train_batch).compile())
+    train = _memory(program.step.lower(state, program.abstract_batch(shard)).compile())
     train_seconds = time.perf_counter() - t0
 
     scorer = Scorer(module, mesh, seq_len=cfg.max_length, tokens_per_batch=cfg.score_tokens_per_batch)
     segments = segments or max(1, cfg.max_length // 32)
-    score_batch = _abstract_batch(scorer.rows, cfg.max_length, segments, shard)
+    score_batch = abstract_batch(scorer.rows, cfg.max_length, segments, shard)
     t0 = time.perf_counter()
     score = _memory(scorer.lower(params, score_batch).compile())
     score_seconds = time.perf_counter() - t0
@@ -268,7 +252,7 @@ def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None,
     return {
         "mesh": mesh_str(mesh), "devices": len(mesh.devices.flat), "parameters": mcfg.num_params(),
         "dtype": cfg.dtype, "param_dtype": cfg.param_dtype, "remat": cfg.remat,
-        "train_batch": [train_rows, cfg.max_length], "score_batch": [scorer.rows, cfg.max_length, segments],
+        "train_batch": [program.batch_rows, cfg.max_length], "score_batch": [scorer.rows, cfg.max_length, segments],
         "per_device": {"parameters": param_bytes, "optimizer_state": opt_bytes,
                        "activations_and_temporaries": train["temporaries"], "train_step": train, "scorer": score},
         "peak_per_device": max(train["peak"], score["peak_with_optimizer_state"]),

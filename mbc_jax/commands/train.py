@@ -34,11 +34,11 @@ def register(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from mbc_jax import config as config_lib
-    from mbc_jax.train import Trainer
+    from mbc_jax.assemble import create_trainer
 
     overrides = list(args.overrides) + ([f"mesh={args.mesh}"] if args.mesh else [])
     cfg = config_lib.load(args.config, overrides)
-    summary = Trainer.create(cfg, override=args.override).train()
+    summary = create_trainer(cfg, override=args.override).train()
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -63,15 +63,15 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / 
 
 def run_demo(args: argparse.Namespace) -> int:
     from mbc_jax import config as config_lib
+    from mbc_jax.assemble import create_trainer
     from mbc_jax.paths import as_path
-    from mbc_jax.train import Trainer
 
     summaries = {}
     for sampler in ("mbc", "uniform"):
         cfg = config_lib.load(str(DEMO_CONFIG) if DEMO_CONFIG.is_file() else None,
                               [f"out={as_path(args.out) / sampler}", f"sampler={sampler}", *args.overrides])
         print(f"=== {sampler} run -> {cfg.out}")
-        summaries[sampler] = Trainer.create(cfg).train()
+        summaries[sampler] = create_trainer(cfg).train()
     print(compare(summaries))
     print(demo_claims(as_path(args.out) / "uniform", as_path(args.out) / "mbc"))
     return 0

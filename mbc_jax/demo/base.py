@@ -3,10 +3,11 @@
     folder = demo_base(seed=0)   # a Hugging Face checkpoint folder; built on first use (a few CPU minutes)
 
 `build_base` materializes the world (corpus and tokenizer, `materialize`), pretrains the shipped
-config from random weights with our own `Trainer` (text schema, `loss_on: full`, uniform sampling,
-`PRETRAIN` below, one device so the result does not depend on the machine's device count) and
-exports the last step as a normal HF folder (`config.json`, `model.safetensors`, tokenizer files)
-plus `pretrain.json` (what was trained, the loss and the wall time) and `pretrain_metrics.jsonl`.
+config from random weights with our own `Trainer` (built by `mbc_jax.run_setup.set_up`; text schema,
+`loss_on: full`, uniform sampling, `PRETRAIN` below, one device so the result does not depend on the
+machine's device count) and exports the last step as a normal HF folder (`config.json`,
+`model.safetensors`, tokenizer files) plus `pretrain.json` (what was trained, the loss and the wall
+time) and `pretrain_metrics.jsonl`.
 Training is a pure function of the seed, so two builds give the same weights (on CPU). `pretrain` is that
 recipe for any weightless folder and text corpus (experiments/tiny_data.py pretrains a base on real data with it).
 
@@ -29,7 +30,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import jax
+
 from mbc_jax import UserError, __version__
+from mbc_jax import config as config_lib
+from mbc_jax.checkpoints import export_run
+from mbc_jax.demo import materialize
+from mbc_jax.run_setup import set_up
 
 CACHE_ENV = "MBC_JAX_CACHE"  # overrides the cache folder ($XDG_CACHE_HOME/mbc-jax, else ~/.cache/mbc-jax)
 WEIGHTS = "model.safetensors"
@@ -87,8 +94,6 @@ def demo_base(seed: int = 0, spec: PretrainSpec = PRETRAIN, log: Callable[[str],
     target = base_dir(seed, spec)
     if is_complete(target):
         return target
-    import jax  # here, not at the top: mbc_jax.demo stays importable without initializing jax
-
     if jax.process_count() > 1:
         raise UserError(f"{target}: the demo base is not built on this host; build it once per host with "
                         f"`python -m mbc_jax.demo.base --seed {seed}` (one process), then rerun")
@@ -99,8 +104,6 @@ def demo_base(seed: int = 0, spec: PretrainSpec = PRETRAIN, log: Callable[[str],
 def build_base(target: Path, seed: int = 0, spec: PretrainSpec = PRETRAIN,
                log: Callable[[str], None] = print) -> Path:
     """Pretrain the base of world `seed` and put it at `target` (atomically); returns `target`."""
-    from mbc_jax.demo import materialize  # here: mbc_jax.demo imports this module
-
     target = Path(target)
     work = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
@@ -124,11 +127,6 @@ def pretrain(target: Path, work: Path, model_dir: Path, corpus: Path, info: dict
     in `work` (removed after), and move the exported HF folder to `target` atomically. Writes `pretrain.json`
     (`info` plus the spec, tokens, epochs, first / final loss and wall time, returned) and
     `pretrain_metrics.jsonl` next to the weights."""
-    # imported here: mbc_jax.train imports mbc_jax.demo, so a top-level import would be circular
-    from mbc_jax import config as config_lib
-    from mbc_jax.checkpoints import export_run
-    from mbc_jax.train import Trainer
-
     run = work / "run"
     cfg = config_lib.load(None, [
         f"out={run}", f"model={model_dir}", "init=random", f"data={corpus}", "schema=text",
@@ -136,7 +134,7 @@ def pretrain(target: Path, work: Path, model_dir: Path, corpus: Path, info: dict
         f"checkpoint_every={spec.steps}", "keep_checkpoints=1", "log_every=50", f"seed={seed}", "mesh=1,1,1",
         *spec.overrides()])
     t0 = time.perf_counter()
-    summary = Trainer.create(cfg, log=lambda m: log(f"  pretrain: {m}")).train(desc="pretrain base")
+    summary = set_up(cfg, log=lambda m: log(f"  pretrain: {m}")).train(desc="pretrain base")
     seconds = time.perf_counter() - t0
     model = work / "model"
     export_run(run, model)

@@ -31,7 +31,7 @@ FULL = [0, 12, 16]  # keep_checkpoints 2: the latest two, plus step 0
 @pytest.fixture(scope="module")
 def paper_retention(tmp_path_factory):
     """(run folder, model config, {step: the params the trainer held, copied to numpy as it saved them})."""
-    from mbc_jax.train import Trainer
+    from mbc_jax.assemble import create_trainer
 
     held = {}
     real = Checkpoints.save_params
@@ -43,7 +43,7 @@ def paper_retention(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Checkpoints, "save_params", spy)
-        trainer = Trainer.create(config_lib.load(None, [f"out={out}", *TINY_RUN]), log=lambda *a: None)
+        trainer = create_trainer(config_lib.load(None, [f"out={out}", *TINY_RUN]), log=lambda *a: None)
         trainer.train()
     return out, trainer.model.config, held
 

@@ -62,15 +62,15 @@ def test_cache_reuse_rebuild_and_leftover_partial(tmp_path, monkeypatch):
 
 
 def test_model_demo_starts_from_the_base(built, tmp_path, monkeypatch):
-    from mbc_jax import train
+    from mbc_jax import assemble
     from mbc_jax.models import load_model
 
-    monkeypatch.setattr(train, "demo_base", lambda seed, log: built)
+    monkeypatch.setattr(assemble, "demo_base", lambda seed, log: built)
     common = [f"out={tmp_path / 'r'}", "demo_records=40", "val_fraction=0", "mesh=1,1,1"]
-    trainer = train.Trainer.create(config_lib.load(None, common), log=lambda m: None)
+    trainer = assemble.create_trainer(config_lib.load(None, common), log=lambda m: None)
     want = load_model(str(built)).params
     got = trainer.model.params
     assert np.array_equal(np.asarray(got["embed_tokens"]), np.asarray(want["embed_tokens"]))
-    rand = train.Trainer.create(config_lib.load(None, [f"out={tmp_path / 'q'}", *common[1:], "init=random"]),
+    rand = assemble.create_trainer(config_lib.load(None, [f"out={tmp_path / 'q'}", *common[1:], "init=random"]),
                                 log=lambda m: None)
     assert not np.array_equal(np.asarray(rand.model.params["embed_tokens"]), np.asarray(want["embed_tokens"]))

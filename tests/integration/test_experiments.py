@@ -692,13 +692,13 @@ def test_prompt_concentration_equals_a_numpy_gpt_neo(neo_fixture):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     from mbc_jax import config as config_lib
-    from mbc_jax.train import Trainer
+    from mbc_jax.assemble import create_trainer
 
     out = tmp_path_factory.mktemp("exp") / "mbc"
     cfg = config_lib.load(str(REPO / "experiments" / "configs" / "demo.yaml"),
                           [f"out={out}", "init=random", "demo_records=64", "epochs=1", "checkpoint_every=3",
                            "keep_checkpoints=2", "log_every=5", "mesh=1,1,1"])  # the paper configs' retention
-    Trainer.create(cfg, log=lambda m: None).train()
+    create_trainer(cfg, log=lambda m: None).train()
     return out
 
 

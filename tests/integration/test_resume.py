@@ -99,6 +99,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, sampler):
 
 def test_nan_loss_stops_naming_step_and_records(tmp_path, monkeypatch):
     from mbc_jax import train as train_lib
+    from mbc_jax.assemble import create_trainer
 
     real = train_lib.make_train_step
 
@@ -113,7 +114,7 @@ def test_nan_loss_stops_naming_step_and_records(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_lib, "make_train_step", poisoned)
     cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN])
-    run = train_lib.Trainer.create(cfg, log=lambda *a: None)
+    run = create_trainer(cfg, log=lambda *a: None)
     with pytest.raises(UserError, match=r"step 2: the loss is nan; the batch held records (train-\d+, ){7}train-\d+"):
         run.train()
 
@@ -121,10 +122,10 @@ def test_nan_loss_stops_naming_step_and_records(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory) -> tuple[Path, dict]:
     """One finished TINY_RUN epoch, trained once for the tests that only read it (or a copy of it)."""
-    from mbc_jax.train import Trainer
+    from mbc_jax.assemble import create_trainer
 
     run_dir = tmp_path_factory.mktemp("one_epoch") / "r"
-    summary = Trainer.create(config_lib.load(None, [f"out={run_dir}", *TINY_RUN, "epochs=1"]),
+    summary = create_trainer(config_lib.load(None, [f"out={run_dir}", *TINY_RUN, "epochs=1"]),
                              log=lambda *a: None).train()
     return run_dir, summary
 
@@ -132,23 +133,23 @@ def one_epoch_run(tmp_path_factory) -> tuple[Path, dict]:
 def test_run_folder_with_different_config_is_refused(one_epoch_run, tmp_path):
     import shutil
 
-    from mbc_jax.train import Trainer
+    from mbc_jax.assemble import create_trainer
 
     shutil.copytree(one_epoch_run[0], tmp_path / "r")  # a finished run folder (`out` may change on resume)
     base = [f"out={tmp_path / 'r'}", *TINY_RUN, "epochs=1"]
     with pytest.raises(UserError, match=r"made with a different config \(learning_rate: 0.003 -> 0.001\)"):
-        Trainer.create(config_lib.load(None, [*base, "learning_rate=1e-3"]), log=lambda *a: None)
+        create_trainer(config_lib.load(None, [*base, "learning_rate=1e-3"]), log=lambda *a: None)
     # allowed with override; and a finished run re-run is a no-op resume
-    Trainer.create(config_lib.load(None, [*base, "learning_rate=1e-3"]), override=True, log=lambda *a: None)
+    create_trainer(config_lib.load(None, [*base, "learning_rate=1e-3"]), override=True, log=lambda *a: None)
 
 
 def test_disk_full_during_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
 
-    from mbc_jax.train import Trainer
+    from mbc_jax.assemble import create_trainer
 
     args = [f"out={tmp_path / 'r'}", *TINY_RUN, "epochs=1", "sampler=uniform"]
-    run = Trainer.create(config_lib.load(None, args), log=lambda *a: None)
+    run = create_trainer(config_lib.load(None, args), log=lambda *a: None)
     real_save = ocp.CheckpointManager.save
 
     def full_disk(self, step, *a, **k):
@@ -160,7 +161,7 @@ def test_disk_full_during_save_keeps_last_good_checkpoint(tmp_path, monkeypatch)
     with pytest.raises(UserError, match=r"checkpoint of step 4 failed.*last good checkpoint is step 0"):
         run.train()
     monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
-    summary = Trainer.create(config_lib.load(None, args), log=lambda *a: None).train()
+    summary = create_trainer(config_lib.load(None, args), log=lambda *a: None).train()
     assert summary["steps"] == 8 and summary["final"]["step"] == 8
 
 

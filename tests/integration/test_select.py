@@ -58,13 +58,13 @@ def server():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     from mbc_jax import config as config_lib
-    from mbc_jax.train import Trainer
+    from mbc_jax.assemble import create_trainer
 
     out = tmp_path_factory.mktemp("select") / "run"
     cfg = config_lib.load(None, [f"out={out}", "model=demo", "init=random", "data=demo", "demo_records=48", "epochs=2",
                                  "batch_size=8", "checkpoint_every=4", "log_every=4", "learning_rate=3e-3",
                                  "max_length=256", "keep_checkpoints=100", "mesh=1,1,1"])
-    Trainer.create(cfg, log=lambda m: None).train()
+    create_trainer(cfg, log=lambda m: None).train()
     return out
 
 

@@ -29,7 +29,7 @@ def _expected(lines: list[dict]) -> dict[str, dict[int, float]]:
 @pytest.mark.slow
 def test_training_feeds_tensorboard_and_wandb_and_resume_continues_them(tmp_path, monkeypatch):
     pytest.importorskip("tensorboardX")
-    from mbc_jax.train import Trainer
+    from mbc_jax.assemble import create_trainer
 
     runs = []
     wandb = types.ModuleType("wandb")
@@ -50,7 +50,7 @@ def test_training_feeds_tensorboard_and_wandb_and_resume_continues_them(tmp_path
     run_dir = tmp_path / "r"
     cfg = config_lib.load(None, [f"out={run_dir}", *TINY_RUN, "epochs=1", "tracker=[jsonl,tensorboard,wandb]",
                                  "wandb.mode=offline"])
-    Trainer.create(cfg, log=lambda *a: None).train()
+    create_trainer(cfg, log=lambda *a: None).train()
 
     def metric_lines():
         return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -65,7 +65,7 @@ def test_training_feeds_tensorboard_and_wandb_and_resume_continues_them(tmp_path
         {t: series[r["step"]] for t, series in _expected([r]).items()} for r in first]
 
     shutil.rmtree(run_dir / "checkpoints" / "8")  # as if killed before the last checkpoint: resumes from 4
-    Trainer.create(cfg, log=lambda *a: None).train()
+    create_trainer(cfg, log=lambda *a: None).train()
     second = metric_lines()
     assert second[:4] == first[:4] and [r["step"] for r in second] == [0, 2, 4, 4, 6, 8, 8]
     assert len(list((run_dir / "tensorboard").glob("events.*"))) == 2

@@ -16,10 +16,10 @@ from mbc_jax import config as config_lib
 
 def test_incremental_refresh_fills_the_batches_it_needs(tmp_path):
     """The stalest fraction always, then the next stalest while they pack into no more batches."""
-    from mbc_jax.train import Trainer
+    from mbc_jax.assemble import create_trainer
 
     args = [f"out={tmp_path / 'r'}", *TINY_RUN, "sampler=mbc", "mbc.refresh=incremental", "mbc.refresh_fraction=0.1"]
-    run = Trainer.create(config_lib.load(None, args), log=lambda *a: None)
+    run = create_trainer(config_lib.load(None, args), log=lambda *a: None)
     n = len(run.data.train)
     run.sampler.set_perplexities(np.ones(n), step=0)
     run.sampler.set_perplexities(np.ones(n - 10), step=5, which=np.arange(10, n))  # 0..9 are stalest
@@ -35,11 +35,11 @@ def test_incremental_refresh_fills_the_batches_it_needs(tmp_path):
 
 
 def test_train_batch_holds_every_drawn_record_in_bucketed_rows(tmp_path):
+    from mbc_jax.assemble import create_trainer
     from mbc_jax.data import row_bucket
     from mbc_jax.sharding import batch_divisor
-    from mbc_jax.train import Trainer
 
-    run = Trainer.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN]), log=lambda *a: None)
+    run = create_trainer(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN]), log=lambda *a: None)
     rng = np.random.default_rng(0)
     for _ in range(5):
         idx = rng.choice(len(run.data.train), run.cfg.batch_size, replace=True)
@@ -132,10 +132,11 @@ def test_train_step_dropout_is_a_function_of_seed_and_step(tmp_path):
 
     import jax.numpy as jnp
 
-    from mbc_jax.train import Trainer, make_train_step, model_runtime
+    from mbc_jax.assemble import create_trainer
+    from mbc_jax.train import make_train_step, model_runtime
 
     assert "resid_dropout" not in model_runtime(config_lib.load(None, []))  # default: the model's own rates
-    run = Trainer.create(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN, "dropout=0.1"]),
+    run = create_trainer(config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN, "dropout=0.1"]),
                          log=lambda *a: None)
     mc = run.model.module.cfg
     assert (mc.embed_dropout, mc.attention_dropout, mc.resid_dropout) == (0.1, 0.1, 0.1)
@@ -160,9 +161,9 @@ def test_train_step_dropout_is_a_function_of_seed_and_step(tmp_path):
 
 
 def test_batch_larger_than_data(tmp_path):
-    from mbc_jax.train import Trainer
+    from mbc_jax.assemble import create_trainer
 
     cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", "init=random", "demo_records=40", "val_fraction=0",
                                  "batch_size=64"])
     with pytest.raises(UserError, match="batch_size: 64 is larger than the 40 training records"):
-        Trainer.create(cfg, log=lambda *a: None)
+        create_trainer(cfg, log=lambda *a: None)
