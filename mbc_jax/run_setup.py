@@ -19,7 +19,7 @@ from typing import Any
 from mbc_jax import UserError, distributed, trackers
 from mbc_jax import config as config_lib
 from mbc_jax.config import TrainConfig
-from mbc_jax.data import Example, Template, load_records, split_train_val, tokenize
+from mbc_jax.data import Example, Template, load_records, split_train_val, split_trainable, tokenize
 from mbc_jax.models import Model, init_model, load_model, load_tokenizer, resolve_model_dir
 from mbc_jax.models.hf_io import WEIGHT_FILES
 from mbc_jax.paths import as_path, orbax_dir
@@ -59,6 +59,7 @@ def set_up(cfg: TrainConfig, override: bool = False, log: Callable[[str], None] 
     writer.write_model(model.hf_config, model.tokenizer)  # the run keeps its own copy, for export
     data = load_run_data(cfg, run_dir, model, log)
     writer.write_records({"train": data.train, "val": data.val})
+    writer.write_no_target(data.targets.no_target if data.targets else [])
     trainer = Trainer(cfg, run_dir, model, data, log)
     writer.write_config(config_lib.to_dict(cfg))  # last, once the config has proved valid against model and data
     return trainer
@@ -79,20 +80,29 @@ def load_run_model(cfg: TrainConfig, model_dir: Path, has_weights: bool, mesh: A
 
 def load_run_data(cfg: TrainConfig, run_dir: Path, model: Model, log: Callable[[str], None] = print) -> RunData:
     """The run's training and validation records, tokenized with the model's tokenizer and the run's template."""
-    train_path, val_path = data_paths(cfg, run_dir)
-    template = Template.from_spec(cfg.template)
     if cfg.max_length > model.config.max_position_embeddings:
         raise UserError(
             f"max_length: {cfg.max_length} exceeds the model's {model.config.max_position_embeddings} positions"
         )
+    return tokenize_run_data(cfg, *data_paths(cfg, run_dir), model.tokenizer, model.config.vocab_size, log,
+                             no_tokenizer=cfg.model)
+
+
+def tokenize_run_data(cfg: TrainConfig, train_path: str, val_path: str | None, tokenizer: Any,
+                      vocab_size: int | None, log: Callable[[str], None] = print,
+                      no_tokenizer: str | None = None) -> RunData:
+    """Loads and tokenizes the config's records, splits off validation (`val_data` or `val_fraction`) and
+    leaves out the training records with no loss target (`split_trainable`): what training draws from, and
+    what `mbc-jax plan --tokenizer` counts before any TPU is rented. `no_tokenizer` names the model folder
+    when it has no tokenizer (only token-id records load then)."""
+    template = Template.from_spec(cfg.template)
 
     def examples(path: str) -> list[Example]:
         records, report = load_records(path, schema=cfg.schema, fields=cfg.fields, tree=cfg.tree,
                                        tree_filter=cfg.tree_filter)
-        if model.tokenizer is None and report.schema != "tokens":
-            raise UserError(f"{cfg.model}: the model folder has no tokenizer; needed for {report.schema!r} records")
-        out, tok_report = tokenize(records, model.tokenizer, template, cfg.max_length,
-                                   vocab_size=model.config.vocab_size)
+        if tokenizer is None and report.schema != "tokens":
+            raise UserError(f"{no_tokenizer}: the model folder has no tokenizer; needed for {report.schema!r} records")
+        out, tok_report = tokenize(records, tokenizer, template, cfg.max_length, vocab_size=vocab_size)
         log(report.summary())
         log(tok_report.summary())
         return out
@@ -104,8 +114,11 @@ def load_run_data(cfg: TrainConfig, run_dir: Path, model: Model, log: Callable[[
         train, val = split_train_val(train, cfg.val_fraction, seed=cfg.seed)
     else:
         val = []
-    if cfg.loss_on == "response" and not sum(e.response_tokens for e in train):
-        raise UserError("loss_on: response, but no training record has response tokens")
+    train, targets = split_trainable(train, cfg.loss_on)  # a record with nothing to train is never drawn
+    if targets.no_target or targets.cut_response:
+        log(targets.summary())
+    if not train:
+        raise UserError(f"loss_on: {cfg.loss_on}, but no training record has a {cfg.loss_on} target")
     if cfg.batch_size > len(train):
         raise UserError(f"batch_size: {cfg.batch_size} is larger than the {len(train)} training records")
-    return RunData(train, val)
+    return RunData(train, val, targets)

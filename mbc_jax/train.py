@@ -33,7 +33,7 @@ from mbc_jax import UserError, distributed, trackers
 from mbc_jax import checkpoints as ckpt
 from mbc_jax.checkpoints import Checkpoints, abstract_train_state, init_train_state
 from mbc_jax.config import TrainConfig
-from mbc_jax.data import Batch, Example, Template, pack_drawn
+from mbc_jax.data import Batch, Example, TargetReport, Template, pack_drawn
 from mbc_jax.flops import peak_flops_per_device, train_flops_per_token
 from mbc_jax.loss import fused_nll_loss, segment_sums, targets
 from mbc_jax.models import Model
@@ -47,6 +47,13 @@ from mbc_jax.sharding import batch_divisor, batch_sharding
 
 class TrainingDiverged(UserError):
     pass
+
+
+# The run's totals kept in every full checkpoint (beside the sampler's state), in this order, so that
+# summary.json counts every leg of a killed and resumed run exactly once.
+PROGRESS_KEY = "run_totals"
+PROGRESS = ("trained_real", "trained_padded", "mbc_scored_real", "mbc_scored_padded", "mbc_refreshes",
+            "train_seconds", "score_seconds", "eval_seconds", "checkpoint_seconds", "score_compile_seconds")
 
 
 # ----------------------------------------------------------------------------- optimizer and train step
@@ -164,6 +171,7 @@ class RunData:
 
     train: list[Example]
     val: list[Example]
+    targets: TargetReport | None = None  # training records left out (no loss target) and cut responses
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -195,6 +203,10 @@ class Trainer:
         # positions computed: trained (real = record tokens; padded = the batch shapes), and scored for MBC
         self.tokens = {"trained_real": 0, "trained_padded": 0, "mbc_scored_real": 0, "mbc_scored_padded": 0}
         self.mbc_refreshes = 0
+        self._compile_before = 0.0  # the scorer's compile seconds in earlier legs
+        self._checkpoint_steps = set(ckpt.checkpoint_schedule(cfg, n))
+        self.legs: list[dict] = []
+        self._leg_open, self._leg_t0 = False, time.perf_counter()
 
     # ------------------------------------------------------------------ scoring
 
@@ -218,11 +230,17 @@ class Trainer:
         else:
             which, batches = self.scorer.prefix_batches(train, order, count)
             fresh, scores = True, self.scorer(params, [train[i] for i in which], batches)
-        if fresh:
+        if fresh and not (count >= len(order) and self._shares_eval(step)):
             self.tokens["mbc_scored_real"] += sum(len(train[i]) for i in which)
             self.tokens["mbc_scored_padded"] += sum(b.input_ids.size for b in batches)
         self.seconds["score"] += time.perf_counter() - t0
         return which, scores
+
+    def _shares_eval(self, step: int) -> bool:
+        """Whether a full MBC re-score at `step` is the evaluation's pass (counted once, as evaluation): at a
+        checkpoint step with memorization tracked. A resumed run re-scores there once more, but its totals
+        count what the run computes, as an uninterrupted run's do."""
+        return self.cfg.track_memorization and step in self._checkpoint_steps
 
     def evaluate(self, step: int, params) -> dict:
         """Scores every record; writes the memorization snapshot of `step`; returns the eval metrics."""
@@ -267,8 +285,47 @@ class Trainer:
         state, sampler_state = checkpoints.restore(latest, abstract_train_state(self.tx, self.model.params,
                                                                                 self.model.mesh))
         self.sampler.load_state(sampler_state)
+        self._load_progress(sampler_state)
         self.log(f"resuming {self.dir} from the checkpoint of step {int(state['step'])}")
         return state, latest
+
+    # ------------------------------------------------------------------ the run's totals, across legs
+
+    def checkpoint_state(self, checkpoint_seconds: float) -> dict[str, np.ndarray]:
+        """What a full checkpoint stores beside the train state: the sampler's state and the run's totals so
+        far (tokens, MBC refreshes, seconds; `PROGRESS`), so a resumed run's summary counts every leg once."""
+        totals = {**self.tokens, "mbc_refreshes": self.mbc_refreshes,
+                  **{f"{k}_seconds": v for k, v in self.seconds.items()},
+                  "checkpoint_seconds": self.seconds["checkpoint"] + checkpoint_seconds,
+                  "score_compile_seconds": self._compile_before + self.scorer.compile_seconds}
+        return {**self.sampler.state(), PROGRESS_KEY: np.asarray([totals[k] for k in PROGRESS], np.float64)}
+
+    def _load_progress(self, saved: dict) -> None:
+        """The run's totals at the restored checkpoint (none in checkpoints written before they were kept)."""
+        if PROGRESS_KEY not in saved:
+            return
+        totals = dict(zip(PROGRESS, np.asarray(saved[PROGRESS_KEY]).tolist()))
+        for k in self.tokens:
+            self.tokens[k] = int(totals[k])
+        self.mbc_refreshes = int(totals["mbc_refreshes"])
+        for k in self.seconds:
+            self.seconds[k] = totals[f"{k}_seconds"]
+        self._compile_before = totals["score_compile_seconds"]
+
+    def _open_leg(self, start: int) -> None:
+        """Starts this process's leg in legs.json (none when the run is already complete)."""
+        self.legs = self.writer.read_legs()
+        self._leg_open = start < self.total_steps
+        if self._leg_open:
+            self.legs.append({"leg": len(self.legs) + 1, "start_step": start, "end_step": start,
+                              "wall_seconds": 0.0})
+        self._leg_t0 = time.perf_counter()
+
+    def _record_leg(self, step: int) -> None:
+        """This leg's progress so far, written to legs.json (at every checkpoint, so a killed leg keeps it)."""
+        if self._leg_open:
+            self.legs[-1].update(end_step=step, wall_seconds=round(time.perf_counter() - self._leg_t0, 3))
+            self.writer.write_legs(self.legs)
 
     def train(self, desc: str | None = None) -> dict:
         """Train to the last step (resuming from the latest checkpoint); `desc` labels the progress bar
@@ -282,7 +339,7 @@ class Trainer:
         at_checkpoint = _CheckpointHook(self, checkpoints, skip_save=start if restored is not None else None)
         interval = _LogInterval(self)
         bar = progress_bar(self.total_steps, desc or f"train {cfg.sampler}", unit="step", initial=start)
-        t_run = time.perf_counter()
+        self._open_leg(start)
         with self.writer.metrics(trackers.open_trackers(cfg, self.dir, start, resumed=restored is not None)) as emit:
             for step in range(start, self.total_steps + 1):
                 at_checkpoint(step, state, emit, bar)
@@ -295,7 +352,8 @@ class Trainer:
         checkpoints.close(self.total_steps)
         self.seconds["checkpoint"] += checkpoints.seconds
         self.params = state["params"]
-        return self._finish(time.perf_counter() - t_run)
+        self._record_leg(self.total_steps)
+        return self._finish()
 
     def _draw(self, step: int, params) -> tuple[np.ndarray, Batch]:
         """(drawn record indices, their packed batch) of `step`, after the sampler's refresh (MBC re-scores
@@ -326,15 +384,19 @@ class Trainer:
                 f"step {step}: the loss is {loss}; the batch held records {', '.join(ids)}. The last "
                 f"checkpoint is kept; lower learning_rate or set grad_clip, then rerun to resume")
 
-    def _finish(self, seconds: float) -> dict:
+    def _finish(self) -> dict:
+        """summary.json: the whole run, every leg once (totals restored with the checkpoints; the legs'
+        wall-clock from legs.json)."""
         self.writer.write_sampling(self.data.train, self.sampler.counts, self.sampler.probabilities())
         summary = {"run": str(self.dir), "sampler": self.cfg.sampler, "steps": self.total_steps,
                    "epochs": self.total_steps / self.epoch_steps, "train_records": len(self.data.train),
-                   "val_records": len(self.data.val), "wall_seconds": seconds,
+                   "val_records": len(self.data.val),
+                   "wall_seconds": sum(leg["wall_seconds"] for leg in self.legs), "legs": self.legs,
                    **{f"{k}_seconds": v for k, v in self.seconds.items()},
                    "tokens": dict(self.tokens), "mbc_refreshes": self.mbc_refreshes,
-                   "score_compile_seconds": self.scorer.compile_seconds,
+                   "score_compile_seconds": self._compile_before + self.scorer.compile_seconds,
                    "distinct_records_drawn": int((self.sampler.counts > 0).sum()),
+                   **({"targets": self.data.targets.as_dict()} if self.data.targets else {}),
                    "final": self.writer.last_eval()}
         self.writer.write_summary(summary)
         return summary
@@ -347,7 +409,7 @@ class _CheckpointHook:
 
     def __init__(self, trainer: Trainer, checkpoints: Checkpoints, skip_save: int | None):
         self.trainer, self.checkpoints, self.skip_save = trainer, checkpoints, skip_save
-        self.steps = set(ckpt.checkpoint_schedule(trainer.cfg, len(trainer.data.train)))
+        self.steps = trainer._checkpoint_steps
 
     def __call__(self, step: int, state: dict, emit: Any, bar: Any) -> None:
         if step not in self.steps:
@@ -359,8 +421,9 @@ class _CheckpointHook:
             bar.write(_eval_line(ev))
         emit.flush()  # on an object store metrics.jsonl is stored whole: its lines so far, before the save
         if step != self.skip_save:
-            self.checkpoints.save(step, state, t.sampler.state())
+            self.checkpoints.save(step, state, t.checkpoint_state(self.checkpoints.seconds))
         self.checkpoints.save_params(step, state["params"])  # unless one is complete (before a kill)
+        t._record_leg(step)
 
 
 class _LogInterval:

@@ -54,6 +54,10 @@ def register(sub) -> None:
     p.add_argument("--train-records", type=int, default=None, metavar="N",
                    help="training records after the validation split, to count the checkpoint steps for the disk "
                         "total (not needed for the demo, or when steps and checkpoint_every are set)")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="tokenizer folder: also load and tokenize the config's data as training would, and report "
+                        "the training records, those left out with no loss target and the cut responses (by "
+                        "category), and the steps (the record count replaces --train-records)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the plan's numbers (bytes) as JSON to FILE")
     p.set_defaults(func=run)
 
@@ -192,23 +196,25 @@ def _memory(compiled: Any) -> dict[str, int]:
     return out
 
 
-def checkpoint_disk(cfg: Any, state: dict, train_records: int | None = None) -> dict:
+def checkpoint_disk(cfg: Any, state: dict, train_records: int | None = None,
+                    records_from: str = "--train-records") -> dict:
     """The disk the run's checkpoints need (`checkpoints.disk_needed`), its checkpoint steps counted from
     `train_records`, the demo's `demo_records`, or `steps` + `checkpoint_every` (no record count needed)."""
-    from mbc_jax.checkpoints import checkpoint_schedule, disk_needed, snapshot_dtype
+    from mbc_jax.checkpoints import checkpoint_schedule, disk_needed, snapshot_dtype, total_steps
 
-    n, source = train_records, "--train-records"
+    n, source = train_records, records_from
     if n is None and cfg.data == "demo" and not cfg.val_data:  # the demo validates on its own valid.jsonl
         n, source = cfg.demo_records, "demo_records"
     if n is None and cfg.steps and cfg.checkpoint_every:
         n, source = 1, None  # the schedule does not depend on it
     steps = len(checkpoint_schedule(cfg, n)) if n is not None else None
     return {**disk_needed(state, snapshot_dtype(cfg), cfg.keep_checkpoints, steps),
-            "train_records": n if source else None, "train_records_from": source}
+            "train_records": n if source else None, "train_records_from": source,
+            "total_steps": total_steps(cfg, n) // cfg.grad_accum if n is not None else None}
 
 
 def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None,
-         train_records: int | None = None) -> dict:
+         train_records: int | None = None, records_from: str = "--train-records") -> dict:
     """Compiles the train step and the scorer for `cfg` on a mesh of `devices`; per-device bytes, and the
     checkpoints' disk (`checkpoint_disk`)."""
     import time
@@ -231,7 +237,7 @@ def plan(cfg: Any, hf_config: dict, devices: list, segments: int | None = None,
     )
     program = step_program(cfg, module, mesh, train_records)  # the Trainer's own optimizer, step and batch shape
     state = abstract_train_state(program.tx, params, mesh)
-    disk = checkpoint_disk(cfg, state, train_records)
+    disk = checkpoint_disk(cfg, state, train_records, records_from)
     params, opt_state = state["params"], state["opt_state"]
 
     shard = batch_sharding(mesh)
@@ -269,6 +275,51 @@ def gib(n: int) -> str:
     return f"{n} B"
 
 
+def plan_data(cfg: Any, tokenizer_dir: str, vocab_size: int | None) -> dict:
+    """The config's data as training reads it (`run_setup.tokenize_run_data`): the training records, those left
+    out with no loss target and the responses truncation cut, by category. Its log goes to stderr."""
+    import tempfile
+
+    from mbc_jax.models import load_tokenizer
+    from mbc_jax.run_folder import data_paths
+    from mbc_jax.run_setup import tokenize_run_data
+
+    folder = Path(tokenizer_dir).expanduser()
+    tokenizer = load_tokenizer(folder) if folder.is_dir() else None
+    if tokenizer is None:
+        raise UserError(f"--tokenizer {tokenizer_dir}: no tokenizer files there")
+    with tempfile.TemporaryDirectory(prefix="mbc-plan-data-") as tmp:
+        if cfg.data == "demo":
+            from mbc_jax.demo import materialize
+
+            materialize(Path(tmp) / "data", num_records=cfg.demo_records, seed=0)
+        data = tokenize_run_data(cfg, *data_paths(cfg, Path(tmp)), tokenizer, vocab_size,
+                                 log=lambda m: print(m, file=sys.stderr))
+    return {"train_records": len(data.train), "val_records": len(data.val), **data.targets.as_dict()}
+
+
+def steps_line(disk: dict) -> str:
+    """The run's optimizer steps, where the training record count is known."""
+    if disk.get("total_steps") is None:
+        return "optimizer steps: unknown (give --train-records N or --tokenizer DIR)"
+    n, source = disk["train_records"], disk["train_records_from"]
+    return f"optimizer steps: {disk['total_steps']:,}" + (f" ({n:,} training records, from {source})" if n else "")
+
+
+def data_report(data: dict | None) -> list[str]:
+    """The data section of the plan: records, those left out, cut responses, and the steps they give."""
+    if data is None:
+        return []
+
+    def cats(d: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
+
+    return ["", f"data: {data['train_records']} training records, {data['val_records']} validation",
+            f"  left out, no {data['loss_on']} target after truncation: {data['no_target']} "
+            f"({cats(data['no_target_by_category'])})",
+            f"  responses cut by truncation (kept): {data['cut_response']} ({cats(data['cut_response_by_category'])})"]
+
+
 def report(result: dict, model: str, source: str, memory_gib: float | None) -> str:
     pd, tr, sc = result["per_device"], result["per_device"]["train_step"], result["per_device"]["scorer"]
     rows, length = result["train_batch"]
@@ -278,6 +329,7 @@ def report(result: dict, model: str, source: str, memory_gib: float | None) -> s
         f"mesh {result['mesh']} on {result['devices']} devices; compute {result['dtype']}, params "
         f"{result['param_dtype']}, remat {result['remat']}",
         f"train batch {rows} x {length} tokens; scoring batch {srows} x {length} tokens ({segs} records per row)",
+        steps_line(result["disk"]),
         "",
         f"{'per device':<34}{'train step':>14}{'scorer':>14}",
         f"{'  parameters':<34}{gib(pd['parameters']):>14}{gib(pd['parameters']):>14}",
@@ -290,6 +342,7 @@ def report(result: dict, model: str, source: str, memory_gib: float | None) -> s
         f"(compiled in {result['compile_seconds']['train_step']} s and {result['compile_seconds']['scorer']} s; "
         f"the scorer's peak counts the optimizer state, which stays on the device while scoring)",
     ]
+    lines += data_report(result.get("data"))
     lines += disk_report(result["disk"])
     peak = result["peak_per_device"]
     if memory_gib is not None:
@@ -343,7 +396,10 @@ def run(args: argparse.Namespace) -> int:
         if os.environ.get(CHILD_ENV):
             raise UserError(f"could not start JAX with {n} CPU devices")
         return _rerun(_argv(args), n)
-    result = plan(cfg, hf_config, devices, args.segments, args.train_records)
+    data = plan_data(cfg, args.tokenizer, hf_config.get("vocab_size")) if args.tokenizer else None
+    records = data["train_records"] if data else args.train_records
+    result = plan(cfg, hf_config, devices, args.segments, records, "--tokenizer" if data else "--train-records")
+    result["data"] = data
     fits = args.device_memory is None or result["peak_per_device"] <= args.device_memory * GIB
     print(report(result, cfg.model, source, args.device_memory))
     if args.json:
@@ -360,6 +416,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     out = [f"--mesh={args.mesh}"]  # "=": a mesh such as -1,1,1 is not taken for an option
     for flag, value in (("--config", args.config), ("--devices", args.devices), ("--device-memory", args.device_memory),
                         ("--model-config", args.model_config), ("--segments", args.segments),
+                        ("--tokenizer", args.tokenizer),
                         ("--train-records", args.train_records)):
         if value is not None:
             out += [flag, str(value)]

@@ -13,7 +13,16 @@ in the report.
 from mbc_jax.data.packing import Batch, build_batches, check_lengths, pack, pack_drawn, row_bucket
 from mbc_jax.data.records import load_records
 from mbc_jax.data.schema import ROLES, SCHEMAS, DataError, LoadReport, Record, json_type_name
-from mbc_jax.data.template import OVERFLOW_POLICIES, Example, Template, TokenizeReport, split_train_val, tokenize
+from mbc_jax.data.template import (
+    OVERFLOW_POLICIES,
+    Example,
+    TargetReport,
+    Template,
+    TokenizeReport,
+    split_train_val,
+    split_trainable,
+    tokenize,
+)
 
 __all__ = [
     "OVERFLOW_POLICIES",
@@ -25,7 +34,7 @@ __all__ = [
     "LoadReport",
     "Record",
     "Template",
-    "TokenizeReport",
+    "TargetReport", "TokenizeReport",
     "build_batches",
     "check_lengths",
     "json_type_name",
@@ -33,6 +42,6 @@ __all__ = [
     "pack",
     "pack_drawn",
     "row_bucket",
-    "split_train_val",
+    "split_train_val", "split_trainable",
     "tokenize",
 ]

@@ -81,18 +81,22 @@ def _offline(datasets: Any) -> Iterator[None]:
     with no network they would otherwise retry each request for half a minute, printing every try."""
     import huggingface_hub.constants as hub_constants
 
-    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
-    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    modules = [m for m in (getattr(datasets, "config", None), hub_constants) if hasattr(m, "HF_HUB_OFFLINE")]
+    saved = [m.HF_HUB_OFFLINE for m in modules]
+    for m in modules:
+        m.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+        for m, value in zip(modules, saved):
+            m.HF_HUB_OFFLINE = value
 
 
 def iter_hub(spec: str) -> Iterator[tuple[str, Any, None]]:
     hub = parse_hf_spec(spec)
     datasets = _datasets(spec)
-    offline_set = bool(datasets.config.HF_HUB_OFFLINE)  # HF_HUB_OFFLINE=1: the user chose the cache alone
+    # HF_HUB_OFFLINE=1: the user chose the local cache alone
+    offline_set = bool(getattr(getattr(datasets, "config", None), "HF_HUB_OFFLINE", False))
     unreachable = not offline_set and not hub_reachable()
     try:
         with _offline(datasets) if unreachable else contextlib.nullcontext():

@@ -177,6 +177,59 @@ class Example:
         return int(self.response_mask.sum())
 
 
+def trained_targets(example: Example, loss_on: str) -> int:
+    """The loss targets `example` gives under `loss_on` ("response": its response tokens; "full": all but the
+    first token)."""
+    return example.response_tokens if loss_on == "response" else max(len(example) - 1, 0)
+
+
+@dataclass
+class TargetReport:
+    """Training records with nothing to train under `loss_on` (left out of training), and records whose
+    response truncation cut (kept), each counted by category."""
+
+    loss_on: str
+    no_target: list[Example] = field(default_factory=list)
+    cut_response: list[Example] = field(default_factory=list)
+
+    @staticmethod
+    def by_category(examples: list[Example]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for e in examples:
+            counts[e.category or "(none)"] = counts.get(e.category or "(none)", 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def as_dict(self) -> dict:
+        return {"loss_on": self.loss_on, "no_target": len(self.no_target),
+                "no_target_by_category": self.by_category(self.no_target),
+                "cut_response": len(self.cut_response), "cut_response_by_category": self.by_category(self.cut_response)}
+
+    def summary(self) -> str:
+        def cats(xs: list[Example]) -> str:
+            return ", ".join(f"{c} {n}" for c, n in self.by_category(xs).items())
+
+        lines = []
+        if self.no_target:
+            lines.append(f"left out of training, no {self.loss_on} target after truncation: {len(self.no_target)} "
+                         f"records ({cats(self.no_target)}); never drawn, not counted in N, epochs or k")
+        if self.cut_response:
+            lines.append(f"response cut by truncation, kept: {len(self.cut_response)} records "
+                         f"({cats(self.cut_response)})")
+        return "\n".join(lines)
+
+
+def split_trainable(examples: list[Example], loss_on: str) -> tuple[list[Example], TargetReport]:
+    """(the records with at least one loss target under `loss_on`, the report of those without and of the
+    responses truncation cut)."""
+    report = TargetReport(loss_on)
+    keep = []
+    for e in examples:
+        (keep if trained_targets(e, loss_on) else report.no_target).append(e)
+        if e.truncated and e.response_tokens:
+            report.cut_response.append(e)
+    return keep, report
+
+
 @dataclass
 class TokenizeReport:
     max_length: int

@@ -14,10 +14,11 @@ import numpy as np
 from mbc_jax import UserError
 from mbc_jax.paths import UrlPath, as_path, atomic_write
 
-CONFIG, RECORDS, METRICS, SAMPLING, SUMMARY = (
-    "config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json"
+CONFIG, RECORDS, METRICS, SAMPLING, SUMMARY, LEGS = (
+    "config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json", "legs.json"
 )
 MEMORIZATION, CHECKPOINTS, TENSORBOARD, MODEL, DATA = "memorization", "checkpoints", "tensorboard", "model", "data"
+NO_TARGET = "no_target.csv"  # training records left out: no loss target after truncation (never drawn)
 PARAMS = "params"  # parameters-only snapshots, one per checkpoint step, never deleted by retention
 
 RECORDS_COLUMNS = ("index", "id", "category", "split", "tokens", "response_tokens")

@@ -18,10 +18,12 @@ from mbc_jax import distributed
 from mbc_jax.paths import UrlPath, as_path, atomic_write, staged
 from mbc_jax.run_folder.files import (
     CONFIG,
+    LEGS,
     MEMORIZATION,
     MEMORIZATION_COLUMNS,
     METRICS,
     MODEL,
+    NO_TARGET,
     RECORDS,
     RECORDS_COLUMNS,
     SAMPLING,
@@ -113,6 +115,18 @@ class RunWriter:
         if self.writes:
             write_csv(self.path / RECORDS, rows, RECORDS_COLUMNS)
 
+    def write_no_target(self, examples: Sequence[Any]) -> None:
+        """no_target.csv: the training records with no loss target (records.csv's columns, split "no_target");
+        removed when there are none, so a folder never keeps a stale list."""
+        rows = [{"index": e.index, "id": e.id, "category": e.category, "split": "no_target", "tokens": len(e),
+                 "response_tokens": e.response_tokens} for e in examples]
+        if not self.writes:
+            return
+        if rows:
+            write_csv(self.path / NO_TARGET, rows, RECORDS_COLUMNS)
+        elif (self.path / NO_TARGET).exists():
+            (self.path / NO_TARGET).unlink()
+
     def has_snapshot(self, step: int) -> bool:
         return (self.path / MEMORIZATION / snapshot_name(step)).exists()
 
@@ -160,6 +174,14 @@ class RunWriter:
                 for e, c, w in zip(examples, counts, weights)]
         if self.writes:
             write_csv(self.path / SAMPLING, rows, SAMPLING_COLUMNS)
+
+    def read_legs(self) -> list[dict]:
+        """The run's legs so far (one per `train` process that trained steps; legs.json), oldest first."""
+        f = self.path / LEGS
+        return json.loads(f.read_text()) if f.is_file() else []
+
+    def write_legs(self, legs: list[dict]) -> None:
+        self._write(LEGS, json.dumps(legs, indent=2) + "\n")
 
     def write_summary(self, summary: dict) -> None:
         self._write(SUMMARY, json.dumps(summary, indent=2) + "\n")

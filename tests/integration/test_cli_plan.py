@@ -160,3 +160,28 @@ def test_gqa_model_plans_with_tensor_over_its_key_value_heads(tmp_path, capsys):
     assert cli(["plan", "--mesh", "1,1,4", "--model-config", str(path), *SMALL_RUN]) == 2
     err = capsys.readouterr().err
     assert "2 key/value heads ('heads') are not divisible by the tensor axis (4)" in err and "Traceback" not in err
+
+
+def test_plan_with_a_tokenizer_counts_records_with_nothing_to_train_and_the_steps(tmp_path, capsys, shared_dir):
+    """Issue 28: plan reads the config's data as training would: the records left out for want of a response
+    target after truncation (by category), the cut responses, and the optimizer steps of the rest."""
+    rows = [{"instruction": f"Name item {i}.", "context": "", "response": f"Item {i}.", "category": "open_qa"}
+            for i in range(9)]
+    rows += [{"instruction": "Summarize.", "context": "word " * 120, "response": "Short.", "category": "summarization"}
+             for _ in range(3)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**TINY, "vocab_size": 50257}))
+    numbers = tmp_path / "plan.json"
+    rc = cli(["plan", "--mesh", "1,-1,1", "--devices", "2", "--model-config", str(config), "--tokenizer",
+              str(shared_dir / "tokenizers" / "gpt-neo-125M"), "--json", str(numbers), f"data={data}",
+              "val_fraction=0", "loss_on=response", "batch_size=4", "epochs=2", "max_length=64",
+              "score_tokens_per_batch=256"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "left out, no response target after truncation: 3 (summarization 3)" in out
+    assert "optimizer steps: 5 (9 training records, from --tokenizer)" in out  # ceil(2 x 9 / 4)
+    plan = json.loads(numbers.read_text())
+    assert plan["data"]["train_records"] == 9 and plan["data"]["no_target_by_category"] == {"summarization": 3}
+    assert plan["disk"]["total_steps"] == 5

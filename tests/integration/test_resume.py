@@ -84,6 +84,19 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, sampler):
     for f in (straight / "memorization").glob("*.csv"):
         assert f.read_text() == (killed / "memorization" / f.name).read_text()
     assert (straight / "sampling.csv").read_text() == (killed / "sampling.csv").read_text()
+    # summary.json counts the whole run once, however many legs it took (issue 30): tokens and refreshes equal
+    # the uninterrupted run's; the legs and their wall-clock are listed
+    whole, legs = (json.loads((r / "summary.json").read_text()) for r in (straight, killed))
+    for key in ("tokens", "mbc_refreshes", "steps", "distinct_records_drawn"):
+        assert legs[key] == whole[key], key
+    assert len(whole["legs"]) == 1 and len(legs["legs"]) >= 2
+    assert legs["wall_seconds"] == pytest.approx(sum(leg["wall_seconds"] for leg in legs["legs"]))
+    assert legs["legs"][-1]["end_step"] == legs["steps"] and legs["legs"][0]["start_step"] == 0
+    # rerunning a finished run trains nothing and leaves the totals as they were
+    subprocess.run(_train_cmd(straight, extra), check=True, env=_env(), capture_output=True, timeout=600)
+    again = json.loads((straight / "summary.json").read_text())
+    assert (again["tokens"], again["legs"], again["wall_seconds"]) == (whole["tokens"], whole["legs"],
+                                                                      whole["wall_seconds"])
     # the param snapshots: one per memorization snapshot, each bitwise the uninterrupted run's
     import orbax.checkpoint as ocp
 
@@ -170,8 +183,11 @@ def test_run_folder_contents(one_epoch_run):
     import csv
 
     run_dir, summary = one_epoch_run
-    for name in ("config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json", "model/config.json"):
+    for name in ("config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json", "legs.json",
+                 "model/config.json"):
         assert (run_dir / name).is_file(), name
+    legs = json.loads((run_dir / "legs.json").read_text())
+    assert [(leg["start_step"], leg["end_step"]) for leg in legs] == [(0, 8)] and summary["legs"] == legs
     steps = sorted(int(f.stem[5:]) for f in (run_dir / "memorization").glob("step_*.csv"))
     assert steps == [0, 4, 8]
     rows = list(csv.DictReader(open(run_dir / "memorization" / "step_00000008.csv")))

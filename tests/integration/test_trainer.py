@@ -167,3 +167,40 @@ def test_batch_larger_than_data(tmp_path):
                                  "batch_size=64"])
     with pytest.raises(UserError, match="batch_size: 64 is larger than the 40 training records"):
         create_trainer(cfg, log=lambda *a: None)
+
+
+def test_records_with_nothing_to_train_are_never_drawn_nor_counted_and_are_listed(tmp_path):
+    """Issue 28: under loss_on: response a record whose response truncation cut away entirely is left out of
+    training: MBC never draws it, N / epochs / k exclude it, and the run folder lists it by category."""
+    import csv
+    import json
+
+    from mbc_jax.assemble import create_trainer
+
+    rows = [{"instruction": f"say item {i}", "context": "", "response": f"item {i} is here", "category": "open_qa"}
+            for i in range(34)]
+    long_context = " ".join(["the"] * 200)  # far past max_length 64: the response is cut away
+    rows += [{"instruction": f"summarize {i}", "context": long_context, "response": "short",
+              "category": "summarization"} for i in range(6)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "r"
+    cfg = config_lib.load(None, [f"out={out}", "model=demo", "init=random", f"data={data}", "val_fraction=0",
+                                 "loss_on=response", "sampler=mbc", "epochs=2", "batch_size=8", "max_length=64",
+                                 "log_every=2", "mesh=1,1,1", "mbc.k=0"])
+    lines = []
+    run = create_trainer(cfg, log=lines.append)
+    assert len(run.data.train) == 34 and run.epoch_steps == 5 and run.mbc_k == 5
+    assert run.total_steps == 9  # ceil(2 epochs x 34 records / 8)
+    assert any("left out of training, no response target after truncation: 6 records (summarization 6)" in x
+               for x in lines)
+    summary = run.train()
+    assert summary["train_records"] == 34 and summary["targets"]["no_target_by_category"] == {"summarization": 6}
+    listed = list(csv.DictReader(open(out / "no_target.csv")))
+    assert sorted(r["id"] for r in listed) == sorted(str(i) for i in range(34, 40))
+    assert {r["category"] for r in listed} == {"summarization"} and {r["response_tokens"] for r in listed} == {"0"}
+    drawn = {r["id"] for r in csv.DictReader(open(out / "sampling.csv")) if int(r["draws"])}
+    assert drawn and not drawn & {r["id"] for r in listed}  # MBC drew only trainable records
+    assert sum(int(r["draws"]) for r in csv.DictReader(open(out / "sampling.csv"))) == 9 * 8
+    snapshot = list(csv.DictReader(open(out / "memorization" / "step_00000009.csv")))
+    assert not {r["id"] for r in snapshot} & {r["id"] for r in listed}  # the figures' inputs leave them out
