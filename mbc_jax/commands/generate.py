@@ -34,6 +34,7 @@ from mbc_jax.generate import (
     DEFAULT_TOP_P,
     AnswerProgress,
     SamplingConfig,
+    default_new_tokens,
 )
 
 
@@ -90,16 +91,6 @@ def _check_args(args: argparse.Namespace) -> SamplingConfig:
         return cfg.validate()
     except UserError as e:  # name the flag
         raise UserError(f"{e} (--top-p, --top-k, --temperature, --repetition-penalty, --max-new-tokens)") from None
-
-
-def default_new_tokens(positions: int) -> tuple[int, str | None]:
-    """The default --max-new-tokens for a model with `positions` positions, and the note when it is capped:
-    the paper's 256 where a prompt keeps at least as many positions, else half the positions."""
-    n = min(DEFAULT_MAX_NEW_TOKENS, positions // 2)
-    if n == DEFAULT_MAX_NEW_TOKENS:
-        return n, None
-    return n, (f"--max-new-tokens: the model has {positions} positions, so the default {DEFAULT_MAX_NEW_TOKENS} is "
-               f"capped at {n} (half of them; the prompt keeps the rest); pass --max-new-tokens to choose")
 
 
 def run(args: argparse.Namespace) -> int:
