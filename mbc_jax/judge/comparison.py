@@ -28,6 +28,7 @@ from mbc_jax.judge import length, winrate
 from mbc_jax.judge.answers import Matched, Pair, match_answers
 from mbc_jax.judge.client import Judge, JudgeConfig, JudgeUnavailable, make_judge, public_url
 from mbc_jax.judge.protocol import PROTOCOLS, identical_judgment, seeded_order
+from mbc_jax.paths import check_output_file
 from mbc_jax.run_folder import atomic_write
 
 
@@ -117,6 +118,8 @@ def judge_files(
     config = config or JudgeConfig()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     paths = output_paths(out)
+    for path in paths.values():  # before the judge is reached or an answer read
+        check_output_file(path)
     judge = make_judge(config, base_url,
                        cache_dir if cache_dir is not None else paths["results"].parent / "judge_cache", template, sleep)
     matched = match_answers(path_a, path_b)
@@ -217,6 +220,9 @@ def _write_outputs(paths: dict[str, Path], judgments: list[dict], results: dict,
     if plot:
         winrate.plot_win_rates(winrate.summary_rows(results), paths["png"], name_a=results["name_a"],
                                name_b=results["name_b"], title=title)
+    else:  # no chart to draw: a chart from an earlier run would show other results
+        for key in ("png", "csv"):
+            paths[key].unlink(missing_ok=True)
 
 
 def _fmt(block: dict, part: str) -> str:

@@ -626,3 +626,22 @@ def test_identical_pairs_among_judged_ones_are_counted_apart(tmp_path, server_fa
     assert (c["win"], c["tie"], c["loss"], c["identical"]) == (3, 6, 1, 2)
     assert c["consistency"] == 5 / 8  # over the 8 judged pairs: q1-q3, q5, q6 agree
     assert c["per_order"]["a_first"]["judged"] == 8
+
+
+def test_output_checked_before_work_and_a_stale_chart_removed(tmp_path, server_factory, capsys):
+    from mbc_jax.judge.comparison import _write_outputs, output_paths
+
+    server = server_factory(script=KNOWN)
+    a, b = answer_files(tmp_path)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    assert judge_command.main(["--a", str(a), "--b", str(b), "--out", str(blocker / "r.json"),
+                               "--base-url", server.url, "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {blocker / 'r.json'}: {blocker} is a file, not a folder"
+    assert sum(server.seen.values()) == 0
+    # a run with no chart to draw removes the chart (and its CSV) an earlier run left
+    res = run_judge(tmp_path, server, a, b)
+    paths = output_paths(tmp_path / "out" / "results.json")
+    assert paths["png"].is_file() and paths["csv"].is_file()
+    _write_outputs(paths, [], res, plot=False, title="t")
+    assert not paths["png"].exists() and not paths["csv"].exists() and paths["results"].is_file()
