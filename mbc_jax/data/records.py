@@ -250,6 +250,12 @@ PLAIN_PROMPT_COMPLETION = ("NOTE: {n} plain-string prompt/completion record(s) a
                            '{{"user_prefix": "", "assistant_prefix": "", "response_prefix": ""}}')
 
 
+def _note_plain(report: LoadReport, plain: int) -> None:
+    if plain:
+        report.counts["plain_prompt_completion"] = plain
+        report.notes.append(PLAIN_PROMPT_COMPLETION.format(n=plain))
+
+
 def load_records(
     path: str | os.PathLike, schema: str = "auto", skip_bad: bool = False, *, fields: str | dict | None = None,
     tree: str = "best", tree_filter: str | None = None,
@@ -291,8 +297,7 @@ def load_records(
     fix = fmap.translate if fmap is not None else (lambda e: e)
 
     records: list[Record] = []
-    chosen = None if schema == "auto" else schema
-    plain = 0  # plain-string prompt/completion records (the note below)
+    chosen, plain = (None if schema == "auto" else schema), 0  # plain: plain-string prompt/completion records
     items = iter(items)
     for index, (source, obj, err) in enumerate(items):
         report.records_read += 1
@@ -320,9 +325,7 @@ def load_records(
             report.skipped.append((source, str(e)))
     if chosen == "tree":
         records = trees.build_records(items, report, mode=tree, tree_filter=tree_filter, skip_bad=skip_bad, fix=fix)
-    if plain:
-        report.counts["plain_prompt_completion"] = plain
-        report.notes.append(PLAIN_PROMPT_COMPLETION.format(n=plain))
+    _note_plain(report, plain)
     report.records_loaded = len(records)
     if report.records_read == 0:
         raise DataError(f"{path}:1", "file",

@@ -118,8 +118,7 @@ def judge_files(
     config = config or JudgeConfig()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     paths = output_paths(out)
-    for path in paths.values():  # before the judge is reached or an answer read
-        check_output_file(path)
+    _check_outputs(paths)  # before the judge is reached or an answer read
     judge = make_judge(config, base_url,
                        cache_dir if cache_dir is not None else paths["results"].parent / "judge_cache", template, sleep)
     matched = match_answers(path_a, path_b)
@@ -168,6 +167,11 @@ def judge_files(
 
 IDENTICAL_RULE = "a pair whose two answers are the same text is a tie without a judge call (as `mbc-jax select`)"
 IDENTICAL_JUDGED = "identical answers were sent to the judge like any other pair (--judge-identical)"
+
+
+def _check_outputs(paths: dict[str, Path]) -> None:
+    for path in paths.values():
+        check_output_file(path)
 
 
 def _in_order(pairs: list[Pair], asked: list[dict], same: list[Pair], orders: int, seed: int) -> list[dict]:
