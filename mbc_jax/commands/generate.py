@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"generated {summary['records']} records, {summary['tokens']} tokens in {summary['seconds']:.1f}s "
           f"({summary['tokens_per_second']:.1f} tok/s); mean entropy {summary['mean_entropy']:.3f} nats "
           f"(sampling {summary['mean_sampling_entropy']:.3f}); stopped at EOS {summary['stopped_eos']}/"
-          f"{summary['records']}; empty answers {summary['empty']}; wrote {out}"
+          f"{summary['records']}; prompts cut to fit {summary['prompts_truncated']}; empty answers {summary['empty']}; "
+          f"wrote {out}"
           + (f" ({cfg.max_new_tokens} new tokens at most: capped by the model's positions)" if cap_note else ""))
     if summary["empty"]:
         print(f"warning: {summary['empty']} of {summary['records']} answers are empty; `mbc-jax judge` refuses them "

@@ -210,7 +210,7 @@ def test_empty_answers_are_counted_and_the_output_checked_first(tmp_path, tiny_n
     base = ["generate", "--model", str(tiny_neo_dir), "--data", str(data), "--greedy", "--max-new-tokens", "3"]
     first = tmp_path / "first.jsonl"
     assert main([*base, "--out", str(first)]) == 0
-    assert "empty answers 0" in capsys.readouterr().out
+    assert "prompts cut to fit 0; empty answers 0;" in capsys.readouterr().out
     firsts = [json.loads(x)["output_ids"][0] for x in first.read_text().splitlines()]
     # make the token greedy decoding picks first for r0 the EOS: those answers stop before any text
     template = tmp_path / "t.json"
