@@ -24,6 +24,7 @@ from typing import Sequence
 
 from experiments import common
 from experiments.common import Artifact, pct
+from mbc_jax.judge.comparison import IDENTICAL_JUDGED
 
 NAME = "fig5_win_rate"
 TITLE = "Figure 5: MBC vs baseline, pairwise judge"
@@ -113,6 +114,17 @@ def _rates(block: dict, a: str, b: str) -> str:
             f"loses {pct(block['loss_rate'])} against {b}")
 
 
+def identical_sentence(res: dict) -> str:
+    """The caption's count of identical answer pairs ("identical: N"), and whether they were judged."""
+    n = res.get("n_identical")
+    if n is None:
+        return "The results file does not count identical answers (written before that count existed)."
+    if res.get("identical") == IDENTICAL_JUDGED:
+        return f"Identical: {n} prompts got the same answer from both models; they were judged like the others."
+    return (f"Identical: {n} prompts got the same answer from both models; each is a tie without a judge call "
+            "(included in the ties above).")
+
+
 def describe(results: dict[str, dict], lrs: Sequence[float | None]) -> str:
     parts = []
     for (label, res), lr in zip(results.items(), lrs):
@@ -129,10 +141,13 @@ def describe(results: dict[str, dict], lrs: Sequence[float | None]) -> str:
         parts.append(f"Here ({label}), judged once per prompt in an order drawn per prompt from seed "
                      f"{res['protocol']['seed']} (the paper's protocol; judge {judge}, "
                      f"{single['n']} prompts), {_rates(single, a, b)}.")
+        parts.append(identical_sentence(res))
         cons = (res.get("consistent") or {}).get("overall")
         if cons and cons.get("n"):
-            parts.append(f"Judged in both orders, counting a win only when both orders agree, {_rates(cons, a, b)}; "
-                         f"the judge agreed with itself across orders on {pct(cons['consistency'])} of prompts.")
+            agreed = (f"; the judge agreed with itself across orders on {pct(cons['consistency'])} of the prompts it "
+                      "judged" if cons.get("consistency") is not None else "")
+            parts.append(f"Judged in both orders, counting a win only when both orders agree, {_rates(cons, a, b)}"
+                         f"{agreed}.")
         lengths = res["lengths"]["overall"]
         if lengths.get("n"):
             parts.append(f"{a}'s answers average {lengths['mean_words_a']:.1f} words against "

@@ -5,7 +5,9 @@
 games between checkpoints on dev prompts, a Bradley-Terry ranking), then MBC (A) is judged against the
 baseline (B) at each learning rate twice:
 
-- `lr<LR>_selected.json`: each run's answers at its selected step;
+- `lr<LR>_selected.json`: each run's answers at its selected step; where selection found no winner
+  (`mbc_jax.selection.select.NO_WINNER_RULE`), at its last checkpoint instead, labelled as such in the
+  comparison's label and in the notes (REPORT.md);
 - `lr<LR>_last.json`: each run's answers at its last checkpoint (the Table 1 generations).
 
 Both comparisons use the same prompts: the Table 1 validation prompts minus every dev prompt either run
@@ -33,6 +35,18 @@ SELECT = {"tiny": {"dev": 16, "max_calls": 500}, "small": {"dev": DEFAULT_DEV, "
 
 
 
+def selected_step(selection: dict) -> int:
+    """The step judged as "selected": the chosen one, or the last checkpoint when selection found no winner."""
+    return selection["last_step"] if selection["chosen_step"] is None else selection["chosen_step"]
+
+
+def step_label(selection: dict) -> str:
+    """"step N", or "step N (last: no winner)" for the fallback."""
+    if selection["chosen_step"] is None:
+        return f"step {selection['last_step']} (last checkpoint: selection found no winner)"
+    return f"step {selection['chosen_step']}"
+
+
 def judge_runs(folders: dict[tuple[str, float], RunFolder], last_answers: dict[tuple[str, float], Path],
                lrs: Sequence[float], out: Path, *, url: str, judge_model: str, dev: int, max_calls: int,
                max_new_tokens: int, mesh: str | None = None, limit: int | None = None,
@@ -44,9 +58,13 @@ def judge_runs(folders: dict[tuple[str, float], RunFolder], last_answers: dict[t
         res = select_checkpoint(run.path, SelectConfig(dev=dev, max_calls=max_calls, max_new_tokens=max_new_tokens,
                                                        mesh=mesh), judge, base_url=url, progress=False, log=log)
         selected[key] = res
-        notes.append(f"selection: {run.label} chose step {res['chosen_step']} of {len(res['steps'])} checkpoints "
-                     f"(last {res['last_step']}; {res['schedule']['description']}; dev prompts: "
-                     f"{res['dev']['description']})")
+        if res["chosen_step"] is None:
+            notes.append(f"selection: {run.label}: {res['reason']}; FALLBACK: its last checkpoint (step "
+                         f"{res['last_step']}) stands in for the selected one ({res['schedule']['description']})")
+        else:
+            notes.append(f"selection: {run.label} chose step {res['chosen_step']} of {len(res['steps'])} checkpoints "
+                         f"(last {res['last_step']}; {res['schedule']['description']}; dev prompts: "
+                         f"{res['dev']['description']})")
     sampling = SamplingConfig(max_new_tokens=max_new_tokens).validate()  # the paper's, as Table 1 generates
     results, labels = [], []
     for lr in lrs:
@@ -60,15 +78,15 @@ def judge_runs(folders: dict[tuple[str, float], RunFolder], last_answers: dict[t
         notes.append(f"judge at lr {fmt_lr(lr)}: {len(ids)} validation prompts, {left_out} dev prompt(s) left out")
         files: dict[str, dict] = {"selected": {}, "last": {}}
         for k in keys:
-            run, step = folders[k], selected[k]["chosen_step"]
+            run, step = folders[k], selected_step(selected[k])
             by_id = {str(r.id): r for r in run.load_records("val")}
             files["selected"][k[0]] = out / "answers" / f"{run.slug}_step{step}.jsonl"
             answers_at_step(run, step, [by_id[i] for i in ids], files["selected"][k[0]], sampling=sampling, seed=0,
                             mesh=mesh, log=log)
             files["last"][k[0]] = out / "answers" / f"{run.slug}_last.jsonl"
             write_answers(files["last"][k[0]], last[k])
-        steps = {k[0]: selected[k]["chosen_step"] for k in keys}
-        for which, label in (("selected", f"lr {fmt_lr(lr)}, selected (MBC step {steps['mbc']}, baseline step "
+        steps = {k[0]: step_label(selected[k]) for k in keys}
+        for which, label in (("selected", f"lr {fmt_lr(lr)}, selected (MBC {steps['mbc']}, baseline "
                                           f"{steps['uniform']})"),
                              ("last", f"lr {fmt_lr(lr)}, last checkpoint")):
             path = out / f"lr{fmt_lr(lr)}_{which}.json"

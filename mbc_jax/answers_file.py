@@ -26,7 +26,8 @@ def meta_path(path: str | os.PathLike) -> Path:
 
 
 def write_answers(path: str | os.PathLike, rows: Iterable[dict], meta: dict | None = None) -> int:
-    """Write the answer rows to `path`, then `meta` (when given) beside it; returns the number of rows."""
+    """Write the answer rows to `path`, then `meta` beside it (without `meta`, an earlier one there is removed);
+    returns the number of rows."""
     n = 0
 
     def body(f) -> None:
@@ -38,6 +39,8 @@ def write_answers(path: str | os.PathLike, rows: Iterable[dict], meta: dict | No
     atomic_write(path, body)
     if meta is not None:
         atomic_write(meta_path(path), json.dumps(meta, indent=2) + "\n")
+    elif meta_path(path).is_file():  # a stale one from an earlier write would describe other answers
+        meta_path(path).unlink()
     return n
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from mbc_jax import UserError
-from mbc_jax.answers_file import write_answers
+from mbc_jax.answers_file import meta_path, write_answers
 from mbc_jax.commands.common import (
     add_data_args,
     add_model_args,
@@ -34,7 +34,9 @@ from mbc_jax.generate import (
     DEFAULT_TOP_P,
     AnswerProgress,
     SamplingConfig,
+    default_new_tokens,
 )
+from mbc_jax.paths import check_output_file
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -92,21 +94,13 @@ def _check_args(args: argparse.Namespace) -> SamplingConfig:
         raise UserError(f"{e} (--top-p, --top-k, --temperature, --repetition-penalty, --max-new-tokens)") from None
 
 
-def default_new_tokens(positions: int) -> tuple[int, str | None]:
-    """The default --max-new-tokens for a model with `positions` positions, and the note when it is capped:
-    the paper's 256 where a prompt keeps at least as many positions, else half the positions."""
-    n = min(DEFAULT_MAX_NEW_TOKENS, positions // 2)
-    if n == DEFAULT_MAX_NEW_TOKENS:
-        return n, None
-    return n, (f"--max-new-tokens: the model has {positions} positions, so the default {DEFAULT_MAX_NEW_TOKENS} is "
-               f"capped at {n} (half of them; the prompt keeps the rest); pass --max-new-tokens to choose")
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = _check_args(args)
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; give a file name such as {out / 'answers.jsonl'}")
+    check_output_file(out)  # before the data and the model load
+    check_output_file(meta_path(out), "--out's settings file")
 
     from mbc_jax.data import load_records
     from mbc_jax.generate import answer_records
@@ -140,7 +134,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"generated {summary['records']} records, {summary['tokens']} tokens in {summary['seconds']:.1f}s "
           f"({summary['tokens_per_second']:.1f} tok/s); mean entropy {summary['mean_entropy']:.3f} nats "
           f"(sampling {summary['mean_sampling_entropy']:.3f}); stopped at EOS {summary['stopped_eos']}/"
-          f"{summary['records']}; wrote {out}" + (f" ({cfg.max_new_tokens} new tokens at most: capped by the model's "
-                                                  "positions)" if cap_note else ""))
+          f"{summary['records']}; prompts cut to fit {summary['prompts_truncated']}; empty answers {summary['empty']}; "
+          f"wrote {out}"
+          + (f" ({cfg.max_new_tokens} new tokens at most: capped by the model's positions)" if cap_note else ""))
+    if summary["empty"]:
+        print(f"warning: {summary['empty']} of {summary['records']} answers are empty; `mbc-jax judge` refuses them "
+              "unless --allow-empty", file=sys.stderr)
     return 0
 

@@ -67,6 +67,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "(default: the paper's Figure 4 prompt, templates/figure4_judge_prompt.txt)")
     p.add_argument("--allow-empty", action="store_true",
                    help="judge empty answers as they are instead of stopping")
+    p.add_argument("--judge-identical", action="store_true",
+                   help="send pairs whose two answers are the same text to the judge too (default: such a pair is "
+                        "a tie without a call, counted as 'identical', as `mbc-jax select` does)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="judge only the first N matched pairs (a cheap trial run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         args.a, args.b, args.out, config=config, base_url=args.base_url, cache_dir=args.cache,
         name_a=args.name_a, name_b=args.name_b, template=args.template, orders=args.orders,
         seed=args.seed, max_calls=args.max_calls,
-        n_boot=args.bootstrap, allow_empty=args.allow_empty, limit=args.limit,
+        n_boot=args.bootstrap, allow_empty=args.allow_empty, judge_identical=args.judge_identical, limit=args.limit,
         progress=not args.no_progress)
     print(summary_line(results, args.out))
     return 0

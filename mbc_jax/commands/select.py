@@ -38,7 +38,9 @@ def register(subparsers) -> argparse.ArgumentParser:
             "(Figure 4 prompt, both orders, a win only when both agree, every reply cached) compares checkpoint "
             "pairs: the full round robin when it fits in --max-calls, else every adjacent pair plus a seeded "
             "sample of the others. A Bradley-Terry fit (ties = half a win each, a tiny ridge) with bootstrap "
-            "CIs over the dev prompts ranks them; the strongest is chosen. Writes RUN/selection/: "
+            "CIs over the dev prompts ranks them; the strongest is chosen when the games separate it: with no valid "
+            "game, only ties, or a strongest checkpoint whose 95% CI overlaps the CI of every other, it reports "
+            "\"no winner\" with the reason and chooses no step. Writes RUN/selection/: "
             f"selection.json, ranking.csv, games.jsonl, answers/, judge_cache/. The API key is read from "
             f"{API_KEY_ENV} (not needed for a local endpoint)."))
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `mbc-jax train`")
@@ -53,8 +55,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RUN/selection)")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of the dev sample, the pair sample, generation and the bootstrap (default: 0)")
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
-                   help=f"new tokens per answer (default: {DEFAULT_MAX_NEW_TOKENS}, the paper's)")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help=f"new tokens per answer (default: {DEFAULT_MAX_NEW_TOKENS}, the paper's; on a model with fewer "
+                        "than twice that many positions, half its positions, as `mbc-jax generate`)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B", help="generation rows per batch (default: 32)")
     add_mesh_arg(p)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype for generation")
@@ -114,5 +117,14 @@ def report(result: dict) -> str:
         f"pairs: {result['schedule']['description']}; {calls['api_calls']} judge API calls, {calls['cached']} cached, "
         f"{result['games']['identical_answers']} identical-answer ties, {result['games']['invalid']} invalid",
         table(rows, ["step", "rank", "strength", "95% CI", "P(top)", "wins", "ties", "losses"]),
-        f"chosen step: {result['chosen_step']} (last: {result['last_step']}); wrote {result['out']}",
+        truncation_line(result),
+        (f"chosen step: {result['chosen_step']} ({result['reason']}; last: {result['last_step']})"
+         if result["chosen_step"] is not None else f"{result['reason']}; no step chosen (last: {result['last_step']})"),
+        f"wrote {result['out']}",
     ])
+
+
+def truncation_line(result: dict) -> str:
+    """How many dev prompts were cut to fit the model (the most over the checkpoints)."""
+    n = max(result["prompts_truncated"].values(), default=0)
+    return f"dev prompts cut to fit the model: {n} of {result['dev']['n']}"

@@ -241,6 +241,21 @@ def _iter_json_array(path: str, data: bytes) -> Iterator[_Item]:
         raise DataError(f"{path}:{line_at(min(pos, n))}", "file", "malformed JSON array: expected ',' or ']'")
 
 
+# TRL concatenates a plain-string prompt and completion as they stand; here they are a user turn and an
+# assistant turn, rendered with the run's template like every other schema (one format for training,
+# scoring and generation). The load summary says so.
+PLAIN_PROMPT_COMPLETION = ("NOTE: {n} plain-string prompt/completion record(s) are rendered with the template (by "
+                           "default `Human: {{prompt}}\n\nAssistant: {{completion}}` + EOS), not concatenated as "
+                           "TRL does; for TRL's text pass --template FILE with "
+                           '{{"user_prefix": "", "assistant_prefix": "", "response_prefix": ""}}')
+
+
+def _note_plain(report: LoadReport, plain: int) -> None:
+    if plain:
+        report.counts["plain_prompt_completion"] = plain
+        report.notes.append(PLAIN_PROMPT_COMPLETION.format(n=plain))
+
+
 def load_records(
     path: str | os.PathLike, schema: str = "auto", skip_bad: bool = False, *, fields: str | dict | None = None,
     tree: str = "best", tree_filter: str | None = None,
@@ -282,7 +297,7 @@ def load_records(
     fix = fmap.translate if fmap is not None else (lambda e: e)
 
     records: list[Record] = []
-    chosen = None if schema == "auto" else schema
+    chosen, plain = (None if schema == "auto" else schema), 0  # plain: plain-string prompt/completion records
     items = iter(items)
     for index, (source, obj, err) in enumerate(items):
         report.records_read += 1
@@ -302,6 +317,7 @@ def load_records(
                 items = itertools.chain([(source, obj, err)], items)
                 break
             records.append(_parse_record(obj, chosen, index, source))
+            plain += chosen == "prompt_completion" and not formats.is_conversational(obj)
         except DataError as e:
             e = fix(e)
             if not skip_bad:
@@ -309,6 +325,7 @@ def load_records(
             report.skipped.append((source, str(e)))
     if chosen == "tree":
         records = trees.build_records(items, report, mode=tree, tree_filter=tree_filter, skip_bad=skip_bad, fix=fix)
+    _note_plain(report, plain)
     report.records_loaded = len(records)
     if report.records_read == 0:
         raise DataError(f"{path}:1", "file",

@@ -19,8 +19,9 @@ hold (a message's parent is the one it is nested in), and a message's source nam
 (`FILE:LINE: prompt.replies[1]`).
 
 Expansion (`tree`): `best` follows the top-ranked reply at every turn (ties: input order), the usual
-SFT choice; `all` gives every root-to-leaf path. Trailing prompts without a reply are cut off; a path
-with no assistant reply gives no record (counted). Identical paths after that cut are kept once.
+SFT choice; `all` gives every root-to-leaf path. Trailing prompts without a reply are cut off (the paths
+cut are counted); a path with no assistant reply gives no record (counted). Identical paths after that
+cut are kept once (the others counted as merged).
 A record's id is its path, the message ids joined by `/`; its source is its last message's line.
 
 Filters (`tree_filter`, comma-separated, `none` for none): `deleted` (deleted: true), `failed_review`
@@ -28,6 +29,10 @@ Filters (`tree_filter`, comma-separated, `none` for none): `deleted` (deleted: t
 with it; both are counted in the report. A missing parent (an orphan), a cycle of parent ids, an
 empty assistant message or any other bad field is a `DataError` naming the message's line; with
 `skip_bad` it is counted, listed, and its replies are dropped with it (counted).
+
+The load summary's counts add up: every message read is kept, filtered (per filter), unreadable,
+an orphan, in a cycle, or below one of those (`MESSAGE_PARTS`); every path is a dialogue, merged, or
+without a reply (`PATH_PARTS`).
 """
 
 from __future__ import annotations
@@ -175,18 +180,33 @@ def build_records(items: Iterable[tuple[str, Any, DataError | None]], report: Lo
     for m in sorted(msgs.values(), key=lambda x: x.order):
         if status[m.id] == "?":
             _settle(m, msgs, status, bad, counts)
+    counts["kept"] = sum(v == "ok" for v in status.values())
     roots = _link_trees(msgs, status)
     records = _dialogues(_paths(roots, mode), counts)
     report.counts.update({k: v for k, v in counts.items() if v})
-    out = [f"{counts['kept']} messages kept in {len(roots)} trees -> {len(records)} dialogues (tree: {mode})"]
-    out += [f"{counts[k]} {label}" for k, label in (
-        ("deleted", "deleted messages filtered"), ("failed_review", "messages that failed review filtered"),
-        ("unreviewed", "unreviewed messages filtered"), ("orphan", "orphan messages (parent not in the input)"),
-        ("cycle", "messages in reply cycles"),
-        ("below_out", "replies dropped below a filtered, bad, orphan or cyclic message"),
-        ("no_reply", "trees/paths without an assistant reply")) if counts[k]]
-    report.notes.append("; ".join(out))
+    report.notes.append(_note(counts, len(roots), len(records), mode))
     return records
+
+
+MESSAGE_PARTS = (  # every message read is exactly one of these (tests hold the sum to the messages read)
+    ("kept", None), ("deleted", "deleted messages filtered"), ("failed_review", "messages that failed review filtered"),
+    ("unreviewed", "unreviewed messages filtered"), ("unreadable", "unreadable messages skipped"),
+    ("orphan", "orphan messages (parent not in the input)"), ("cycle", "messages in reply cycles"),
+    ("below_out", "replies dropped below a filtered, bad, orphan or cyclic message"))
+PATH_PARTS = (  # every path is a dialogue, merged, or without a reply; `cut` counts dialogues cut back
+    ("cut", "cut back to their last assistant reply (they ended on an unanswered prompt)"),
+    ("merged", "merged as duplicates after that cut"), ("no_reply", "without an assistant reply"))
+
+
+def _note(counts: Counter[str], trees: int, dialogues: int, mode: str) -> str:
+    """The load summary's tree line: the messages kept, filtered, skipped and dropped, then the paths."""
+    out = [f"{counts['kept']} messages kept in {trees} trees -> {dialogues} dialogues (tree: {mode})"]
+    out += [f"{counts[k]} {label}" for k, label in MESSAGE_PARTS[1:] if counts[k]]
+    paths = "root-to-leaf paths" if mode == "all" else "best paths (one per tree)"
+    parts = [f"{counts[k]} {label}" for k, label in PATH_PARTS if counts[k]]
+    if parts:
+        out.append(f"of {counts['paths']} {paths}: " + ", ".join(parts))
+    return "; ".join(out)
 
 
 def _read_messages(items: Iterable[tuple[str, Any, DataError | None]], filters: tuple[str, ...], report: LoadReport,
@@ -206,6 +226,7 @@ def _read_messages(items: Iterable[tuple[str, Any, DataError | None]], filters: 
                 raise DataError(source, "message_id", f"{m.id!r} again (first at {msgs[m.id].source})")
         except DataError as e:
             bad(source, e)
+            counts["unreadable"] += 1
             mid = obj.get("message_id") if isinstance(obj, dict) else None
             if isinstance(mid, (str, int)) and not isinstance(mid, bool) and str(mid) not in msgs:
                 status[str(mid)] = "bad"  # its replies go with it
@@ -213,7 +234,8 @@ def _read_messages(items: Iterable[tuple[str, Any, DataError | None]], filters: 
         msgs[m.id] = m
         reason = _filtered(m, filters)
         status[m.id] = reason or "?"
-        counts[reason or "kept"] += 1
+        if reason:
+            counts[reason] += 1
     return msgs, status
 
 
@@ -285,16 +307,21 @@ def _paths(roots: list[_Message], mode: str) -> list[list[_Message]]:
 
 
 def _dialogues(paths: list[list[_Message]], counts: Counter[str]) -> list[Record]:
-    """One Record per distinct path cut after its last assistant message (paths without one are counted)."""
+    """One Record per distinct path cut after its last assistant message (counted: the paths, those without
+    a reply, those cut back to their last reply, and those merged as duplicates after the cut)."""
     records, seen_paths = [], set()
+    counts["paths"] += len(paths)
     for path in paths:
+        ended_on_prompt = bool(path) and path[-1].role != "assistant"
         while path and path[-1].role != "assistant":
             path = path[:-1]
         if not path:
             counts["no_reply"] += 1
             continue
+        counts["cut"] += ended_on_prompt
         key = tuple(x.id for x in path)
         if key in seen_paths:
+            counts["merged"] += 1
             continue
         seen_paths.add(key)
         category = path[0].raw.get("category")

@@ -28,6 +28,7 @@ from mbc_jax.generate.sampling import (
     TINY_MAX_NEW_TOKENS,
     SamplingConfig,
     Settings,
+    default_new_tokens,
     entropy,
     process_logits,
     repetition_penalty,
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_BUCKET", "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_REPETITION_PENALTY", "DEFAULT_TEMPERATURE", "DEFAULT_TOP_P",
     "EXTRACTION_MAX_NEW_TOKENS", "MAX_EOS_IDS", "TINY_MAX_NEW_TOKENS", "AnswerProgress", "Answers", "Generation",
     "Prompt", "SamplingConfig", "Settings", "answer_records",
-    "batch_rows", "bucket_length", "build_prompts", "decode_text", "entropy", "generate", "instruction_text",
+    "batch_rows", "bucket_length", "build_prompts", "decode_text", "default_new_tokens", "entropy", "generate",
+    "instruction_text",
     "process_logits", "repetition_penalty", "summarize", "top_k_filter", "top_p_filter",
 ]

@@ -179,7 +179,7 @@ class Answers:
     """What `answer_records` returns."""
 
     rows: list[dict]  # one per record, in the records' order: the lines of `mbc-jax generate`
-    summary: dict  # `summarize` of the generations, plus prompts_truncated and max_prompt_length
+    summary: dict  # `summarize` of the generations, plus prompts_truncated, max_prompt_length and empty answers
     eos_token_id: int | None  # the token that stops a row (None: none; only with ignore_eos)
 
 
@@ -275,5 +275,15 @@ def answer_records(model: Any, records: Sequence[Any], config: SamplingConfig, t
     gens = generate(model, [p.ids for p in prompts], config, seed=seed, eos_token_id=eos, pad_token_id=pad,
                     batch_size=batch_size, bucket=bucket, row_keys=[p.index for p in prompts], on_batch=on_batch)
     summary = summarize(gens, time.perf_counter() - start)
-    summary.update(prompts_truncated=len(truncated), max_prompt_length=max_prompt)
-    return Answers([_answer_row(p, g, tok) for p, g in zip(prompts, gens)], summary, eos)
+    rows = [_answer_row(p, g, tok) for p, g in zip(prompts, gens)]
+    summary.update(prompts_truncated=len(truncated), max_prompt_length=max_prompt, empty=count_empty(rows))
+    return Answers(rows, summary, eos)
+
+
+def count_empty(rows: Sequence[dict]) -> int:
+    """Answers with no text: output_text empty after stripping (no tokenizer: no token before the EOS)."""
+    def empty(r: dict) -> bool:
+        if r["output_text"] is not None:
+            return not r["output_text"].strip()
+        return r["num_tokens"] - (r["stopped"] == "eos") == 0
+    return sum(empty(r) for r in rows)

@@ -77,6 +77,16 @@ class SamplingConfig:
         return positions - self.max_new_tokens
 
 
+def default_new_tokens(positions: int, flag: str = "--max-new-tokens") -> tuple[int, str | None]:
+    """The default new tokens per answer for a model with `positions` positions, and the note when it is
+    capped: the paper's 256 where a prompt keeps at least as many positions, else half the positions
+    (`mbc-jax generate` and `mbc-jax select` both default to this)."""
+    n = min(DEFAULT_MAX_NEW_TOKENS, positions // 2)
+    if n == DEFAULT_MAX_NEW_TOKENS:
+        return n, None
+    return n, (f"{flag}: the model has {positions} positions, so the default {DEFAULT_MAX_NEW_TOKENS} is "
+               f"capped at {n} (half of them; the prompt keeps the rest); pass {flag} to choose")
+
 
 def entropy(logits: jax.Array) -> jax.Array:
     """Entropy (nats) of softmax(logits) over the last axis, in float32; -inf logits contribute 0."""

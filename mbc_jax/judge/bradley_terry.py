@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+TOP_TOLERANCE = 1e-9  # strengths this close count as a tie for the top of a bootstrap fit
 DEFAULT_RIDGE = 0.01  # prior sd 10 on each strength, in logits: it only matters when a fit would diverge
 
 
@@ -109,7 +110,7 @@ class Ranking:
     strength: np.ndarray
     ci_low: np.ndarray
     ci_high: np.ndarray
-    p_top: np.ndarray  # share of bootstrap fits in which the player has the highest strength
+    p_top: np.ndarray  # share of bootstrap fits in which the player has the highest strength (m tied: 1/m each)
     wins: np.ndarray
     ties: np.ndarray
     losses: np.ndarray
@@ -136,7 +137,8 @@ def rank(t: Tables, *, ridge: float = DEFAULT_RIDGE, n_boot: int = 1000, seed: i
     alpha = (1 - level) / 2
     if n_boot:
         lo, hi = np.quantile(boot, [alpha, 1 - alpha], axis=0)
-        p_top = np.bincount(np.argmax(boot, 1), minlength=n) / n_boot
+        top = boot >= boot.max(1, keepdims=True) - TOP_TOLERANCE  # a tie at the top is shared, not given to the first
+        p_top = (top / top.sum(1, keepdims=True)).mean(0)
     else:
         lo = hi = p_top = np.full(n, np.nan)
     return Ranking(strength, lo, hi, p_top, t.wins, t.ties, t.losses, n_boot=n_boot, ridge=ridge)

@@ -3,7 +3,8 @@
 `judge_files(A, B, OUT)` is what `mbc-jax judge --a A --b B --out OUT` runs. `orders=1` (the
 default) is the paper's protocol, one judgment per pair in a seeded order; `orders=2` judges both
 orders (see `protocol`). Empty answers stop it with the file:line of each (unless `allow_empty`;
-they are then counted as `n_empty`); a pair without the valid verdicts its rates need is reported
+they are then counted as `n_empty`); a pair of identical answers is a tie without a judge call, counted
+as `n_identical` (unless `judge_identical`); a pair without the valid verdicts its rates need is reported
 (`n_invalid`), left out of those rates and retried by the next run.
 
 The results JSON (OUT) holds `protocol` (orders, seed, which rates are the headline),
@@ -26,7 +27,8 @@ from mbc_jax import UserError
 from mbc_jax.judge import length, winrate
 from mbc_jax.judge.answers import Matched, Pair, match_answers
 from mbc_jax.judge.client import Judge, JudgeConfig, JudgeUnavailable, make_judge, public_url
-from mbc_jax.judge.protocol import PROTOCOLS
+from mbc_jax.judge.protocol import PROTOCOLS, identical_judgment, seeded_order
+from mbc_jax.paths import check_output_file
 from mbc_jax.run_folder import atomic_write
 
 
@@ -97,6 +99,7 @@ def judge_files(
     max_calls: int | None = None,
     n_boot: int = 1000,
     allow_empty: bool = False,
+    judge_identical: bool = False,
     limit: int | None = None,
     progress: bool = True,
     sleep: Callable[[float], None] | None = None,
@@ -107,12 +110,15 @@ def judge_files(
 
     `orders`: 1 (the paper's protocol) or 2; `seed` draws each pair's order and seeds the
     bootstraps; `max_calls` bounds the judge requests (UserError before sending if more are needed).
+    Pairs whose two answers are the same text are ties without a call (`n_identical`), unless
+    `judge_identical`.
     """
     if orders not in PROTOCOLS:
         raise UserError(f"--orders must be 1 (the paper's protocol) or 2 (both orders), got {orders}")
     config = config or JudgeConfig()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     paths = output_paths(out)
+    _check_outputs(paths)  # before the judge is reached or an answer read
     judge = make_judge(config, base_url,
                        cache_dir if cache_dir is not None else paths["results"].parent / "judge_cache", template, sleep)
     matched = match_answers(path_a, path_b)
@@ -121,13 +127,15 @@ def judge_files(
     pairs, empty = _pairs_to_judge(matched, path_a, path_b, limit, allow_empty, log)
 
     started = time.monotonic()
+    same = [p for p in pairs if not judge_identical and p.answer_a == p.answer_b]
     try:
-        judgments = judge.judge_pairs(pairs, orders=orders, seed=seed, max_calls=max_calls,
-                                      progress=progress, on_result=on_result)
+        asked = judge.judge_pairs([p for p in pairs if judge_identical or p.answer_a != p.answer_b], orders=orders,
+                                  seed=seed, max_calls=max_calls, progress=progress, on_result=on_result)
     except JudgeUnavailable as e:
         raise UserError(f"judge endpoint {public_url(judge.endpoint)} unreachable or failing after retries "
                         f"({e}); {len(judge.cache)} judgment(s) are cached in {judge.cache.dir}: rerun the "
                         "same command to resume") from None
+    judgments = _in_order(pairs, asked, same, orders, seed)
     rates = summarize_judgments(judgments, orders=orders, seed=seed, n_boot=n_boot)
     headline = rates["protocol"]["headline"]
     n_invalid = rates[headline]["overall"]["n_invalid"]
@@ -139,6 +147,8 @@ def judge_files(
         "judge": _judge_info(config, judge),
         "n_pairs": len(pairs),
         "n_invalid": n_invalid,
+        "n_identical": sum(p.answer_a == p.answer_b for p in pairs),
+        "identical": IDENTICAL_JUDGED if judge_identical else IDENTICAL_RULE,
         "n_empty": {"a": sum(1 for _, s in empty if s == "a"),
                     "b": sum(1 for _, s in empty if s == "b")},
         "matched_by": matched.field,
@@ -153,6 +163,23 @@ def judge_files(
         log(f"warning: {n_invalid} pair(s) got no valid verdict after {config.max_retries} "
             "retries; they are left out of the rates and will be retried by the next run")
     return results
+
+
+IDENTICAL_RULE = "a pair whose two answers are the same text is a tie without a judge call (as `mbc-jax select`)"
+IDENTICAL_JUDGED = "identical answers were sent to the judge like any other pair (--judge-identical)"
+
+
+def _check_outputs(paths: dict[str, Path]) -> None:
+    for path in paths.values():
+        check_output_file(path)
+
+
+def _in_order(pairs: list[Pair], asked: list[dict], same: list[Pair], orders: int, seed: int) -> list[dict]:
+    """The judgments in the pairs' order: the judge's for the pairs asked, a tie for identical ones."""
+    by_key = {j["key"]: j for j in asked}
+    same_keys = {p.key for p in same}
+    return [identical_judgment(p, seeded=seeded_order(p.key, seed), orders=orders) if p.key in same_keys
+            else by_key[p.key] for p in pairs]
 
 
 def _pairs_to_judge(matched: Matched, path_a: str | Path, path_b: str | Path, limit: int | None, allow_empty: bool,
@@ -197,6 +224,9 @@ def _write_outputs(paths: dict[str, Path], judgments: list[dict], results: dict,
     if plot:
         winrate.plot_win_rates(winrate.summary_rows(results), paths["png"], name_a=results["name_a"],
                                name_b=results["name_b"], title=title)
+    else:  # no chart to draw: a chart from an earlier run would show other results
+        for key in ("png", "csv"):
+            paths[key].unlink(missing_ok=True)
 
 
 def _fmt(block: dict, part: str) -> str:
@@ -222,12 +252,14 @@ def summary_line(results: dict, out: str | Path) -> str:
     calls = results["calls"]
     orders = results["protocol"]["orders"]
     head = (f"judged {results['n_pairs']} pairs, {orders} order(s) each, seed {results['protocol']['seed']} "
-            f"({calls['api_calls']} API calls, {calls['cached']} cached)")
+            f"({calls['api_calls']} API calls, {calls['cached']} cached); identical: {results['n_identical']} "
+            + ("(judged: --judge-identical)" if results["identical"] == IDENTICAL_JUDGED else "(ties without a call)"))
     parts = [f"one order (the paper's protocol): {_rates(results, 'single_order')}"]
     if orders == 2:
         o = results["consistent"]["overall"]
         parts.append(f"both orders, consistent: {_rates(results, 'consistent')}"
-                     + (f"; consistency {100 * o['consistency']:.1f}%" if o["n"] else ""))
+                     + (f"; consistency {100 * o['consistency']:.1f}% of the pairs judged"
+                        if o.get("consistency") is not None else ""))
     lengths = results["lengths"]["overall"]
     if lengths["n"]:
         parts.append(f"mean words {results['name_a']} {lengths['mean_words_a']:.1f}, "

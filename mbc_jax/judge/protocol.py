@@ -188,3 +188,17 @@ def judgment(pair: Pair, entries: Mapping[str, dict], *, seeded: str, orders: in
     if pair.tokens_a is not None and pair.tokens_b is not None:
         j["tokens_a"], j["tokens_b"] = pair.tokens_a, pair.tokens_b
     return j
+
+
+def identical_judgment(pair: Pair, *, seeded: str, orders: int) -> dict:
+    """The judgment of a pair whose two answers are the same text: a tie made without asking the judge
+    (`identical` True, no verdicts, no judge text), in the fields `judgment` gives a judged pair."""
+    j: dict = {"key": pair.key, "id": pair.id, "index": pair.index, "category": pair.category,
+               "orders": orders, "seeded_order": seeded, "identical": True, "single": "tie"}
+    if orders == 2:
+        j["consistent_outcome"], j["consistent"] = "tie", None
+    j["outcome"] = "tie"
+    j["words_a"], j["words_b"] = words(pair.answer_a), words(pair.answer_b)
+    if pair.tokens_a is not None and pair.tokens_b is not None:
+        j["tokens_a"], j["tokens_b"] = pair.tokens_a, pair.tokens_b
+    return j

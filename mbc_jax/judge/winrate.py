@@ -11,7 +11,9 @@ Input: one judgment per matched pair, as made by `mbc_jax.judge.protocol.judgmen
   presentation orders pick A (a loss when both pick B); any disagreement is a tie.
 
 "win" is always from model A's side: win = A wins, loss = B wins. A pair without a valid outcome
-of that kind (the judge never gave a valid verdict) is counted in `n_invalid` and left out.
+of that kind (the judge never gave a valid verdict) is counted in `n_invalid` and left out. A pair
+of identical answers (`identical`, judged without a call) is a tie, counted in `identical`; the
+per-order counts, the first-position rate and the consistency cover the judged pairs only.
 
 Confidence intervals are percentile bootstrap intervals over pairs (pairs resampled with
 replacement, all rates of one block computed from the same resamples; drawn as multinomial counts
@@ -86,12 +88,13 @@ def _block(judgments: list[Mapping], kind: str, *, n_boot: int, seed: int, confi
     valid = [j for j in judgments if j.get(field) in OUTCOMES]
     counts = Counter(j[field] for j in valid)
     n = len(valid)
+    judged = [j for j in valid if not j.get("identical")]  # identical answers: a tie with no verdict
     block: dict = {"n": n, "n_invalid": len(judgments) - n,
-                   "win": counts["A"], "tie": counts["tie"], "loss": counts["B"]}
+                   "win": counts["A"], "tie": counts["tie"], "loss": counts["B"], "identical": n - len(judged)}
     # Raw counts per presentation order, over the verdicts this kind of outcome uses.
     per_order = {}
     for order in ORDERS:
-        used = [j for j in valid if order in _used_orders(j, kind)]
+        used = [j for j in judged if order in _used_orders(j, kind)]
         positional = Counter(j[f"verdict_{order}"] for j in used)
         winners = Counter(j[f"winner_{order}"] for j in used)
         per_order[order] = {"judged": len(used), "positional": {v: positional[v] for v in ("A", "B", "C")},
@@ -104,19 +107,32 @@ def _block(judgments: list[Mapping], kind: str, *, n_boot: int, seed: int, confi
         block.update(dict.fromkeys(keys))
         return block
     outcome = np.array([{"A": 1, "tie": 0, "B": -1}[j[field]] for j in valid])
-    consistent = (np.array([j["winner_a_first"] == j["winner_b_first"] for j in valid])
+    # identical pairs were never shown to the judge: they count as agreeing in the resampling cells only
+    consistent = (np.array([j.get("identical") or j["winner_a_first"] == j["winner_b_first"] for j in valid])
                   if kind == "consistent" else None)
     block["win_rate"], block["tie_rate"], block["loss_rate"] = counts["A"] / n, counts["tie"] / n, counts["B"] / n
-    if consistent is not None:
-        block["consistency"] = float(consistent.mean())
     # How often the judge picked whichever answer was shown first (position bias), over the
     # verdicts used; 0.5 of the non-tie verdicts would be unbiased.
     verdicts = sum(per_order[o]["judged"] for o in ORDERS)
-    block["first_position_rate"] = sum(per_order[o]["positional"]["A"] for o in ORDERS) / verdicts
+    block["first_position_rate"] = (sum(per_order[o]["positional"]["A"] for o in ORDERS) / verdicts
+                                    if verdicts else None)
     cis = bootstrap_rates(outcome, consistent, n_boot=n_boot, seed=seed, confidence=confidence)
     for name, ci in cis.items():
         block[f"{name}_ci"] = list(ci)
+    if consistent is not None:  # the judge's consistency: over the pairs it judged
+        block["consistency"], block["consistency_ci"] = _consistency(judged, n_boot=n_boot, seed=seed,
+                                                                     confidence=confidence)
     return block
+
+
+def _consistency(judged: list[Mapping], **kw) -> tuple[float | None, list | None]:
+    """Share of judged pairs whose two orders named the same winner, with its bootstrap CI (as
+    `bootstrap_rates` draws it); None without judged pairs."""
+    if not judged:
+        return None, None
+    agree = np.array([j["winner_a_first"] == j["winner_b_first"] for j in judged])
+    outcome = np.array([{"A": 1, "tie": 0, "B": -1}[j["consistent_outcome"]] for j in judged])
+    return float(agree.mean()), list(bootstrap_rates(outcome, agree, **kw)["consistency"])
 
 
 def summarize(

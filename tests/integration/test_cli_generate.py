@@ -199,3 +199,38 @@ def test_special_ids_outside_the_vocabulary_name_the_file(tmp_path, tiny_neo_dir
     assert main(["generate", "--model", str(bad), "--data", str(tok), "--out", str(tmp_path / "p.jsonl")]) == 2
     assert f"{bad}/config.json: pad_token_id 512 is outside the model's vocabulary (ids 0..511" \
         in capsys.readouterr().err
+
+
+def test_empty_answers_are_counted_and_the_output_checked_first(tmp_path, tiny_neo_dir, capsys):
+    from mbc_jax.answers_file import write_answers
+    from mbc_jax.cli import main
+
+    rows = [{"id": f"r{i}", "instruction": f"Question number {i}?", "response": "a"} for i in range(4)]
+    data = _write(tmp_path / "data.jsonl", rows)
+    base = ["generate", "--model", str(tiny_neo_dir), "--data", str(data), "--greedy", "--max-new-tokens", "3"]
+    first = tmp_path / "first.jsonl"
+    assert main([*base, "--out", str(first)]) == 0
+    assert "prompts cut to fit 0; empty answers 0;" in capsys.readouterr().out
+    firsts = [json.loads(x)["output_ids"][0] for x in first.read_text().splitlines()]
+    # make the token greedy decoding picks first for r0 the EOS: those answers stop before any text
+    template = tmp_path / "t.json"
+    template.write_text(json.dumps({"eos_token_id": firsts[0]}))
+    out = tmp_path / "o.jsonl"
+    assert main([*base, "--out", str(out), "--template", str(template)]) == 0
+    captured = capsys.readouterr()
+    n = firsts.count(firsts[0])
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sum(x["output_text"] == "" for x in lines) == n >= 1
+    assert json.loads((tmp_path / "o.meta.json").read_text())["summary"]["empty"] == n
+    assert f"empty answers {n};" in captured.out
+    assert f"warning: {n} of 4 answers are empty; `mbc-jax judge` refuses them unless --allow-empty" in captured.err
+
+    # an --out under a file: one line, before the model loads
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    assert main([*base, "--out", str(blocker / "o.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {blocker / 'o.jsonl'}: {blocker} is a file, not a folder"
+
+    # answers rewritten without settings take the old settings file away
+    write_answers(out, lines[:1])
+    assert not (tmp_path / "o.meta.json").exists()

@@ -436,7 +436,7 @@ def test_appendix_a_counts_and_mean_lengths_per_category(tmp_path):
 
 
 def test_fig5_win_rates_from_judge_results(tmp_path):
-    from mbc_jax.judge.comparison import summarize_judgments
+    from mbc_jax.judge.comparison import IDENTICAL_RULE, summarize_judgments
 
     def pair(w1, w2, seeded, category, words_a):  # winners with A shown first / B shown first
         positional = {"a_first": {"A": "A", "B": "B", "tie": "C"}, "b_first": {"A": "B", "B": "A", "tie": "C"}}
@@ -453,6 +453,8 @@ def test_fig5_win_rates_from_judge_results(tmp_path):
               + [pair("A", "B", "a_first" if i % 2 else "b_first", "y", 10) for i in range(ties)])
         res = {"name_a": "MBC", "name_b": "baseline", "judge": {"model": "judge-m"},
                **summarize_judgments(js, orders=2 if k == 0 else 1, n_boot=200)}
+        if k == 0:
+            res.update(n_identical=3, identical=IDENTICAL_RULE)
         results.append(res)
         paths.append(tmp_path / f"lr{k}.json")
         paths[-1].write_text(json.dumps(res))
@@ -477,6 +479,9 @@ def test_fig5_win_rates_from_judge_results(tmp_path):
     assert {r["protocol"] for r in cats if r["label"] == "lr 5e-5"} == {"single_order"}
     assert "paper reports MBC winning 41.0% and losing 26.6%" in art.paragraph and "Ge et al., Fig. 5" in art.paragraph
     assert "MBC wins 70.0%" in art.paragraph and "both orders" in art.paragraph and art.png.stat().st_size > 5000
+    assert ("Identical: 3 prompts got the same answer from both models; each is a tie without a judge call"
+            in art.paragraph)
+    assert "The results file does not count identical answers" in art.paragraph  # lr 5e-5's, written without it
     with pytest.raises(common.UserError, match="no such results file"):
         fig5_win_rate.build([tmp_path / "missing.json"], tmp_path / "out")
     old = tmp_path / "old.json"  # written before the protocols: refused, with how to refresh it

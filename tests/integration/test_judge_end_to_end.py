@@ -582,3 +582,66 @@ def test_api_key_is_sent_but_never_written_or_logged(tmp_path, server_factory, m
         assert SECRET.encode() not in path.read_bytes(), path
         assert b"4f9c2e7a1b" not in path.read_bytes(), path
     assert SECRET not in captured.out + captured.err and "4f9c2e7a1b" not in captured.err
+
+
+@pytest.mark.parametrize("orders", [1, 2])
+def test_a_file_against_a_copy_of_itself_costs_no_call_and_ties(tmp_path, server_factory, capsys, orders):
+    server = server_factory()  # no script: always "[[A]]", a judge that prefers whatever it is shown first
+    a = write_jsonl(tmp_path / "a.jsonl", [record(q, "A") for q in range(10)])
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(a.read_bytes())
+    res = run_judge(tmp_path, server, a, copy, orders=orders)
+    assert res["calls"]["api_calls"] == 0 and sum(server.seen.values()) == 0
+    assert res["n_identical"] == 10 and res["identical"].startswith("a pair whose two answers are the same text")
+    o = judge.winrate.headline(res)["overall"]
+    assert (o["n"], o["win"], o["tie"], o["loss"], o["identical"]) == (10, 0, 10, 0, 10)
+    assert o["tie_rate"] == 1.0 and o["first_position_rate"] is None
+    assert all(j["identical"] and j["outcome"] == "tie" and "verdict_a_first" not in j
+               for j in read_judgments(tmp_path).values())
+    # --judge-identical sends them: the position-biased judge then "decides" pairs that are the same text
+    out = tmp_path / "judged.json"
+    assert judge_command.main(["--a", str(a), "--b", str(copy), "--out", str(out), "--base-url", server.url,
+                               "--model", "judge-test", "--no-progress", "--orders", str(orders),
+                               "--judge-identical"]) == 0
+    assert "identical: 10 (judged: --judge-identical)" in capsys.readouterr().out
+    judged = json.loads(out.read_text())
+    # (both orders of a pair of the same text render one prompt: one request serves both)
+    assert judged["calls"]["api_calls"] == 10 and judge.winrate.headline(judged)["overall"]["identical"] == 0
+    single = judged["single_order"]["overall"]
+    assert single["tie"] == 0 and single["win"] + single["loss"] == 10  # not one tie among identical answers
+    assert judge_command.main(["--a", str(a), "--b", str(copy), "--out", str(out), "--base-url", server.url,
+                               "--model", "judge-test", "--no-progress", "--orders", str(orders)]) == 0
+    assert "identical: 10 (ties without a call)" in capsys.readouterr().out
+
+
+def test_identical_pairs_among_judged_ones_are_counted_apart(tmp_path, server_factory):
+    server = server_factory(script=KNOWN)
+    a, _ = answer_files(tmp_path)
+    b = write_jsonl(tmp_path / "b.jsonl", [record(q, "A") if q in (0, 4) else record(q, "B") for q in range(10)])
+    res = run_judge(tmp_path, server, a, b, orders=2)
+    assert res["n_identical"] == 2 and res["calls"]["api_calls"] == 16
+    assert (0, "a_first") not in server.seen and (4, "b_first") not in server.seen
+    c = res["consistent"]["overall"]
+    # q1-q3 A, q5 B, q6 tie, q7-q9 inconsistent ties; q0 and q4: identical ties
+    assert (c["win"], c["tie"], c["loss"], c["identical"]) == (3, 6, 1, 2)
+    assert c["consistency"] == 5 / 8  # over the 8 judged pairs: q1-q3, q5, q6 agree
+    assert c["per_order"]["a_first"]["judged"] == 8
+
+
+def test_output_checked_before_work_and_a_stale_chart_removed(tmp_path, server_factory, capsys):
+    from mbc_jax.judge.comparison import _write_outputs, output_paths
+
+    server = server_factory(script=KNOWN)
+    a, b = answer_files(tmp_path)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    assert judge_command.main(["--a", str(a), "--b", str(b), "--out", str(blocker / "r.json"),
+                               "--base-url", server.url, "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {blocker / 'r.json'}: {blocker} is a file, not a folder"
+    assert sum(server.seen.values()) == 0
+    # a run with no chart to draw removes the chart (and its CSV) an earlier run left
+    res = run_judge(tmp_path, server, a, b)
+    paths = output_paths(tmp_path / "out" / "results.json")
+    assert paths["png"].is_file() and paths["csv"].is_file()
+    _write_outputs(paths, [], res, plot=False, title="t")
+    assert not paths["png"].exists() and not paths["csv"].exists() and paths["results"].is_file()

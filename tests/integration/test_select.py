@@ -203,3 +203,41 @@ def test_reproduce_judges_selected_and_last_without_the_dev_prompts(run_dir, ser
     assert [r["id"] for r in sel] == keep
     assert any(f"{6 - len(keep)} dev prompt(s) left out" in n for n in notes)
     assert any(f"chose step {chosen}" in n for n in notes)
+
+
+class AlwaysTie:
+    @staticmethod
+    def get(key, default):
+        return "C"
+
+
+@pytest.mark.slow
+def test_no_winner_when_every_game_ties_and_cut_prompts_are_counted(run_dir, server, capsys, tmp_path):
+    server.script = AlwaysTie()
+    out = tmp_path / "sel"
+    # the demo model has 256 positions: 250 new tokens leave 6 for each prompt, so every dev prompt is cut
+    assert select(run_dir, server, "--steps", "4,8", "--max-new-tokens", "250", "--out", str(out)) == 0
+    captured = capsys.readouterr()
+    res = json.loads((out / "selection.json").read_text())
+    assert res["chosen_step"] is None and res["winner"] is False and res["last_step"] == 8
+    assert res["prompts_truncated"] == {"4": 4, "8": 4}
+    assert "select: warning: 4 of 4 dev prompt(s) were cut to fit the model's positions" in captured.err
+    assert res["games"]["ties"] == res["games"]["total"] == 4
+    assert res["reason"].startswith("no winner: all 4 games were ties")
+    assert not any(r["chosen"] for r in res["ranking"])
+    np.testing.assert_allclose([r["p_top"] for r in res["ranking"]], [0.5, 0.5])  # not 1.00 for the first
+    assert "dev prompts cut to fit the model: 4 of 4" in captured.out
+    assert "no winner: all 4 games were ties" in captured.out and "no step chosen (last: 8)" in captured.out
+    assert "chosen step" not in captured.out
+
+
+def test_select_checks_its_output_folder_before_any_work(run_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main(["select", "--run", str(run_dir), "--out", str(blocker / "sel"),
+                     "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"error: --out {blocker / 'sel' / 'selection.json'}: {blocker} is a file, not a folder"]
+    assert cli.main(["select", "--run", str(run_dir), "--out", str(blocker),
+                     "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err

@@ -172,3 +172,29 @@ def test_malformed_json_array_is_fatal_even_with_skip_bad(tmp_path):
 
 def test_schemas_table_is_complete():
     assert set(SCHEMAS) == {"dolly", "chat", "prompt_completion", "text", "tokens", "alpaca", "sharegpt", "tree"}
+
+
+def test_plain_string_prompt_completion_says_the_template_applies(tmp_path):
+    """TRL concatenates a plain-string prompt and completion; here the template renders them, and the load
+    summary says so, with the template that gives TRL's text."""
+    from mbc_jax.data import Template
+
+    rows = [{"prompt": "The capital of France is", "completion": " Paris."},
+            {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hello"}]},
+            {"prompt": "2 + 2 =", "completion": " 4"}]
+    src = tmp_path / "pc.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, rep = load_records(src)
+    assert rep.counts["plain_prompt_completion"] == 2  # the conversational record is not counted
+    summary = rep.summary()
+    assert ("NOTE: 2 plain-string prompt/completion record(s) are rendered with the template (by default "
+            "`Human: {prompt}\n\nAssistant: {completion}` + EOS), not concatenated as TRL does") in summary
+    default = "".join(text for text, _ in Template().segments(records[0]))
+    assert default == "Human: The capital of France is\n\nAssistant:  Paris."
+    trl = Template.from_dict({"user_prefix": "", "assistant_prefix": "", "response_prefix": ""})
+    segs = trl.segments(records[0])
+    assert "".join(t for t, _ in segs) == "The capital of France is Paris."  # TRL's prompt + completion
+    assert [t for t, scored in segs if scored] == [" Paris."]
+    assert '"user_prefix": "", "assistant_prefix": "", "response_prefix": ""' in summary
+    _, dolly = load_records(write_jsonl(tmp_path / "d.jsonl", [{"instruction": "q", "response": "a"}]))
+    assert "plain_prompt_completion" not in dolly.counts and "NOTE" not in dolly.summary()

@@ -38,9 +38,17 @@ def test_best_follows_rank_and_ids_name_paths(tmp_path):
     assert r.turns == [("user", "Q1"), ("assistant", "A0"), ("user", "Q2"), ("assistant", "B0")]
     assert r.category == "qa" and r.source == f"{src}:6" and r.schema == "tree" and r.index == 0
     # counted: 10 messages, a2 deleted, x failed review, a2c below a filtered message, s has no reply
-    assert rep.counts == {"kept": 8, "deleted": 1, "failed_review": 1, "below_out": 1, "no_reply": 1}
+    assert rep.counts == {"kept": 7, "deleted": 1, "failed_review": 1, "below_out": 1, "no_reply": 1, "paths": 2}
+    assert message_sum(rep) == rep.records_read
     summary = rep.summary()
-    assert "1 deleted messages filtered" in summary and "1 trees/paths without an assistant reply" in summary
+    assert "1 deleted messages filtered" in summary and "of 2 best paths (one per tree): 1 without an assistant " \
+        "reply" in summary
+
+
+def message_sum(rep):
+    from mbc_jax.data.trees import MESSAGE_PARTS
+
+    return sum(rep.counts.get(k, 0) for k, _ in MESSAGE_PARTS)
 
 
 def test_all_gives_every_path_and_cuts_trailing_prompts(tmp_path):
@@ -51,6 +59,28 @@ def test_all_gives_every_path_and_cuts_trailing_prompts(tmp_path):
     assert [r.id for r in records] == ["r/a0/p/b0", "r/a0/p/b1", "r/a1"]
     assert [r.index for r in records] == [0, 1, 2]
     assert records[2].turns == [("user", "Q1"), ("assistant", "A1")]
+    # paths: r/a0/p/b0, r/a0/p/b1, r/a1/q, r/a1/q2 (both cut back to r/a1, the second merged), s (no reply)
+    assert {k: rep.counts.get(k) for k in ("paths", "cut", "merged", "no_reply")} == {
+        "paths": 5, "cut": 2, "merged": 1, "no_reply": 1}
+    assert rep.counts["paths"] == len(records) + rep.counts["merged"] + rep.counts["no_reply"]
+    assert ("of 5 root-to-leaf paths: 2 cut back to their last assistant reply (they ended on an unanswered prompt), "
+            "1 merged as duplicates after that cut, 1 without an assistant reply") in rep.summary()
+    assert message_sum(rep) == rep.records_read == 12 and "9 messages kept in 2 trees" in rep.summary()
+
+
+def test_skip_bad_on_a_cycle_and_an_orphan_keeps_the_right_count(tmp_path):
+    rows = [msg("r", None, "prompter", "q"), msg("a", "r", "assistant", "A"),
+            msg("c1", "c2", "prompter", "x"), msg("c2", "c1", "assistant", "y"),
+            msg("o", "nowhere", "prompter", "O"), msg("oa", "o", "assistant", "under the orphan"),
+            {"message_id": "bad", "parent_id": "r", "role": "assistant"}]
+    src = write_jsonl(tmp_path / "t.jsonl", rows)
+    records, rep = load_records(src, skip_bad=True)
+    assert [r.id for r in records] == ["r/a"]
+    assert {k: rep.counts.get(k, 0) for k in ("kept", "cycle", "orphan", "below_out", "unreadable")} == {
+        "kept": 2, "cycle": 2, "orphan": 1, "below_out": 1, "unreadable": 1}
+    assert message_sum(rep) == rep.records_read == len(rows)
+    assert "2 messages kept in 1 trees -> 1 dialogues" in rep.summary() and "1 unreadable messages skipped" \
+        in rep.summary()
 
 
 def test_filters_are_chosen(tmp_path):
