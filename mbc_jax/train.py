@@ -40,7 +40,7 @@ from mbc_jax.models import Model
 from mbc_jax.models.config import DROPOUT_FIELDS
 from mbc_jax.progress import progress_bar
 from mbc_jax.run_folder import RunWriter
-from mbc_jax.samplers import make_sampler
+from mbc_jax.samplers import ESS_WARN_SHARE, make_sampler, weight_health
 from mbc_jax.scoring import Scorer, Scores
 from mbc_jax.sharding import batch_divisor, batch_sharding
 
@@ -204,6 +204,7 @@ class Trainer:
         self.tokens = {"trained_real": 0, "trained_padded": 0, "mbc_scored_real": 0, "mbc_scored_padded": 0}
         self.mbc_refreshes = 0
         self._compile_before = 0.0  # the scorer's compile seconds in earlier legs
+        self._emit: Any = lambda record: None  # metrics.jsonl's writer while `train` runs
         self._checkpoint_steps = set(ckpt.checkpoint_schedule(cfg, n))
         self.legs: list[dict] = []
         self._leg_open, self._leg_t0 = False, time.perf_counter()
@@ -341,6 +342,7 @@ class Trainer:
         bar = progress_bar(self.total_steps, desc or f"train {cfg.sampler}", unit="step", initial=start)
         self._open_leg(start)
         with self.writer.metrics(trackers.open_trackers(cfg, self.dir, start, resumed=restored is not None)) as emit:
+            self._emit = emit
             for step in range(start, self.total_steps + 1):
                 at_checkpoint(step, state, emit, bar)
                 if step == self.total_steps:
@@ -348,6 +350,7 @@ class Trainer:
                 idx, batch = self._draw(step, state["params"])
                 state, m, seconds = self._step(step, state, idx, batch)
                 interval.add(step, batch, m, seconds, emit, bar)
+        self._emit = lambda record: None
         bar.close()
         checkpoints.close(self.total_steps)
         self.seconds["checkpoint"] += checkpoints.seconds
@@ -358,9 +361,28 @@ class Trainer:
     def _draw(self, step: int, params) -> tuple[np.ndarray, Batch]:
         """(drawn record indices, their packed batch) of `step`, after the sampler's refresh (MBC re-scores
         every k steps, through `_mbc_score`)."""
+        refreshes = self.mbc_refreshes
         self.sampler.before_step(step, params, functools.partial(self._mbc_score, step))
+        if self.mbc_refreshes != refreshes:
+            self._report_health(step)
         idx = self.sampler.draw(step)
         return idx, self.train_batch(idx)
+
+    def _report_health(self, step: int) -> None:
+        """After an MBC refresh: how concentrated the new weights are (`samplers.weight_health`) as a
+        metrics.jsonl record (`mbc_refresh`), and one warning line when the effective sample size falls below
+        `ESS_WARN_SHARE` of N, naming the heaviest records."""
+        h = weight_health(self.sampler.probabilities(), self.sampler.counts)
+        heaviest = h.pop("heaviest")
+        self._emit({"step": step, "mbc_refresh": True, **h})
+        if h["ess_share"] < ESS_WARN_SHARE:
+            named = ", ".join(
+                f"{self.data.train[i].id} (p {self.sampler.probabilities()[i]:.2f}, perplexity "
+                f"{self.sampler.perplexity[i]:.4g}, {self.data.train[i].response_tokens} response tokens)"
+                for i in heaviest)
+            self.log(f"warning: step {step}: MBC's weights are concentrated: effective sample size "
+                     f"{h['ess']:.1f} of {len(self.data.train)} records ({h['ess_share']:.1%} < "
+                     f"{ESS_WARN_SHARE:.0%}); heaviest: {named}")
 
     def _step(self, step: int, state: dict, idx: np.ndarray, batch: Batch) -> tuple[dict, dict, float]:
         """One jitted train step on `batch`: (new state, metrics with the loss as a float, its seconds);
@@ -397,6 +419,9 @@ class Trainer:
                    "score_compile_seconds": self._compile_before + self.scorer.compile_seconds,
                    "distinct_records_drawn": int((self.sampler.counts > 0).sum()),
                    **({"targets": self.data.targets.as_dict()} if self.data.targets else {}),
+                   **({"mbc_weights": {k: v for k, v in weight_health(self.sampler.probabilities(),
+                                                                      self.sampler.counts).items() if k != "heaviest"}}
+                      if self.cfg.sampler == "mbc" else {}),
                    "final": self.writer.last_eval()}
         self.writer.write_summary(summary)
         return summary

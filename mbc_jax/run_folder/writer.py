@@ -142,8 +142,7 @@ class RunWriter:
             return
         metrics = self.path / METRICS
         if metrics.exists():
-            keep = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= step]
+            keep = [line for line in metrics.read_text().splitlines() if line.strip() and _before_resume(line, step)]
             atomic_write(metrics, "".join(k + "\n" for k in keep))
         for f in (self.path / MEMORIZATION).glob("step_*.csv"):
             if int(f.stem[5:]) > step:
@@ -185,3 +184,10 @@ class RunWriter:
 
     def write_summary(self, summary: dict) -> None:
         self._write(SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+
+def _before_resume(line: str, step: int) -> bool:
+    """Whether a metrics.jsonl record was written before the checkpoint of `step` (kept on resume): records of
+    earlier steps, and of `step` itself but for an MBC refresh's (`mbc_refresh`), which follows the checkpoint."""
+    rec = json.loads(line)
+    return rec["step"] < step or (rec["step"] == step and not rec.get("mbc_refresh"))

@@ -204,3 +204,33 @@ def test_records_with_nothing_to_train_are_never_drawn_nor_counted_and_are_liste
     assert sum(int(r["draws"]) for r in csv.DictReader(open(out / "sampling.csv"))) == 9 * 8
     snapshot = list(csv.DictReader(open(out / "memorization" / "step_00000009.csv")))
     assert not {r["id"] for r in snapshot} & {r["id"] for r in listed}  # the figures' inputs leave them out
+
+
+def test_mbc_refresh_records_its_weights_health_and_warns_on_a_collapse(tmp_path):
+    """Issue 29: at every refresh, the effective sample size (count and share of N), the largest weight, the top
+    1%'s share and the distinct records drawn go to metrics.jsonl; a one-record collapse prints one warning."""
+    import json
+
+    import numpy as np
+
+    from mbc_jax.assemble import create_trainer
+
+    cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN, "sampler=mbc", "epochs=1", "checkpoint_every=0"])
+    lines: list[str] = []
+    run = create_trainer(cfg, log=lines.append)
+    run.train()
+    refreshes = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+                 if '"mbc_refresh"' in x]
+    assert [r["step"] for r in refreshes] == list(range(0, run.total_steps, run.mbc_k))
+    n = len(run.data.train)
+    for r in refreshes:
+        assert 1 <= r["ess"] <= n and r["ess_share"] == pytest.approx(r["ess"] / n)
+        assert 1 / n <= r["max_weight"] <= 1 and r["max_weight"] <= r["top1pct_share"] <= 1
+    assert refreshes[0]["distinct_drawn"] == 0 and not any(x.startswith("warning: step") for x in lines)
+    ppl = np.full(n, 2.0)
+    ppl[5] = 1e6  # one record holds almost all the weight, as a 3-token response of perplexity 13,029 did
+    run.sampler.set_perplexities(ppl, step=0)
+    lines.clear()
+    run._report_health(0)
+    warned = [x for x in lines if x.startswith("warning: step 0: MBC's weights are concentrated")]
+    assert len(warned) == 1 and f"{run.data.train[5].id} (p 1.00, perplexity 1e+06" in warned[0]
