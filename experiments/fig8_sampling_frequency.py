@@ -152,10 +152,30 @@ def plot(per_run: list[tuple[RunFolder, dict, list[dict], list[dict]]], path: Pa
     return common.save_figure(fig, path)
 
 
+HEALTH_COLUMNS = ("run", "step", "ess", "ess_share", "max_weight", "top1pct_share", "distinct_drawn")
+
+
+def health_rows(run: RunFolder) -> list[dict]:
+    """MBC's weights at each refresh (metrics.jsonl's `mbc_refresh` records, mbc_jax.samplers.weight_health)."""
+    return [{"run": run.label, **{k: m[k] for k in HEALTH_COLUMNS[1:]}} for m in run.metrics() if m.get("mbc_refresh")]
+
+
+def describe_health(run: RunFolder, rows: list[dict]) -> str:
+    """One sentence on how concentrated MBC's weights got: the effective sample size's range over refreshes."""
+    if not rows:
+        return ""
+    low = min(rows, key=lambda r: r["ess_share"])
+    return (f"{run.label}: over {len(rows)} refreshes the weights' effective sample size (1 / sum p^2) ran from "
+            f"{min(r['ess_share'] for r in rows):.0%} to {max(r['ess_share'] for r in rows):.0%} of the records "
+            f"(lowest {low['ess']:.1f} at step {low['step']}, largest weight then {low['max_weight']:.3f}, the top 1% "
+            f"holding {low['top1pct_share']:.1%}); {rows[-1]['distinct_drawn']} distinct records drawn by the last "
+            f"refresh (of {run.n_train} training records).")
+
+
 def build(runs: Sequence[RunFolder], out: str | Path) -> Artifact:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    per_run, hist_rows, summary, texts, points = [], [], [], [], []
+    per_run, hist_rows, summary, texts, points, health = [], [], [], [], [], []
     for run in runs:
         t, source = draws(run)
         rows = summary_rows(run, t)
@@ -166,6 +186,8 @@ def build(runs: Sequence[RunFolder], out: str | Path) -> Artifact:
                       for v, c in histogram(t["draws"])]
         summary += rows
         texts.append(describe(run, rows, corr, source))
+        health += health_rows(run)
+        texts.append(describe_health(run, [h for h in health if h["run"] == run.label]))
     csv_path = common.write_csv(out / f"{NAME}.csv", hist_rows, COLUMNS)
     sum_path = common.write_csv(out / f"{NAME}_summary.csv", summary, SUMMARY_COLUMNS)
     rec_path = common.write_csv(out / f"{NAME}_records.csv", points, RECORD_COLUMNS)
@@ -173,11 +195,13 @@ def build(runs: Sequence[RunFolder], out: str | Path) -> Artifact:
     paragraph = ("Left: every training record (x, grouped by category in blocks, each block in data-file order) "
                  "against the times it was drawn (y); the dashed line is the uniform level (total draws / records, "
                  "the epochs-equivalent: 15 for the paper's 15 epochs), black lines the category means. Right: the "
-                 "histogram of the same counts. ") + " ".join(texts)
+                 "histogram of the same counts. ") + " ".join(t for t in texts if t)
     csvs = [csv_path, sum_path, rec_path]
+    if health:
+        csvs.append(common.write_csv(out / f"{NAME}_health.csv", health, HEALTH_COLUMNS))
     md = common.write_markdown(out, NAME, TITLE, paragraph, png, csvs)
     return Artifact(NAME, TITLE, png, csvs, md, paragraph, {"histogram": hist_rows, "summary": summary,
-                                                            "records": points})
+                                                            "records": points, "health": health})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -383,6 +383,17 @@ def test_fig8_counts_equal_sampling_csv(tmp_path):
             level = t["draws"].sum() / len(t["draws"])
             assert float(r["uniform_level"]) == pytest.approx(level, rel=1e-15)
             assert int(r["above_uniform"]) == (d > level).sum()
+    assert not (tmp_path / "out" / "fig8_sampling_frequency_health.csv").exists()  # no refresh records: no table
+    # MBC's refresh records (issue 29): a table, and the effective sample size's range in the text
+    with open(tmp_path / "mbc" / "metrics.jsonl", "a") as f:
+        for step, ess in ((0, 40.0), (8, 10.0)):
+            f.write(json.dumps({"step": step, "mbc_refresh": True, "ess": ess, "ess_share": ess / 80,
+                                "max_weight": 0.2, "top1pct_share": 0.2, "distinct_drawn": step * 4}) + "\n")
+    art = fig8_sampling_frequency.build(common.open_runs([tmp_path / "mbc"]), tmp_path / "out2")
+    health = read(tmp_path / "out2" / "fig8_sampling_frequency_health.csv")
+    assert [(int(r["step"]), float(r["ess"])) for r in health] == [(0, 40.0), (8, 10.0)]
+    assert ("effective sample size (1 / sum p^2) ran from 12% to 50% of the records (lowest 10.0 at step 8"
+            in art.paragraph)
     # the per-record plot's points: categories in sorted blocks, records.csv order inside a block
     points = read(tmp_path / "out" / "fig8_sampling_frequency_records.csv")
     for run, t in zip(runs, truths):
