@@ -40,6 +40,7 @@ from experiments.claim_statistics import (
     UNMEASURED,
     Test,
     auc_ci,
+    category_gap_test,
     gain_shares_ci,
     length_residuals,
     length_strata,
@@ -61,7 +62,8 @@ from mbc_jax.run_folder import RunFolder, read_csv
 VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE, UNMEASURED)
 FACT_QA, HARD_TASK = "open_qa", "summarization"  # the demo's and Dolly's category names of the paper's pair
 QUALITY_MARGIN = 0.05  # generation quality "holds": mean grade change's CI lower bound above -0.05
-MIN_RECORDS = 5  # per category, for Zeng's claim 1
+MIN_RECORDS = 5  # per category, for Zeng's claim 1 and Fig. 7
+MIN_CATEGORIES = 4  # Fig. 7: "the lowest third" of fewer categories is the lowest one alone
 LOW_TASKS = ("classification", "open_qa", "closed_qa")  # Zeng's low-memorization tasks the demo and Dolly have
 WORLD_SEED = 0  # the demo world of `data: demo` (mbc_jax.train materializes seed 0)
 
@@ -180,6 +182,29 @@ def draws_rule(draws: np.ndarray, perplexity0: np.ndarray, label: str) -> tuple[
     """Fig. 8: Spearman, over training records, of the times MBC drew a record with its step-0 perplexity."""
     v = partial_spearman_ci(draws, perplexity0)
     return _ci_text(f"{label} ({len(draws)} records)", v, 2), [Test.of(label, v)]
+
+
+def category_rule(first: np.ndarray, last: np.ndarray, cats: np.ndarray, label: str) -> tuple[str, list[Test]]:
+    """Fig. 7 on one run's per-record exact memorization (trained positions) at the first checkpoint after step 0
+    and the last, categories of >= MIN_RECORDS records: (1) at the last checkpoint, the mean of the other
+    categories' means minus summarization's, one-sided permutation test of the category labels, with
+    summarization's mean among the lowest ceil(K / 3) of the K category means; (2) summarization's change, last
+    minus first, records paired, CI > 0. Every category's change is reported beside them."""
+    names = sorted(set(cats))
+    hard = cats == HARD_TASK
+    mean_last = {c: float(last[cats == c].mean()) for c in names}
+    rank = 1 + sum(mean_last[c] < mean_last[HARD_TASK] for c in names if c != HARD_TASK)
+    lowest = math.ceil(len(names) / 3)
+    gap, p, p_other, critical = category_gap_test(last, cats, HARD_TASK)
+    rise = paired_diff_ci(last[hard], first[hard])
+    changes = ", ".join(f"{c} {mean_last[c] - float(first[cats == c].mean()):+.3f}" for c in names)
+    text = (f"{label}: the other categories' mean minus {HARD_TASK}'s at the last checkpoint {fmt(gap)} (p = {fmt(p)}),"
+            f" {HARD_TASK} ranks {rank} of {len(names)} from the lowest (lowest third: <= {lowest}); "
+            + _ci_text(f"{HARD_TASK} last - first ({int(hard.sum())} records)", rise)
+            + f"; change by category: {changes}")
+    unmet = "" if rank <= lowest else f"{HARD_TASK} ranks {rank} of {len(names)}, not among the lowest {lowest}"
+    return text, [Test.permutation(f"{label} {HARD_TASK} below the others", gap, p, critical, p_other, unmet),
+                  Test.of(f"{label} {HARD_TASK} rises", rise)]
 
 
 def net_win_rule(win: int, tie: int, loss: int, label: str) -> tuple[str, list[Test]]:
@@ -528,6 +553,27 @@ def mbc_draws_unmemorized(runs: Sequence[RunFolder], figs: Path) -> Result:
     return _collect(runs, one)
 
 
+def mbc_category_memorization(runs: Sequence[RunFolder], figs: Path) -> Result:
+    run = min(runs, key=lambda r: r.learning_rate)  # the paper's Fig. 7: MBC at the lower rate (1e-5)
+    column, _ = _trained(run)
+    steps = [s for s in run.memorization_steps() if s > 0]
+    if len(steps) < 2:
+        raise Missing(f"{run.path}: {len(steps)} memorization snapshots after step 0; Fig. 7 needs a first and a last")
+    _, _, em = run.record_matrix(column, "train", [steps[0], steps[-1]])
+    cats = np.asarray(run.records["category"][run.records["split"] == "train"]).astype(str)
+    ok = np.all(np.isfinite(em), 0)
+    names, n = np.unique(cats[ok], return_counts=True)
+    enough = names[n >= MIN_RECORDS]
+    if HARD_TASK not in enough or len(enough) < MIN_CATEGORIES:
+        raise Missing(f"{run.label}: {len(enough)} categories of >= {MIN_RECORDS} training records with {column} "
+                      f"({HARD_TASK} {'among them' if HARD_TASK in enough else 'not among them'}); the row needs "
+                      f"{HARD_TASK} and >= {MIN_CATEGORIES} categories")
+    keep = ok & np.isin(cats, enough)
+    text, tests = category_rule(em[0, keep], em[1, keep], cats[keep],
+                                f"{run.lr_label}, step {steps[0]} to {steps[-1]} ({column})")
+    return [text], tests
+
+
 MBC_FINDINGS = (
     ("MBC memorizes more than the baseline (Fig. 6)",
      "pooled exact memorization (Eq. 1, trained positions) of MBC minus that of the baseline at the same learning "
@@ -536,7 +582,17 @@ MBC_FINDINGS = (
     ("MBC draws the least-memorized records most (Fig. 8)",
      "Spearman, over the training records of each MBC run, of the times drawn (sampling.csv) with the record's "
      "step-0 perplexity (trained positions)", "holds: CI > 0 at every learning rate", mbc_draws_unmemorized),
+    (f"Memorization by category: {HARD_TASK} stays lowest, and rises (Fig. 7)",
+     f"MBC run at the lower learning rate, training records, exact memorization of the trained positions per record, "
+     f"categories of >= {MIN_RECORDS} records (>= {MIN_CATEGORIES} categories): at the last checkpoint, the mean of "
+     f"the other categories' means minus {HARD_TASK}'s (gap) and {HARD_TASK}'s rank among the category means; "
+     f"{HARD_TASK}'s mean change from the first checkpoint after step 0 to the last (records paired); every "
+     "category's change beside them",
+     f"holds: gap > 0 by a one-sided permutation test of the category labels (p < 0.025, 1000 permutations; "
+     f"contradicted when {HARD_TASK} lies above the others at p < 0.0125 / 2), {HARD_TASK} among the lowest third "
+     f"(rank <= ceil(K / 3)), and its change's CI > 0", mbc_category_memorization),
 )
+RUN_WISE = (mbc_draws_unmemorized, mbc_category_memorization)  # MBC rows of the MBC runs alone (no baseline pair)
 
 
 # (finding, statistic, rule, function); the judge's row is built apart (its input is not a run folder)
@@ -651,7 +707,7 @@ def evaluate(baselines: Sequence[RunFolder], figs: str | Path, judge_results: Se
         def measure() -> Result:
             if not mbc:
                 raise Missing("no MBC run given")
-            if fn is mbc_draws_unmemorized:
+            if fn in RUN_WISE:
                 return fn(mbc, figs)
             by_lr = {b.learning_rate: b for b in baselines}
             pairs = [(m, by_lr[m.learning_rate]) for m in mbc if m.learning_rate in by_lr]
