@@ -24,6 +24,7 @@ Conventions, the same in every row:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,6 +53,7 @@ from experiments.claim_statistics import (
     perplexity_ratio_ci,
     pooled_diff_ci,
     response_gap_ci,
+    strength_diff_ci,
     verdict,
 )
 from experiments.common import fmt
@@ -62,6 +64,7 @@ from mbc_jax.run_folder import RunFolder, read_csv
 VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE, UNMEASURED)
 FACT_QA, HARD_TASK = "open_qa", "summarization"  # the demo's and Dolly's category names of the paper's pair
 QUALITY_MARGIN = 0.05  # generation quality "holds": mean grade change's CI lower bound above -0.05
+JUDGED_MARGIN = math.log(0.45 / 0.55)  # or, judged: the last checkpoint wins >= 45% against the first (ties half)
 MIN_RECORDS = 5  # per category, for Zeng's claim 1 and Fig. 7
 MIN_CATEGORIES = 4  # Fig. 7: "the lowest third" of fewer categories is the lowest one alone
 LOW_TASKS = ("classification", "open_qa", "closed_qa")  # Zeng's low-memorization tasks the demo and Dolly have
@@ -139,6 +142,16 @@ def quality_rule(first: np.ndarray, last: np.ndarray, label: str) -> tuple[str, 
     v = paired_diff_ci(last, first)
     return (f"grade last - first ({len(first)} prompts) {fmt(v[0])} [{fmt(v[1])}, {fmt(v[2])}]",
             [Test.of(f"{label} grade", v, -QUALITY_MARGIN)])
+
+
+def judged_quality_rule(scores: np.ndarray, games: np.ndarray, steps: Sequence[int], ridge: float, label: str
+                        ) -> tuple[str, list[Test]]:
+    """Fig. 3's quality half from the selection's judged games (per dev prompt tables [G, K, K] of the K
+    checkpoints): Bradley-Terry strength of the last checkpoint minus that of the first, prompts resampled."""
+    v = strength_diff_ci(scores, games, 0, len(steps) - 1, ridge)
+    text = (f"judged Bradley-Terry strength step {steps[-1]} - step {steps[0]} ({scores.shape[0]} dev prompts, "
+            f"{int(games.sum() / 2)} games) {fmt(v[0])} [{fmt(v[1])}, {fmt(v[2])}]")
+    return text, [Test.of(f"{label} judged quality", v, JUDGED_MARGIN)]
 
 
 def entropy_rule(nucleus: np.ndarray, teacher: np.ndarray, label: str) -> tuple[str, list[Test]]:
@@ -335,6 +348,53 @@ def _generations(figs: Path, run: RunFolder) -> dict[str, tuple[int, list[dict]]
     return out
 
 
+def _judged_quality(run: RunFolder) -> tuple[str, list[Test]] | None:
+    """The quality half from `mbc-jax select`'s games in the run folder (None when the run has no selection)."""
+    from mbc_jax.judge.bradley_terry import DEFAULT_RIDGE, tables
+    from mbc_jax.selection import SELECTION
+    from mbc_jax.selection.tournament import SCORE
+
+    folder = run.path / SELECTION
+    if not ((folder / "selection.json").is_file() and (folder / "games.jsonl").is_file()):
+        return None
+    try:
+        sel = json.loads((folder / "selection.json").read_text())
+        games = [json.loads(x) for x in (folder / "games.jsonl").read_text().splitlines() if x.strip()]
+        steps, ids = [int(x) for x in sel["steps"]], [str(x) for x in sel["dev"]["ids"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise Missing(f"{folder}: not a selection of this version ({e})") from None
+    valid = [g for g in games if g.get("outcome") in SCORE and int(g["step_a"]) in steps and int(g["step_b"]) in steps
+             and str(g["id"]) in ids]
+    if len(steps) < 2 or not valid:
+        raise Missing(f"{folder}: {len(steps)} checkpoints and {len(valid)} judged games; the quality trend needs 2 "
+                      "checkpoints and a game")
+    pos, group = {s: k for k, s in enumerate(steps)}, {i: k for k, i in enumerate(ids)}
+    t = tables(len(steps), len(ids), [pos[int(g["step_a"])] for g in valid], [pos[int(g["step_b"])] for g in valid],
+               [SCORE[g["outcome"]] for g in valid], [group[str(g["id"])] for g in valid])
+    ridge = float(sel.get("bradley_terry", {}).get("ridge", DEFAULT_RIDGE))
+    return judged_quality_rule(t.scores, t.games, steps, ridge, run.lr_label)
+
+
+def _graded_quality(run: RunFolder, figs: Path) -> tuple[str, list[Test]]:
+    """The quality half from the demo world's grader on the Table 1 nucleus answers, first and last checkpoint."""
+    from mbc_jax.demo.grader import WorldGrader
+
+    grader = WorldGrader(WORLD_SEED)
+    gens = _generations(figs, run)
+    grades = {}
+    for which, (_, rows) in gens.items():
+        for r in rows:
+            g = grader.grade(r["instruction"], r.get("output_text") or "")
+            grades.setdefault(str(r["id"]), {})[which] = math.nan if g is None else g.score
+    pairs = np.array([[g["first"], g["last"]] for g in grades.values() if len(g) == 2], float)
+    pairs = pairs[np.all(np.isfinite(pairs), 1)]
+    if not len(pairs):
+        raise Missing(f"{run.label}: no Table 1 generation the world grader can grade")
+    qtext, q = quality_rule(pairs[:, 0], pairs[:, 1], run.lr_label)
+    steps_note = f"grade last - first (step {gens['last'][0]} - {gens['first'][0]},"
+    return qtext.replace("grade last - first (", steps_note + " ", 1), q
+
+
 def perplexity_rises_quality_holds(runs: Sequence[RunFolder], figs: Path) -> Result:
     values, tests, reasons = [], [], []
     for run in runs:  # the positions the loss trained, as Figure 3's headline curve
@@ -348,27 +408,15 @@ def perplexity_rises_quality_holds(runs: Sequence[RunFolder], figs: Path) -> Res
         text, t = perplexity_rule(ppl[:, keep], tok[0, keep].astype(float), int(after[0]),
                                   f"{run.lr_label} (step {steps[-1]} / {steps[after[0]]})")
         tests += t
-        if run.config.get("data") != "demo":
-            reasons.append(f"{run.label}: generation quality is graded by the demo world's grader, and this run's "
-                           f"data is {run.config.get('data')!r}")
+        quality = _judged_quality(run)
+        if quality is None and run.config.get("data") != "demo":
+            reasons.append(f"{run.label}: generation quality is measured by the selection's judged games (this run "
+                           f"has no selection/: no judge) or by the demo world's grader, and this run's data is "
+                           f"{run.config.get('data')!r}")
             values.append(text)
             continue
-        from mbc_jax.demo.grader import WorldGrader
-
-        grader = WorldGrader(WORLD_SEED)
-        gens = _generations(figs, run)
-        grades = {}
-        for which, (_, rows) in gens.items():
-            for r in rows:
-                g = grader.grade(r["instruction"], r.get("output_text") or "")
-                grades.setdefault(str(r["id"]), {})[which] = math.nan if g is None else g.score
-        pairs = np.array([[g["first"], g["last"]] for g in grades.values() if len(g) == 2], float)
-        pairs = pairs[np.all(np.isfinite(pairs), 1)]
-        if not len(pairs):
-            raise Missing(f"{run.label}: no Table 1 generation the world grader can grade")
-        qtext, q = quality_rule(pairs[:, 0], pairs[:, 1], run.lr_label)
-        steps_note = f"grade last - first (step {gens['last'][0]} - {gens['first'][0]},"
-        values.append(text + "; " + qtext.replace("grade last - first (", steps_note + " ", 1))
+        qtext, q = quality if quality is not None else _graded_quality(run, figs)
+        values.append(text + "; " + qtext)
         tests += q
     if reasons:
         raise Missing("; ".join(reasons) + " (" + "; ".join(values) + ")")
@@ -611,9 +659,13 @@ FINDINGS = (
      f"that of the {HARD_TASK} records", "holds: CI > 0", qa_easy_summarization_hard),
     ("Validation perplexity rises while generation quality holds (Fig. 3)",
      "pooled validation perplexity (trained positions) at the last checkpoint / at the first checkpoint after "
-     "step 0 (fixed in advance, not the lowest one); and the world grader's mean grade (0-1) of the Table 1 "
-     "nucleus answers, last minus first checkpoint, same prompts",
-     f"holds: ratio CI > 1 and grade change CI > -{QUALITY_MARGIN}", perplexity_rises_quality_holds),
+     "step 0 (fixed in advance, not the lowest one); and generation quality, last against first checkpoint: where "
+     "`mbc-jax select` judged the run's checkpoints (selection/games.jsonl), the Bradley-Terry strength (ties half "
+     "a win) of the last minus that of the first checkpoint of the selection, bootstrap over dev prompts; else, on "
+     "the demo's data, the world grader's mean grade (0-1) of the Table 1 nucleus answers, last minus first, same "
+     "prompts", f"holds: ratio CI > 1 and quality: judged strength change CI > log(0.45/0.55) = "
+     f"{JUDGED_MARGIN:.3f} (the last checkpoint wins at least 45% against the first) or grade change CI > "
+     f"-{QUALITY_MARGIN}", perplexity_rises_quality_holds),
     ("Entropy falls under nucleus sampling and teacher forcing (Table 1)",
      "per-prompt mean entropy, first minus last checkpoint, on the Table 1 validation prompts: of the full softmax "
      "along the nucleus-sampled answer, and of the response under teacher forcing", "holds: both CIs > 0",

@@ -35,6 +35,7 @@ CATEGORY_SIZES = {"open_qa": 64, "classification": 53, "closed_qa": 43, "rewriti
                   "information_extraction": 32, "summarization": 27, "brainstorming": 32, "creative_writing": 32}
 EXTRACTION_PER_CATEGORY = 20
 N_VAL, N_PAIRS, N_CORPUS, N_UNSEEN = 80, 64, 47, 33
+N_DEV = 16  # the tiny scale's selection dev prompts (experiments/judge_selected.py)
 LRS = ("lr 2e-4", "lr 1e-3")
 
 
@@ -114,6 +115,38 @@ def nucleus(rng, effect: bool) -> list[st.Test]:
         n = rng.gamma(4, 0.25, (N_VAL, 2))
         t = n + (0.2 if effect else 0.0) + rng.normal(0, 0.5, (N_VAL, 2))
         tests += claims.nucleus_rule(n, t, lr)[1]
+    return tests
+
+
+def judged_tournament(rng, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-prompt tables [dev, K, K] of `mbc-jax select` at the tiny scale: the 8 checkpoints after step 0, 16 dev
+    prompts, the pairs its schedule picks within 500 calls (adjacent ones and a sample); true strengths rising
+    linearly by `delta` from the first checkpoint to the last; each prompt ties a share of its games (drawn per
+    prompt, up to 60%), the expected score of a game staying sigmoid(strength difference) (ties half a win)."""
+    from mbc_jax.judge.bradley_terry import tables
+    from mbc_jax.selection.schedule import schedule
+
+    k = len(STEPS) - 1
+    theta = np.linspace(0, delta, k)
+    a, b, score, group = [], [], [], []
+    tie_share = rng.uniform(0, 0.6, N_DEV)
+    for i, j in schedule(k, N_DEV, 500, 2, 0).pairs:
+        s = 1 / (1 + np.exp(theta[j] - theta[i]))  # P(i beats j)
+        tie = np.minimum(tie_share, 2 * min(s, 1 - s))
+        u = rng.random(N_DEV)
+        score += list(np.where(u < tie, 0.5, np.where(u < tie + s - tie / 2, 1.0, 0.0)))
+        a += [i] * N_DEV
+        b += [j] * N_DEV
+        group += list(range(N_DEV))
+    t = tables(k, N_DEV, a, b, score, group)
+    return t.scores, t.games
+
+
+def judged_quality(rng, effect: bool) -> list[st.Test]:
+    tests = []
+    for lr in LRS:  # null: the last checkpoint at the bound (wins 45% against the first); planted: wins 70%
+        scores, games = judged_tournament(rng, np.log(0.7 / 0.3) if effect else claims.JUDGED_MARGIN)
+        tests += claims.judged_quality_rule(scores, games, list(STEPS[1:]), 0.01, lr)[1]
     return tests
 
 
@@ -222,6 +255,8 @@ ROWS = {  # name: (simulation, the planted effect)
     "response above full (Fig. 1)": (response, "+0.03 on the response (record SD 0.1)"),
     "open_qa above summarization (Fig. 2)": (qa_summarization, "+0.1 (record SD 0.15)"),
     "perplexity rises, quality holds (Fig. 3)": (perplexity_quality, "ratio 1.1 and grades +0.1"),
+    "quality holds, judged (Fig. 3, selection's Bradley-Terry)": (judged_quality,
+                                                                  "the last checkpoint wins 70% against the first"),
     "entropy falls (Table 1)": (entropy, "both -0.2 (per-prompt SD 0.5)"),
     "nucleus below teacher forcing (Table 1)": (nucleus, "+0.2 at both checkpoints (per-prompt SD 0.5)"),
     "baseline rises then falls, loss rises (Fig. 6)": (rise_fall, "+0.1 then -0.03 (SD 0.05), perplexity +5%"),

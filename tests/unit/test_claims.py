@@ -112,6 +112,35 @@ def test_net_win_against_numpy():
     assert v == pytest.approx(10 / 60) and (lo, hi) == pytest.approx(percentile([outcome[i].mean() for i in idx]))
 
 
+def test_batched_bradley_terry_and_its_interval_against_the_library_fit():
+    from mbc_jax.judge.bradley_terry import fit
+
+    rng = np.random.default_rng(6)
+    scores, games = np.zeros((7, 4, 4)), np.zeros((7, 4, 4))
+    for g in range(7):
+        for i, j in ((0, 1), (1, 2), (2, 3), (0, 3), (0, 2)):
+            s = rng.choice([0.0, 0.5, 1.0], p=[0.2, 0.3, 0.5] if j == 3 else None)
+            scores[g, i, j] += s
+            scores[g, j, i] += 1 - s
+            games[g, i, j] += 1
+            games[g, j, i] += 1
+    swept = np.zeros((1, 3, 3))
+    swept[0, 0, 1], swept[0, 1, 2] = 4, 4  # one player wins every game: the ridge keeps the fit finite
+    swept_games = swept + np.swapaxes(swept, 1, 2)
+    np.testing.assert_allclose(st.bradley_terry_batch(swept, swept_games, 0.01)[0], fit(swept[0], swept_games[0], 0.01),
+                               atol=1e-8)
+    v, lo, hi = st.strength_diff_ci(scores, games, 0, 3, 0.01)
+    theta = fit(scores.sum(0), games.sum(0), 0.01)
+    assert v == pytest.approx(theta[3] - theta[0], abs=1e-8)
+    (idx,) = boot_indices(7)
+    boot = []
+    for i in idx:
+        c = np.bincount(i, minlength=7).astype(float)
+        t = fit(np.tensordot(c, scores, 1), np.tensordot(c, games, 1), 0.01)
+        boot.append(t[3] - t[0])
+    assert (lo, hi) == pytest.approx(percentile(boot), abs=1e-6)
+
+
 # ----------------------------------------------------------------------------- a synthetic run and its figures
 
 
@@ -377,6 +406,41 @@ def test_the_demo_prints_the_claims_its_run_folder_can_test(tmp_path):
     for finding, *_ in claims.MBC_FINDINGS[:2]:
         assert f"- {claims.HOLDS}: {finding}: " in with_mbc
     assert claims.MBC_FINDINGS[2][0] in with_mbc.splitlines()[-1]  # Fig. 7: 3 categories, not measured
+
+
+def write_selection(run: RunFolder, last_wins: float) -> None:
+    """selection/selection.json and games.jsonl as `mbc-jax select` writes them: checkpoints 10 to 60, 6 dev
+    prompts, the round robin; the later checkpoint of each pair wins with probability `last_wins` (else a tie)."""
+    rng = np.random.default_rng(9)
+    steps, ids = [10, 20, 30, 40, 50, 60], [f"v{i}" for i in range(6)]
+    folder = run.path / "selection"
+    folder.mkdir()
+    games = [{"step_a": a, "step_b": b, "id": i, "outcome": "B" if rng.random() < last_wins else "tie"}
+             for k, a in enumerate(steps) for b in steps[k + 1:] for i in ids]
+    games.append({"step_a": 10, "step_b": 60, "id": "v0", "outcome": None})  # an invalid game: left out
+    (folder / "games.jsonl").write_text("".join(json.dumps(g) + "\n" for g in games))
+    (folder / "selection.json").write_text(json.dumps({"steps": steps, "dev": {"ids": ids},
+                                                       "bradley_terry": {"ridge": 0.01}}))
+
+
+@pytest.mark.parametrize("data", ["demo", "dolly.jsonl"])
+def test_the_quality_half_reads_the_selections_judged_games(tmp_path, data):
+    from mbc_jax.judge.bradley_terry import fit, tables
+    from mbc_jax.selection.tournament import SCORE
+
+    run = make_run(tmp_path, plateau=True, data=data)
+    make_figures(run, tmp_path / "figs", good=True)
+    write_selection(run, 0.6)
+    row = {r.finding: r for r in claims.evaluate([run], tmp_path / "figs")}[name(claims.perplexity_rises_quality_holds)]
+    games = [json.loads(x) for x in (run.path / "selection" / "games.jsonl").read_text().splitlines()][:-1]
+    pos = {s: k for k, s in enumerate([10, 20, 30, 40, 50, 60])}
+    t = tables(6, 6, [pos[g["step_a"]] for g in games], [pos[g["step_b"]] for g in games],
+               [SCORE[g["outcome"]] for g in games], [int(g["id"][1:]) for g in games])
+    theta = fit(t.scores.sum(0), t.games.sum(0), 0.01)  # mbc_jax's own fit, as ranking.csv's strengths
+    assert f"judged Bradley-Terry strength step 60 - step 10 (6 dev prompts, 90 games) {fmt(theta[5] - theta[0])} [" \
+        in row.values[0]
+    assert row.verdict == claims.HOLDS, (row.values, row.why)
+    assert "grade last - first" not in row.values[0]  # the judge, not the world grader, where a selection ran
 
 
 def fig7_run(root: Path, *, good: bool, cats=("open_qa", "summarization", "brainstorming", "classification",
