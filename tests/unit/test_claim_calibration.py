@@ -81,13 +81,18 @@ def qa_summarization(rng, effect: bool) -> list[st.Test]:
     return tests
 
 
-def perplexity_quality(rng, effect: bool) -> list[st.Test]:
+def perplexity_quality(rng, effect: bool, judged: bool = False) -> list[st.Test]:
+    """Fig. 3's row: the perplexity ratio and, per rate, the quality half: the world grader's grades, or (judged)
+    the selection's Bradley-Terry strengths (`judged_quality`), as the row reads them where `select` ran."""
     tests = []
     for lr in LRS:  # planted: perplexity 10% above the first checkpoint's; null: at both bounds
         mu = np.linspace(2.0, 1.5, len(STEPS))
         mu[-1] = mu[1] + (np.log(1.1) if effect else 0.0)
         log_ppl = mu[:, None] + rng.normal(0, 0.5, N_VAL) + rng.normal(0, 0.1, (len(STEPS), N_VAL))
         tests += claims.perplexity_rule(np.exp(log_ppl), rng.integers(5, 40, N_VAL).astype(float), 1, lr)[1]
+        if judged:
+            tests += judged_quality(rng, effect, (lr,))
+            continue
         first = rng.random(N_VAL) < 0.5  # right (1) or wrong (0) at the first checkpoint
         flip = rng.random(N_VAL) < 0.3  # 30% of the answers are drawn again at the last one
         # planted: grades up 0.1 (at +0.05, about the miniature's +0.008 and +0.041, it holds at both rates in
@@ -142,9 +147,9 @@ def judged_tournament(rng, delta: float) -> tuple[np.ndarray, np.ndarray]:
     return t.scores, t.games
 
 
-def judged_quality(rng, effect: bool) -> list[st.Test]:
+def judged_quality(rng, effect: bool, lrs=LRS) -> list[st.Test]:
     tests = []
-    for lr in LRS:  # null: the last checkpoint at the bound (wins 45% against the first); planted: wins 70%
+    for lr in lrs:  # null: the last checkpoint at the bound (wins 45% against the first); planted: wins 70%
         scores, games = judged_tournament(rng, np.log(0.7 / 0.3) if effect else claims.JUDGED_MARGIN)
         tests += claims.judged_quality_rule(scores, games, list(STEPS[1:]), 0.01, lr)[1]
     return tests
@@ -255,8 +260,9 @@ ROWS = {  # name: (simulation, the planted effect)
     "response above full (Fig. 1)": (response, "+0.03 on the response (record SD 0.1)"),
     "open_qa above summarization (Fig. 2)": (qa_summarization, "+0.1 (record SD 0.15)"),
     "perplexity rises, quality holds (Fig. 3)": (perplexity_quality, "ratio 1.1 and grades +0.1"),
-    "quality holds, judged (Fig. 3, selection's Bradley-Terry)": (judged_quality,
-                                                                  "the last checkpoint wins 70% against the first"),
+    "perplexity rises, quality holds, judged (Fig. 3)": (
+        lambda rng, effect: perplexity_quality(rng, effect, judged=True),
+        "ratio 1.1 and the last checkpoint winning 70% against the first"),
     "entropy falls (Table 1)": (entropy, "both -0.2 (per-prompt SD 0.5)"),
     "nucleus below teacher forcing (Table 1)": (nucleus, "+0.2 at both checkpoints (per-prompt SD 0.5)"),
     "baseline rises then falls, loss rises (Fig. 6)": (rise_fall, "+0.1 then -0.03 (SD 0.05), perplexity +5%"),
