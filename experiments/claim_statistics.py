@@ -207,13 +207,23 @@ def bradley_terry_batch(scores: np.ndarray, games: np.ndarray, ridge: float, ite
 
 def strength_diff_ci(scores: np.ndarray, games: np.ndarray, first: int, last: int, ridge: float) -> Interval:
     """Bradley-Terry strength of player `last` minus that of `first` (logits), from per-prompt tables
-    scores, games [G, n, n]; prompts resampled with replacement (every game on a drawn prompt comes along)."""
+    scores, games [G, n, n]; prompts resampled with replacement (every game on a drawn prompt comes along),
+    the draws widened about the estimate by sqrt(G / (G - 1)), the small-sample correction of a bootstrap
+    over G clusters (a selection judges 16 dev prompts at the tiny scale: unwidened, the draws' SD fell 8%
+    short of the estimate's and the row said "contradicted" of a finding at its bound in 5% of seeds)."""
+    g = scores.shape[0]
+
     def stat(idx: np.ndarray) -> np.ndarray:
-        c = counts(idx, scores.shape[0])
+        c = counts(idx, g)
         theta = bradley_terry_batch(np.einsum("bg,gij->bij", c, scores), np.einsum("bg,gij->bij", c, games), ridge)
         return theta[:, last] - theta[:, first]
 
-    return ci(stat, scores.shape[0])
+    raw = ci(stat, g)
+    if g < 2 or raw.boot is None or not len(raw.boot):
+        return raw
+    boot = raw[0] + (raw.boot - raw[0]) * math.sqrt(g / (g - 1))
+    lo, hi = np.quantile(boot, [ALPHA / 2, 1 - ALPHA / 2])
+    return Interval(raw[0], float(lo), float(hi), boot)
 
 
 # ----------------------------------------------------------------------------- permutation tests, partial correlation

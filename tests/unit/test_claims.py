@@ -138,7 +138,8 @@ def test_batched_bradley_terry_and_its_interval_against_the_library_fit():
         c = np.bincount(i, minlength=7).astype(float)
         t = fit(np.tensordot(c, scores, 1), np.tensordot(c, games, 1), 0.01)
         boot.append(t[3] - t[0])
-    assert (lo, hi) == pytest.approx(percentile(boot), abs=1e-6)
+    widened = v + (np.array(boot) - v) * math.sqrt(7 / 6)  # the small-sample correction over 7 prompts
+    assert (lo, hi) == pytest.approx(percentile(list(widened)), abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- a synthetic run and its figures
