@@ -73,9 +73,10 @@ def counts(idx: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(rows.ravel(), minlength=idx.shape[0] * n).reshape(idx.shape[0], n).astype(np.float64)
 
 
-def pooled(matched: np.ndarray, tokens: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Eq. 1 over the resampled records: matched[..., idx].sum / tokens[idx].sum; matched [S, N] -> [B, S]."""
-    c = counts(idx, len(tokens))  # einsum, not a BLAS product: one thread, no spinning on a shared machine
+def pooled(matched: np.ndarray, tokens: np.ndarray, idx: np.ndarray | None, c: np.ndarray | None = None) -> np.ndarray:
+    """Eq. 1 over the resampled records: matched[..., idx].sum / tokens[idx].sum; matched [S, N] -> [B, S]
+    (`c`: the resamples' `counts`, when the caller has them already)."""
+    c = counts(idx, len(tokens)) if c is None else c  # einsum, not a BLAS product: one thread, no spinning
     with np.errstate(invalid="ignore", divide="ignore"):  # a resample without targets: nan, left out of the CI
         return np.einsum("bn,sn->bs", c, matched) / np.einsum("bn,n->b", c, tokens)[:, None]
 
@@ -141,7 +142,11 @@ def response_gap_ci(em: np.ndarray, tokens: np.ndarray, rem: np.ndarray, rtokens
     checkpoint, per-record [N] inputs; records without response targets (nan) add nothing to the first."""
     rtokens = np.where(np.isfinite(rem), rtokens, 0)
     full, resp = (np.nan_to_num(em) * tokens)[None], (np.nan_to_num(rem) * rtokens)[None]
-    return ci(lambda i: pooled(resp, rtokens, i)[:, 0] - pooled(full, tokens, i)[:, 0], len(tokens))
+    def gap(i: np.ndarray) -> np.ndarray:
+        c = counts(i, len(tokens))
+        return pooled(resp, rtokens, None, c)[:, 0] - pooled(full, tokens, None, c)[:, 0]
+
+    return ci(gap, len(tokens))
 
 
 def pooled_diff_ci(em_a: np.ndarray, em_b: np.ndarray, tokens: np.ndarray) -> list[Interval]:
@@ -150,9 +155,8 @@ def pooled_diff_ci(em_a: np.ndarray, em_b: np.ndarray, tokens: np.ndarray) -> li
     run count nowhere)."""
     ok = np.all(np.isfinite(em_a) & np.isfinite(em_b), 0)
     tok = np.where(ok, tokens, 0.0)
-    a, b = np.nan_to_num(em_a) * tok, np.nan_to_num(em_b) * tok
-    return [ci(lambda i, s=s: pooled(a[s:s + 1], tok, i)[:, 0] - pooled(b[s:s + 1], tok, i)[:, 0], len(tok))
-            for s in range(len(em_a))]
+    d = (np.nan_to_num(em_a) - np.nan_to_num(em_b)) * tok  # one denominator: pooled(a) - pooled(b) = pooled(a - b)
+    return [ci(lambda i, s=s: pooled(d[s:s + 1], tok, i)[:, 0], len(tok)) for s in range(len(em_a))]
 
 
 def perplexity_ratio_ci(ppl: np.ndarray, tokens: np.ndarray, base: int = 0) -> Interval:
