@@ -24,6 +24,7 @@ Conventions, the same in every row:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ from experiments.claim_statistics import (
     UNMEASURED,
     Test,
     auc_ci,
+    category_gap_test,
     gain_shares_ci,
     length_residuals,
     length_strata,
@@ -51,6 +53,7 @@ from experiments.claim_statistics import (
     perplexity_ratio_ci,
     pooled_diff_ci,
     response_gap_ci,
+    strength_diff_ci,
     verdict,
 )
 from experiments.common import fmt
@@ -61,7 +64,9 @@ from mbc_jax.run_folder import RunFolder, read_csv
 VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE, UNMEASURED)
 FACT_QA, HARD_TASK = "open_qa", "summarization"  # the demo's and Dolly's category names of the paper's pair
 QUALITY_MARGIN = 0.05  # generation quality "holds": mean grade change's CI lower bound above -0.05
-MIN_RECORDS = 5  # per category, for Zeng's claim 1
+JUDGED_MARGIN = math.log(0.45 / 0.55)  # or, judged: the last checkpoint wins >= 45% against the first (ties half)
+MIN_RECORDS = 5  # per category, for Zeng's claim 1 and Fig. 7
+MIN_CATEGORIES = 4  # Fig. 7: "the lowest third" of fewer categories is the lowest one alone
 LOW_TASKS = ("classification", "open_qa", "closed_qa")  # Zeng's low-memorization tasks the demo and Dolly have
 WORLD_SEED = 0  # the demo world of `data: demo` (mbc_jax.train materializes seed 0)
 
@@ -139,6 +144,16 @@ def quality_rule(first: np.ndarray, last: np.ndarray, label: str) -> tuple[str, 
             [Test.of(f"{label} grade", v, -QUALITY_MARGIN)])
 
 
+def judged_quality_rule(scores: np.ndarray, games: np.ndarray, steps: Sequence[int], ridge: float, label: str
+                        ) -> tuple[str, list[Test]]:
+    """Fig. 3's quality half from the selection's judged games (per dev prompt tables [G, K, K] of the K
+    checkpoints): Bradley-Terry strength of the last checkpoint minus that of the first, prompts resampled."""
+    v = strength_diff_ci(scores, games, 0, len(steps) - 1, ridge)
+    text = (f"judged Bradley-Terry strength step {steps[-1]} - step {steps[0]} ({scores.shape[0]} dev prompts, "
+            f"{int(games.sum() / 2)} games) {fmt(v[0])} [{fmt(v[1])}, {fmt(v[2])}]")
+    return text, [Test.of(f"{label} judged quality", v, JUDGED_MARGIN)]
+
+
 def entropy_rule(nucleus: np.ndarray, teacher: np.ndarray, label: str) -> tuple[str, list[Test]]:
     """nucleus, teacher: [n, 2] per-prompt entropies at the first and the last checkpoint."""
     dn, dt = paired_diff_ci(nucleus[:, 0], nucleus[:, 1]), paired_diff_ci(teacher[:, 0], teacher[:, 1])
@@ -180,6 +195,29 @@ def draws_rule(draws: np.ndarray, perplexity0: np.ndarray, label: str) -> tuple[
     """Fig. 8: Spearman, over training records, of the times MBC drew a record with its step-0 perplexity."""
     v = partial_spearman_ci(draws, perplexity0)
     return _ci_text(f"{label} ({len(draws)} records)", v, 2), [Test.of(label, v)]
+
+
+def category_rule(first: np.ndarray, last: np.ndarray, cats: np.ndarray, label: str) -> tuple[str, list[Test]]:
+    """Fig. 7 on one run's per-record exact memorization (trained positions) at the first checkpoint after step 0
+    and the last, categories of >= MIN_RECORDS records: (1) at the last checkpoint, the mean of the other
+    categories' means minus summarization's, one-sided permutation test of the category labels, with
+    summarization's mean among the lowest ceil(K / 3) of the K category means; (2) summarization's change, last
+    minus first, records paired, CI > 0. Every category's change is reported beside them."""
+    names = sorted(set(cats))
+    hard = cats == HARD_TASK
+    mean_last = {c: float(last[cats == c].mean()) for c in names}
+    rank = 1 + sum(mean_last[c] < mean_last[HARD_TASK] for c in names if c != HARD_TASK)
+    lowest = math.ceil(len(names) / 3)
+    gap, p, p_other, critical = category_gap_test(last, cats, HARD_TASK)
+    rise = paired_diff_ci(last[hard], first[hard])
+    changes = ", ".join(f"{c} {mean_last[c] - float(first[cats == c].mean()):+.3f}" for c in names)
+    text = (f"{label}: the other categories' mean minus {HARD_TASK}'s at the last checkpoint {fmt(gap)} (p = {fmt(p)}),"
+            f" {HARD_TASK} ranks {rank} of {len(names)} from the lowest (lowest third: <= {lowest}); "
+            + _ci_text(f"{HARD_TASK} last - first ({int(hard.sum())} records)", rise)
+            + f"; change by category: {changes}")
+    unmet = "" if rank <= lowest else f"{HARD_TASK} ranks {rank} of {len(names)}, not among the lowest {lowest}"
+    return text, [Test.permutation(f"{label} {HARD_TASK} below the others", gap, p, critical, p_other, unmet),
+                  Test.of(f"{label} {HARD_TASK} rises", rise)]
 
 
 def net_win_rule(win: int, tie: int, loss: int, label: str) -> tuple[str, list[Test]]:
@@ -310,6 +348,53 @@ def _generations(figs: Path, run: RunFolder) -> dict[str, tuple[int, list[dict]]
     return out
 
 
+def _judged_quality(run: RunFolder) -> tuple[str, list[Test]] | None:
+    """The quality half from `mbc-jax select`'s games in the run folder (None when the run has no selection)."""
+    from mbc_jax.judge.bradley_terry import DEFAULT_RIDGE, tables
+    from mbc_jax.selection import SELECTION
+    from mbc_jax.selection.tournament import SCORE
+
+    folder = run.path / SELECTION
+    if not ((folder / "selection.json").is_file() and (folder / "games.jsonl").is_file()):
+        return None
+    try:
+        sel = json.loads((folder / "selection.json").read_text())
+        games = [json.loads(x) for x in (folder / "games.jsonl").read_text().splitlines() if x.strip()]
+        steps, ids = [int(x) for x in sel["steps"]], [str(x) for x in sel["dev"]["ids"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise Missing(f"{folder}: not a selection of this version ({e})") from None
+    valid = [g for g in games if g.get("outcome") in SCORE and int(g["step_a"]) in steps and int(g["step_b"]) in steps
+             and str(g["id"]) in ids]
+    if len(steps) < 2 or not valid:
+        raise Missing(f"{folder}: {len(steps)} checkpoints and {len(valid)} judged games; the quality trend needs 2 "
+                      "checkpoints and a game")
+    pos, group = {s: k for k, s in enumerate(steps)}, {i: k for k, i in enumerate(ids)}
+    t = tables(len(steps), len(ids), [pos[int(g["step_a"])] for g in valid], [pos[int(g["step_b"])] for g in valid],
+               [SCORE[g["outcome"]] for g in valid], [group[str(g["id"])] for g in valid])
+    ridge = float(sel.get("bradley_terry", {}).get("ridge", DEFAULT_RIDGE))
+    return judged_quality_rule(t.scores, t.games, steps, ridge, run.lr_label)
+
+
+def _graded_quality(run: RunFolder, figs: Path) -> tuple[str, list[Test]]:
+    """The quality half from the demo world's grader on the Table 1 nucleus answers, first and last checkpoint."""
+    from mbc_jax.demo.grader import WorldGrader
+
+    grader = WorldGrader(WORLD_SEED)
+    gens = _generations(figs, run)
+    grades = {}
+    for which, (_, rows) in gens.items():
+        for r in rows:
+            g = grader.grade(r["instruction"], r.get("output_text") or "")
+            grades.setdefault(str(r["id"]), {})[which] = math.nan if g is None else g.score
+    pairs = np.array([[g["first"], g["last"]] for g in grades.values() if len(g) == 2], float)
+    pairs = pairs[np.all(np.isfinite(pairs), 1)]
+    if not len(pairs):
+        raise Missing(f"{run.label}: no Table 1 generation the world grader can grade")
+    qtext, q = quality_rule(pairs[:, 0], pairs[:, 1], run.lr_label)
+    steps_note = f"grade last - first (step {gens['last'][0]} - {gens['first'][0]},"
+    return qtext.replace("grade last - first (", steps_note + " ", 1), q
+
+
 def perplexity_rises_quality_holds(runs: Sequence[RunFolder], figs: Path) -> Result:
     values, tests, reasons = [], [], []
     for run in runs:  # the positions the loss trained, as Figure 3's headline curve
@@ -323,27 +408,15 @@ def perplexity_rises_quality_holds(runs: Sequence[RunFolder], figs: Path) -> Res
         text, t = perplexity_rule(ppl[:, keep], tok[0, keep].astype(float), int(after[0]),
                                   f"{run.lr_label} (step {steps[-1]} / {steps[after[0]]})")
         tests += t
-        if run.config.get("data") != "demo":
-            reasons.append(f"{run.label}: generation quality is graded by the demo world's grader, and this run's "
-                           f"data is {run.config.get('data')!r}")
+        quality = _judged_quality(run)
+        if quality is None and run.config.get("data") != "demo":
+            reasons.append(f"{run.label}: generation quality is measured by the selection's judged games (this run "
+                           f"has no selection/: no judge) or by the demo world's grader, and this run's data is "
+                           f"{run.config.get('data')!r}")
             values.append(text)
             continue
-        from mbc_jax.demo.grader import WorldGrader
-
-        grader = WorldGrader(WORLD_SEED)
-        gens = _generations(figs, run)
-        grades = {}
-        for which, (_, rows) in gens.items():
-            for r in rows:
-                g = grader.grade(r["instruction"], r.get("output_text") or "")
-                grades.setdefault(str(r["id"]), {})[which] = math.nan if g is None else g.score
-        pairs = np.array([[g["first"], g["last"]] for g in grades.values() if len(g) == 2], float)
-        pairs = pairs[np.all(np.isfinite(pairs), 1)]
-        if not len(pairs):
-            raise Missing(f"{run.label}: no Table 1 generation the world grader can grade")
-        qtext, q = quality_rule(pairs[:, 0], pairs[:, 1], run.lr_label)
-        steps_note = f"grade last - first (step {gens['last'][0]} - {gens['first'][0]},"
-        values.append(text + "; " + qtext.replace("grade last - first (", steps_note + " ", 1))
+        qtext, q = quality if quality is not None else _graded_quality(run, figs)
+        values.append(text + "; " + qtext)
         tests += q
     if reasons:
         raise Missing("; ".join(reasons) + " (" + "; ".join(values) + ")")
@@ -528,6 +601,27 @@ def mbc_draws_unmemorized(runs: Sequence[RunFolder], figs: Path) -> Result:
     return _collect(runs, one)
 
 
+def mbc_category_memorization(runs: Sequence[RunFolder], figs: Path) -> Result:
+    run = min(runs, key=lambda r: r.learning_rate)  # the paper's Fig. 7: MBC at the lower rate (1e-5)
+    column, _ = _trained(run)
+    steps = [s for s in run.memorization_steps() if s > 0]
+    if len(steps) < 2:
+        raise Missing(f"{run.path}: {len(steps)} memorization snapshots after step 0; Fig. 7 needs a first and a last")
+    _, _, em = run.record_matrix(column, "train", [steps[0], steps[-1]])
+    cats = np.asarray(run.records["category"][run.records["split"] == "train"]).astype(str)
+    ok = np.all(np.isfinite(em), 0)
+    names, n = np.unique(cats[ok], return_counts=True)
+    enough = names[n >= MIN_RECORDS]
+    if HARD_TASK not in enough or len(enough) < MIN_CATEGORIES:
+        raise Missing(f"{run.label}: {len(enough)} categories of >= {MIN_RECORDS} training records with {column} "
+                      f"({HARD_TASK} {'among them' if HARD_TASK in enough else 'not among them'}); the row needs "
+                      f"{HARD_TASK} and >= {MIN_CATEGORIES} categories")
+    keep = ok & np.isin(cats, enough)
+    text, tests = category_rule(em[0, keep], em[1, keep], cats[keep],
+                                f"{run.lr_label}, step {steps[0]} to {steps[-1]} ({column})")
+    return [text], tests
+
+
 MBC_FINDINGS = (
     ("MBC memorizes more than the baseline (Fig. 6)",
      "pooled exact memorization (Eq. 1, trained positions) of MBC minus that of the baseline at the same learning "
@@ -536,7 +630,17 @@ MBC_FINDINGS = (
     ("MBC draws the least-memorized records most (Fig. 8)",
      "Spearman, over the training records of each MBC run, of the times drawn (sampling.csv) with the record's "
      "step-0 perplexity (trained positions)", "holds: CI > 0 at every learning rate", mbc_draws_unmemorized),
+    (f"Memorization by category: {HARD_TASK} stays lowest, and rises (Fig. 7)",
+     f"MBC run at the lower learning rate, training records, exact memorization of the trained positions per record, "
+     f"categories of >= {MIN_RECORDS} records (>= {MIN_CATEGORIES} categories): at the last checkpoint, the mean of "
+     f"the other categories' means minus {HARD_TASK}'s (gap) and {HARD_TASK}'s rank among the category means; "
+     f"{HARD_TASK}'s mean change from the first checkpoint after step 0 to the last (records paired); every "
+     "category's change beside them",
+     f"holds: gap > 0 by a one-sided permutation test of the category labels (p < 0.025, 1000 permutations; "
+     f"contradicted when {HARD_TASK} lies above the others at p < 0.0125 / 2), {HARD_TASK} among the lowest third "
+     f"(rank <= ceil(K / 3)), and its change's CI > 0", mbc_category_memorization),
 )
+RUN_WISE = (mbc_draws_unmemorized, mbc_category_memorization)  # MBC rows of the MBC runs alone (no baseline pair)
 
 
 # (finding, statistic, rule, function); the judge's row is built apart (its input is not a run folder)
@@ -555,9 +659,13 @@ FINDINGS = (
      f"that of the {HARD_TASK} records", "holds: CI > 0", qa_easy_summarization_hard),
     ("Validation perplexity rises while generation quality holds (Fig. 3)",
      "pooled validation perplexity (trained positions) at the last checkpoint / at the first checkpoint after "
-     "step 0 (fixed in advance, not the lowest one); and the world grader's mean grade (0-1) of the Table 1 "
-     "nucleus answers, last minus first checkpoint, same prompts",
-     f"holds: ratio CI > 1 and grade change CI > -{QUALITY_MARGIN}", perplexity_rises_quality_holds),
+     "step 0 (fixed in advance, not the lowest one); and generation quality, last against first checkpoint: where "
+     "`mbc-jax select` judged the run's checkpoints (selection/games.jsonl), the Bradley-Terry strength (ties half "
+     "a win) of the last minus that of the first checkpoint of the selection, bootstrap over dev prompts; else, on "
+     "the demo's data, the world grader's mean grade (0-1) of the Table 1 nucleus answers, last minus first, same "
+     "prompts", f"holds: ratio CI > 1 and quality: judged strength change CI > log(0.45/0.55) = "
+     f"{JUDGED_MARGIN:.3f} (the last checkpoint wins at least 45% against the first) or grade change CI > "
+     f"-{QUALITY_MARGIN}", perplexity_rises_quality_holds),
     ("Entropy falls under nucleus sampling and teacher forcing (Table 1)",
      "per-prompt mean entropy, first minus last checkpoint, on the Table 1 validation prompts: of the full softmax "
      "along the nucleus-sampled answer, and of the response under teacher forcing", "holds: both CIs > 0",
@@ -651,7 +759,7 @@ def evaluate(baselines: Sequence[RunFolder], figs: str | Path, judge_results: Se
         def measure() -> Result:
             if not mbc:
                 raise Missing("no MBC run given")
-            if fn is mbc_draws_unmemorized:
+            if fn in RUN_WISE:
                 return fn(mbc, figs)
             by_lr = {b.learning_rate: b for b in baselines}
             pairs = [(m, by_lr[m.learning_rate]) for m in mbc if m.learning_rate in by_lr]

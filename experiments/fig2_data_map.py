@@ -4,6 +4,12 @@ hard-to-memorize regions marked and example records of each listed.
 
     python -m experiments.fig2_data_map --runs runs/demo/uniform --out figures/ [--include-step0]
 
+The memorization mapped is that of the positions the run trained (`common.trained_positions`, from its
+config.yaml): response exact match under `loss_on: response`, so untrained context (a Dolly record's
+Wikipedia passage, the instruction) is not counted as memorized by SFT; full-dialogue exact match under
+`loss_on: full`. `--metric` picks another column. The CSV names the column used (`positions`) and keeps the
+full-dialogue mean and variance as the labelled extras `full_dialogue_mean` and `full_dialogue_variance`.
+
 Mean and (population) variance are over the memorization snapshots taken after training began
 (step > 0; `--include-step0` adds the untrained model's). Regions, from the quantiles of the run's
 own records: easy = mean in the top third and variance at most the median (memorized early and
@@ -14,6 +20,7 @@ variable = variance above the median; the rest is "middle".
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -25,21 +32,32 @@ from mbc_jax.run_folder import RunFolder
 
 NAME = "fig2_data_map"
 TITLE = "Figure 2: data map of memorization"
-COLUMNS = ("run", "index", "id", "category", "checkpoints", "mean", "variance", "region")
+COLUMNS = ("run", "index", "id", "category", "positions", "checkpoints", "mean", "variance", "region",
+           "full_dialogue_mean", "full_dialogue_variance")
 EXAMPLE_COLUMNS = ("run", "region", "rank", "index", "id", "category", "mean", "variance", "text")
 REGIONS = ("easy", "hard", "variable", "middle")
+POSITIONS = {"response_exact_match": "response positions", "exact_match": "full dialogue"}
 
 
-def data_map(run: RunFolder, metric: str = "exact_match", include_step0: bool = False) -> dict:
-    """{steps, index, id, category, mean, variance, region, thresholds} for the training records."""
+def trained_metric(run: RunFolder) -> str:
+    """The exact-match column of the positions the run's loss trained."""
+    return "response_exact_match" if common.trained_positions(run) == "response" else "exact_match"
+
+
+def data_map(run: RunFolder, metric: str | None = None, include_step0: bool = False) -> dict:
+    """{metric, steps, index, id, category, mean, variance, region, thresholds, full_mean, full_variance} for the
+    training records; `metric` None: the positions the run trained (`trained_metric`); full_*: full dialogue."""
+    metric = metric or trained_metric(run)
     steps = [s for s in run.memorization_steps() if include_step0 or s > 0]
     if not steps:
         raise common.UserError(f"{run.path}: only the step-0 snapshot exists; a data map needs checkpoints after "
                                "training began (or pass --include-step0)")
     steps, index, values = run.record_matrix(metric, "train", steps)
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(values, axis=0)
-        var = np.nanvar(values, axis=0)
+    _, _, full = run.record_matrix("exact_match", "train", steps)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a record without response targets: nan, said below
+        mean, var = np.nanmean(values, axis=0), np.nanvar(values, axis=0)
+        full_mean, full_var = np.nanmean(full, axis=0), np.nanvar(full, axis=0)
     train = run.records["split"] == "train"
     ok = np.isfinite(mean)
     lo, hi = np.quantile(mean[ok], [1 / 3, 2 / 3])
@@ -49,7 +67,8 @@ def data_map(run: RunFolder, metric: str = "exact_match", include_step0: bool = 
     region[ok & (var <= vmed) & (mean >= hi)] = "easy"
     region[ok & (var <= vmed) & (mean <= lo)] = "hard"
     region[~ok] = "undefined"
-    return {"steps": steps, "index": index, "id": run.records["id"][train], "category": run.records["category"][train],
+    return {"metric": metric, "full_mean": full_mean, "full_variance": full_var, "steps": steps, "index": index,
+            "id": run.records["id"][train], "category": run.records["category"][train],
             "mean": mean, "variance": var, "region": region,
             "thresholds": {"mean_low": float(lo), "mean_high": float(hi), "variance_median": vmed}}
 
@@ -77,16 +96,21 @@ def examples(run: RunFolder, dm: dict, per_region: int, log=common.log) -> tuple
     return rows, note
 
 
-def describe(run: RunFolder, dm: dict, metric: str) -> str:
+def describe(run: RunFolder, dm: dict) -> str:
+    metric = dm["metric"]
     n = len(dm["mean"])
     counts = {r: int((dm["region"] == r).sum()) for r in REGIONS}
     th = dm["thresholds"]
-    s = (f"{run.label}: over {len(dm['steps'])} checkpoints (steps {dm['steps'][0]}-{dm['steps'][-1]}), the {n} "
-         f"training records have mean {metric} between {fmt(np.nanmin(dm['mean']))} and {fmt(np.nanmax(dm['mean']))} "
+    s = (f"{run.label} ({metric}, {POSITIONS.get(metric, metric)}; the full-dialogue mean and variance are the CSV's "
+         f"full_dialogue_* extras): over {len(dm['steps'])} checkpoints (steps {dm['steps'][0]}-{dm['steps'][-1]}), "
+         f"the {n} training records have mean {metric} between {fmt(np.nanmin(dm['mean']))} and "
+         f"{fmt(np.nanmax(dm['mean']))} "
          f"(median {fmt(np.nanmedian(dm['mean']))}) and variance up to {np.nanmax(dm['variance']):.4f}. "
          f"{counts['easy']} records are easy to memorize (mean >= {fmt(th['mean_high'])}, variance <= "
          f"{th['variance_median']:.4f}), {counts['hard']} hard (mean <= {fmt(th['mean_low'])}, same variance bound), "
          f"{counts['variable']} variable.")
+    if counts_undefined := int((dm["region"] == "undefined").sum()):
+        s += f" {counts_undefined} records have no {metric} value (no targets at those positions) and are not mapped."
     cats = sorted(set(dm["category"]))
     share = []
     for c in cats:
@@ -99,7 +123,7 @@ def describe(run: RunFolder, dm: dict, metric: str) -> str:
     return s
 
 
-def plot(maps: list[tuple[RunFolder, dict]], path: Path, metric: str) -> Path:
+def plot(maps: list[tuple[RunFolder, dict]], path: Path) -> Path:
     fig, axes = common.figure(1, len(maps), size=(6.0 * len(maps), 5.0))
     cats = sorted({str(c) for _, dm in maps for c in dm["category"]})
     colors = common.category_colors(cats)
@@ -119,15 +143,15 @@ def plot(maps: list[tuple[RunFolder, dict]], path: Path, metric: str) -> Path:
                 va="bottom", fontweight="bold")
         ax.set_ylim(0, top)
         ax.set_xlim(0, vmax)
-        ax.set_xlabel(f"variance of {metric} across checkpoints")
-        ax.set_ylabel(f"mean {metric} across checkpoints")
-        ax.set_title(run.label, fontsize=10)
+        ax.set_xlabel(f"variance of {dm['metric']} across checkpoints")
+        ax.set_ylabel(f"mean {dm['metric']} across checkpoints")
+        ax.set_title(f"{run.label} ({dm['metric']}: {POSITIONS.get(dm['metric'], dm['metric'])})", fontsize=10)
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, markerscale=1.5, loc="best")
     return common.save_figure(fig, path)
 
 
-def build(runs: Sequence[RunFolder], out: str | Path, *, metric: str = "exact_match", include_step0: bool = False,
+def build(runs: Sequence[RunFolder], out: str | Path, *, metric: str | None = None, include_step0: bool = False,
           per_region: int = 3) -> Artifact:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,16 +160,17 @@ def build(runs: Sequence[RunFolder], out: str | Path, *, metric: str = "exact_ma
     for run, dm in maps:
         for i in range(len(dm["mean"])):
             rows.append({"run": run.label, "index": int(dm["index"][i]), "id": dm["id"][i],
-                         "category": dm["category"][i], "checkpoints": len(dm["steps"]), "mean": dm["mean"][i],
-                         "variance": dm["variance"][i], "region": dm["region"][i]})
+                         "category": dm["category"][i], "positions": dm["metric"], "checkpoints": len(dm["steps"]),
+                         "mean": dm["mean"][i], "variance": dm["variance"][i], "region": dm["region"][i],
+                         "full_dialogue_mean": dm["full_mean"][i], "full_dialogue_variance": dm["full_variance"][i]})
         ex, note = examples(run, dm, per_region)
         ex_rows += ex
         if note:
             notes.append(f"{run.label}: {note}.")
     csv_path = common.write_csv(out / f"{NAME}.csv", rows, COLUMNS)
     ex_path = common.write_csv(out / f"{NAME}_examples.csv", ex_rows, EXAMPLE_COLUMNS)
-    png = plot(maps, out / f"{NAME}.png", metric)
-    paragraph = " ".join([describe(run, dm, metric) for run, dm in maps] + notes)
+    png = plot(maps, out / f"{NAME}.png")
+    paragraph = " ".join([describe(run, dm) for run, dm in maps] + notes)
     table = common.markdown_table(
         [[r["run"], r["region"], r["category"], fmt(r["mean"]), f"{r['variance']:.4f}", r["text"] or r["id"]]
          for r in ex_rows], ["run", "region", "category", "mean", "variance", "record"])
@@ -156,8 +181,9 @@ def build(runs: Sequence[RunFolder], out: str | Path, *, metric: str = "exact_ma
 
 def main(argv: list[str] | None = None) -> int:
     p = common.base_parser(NAME, __doc__)
-    p.add_argument("--metric", default="exact_match", choices=("exact_match", "response_exact_match"),
-                   help="memorization column of the snapshots (default: exact_match)")
+    p.add_argument("--metric", default=None, choices=("exact_match", "response_exact_match"),
+                   help="memorization column of the snapshots (default: the positions the run trained, from its "
+                        "config.yaml's loss_on)")
     p.add_argument("--include-step0", action="store_true", help="include the snapshot of the untrained model")
     p.add_argument("--examples", type=int, default=3, metavar="N", help="example records per region (default: 3)")
     args = p.parse_args(argv)

@@ -2,8 +2,11 @@
 
     python -m experiments.fig7_category_memorization --runs runs/demo/uniform --out figures/ [--first-step 0]
 
-For each run and category: the mean exact memorization (full dialogue and response only) of its
-training records at the first snapshot after training began (or `--first-step`) and at the last.
+For each run and category: the mean exact memorization of its training records at the first snapshot
+after training began (or `--first-step`) and at the last, over the positions the run trained
+(`trained_exact_match`: response exact match under `loss_on: response`, full-dialogue under `loss_on: full`;
+the bars and the text use it). The full-dialogue and the response-only means stay as labelled extras
+(`full_dialogue_exact_match`, `response_exact_match`); `records` counts the records with a trained value.
 """
 
 from __future__ import annotations
@@ -20,41 +23,52 @@ from experiments.common import Artifact, fmt
 from mbc_jax.run_folder import RunFolder
 
 NAME = "fig7_category_memorization"
-TITLE = "Figure 7: memorization by category"
-COLUMNS = ("run", "category", "checkpoint", "step", "records", "exact_match", "exact_match_std",
-           "response_exact_match")
+TITLE = "Figure 7: memorization by category (trained positions)"
+COLUMNS = ("run", "category", "checkpoint", "step", "loss_on", "records", "trained_exact_match",
+           "trained_exact_match_std", "full_dialogue_exact_match", "response_exact_match")
+TRAINED = {"response": "response_exact_match", "full": "exact_match"}  # loss_on -> the trained positions' column
+
+
+def _mean(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else math.nan
 
 
 def by_category(run: RunFolder, first_step: int | None = None) -> list[dict]:
+    loss_on = common.trained_positions(run)
     rows = []
     for which, step in run.first_last_snapshots(first_step).items():
         t = run.memorization(step, "train")
         for cat in sorted(set(t["category"])):
             m = t["category"] == cat
-            em = t["exact_match"][m].astype(float)
-            rem = t["response_exact_match"][m].astype(float)
-            rem = rem[np.isfinite(rem)]
-            rows.append({"run": run.label, "category": cat, "checkpoint": which, "step": step, "records": int(m.sum()),
-                         "exact_match": float(em.mean()), "exact_match_std": float(em.std()),
-                         "response_exact_match": float(rem.mean()) if len(rem) else math.nan})
+            trained = t[TRAINED[loss_on]][m].astype(float)
+            trained = trained[np.isfinite(trained)]
+            rows.append({"run": run.label, "category": cat, "checkpoint": which, "step": step, "loss_on": loss_on,
+                         "records": len(trained), "trained_exact_match": _mean(trained),
+                         "trained_exact_match_std": float(trained.std()) if len(trained) else math.nan,
+                         "full_dialogue_exact_match": _mean(t["exact_match"][m].astype(float)),
+                         "response_exact_match": _mean(t["response_exact_match"][m].astype(float))})
     return rows
 
 
 def describe(run: RunFolder, rows: list[dict]) -> str:
     first = {r["category"]: r for r in rows if r["checkpoint"] == "first"}
     last = {r["category"]: r for r in rows if r["checkpoint"] == "last"}
-    ranked = sorted(last.values(), key=lambda r: -r["exact_match"])
-    gain = sorted(last, key=lambda c: -(last[c]["exact_match"] - first[c]["exact_match"]))
+    key = "trained_exact_match"
+    ranked = sorted(last.values(), key=lambda r: -r[key])
+    gain = sorted(last, key=lambda c: -(last[c][key] - first[c][key]))
     step0, step1 = next(iter(first.values()))["step"], ranked[0]["step"]
-    s = (f"{run.label}: at the last checkpoint (step {step1}) the most memorized category is {ranked[0]['category']} "
-         f"({fmt(ranked[0]['exact_match'])}) and the least {ranked[-1]['category']} "
-         f"({fmt(ranked[-1]['exact_match'])}); "
-         f"at the first (step {step0}) they stood at {fmt(first[ranked[0]['category']]['exact_match'])} and "
-         f"{fmt(first[ranked[-1]['category']]['exact_match'])}.")
+    s = (f"{run.label} (exact memorization of the trained positions, {TRAINED[rows[0]['loss_on']]} under loss_on: "
+         f"{rows[0]['loss_on']}): at the last checkpoint (step {step1}) the most memorized category is "
+         f"{ranked[0]['category']} "
+         f"({fmt(ranked[0][key])}) and the least {ranked[-1]['category']} "
+         f"({fmt(ranked[-1][key])}); "
+         f"at the first (step {step0}) they stood at {fmt(first[ranked[0]['category']][key])} and "
+         f"{fmt(first[ranked[-1]['category']][key])}.")
     if len(gain) > 1:
         c0, c1 = gain[0], gain[-1]
-        s += (f" {c0} gained the most ({last[c0]['exact_match'] - first[c0]['exact_match']:+.3f}), {c1} the least "
-              f"({last[c1]['exact_match'] - first[c1]['exact_match']:+.3f}).")
+        s += (f" {c0} gained the most ({last[c0][key] - first[c0][key]:+.3f}), {c1} the least "
+              f"({last[c1][key] - first[c1][key]:+.3f}).")
     return s
 
 
@@ -66,12 +80,12 @@ def plot(per_run: list[tuple[RunFolder, list[dict]]], path: Path) -> Path:
         for k, (which, color) in enumerate((("first", "#9ECAE1"), ("last", "#08519C"))):
             vals = {r["category"]: r for r in rows if r["checkpoint"] == which}
             step = next(iter(vals.values()))["step"]
-            ax.bar(x + (k - 0.5) * 0.38, [vals[c]["exact_match"] for c in cats], 0.38, color=color,
-                   yerr=[vals[c]["exact_match_std"] for c in cats], error_kw={"lw": 0.8, "alpha": 0.6},
+            ax.bar(x + (k - 0.5) * 0.38, [vals[c]["trained_exact_match"] for c in cats], 0.38, color=color,
+                   yerr=[vals[c]["trained_exact_match_std"] for c in cats], error_kw={"lw": 0.8, "alpha": 0.6},
                    label=f"{which} checkpoint (step {step})")
         ax.set_xticks(x, cats, rotation=25, ha="right", fontsize=8)
-        ax.set_ylabel("exact memorization")
-        ax.set_title(run.label, fontsize=10)
+        ax.set_ylabel("exact memorization, trained positions")
+        ax.set_title(f"{run.label} ({TRAINED[rows[0]['loss_on']]}, loss_on: {rows[0]['loss_on']})", fontsize=10)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
     return common.save_figure(fig, path)

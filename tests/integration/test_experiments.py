@@ -194,24 +194,48 @@ def test_fig1_csv_holds_the_pooled_ratio_and_the_per_record_means(run_and_truth,
 
 
 def test_fig2_data_map_mean_and_variance_equal_numpy(run_and_truth, tmp_path):
+    """The map is of the trained positions (the synthetic run: loss_on: response, so response exact match;
+    records without response targets unmapped); the full-dialogue mean and variance are labelled extras."""
     run, t = run_and_truth
+    num = lambda x: float(x) if x else np.nan  # noqa: E731  (the CSV writes nan as an empty cell)
     art = fig2_data_map.build([run], tmp_path / "out", per_region=2)
     rows = read(tmp_path / "out" / "fig2_data_map.csv")
-    em = t["em"][1:, t["train"]]  # snapshots after step 0
-    np.testing.assert_allclose([float(r["mean"]) for r in rows], em.mean(0), rtol=0, atol=1e-12)
-    np.testing.assert_allclose([float(r["variance"]) for r in rows], em.var(0), rtol=0, atol=1e-12)
-    lo, hi = np.quantile(em.mean(0), [1 / 3, 2 / 3])
-    vmed = np.median(em.var(0))
-    for r in rows:
-        m, v = float(r["mean"]), float(r["variance"])
+    rtok = t["response_tokens"][t["train"]]
+    rem = np.where(rtok > 0, t["rem"][1:, t["train"]], np.nan)  # snapshots after step 0
+    em = t["em"][1:, t["train"]]
+    assert {r["positions"] for r in rows} == {"response_exact_match"} and (rtok == 0).any()
+    ok = rtok > 0
+    mean = np.array([num(r["mean"]) for r in rows])
+    np.testing.assert_allclose(mean, np.where(ok, np.nan_to_num(rem).mean(0), np.nan), rtol=0, atol=1e-12)
+    np.testing.assert_allclose([num(r["variance"]) for r in rows], np.where(ok, np.nan_to_num(rem).var(0), np.nan),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose([float(r["full_dialogue_mean"]) for r in rows], em.mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose([float(r["full_dialogue_variance"]) for r in rows], em.var(0), rtol=0, atol=1e-12)
+    lo, hi = np.quantile(mean[ok], [1 / 3, 2 / 3])
+    vmed = np.median(np.nan_to_num(rem).var(0)[ok])
+    for r, has in zip(rows, ok):
+        m, v = num(r["mean"]), num(r["variance"])
         want = "variable" if v > vmed else "easy" if m >= hi else "hard" if m <= lo else "middle"
-        assert r["region"] == want
+        assert r["region"] == (want if has else "undefined")
     ex = read(tmp_path / "out" / "fig2_data_map_examples.csv")
     easy = [r for r in ex if r["region"] == "easy"]
     assert easy and float(easy[0]["mean"]) == max(float(r["mean"]) for r in rows if r["region"] == "easy")
     assert "record texts unavailable" in art.paragraph  # synthetic run: no data file, said so
-    dm = fig2_data_map.data_map(run, include_step0=True)
+    assert "response_exact_match, response positions" in art.paragraph
+    assert f"{int((~ok).sum())} records have no response_exact_match value" in art.paragraph
+    dm = fig2_data_map.data_map(run, "exact_match", include_step0=True)
     np.testing.assert_allclose(dm["variance"], t["em"][:, t["train"]].var(0), atol=1e-12)
+
+
+def test_fig2_and_fig7_map_the_full_dialogue_under_loss_on_full(tmp_path):
+    t = synthetic_run(tmp_path / "run", loss_on="full")
+    run = RunFolder.open(tmp_path / "run")
+    rows = read(fig2_data_map.build([run], tmp_path / "out").csvs[0])
+    assert {r["positions"] for r in rows} == {"exact_match"}
+    np.testing.assert_allclose([float(r["mean"]) for r in rows], t["em"][1:, t["train"]].mean(0), atol=1e-12)
+    rows7 = fig7_category_memorization.by_category(run)
+    assert {r["loss_on"] for r in rows7} == {"full"}
+    assert all(r["trained_exact_match"] == r["full_dialogue_exact_match"] for r in rows7)
 
 
 @pytest.mark.parametrize("loss_on", ["response", "full"])
@@ -315,11 +339,16 @@ def test_fig7_category_means_at_first_and_last(run_and_truth, tmp_path):
     rows = read(tmp_path / "out" / "fig7_category_memorization.csv")
     assert len(rows) == 2 * len(CATS)
     cats = t["categories"][t["train"]]
-    for r in rows:
+    has_response = t["response_tokens"][t["train"]] > 0
+    for r in rows:  # the synthetic run trains the response (loss_on: response): the headline is its exact match
         s = t["steps"].index(int(r["step"]))
         assert int(r["step"]) == {"first": 3, "last": 9}[r["checkpoint"]]
         em = t["em"][s, t["train"]][cats == r["category"]]
-        assert float(r["exact_match"]) == pytest.approx(em.mean()) and int(r["records"]) == len(em)
+        rem = t["rem"][s, t["train"]][(cats == r["category"]) & has_response]
+        assert r["loss_on"] == "response" and int(r["records"]) == len(rem)
+        assert float(r["trained_exact_match"]) == pytest.approx(rem.mean())
+        assert float(r["response_exact_match"]) == pytest.approx(rem.mean())
+        assert float(r["full_dialogue_exact_match"]) == pytest.approx(em.mean())  # the labelled extra
     rows0 = fig7_category_memorization.by_category(run, first_step=0)
     assert rows0[0]["step"] == 0
 

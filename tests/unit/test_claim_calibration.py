@@ -35,6 +35,7 @@ CATEGORY_SIZES = {"open_qa": 64, "classification": 53, "closed_qa": 43, "rewriti
                   "information_extraction": 32, "summarization": 27, "brainstorming": 32, "creative_writing": 32}
 EXTRACTION_PER_CATEGORY = 20
 N_VAL, N_PAIRS, N_CORPUS, N_UNSEEN = 80, 64, 47, 33
+N_DEV = 16  # the tiny scale's selection dev prompts (experiments/judge_selected.py)
 LRS = ("lr 2e-4", "lr 1e-3")
 
 
@@ -80,13 +81,18 @@ def qa_summarization(rng, effect: bool) -> list[st.Test]:
     return tests
 
 
-def perplexity_quality(rng, effect: bool) -> list[st.Test]:
+def perplexity_quality(rng, effect: bool, judged: bool = False) -> list[st.Test]:
+    """Fig. 3's row: the perplexity ratio and, per rate, the quality half: the world grader's grades, or (judged)
+    the selection's Bradley-Terry strengths (`judged_quality`), as the row reads them where `select` ran."""
     tests = []
     for lr in LRS:  # planted: perplexity 10% above the first checkpoint's; null: at both bounds
         mu = np.linspace(2.0, 1.5, len(STEPS))
         mu[-1] = mu[1] + (np.log(1.1) if effect else 0.0)
         log_ppl = mu[:, None] + rng.normal(0, 0.5, N_VAL) + rng.normal(0, 0.1, (len(STEPS), N_VAL))
         tests += claims.perplexity_rule(np.exp(log_ppl), rng.integers(5, 40, N_VAL).astype(float), 1, lr)[1]
+        if judged:
+            tests += judged_quality(rng, effect, (lr,))
+            continue
         first = rng.random(N_VAL) < 0.5  # right (1) or wrong (0) at the first checkpoint
         flip = rng.random(N_VAL) < 0.3  # 30% of the answers are drawn again at the last one
         # planted: grades up 0.1 (at +0.05, about the miniature's +0.008 and +0.041, it holds at both rates in
@@ -114,6 +120,38 @@ def nucleus(rng, effect: bool) -> list[st.Test]:
         n = rng.gamma(4, 0.25, (N_VAL, 2))
         t = n + (0.2 if effect else 0.0) + rng.normal(0, 0.5, (N_VAL, 2))
         tests += claims.nucleus_rule(n, t, lr)[1]
+    return tests
+
+
+def judged_tournament(rng, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-prompt tables [dev, K, K] of `mbc-jax select` at the tiny scale: the 8 checkpoints after step 0, 16 dev
+    prompts, the pairs its schedule picks within 500 calls (adjacent ones and a sample); true strengths rising
+    linearly by `delta` from the first checkpoint to the last; each prompt ties a share of its games (drawn per
+    prompt, up to 60%), the expected score of a game staying sigmoid(strength difference) (ties half a win)."""
+    from mbc_jax.judge.bradley_terry import tables
+    from mbc_jax.selection.schedule import schedule
+
+    k = len(STEPS) - 1
+    theta = np.linspace(0, delta, k)
+    a, b, score, group = [], [], [], []
+    tie_share = rng.uniform(0, 0.6, N_DEV)
+    for i, j in schedule(k, N_DEV, 500, 2, 0).pairs:
+        s = 1 / (1 + np.exp(theta[j] - theta[i]))  # P(i beats j)
+        tie = np.minimum(tie_share, 2 * min(s, 1 - s))
+        u = rng.random(N_DEV)
+        score += list(np.where(u < tie, 0.5, np.where(u < tie + s - tie / 2, 1.0, 0.0)))
+        a += [i] * N_DEV
+        b += [j] * N_DEV
+        group += list(range(N_DEV))
+    t = tables(k, N_DEV, a, b, score, group)
+    return t.scores, t.games
+
+
+def judged_quality(rng, effect: bool, lrs=LRS) -> list[st.Test]:
+    tests = []
+    for lr in lrs:  # null: the last checkpoint at the bound (wins 45% against the first); planted: wins 70%
+        scores, games = judged_tournament(rng, np.log(0.7 / 0.3) if effect else claims.JUDGED_MARGIN)
+        tests += claims.judged_quality_rule(scores, games, list(STEPS[1:]), 0.01, lr)[1]
     return tests
 
 
@@ -157,6 +195,21 @@ def mbc_draws(rng, effect: bool) -> list[st.Test]:
         draws = rng.multinomial(8 * n, w / w.sum()).astype(float)
         tests += claims.draws_rule(draws, ppl0, lr)[1]
     return tests
+
+
+def category_memorization(rng, effect: bool, part: str = "") -> list[st.Test]:
+    """Fig. 7 on the MBC run at the lower rate (one run): per-record trained-position exact memorization at the
+    first checkpoint after step 0 and the last, the miniature's 8 categories. Planted: summarization 0.12 below the
+    others (record SD 0.15) and rising 0.06 as they do (change SD 0.1). Null: every category alike and no change.
+    `part`: one part at its bound, the other planted strongly ("gap": summarization like the others, all rising
+    0.1; "rise": summarization 0.2 below the others, not rising while they rise 0.1)."""
+    cats = np.repeat(list(CATEGORY_SIZES), list(CATEGORY_SIZES.values()))
+    summ = cats == "summarization"
+    below, rise, others = {"": (0.12, 0.06, 0.06) if effect else (0.0, 0.0, 0.0), "gap": (0.0, 0.1, 0.1),
+                           "rise": (0.2, 0.0, 0.1)}[part]
+    first = 0.4 - below * summ + rng.normal(0, 0.15, len(cats))
+    last = first + np.where(summ, rise, others) + rng.normal(0, 0.1, len(cats))
+    return claims.category_rule(first, last, cats, LRS[0])[1]
 
 
 def extraction_sample(rng, effect: bool, length_effect: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -207,11 +260,16 @@ ROWS = {  # name: (simulation, the planted effect)
     "response above full (Fig. 1)": (response, "+0.03 on the response (record SD 0.1)"),
     "open_qa above summarization (Fig. 2)": (qa_summarization, "+0.1 (record SD 0.15)"),
     "perplexity rises, quality holds (Fig. 3)": (perplexity_quality, "ratio 1.1 and grades +0.1"),
+    "perplexity rises, quality holds, judged (Fig. 3)": (
+        lambda rng, effect: perplexity_quality(rng, effect, judged=True),
+        "ratio 1.1 and the last checkpoint winning 70% against the first"),
     "entropy falls (Table 1)": (entropy, "both -0.2 (per-prompt SD 0.5)"),
     "nucleus below teacher forcing (Table 1)": (nucleus, "+0.2 at both checkpoints (per-prompt SD 0.5)"),
     "baseline rises then falls, loss rises (Fig. 6)": (rise_fall, "+0.1 then -0.03 (SD 0.05), perplexity +5%"),
     "MBC above the baseline (Fig. 6)": (mbc_memorization, "+0.02 at both checkpoints (record SD 0.05)"),
     "MBC draws the least memorized most (Fig. 8)": (mbc_draws, "draw weight proportional to perplexity^0.5"),
+    "summarization stays lowest, and rises (Fig. 7)": (category_memorization,
+                                                        "summarization 0.12 below (SD 0.15), rising 0.06 (SD 0.1)"),
     "MBC wins (Fig. 5)": (judge, "25% wins, 5% losses"),
     "Zeng 1a, tasks differ": (task, "summarization +0.15, brainstorming -0.15 (SD 0.2)"),
     "Zeng 1b, Zeng's direction": (direction, "summarization +0.15 (SD 0.2)"),
@@ -253,6 +311,14 @@ def test_zeng_task_rows_do_not_hold_on_length_alone(sim):
     assert r[st.HOLDS] * N_NULL <= MAX_FALSE, r
     raw = [sim(np.random.default_rng([3, i]), effect=False, length_effect=True)[0].holds() for i in range(40)]
     assert np.mean(raw) > 0.5  # the confound is strong enough that the raw test alone would be fooled
+
+
+@pytest.mark.parametrize("part", ["gap", "rise"])
+def test_fig7_each_part_at_its_bound_alone(part):
+    """The Fig. 7 row holds only when both of its parts do: with one part exactly at its bound and the other
+    strongly true, it still holds in no more than 5% of seeds (and is not contradicted)."""
+    r = rates(category_memorization, N_NULL, 5, effect=False, part=part)
+    assert r[st.HOLDS] * N_NULL <= MAX_FALSE and r[st.CONTRADICTED] * N_NULL <= MAX_FALSE, r
 
 
 def test_the_earlier_extreme_category_rule_fails_this_check():

@@ -112,6 +112,36 @@ def test_net_win_against_numpy():
     assert v == pytest.approx(10 / 60) and (lo, hi) == pytest.approx(percentile([outcome[i].mean() for i in idx]))
 
 
+def test_batched_bradley_terry_and_its_interval_against_the_library_fit():
+    from mbc_jax.judge.bradley_terry import fit
+
+    rng = np.random.default_rng(6)
+    scores, games = np.zeros((7, 4, 4)), np.zeros((7, 4, 4))
+    for g in range(7):
+        for i, j in ((0, 1), (1, 2), (2, 3), (0, 3), (0, 2)):
+            s = rng.choice([0.0, 0.5, 1.0], p=[0.2, 0.3, 0.5] if j == 3 else None)
+            scores[g, i, j] += s
+            scores[g, j, i] += 1 - s
+            games[g, i, j] += 1
+            games[g, j, i] += 1
+    swept = np.zeros((1, 3, 3))
+    swept[0, 0, 1], swept[0, 1, 2] = 4, 4  # one player wins every game: the ridge keeps the fit finite
+    swept_games = swept + np.swapaxes(swept, 1, 2)
+    np.testing.assert_allclose(st.bradley_terry_batch(swept, swept_games, 0.01)[0], fit(swept[0], swept_games[0], 0.01),
+                               atol=1e-8)
+    v, lo, hi = st.strength_diff_ci(scores, games, 0, 3, 0.01)
+    theta = fit(scores.sum(0), games.sum(0), 0.01)
+    assert v == pytest.approx(theta[3] - theta[0], abs=1e-8)
+    (idx,) = boot_indices(7)
+    boot = []
+    for i in idx:
+        c = np.bincount(i, minlength=7).astype(float)
+        t = fit(np.tensordot(c, scores, 1), np.tensordot(c, games, 1), 0.01)
+        boot.append(t[3] - t[0])
+    widened = v + (np.array(boot) - v) * math.sqrt(7 / 6)  # the small-sample correction over 7 prompts
+    assert (lo, hi) == pytest.approx(percentile(list(widened)), abs=1e-6)
+
+
 # ----------------------------------------------------------------------------- a synthetic run and its figures
 
 
@@ -263,10 +293,12 @@ def test_every_finding_holds_on_a_run_built_to_show_it(good, tmp_path):
     by = {r.finding: r for r in rows}
     # every finding holds but Fig. 6's rise then fall: this run plateaus (still rising at the last checkpoint), so
     # its memorization at the middle checkpoint is below the last one's
-    rise_fall = name(claims.baseline_rises_then_falls)
-    assert {r.finding: r.verdict for r in rows if r.finding != rise_fall} == {
-        r.finding: claims.HOLDS for r in rows if r.finding != rise_fall}, [
+    rise_fall, fig7 = name(claims.baseline_rises_then_falls), claims.MBC_FINDINGS[2][0]
+    assert {r.finding: r.verdict for r in rows if r.finding not in (rise_fall, fig7)} == {
+        r.finding: claims.HOLDS for r in rows if r.finding not in (rise_fall, fig7)}, [
         (r.finding, r.values, r.why) for r in rows if r.verdict != claims.HOLDS]
+    # Fig. 7 needs >= 4 categories (test_fig7_row_on_an_mbc_run_of_five_categories measures it)
+    assert by[fig7].verdict == claims.UNMEASURED and "3 categories of >= 5" in by[fig7].why
     assert by[rise_fall].verdict != claims.HOLDS and "(exact_match) fall" in by[rise_fall].why
     # Fig. 6: every MBC record 0.05 above its baseline value, so every resample's pooled difference is 0.05; the
     # middle checkpoint is the common one nearest half of the last (30 of 60)
@@ -305,7 +337,7 @@ def test_every_finding_holds_on_a_run_built_to_show_it(good, tmp_path):
     assert f"(n = 23) partial | prompt length: {fmt(partial, 2)} [" in zeng2 and f"plain {fmt(plain, 2)} [" in zeng2
     assert "1 EOS-only targets left out" in by[name(claims.zeng_direction)].values[0]
     text = claims.markdown(rows)
-    assert text.startswith("## Claims check") and f"Of {len(rows)} findings: {len(rows) - 1} hold, " in text
+    assert text.startswith("## Claims check") and f"Of {len(rows)} findings: {len(rows) - 2} hold, " in text
     assert sum(line.startswith("| ") for line in text.splitlines()) == len(rows) + 1  # header + one per finding
 
 
@@ -315,9 +347,10 @@ def test_no_finding_holds_on_a_run_built_against_it(bad, tmp_path):
                            mbc=[make_mbc_run(run, good=False)])
     # every row contradicted, but Zeng 1's two: the categories gain alike, so neither a spread nor a direction shows
     alike = {name(claims.zeng_by_task), name(claims.zeng_direction)}
+    fig7 = claims.MBC_FINDINGS[2][0]  # 3 categories: not measured (the five-category test below measures it)
     assert {r.finding: r.verdict for r in rows} == {
-        r.finding: claims.INCONCLUSIVE if r.finding in alike else claims.CONTRADICTED for r in rows}, [
-        (r.finding, r.values, r.why) for r in rows]
+        r.finding: claims.UNMEASURED if r.finding == fig7 else claims.INCONCLUSIVE if r.finding in alike
+        else claims.CONTRADICTED for r in rows}, [(r.finding, r.values, r.why) for r in rows]
     assert all("the sample could detect" in r.why for r in rows if r.finding in alike)
     # the entropy row: first minus last from the generations and the snapshots, recomputed
     gens = {w: [json.loads(x)["entropy"] for x in (figs / "table1_entropy_generations" / f"{run.slug}_step{s}.jsonl")
@@ -371,5 +404,116 @@ def test_the_demo_prints_the_claims_its_run_folder_can_test(tmp_path):
     assert text.splitlines()[-1].startswith("- not measured here: ") and claims.JUDGE_FINDING[0] in text
     # with the demo's MBC run beside it, Figs. 6 and 8 are measured too
     with_mbc = demo_claims(run.path, make_mbc_run(run, good=True).path)
-    for finding, *_ in claims.MBC_FINDINGS:
+    for finding, *_ in claims.MBC_FINDINGS[:2]:
         assert f"- {claims.HOLDS}: {finding}: " in with_mbc
+    assert claims.MBC_FINDINGS[2][0] in with_mbc.splitlines()[-1]  # Fig. 7: 3 categories, not measured
+
+
+def write_selection(run: RunFolder, last_wins: float) -> None:
+    """selection/selection.json and games.jsonl as `mbc-jax select` writes them: checkpoints 10 to 60, 6 dev
+    prompts, the round robin; the later checkpoint of each pair wins with probability `last_wins` (else a tie)."""
+    rng = np.random.default_rng(9)
+    steps, ids = [10, 20, 30, 40, 50, 60], [f"v{i}" for i in range(6)]
+    folder = run.path / "selection"
+    folder.mkdir()
+    games = [{"step_a": a, "step_b": b, "id": i, "outcome": "B" if rng.random() < last_wins else "tie"}
+             for k, a in enumerate(steps) for b in steps[k + 1:] for i in ids]
+    games.append({"step_a": 10, "step_b": 60, "id": "v0", "outcome": None})  # an invalid game: left out
+    (folder / "games.jsonl").write_text("".join(json.dumps(g) + "\n" for g in games))
+    (folder / "selection.json").write_text(json.dumps({"steps": steps, "dev": {"ids": ids},
+                                                       "bradley_terry": {"ridge": 0.01}}))
+
+
+@pytest.mark.parametrize("data", ["demo", "dolly.jsonl"])
+def test_the_quality_half_reads_the_selections_judged_games(tmp_path, data):
+    from mbc_jax.judge.bradley_terry import fit, tables
+    from mbc_jax.selection.tournament import SCORE
+
+    run = make_run(tmp_path, plateau=True, data=data)
+    make_figures(run, tmp_path / "figs", good=True)
+    write_selection(run, 0.6)
+    row = {r.finding: r for r in claims.evaluate([run], tmp_path / "figs")}[name(claims.perplexity_rises_quality_holds)]
+    games = [json.loads(x) for x in (run.path / "selection" / "games.jsonl").read_text().splitlines()][:-1]
+    pos = {s: k for k, s in enumerate([10, 20, 30, 40, 50, 60])}
+    t = tables(6, 6, [pos[g["step_a"]] for g in games], [pos[g["step_b"]] for g in games],
+               [SCORE[g["outcome"]] for g in games], [int(g["id"][1:]) for g in games])
+    theta = fit(t.scores.sum(0), t.games.sum(0), 0.01)  # mbc_jax's own fit, as ranking.csv's strengths
+    assert f"judged Bradley-Terry strength step 60 - step 10 (6 dev prompts, 90 games) {fmt(theta[5] - theta[0])} [" \
+        in row.values[0]
+    assert row.verdict == claims.HOLDS, (row.values, row.why)
+    assert "grade last - first" not in row.values[0]  # the judge, not the world grader, where a selection ran
+
+
+def fig7_run(root: Path, *, good: bool, cats=("open_qa", "summarization", "brainstorming", "classification",
+                                               "closed_qa")) -> RunFolder:
+    """An MBC run (loss_on: response) of 10 training records per category, snapshots at 0, 10 and 20: when good,
+    summarization 0.3 below the others and rising 0.1 from step 10 to 20 with them; else 0.3 above and falling.
+    The full-dialogue exact match runs the other way, so a row reading it would fail."""
+    rng = np.random.default_rng(7)
+    path = root / f"fig7_{good}"
+    (path / "config.yaml").parent.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({"sampler": "mbc", "learning_rate": 1e-3, "batch_size": 4,
+                                                      "data": "demo", "loss_on": "response"}))
+    recs = [{"index": i, "id": f"t{i}", "category": cats[i % len(cats)], "split": "train"}
+            for i in range(10 * len(cats))]
+    _csv(path / "records.csv", recs)
+    sign = 1 if good else -1
+    for s, step in enumerate((0, 10, 20)):
+        rows = []
+        for r in recs:
+            summ = r["category"] == "summarization"
+            v = 0.5 + sign * (-0.3 * summ + 0.1 * s * summ) + 0.02 * rng.random()
+            rows.append({**r, "step": step, "tokens": 20, "response_tokens": 8, "exact_match": 1 - v,
+                         "response_exact_match": v})
+        _csv(path / "memorization" / f"step_{step:08d}.csv", rows)
+    return RunFolder.open(path)
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_fig7_row_on_an_mbc_run_of_five_categories(tmp_path, good):
+    run = fig7_run(tmp_path, good=good)
+    values, tests = claims.mbc_category_memorization([run], tmp_path)
+    word, why = st.verdict(tests)
+    assert word == (claims.HOLDS if good else claims.CONTRADICTED), (values, why)
+    # the gap and the change recomputed from the snapshots' response exact match (the trained positions)
+    snaps = [list(csv.DictReader((run.path / "memorization" / f"step_{s:08d}.csv").open())) for s in (10, 20)]
+    cats = np.array([r["category"] for r in snaps[1]])
+    first, last = (np.array([float(r["response_exact_match"]) for r in snap]) for snap in snaps)
+    means = {c: last[cats == c].mean() for c in set(cats)}
+    gap = np.mean([m for c, m in means.items() if c != "summarization"]) - means["summarization"]
+    change = (last - first)[cats == "summarization"].mean()
+    assert values[0].startswith(f"{run.lr_label}, step 10 to 20 (response_exact_match): the other categories' mean "
+                                f"minus summarization's at the last checkpoint {fmt(gap)} (p = ")
+    assert f"summarization ranks {1 if good else 5} of 5 from the lowest (lowest third: <= 2)" in values[0]
+    assert f"summarization last - first (10 records): {fmt(change)} [" in values[0]
+    few = fig7_run(tmp_path / "few", good=True, cats=("open_qa", "summarization", "brainstorming"))
+    with pytest.raises(claims.Missing, match="3 categories of >= 5 training records"):
+        claims.mbc_category_memorization([few], tmp_path)
+
+
+def test_fig7_rank_outside_the_lowest_third_keeps_the_row_from_holding():
+    t = st.Test.permutation("x", 0.2, 0.001, 0.1, 0.999, unmet="summarization ranks 3 of 8, not among the lowest 3")
+    word, why = st.verdict([t, st.Test("y", 0.1, 0.05, 0.15)])
+    assert word == claims.INCONCLUSIVE and "not among the lowest 3" in why
+    assert st.verdict([st.Test.permutation("x", 0.2, 0.001, 0.1, 0.999)])[0] == claims.HOLDS
+    assert st.verdict([st.Test.permutation("x", 0.2, 0.03, 0.1, 0.97)])[0] == claims.INCONCLUSIVE  # one-sided: 2.5%
+    assert st.verdict([st.Test.permutation("x", -0.2, 0.999, 0.1, 0.001)])[0] == claims.CONTRADICTED
+
+
+def test_category_gap_test_against_a_numpy_permutation_loop():
+    rng = np.random.default_rng(4)
+    cats = np.repeat(["a", "b", "summarization", "c"], [6, 7, 5, 8])
+    values = rng.normal(size=len(cats)) - 0.8 * (cats == "summarization")
+    gap, p, p_other, critical = st.category_gap_test(values, cats, "summarization")
+
+    def g(lab):
+        means = {c: values[lab == c].mean() for c in set(cats)}
+        return np.mean([m for c, m in means.items() if c != "summarization"]) - means["summarization"]
+
+    names, codes = np.unique(cats, return_inverse=True)
+    perms = np.random.default_rng(st.SEED).permuted(np.broadcast_to(codes, (st.N_BOOT, len(cats))), axis=1)
+    null = np.array([g(names[row]) for row in perms])
+    assert gap == pytest.approx(g(cats))
+    assert p == pytest.approx((1 + (null >= gap - 1e-12).sum()) / (1 + st.N_BOOT))
+    assert p_other == pytest.approx((1 + (null <= gap + 1e-12).sum()) / (1 + st.N_BOOT))
+    assert critical == pytest.approx(np.quantile(null, 0.975))
