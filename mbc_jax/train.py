@@ -206,7 +206,8 @@ class Trainer:
         self.tx, self.schedule = make_optimizer(cfg, self.total_steps // cfg.grad_accum)
         self.scorer = Scorer(model.module, model.mesh, seq_len=cfg.max_length,
                              tokens_per_batch=cfg.score_tokens_per_batch,
-                             eos_id=_template(cfg).eos_id(model.tokenizer))  # for the no-EOS response exact match
+                             eos_id=_template(cfg).eos_id(model.tokenizer),  # for the no-EOS response exact match
+                             tokenizer=model.tokenizer)  # the snapshots' zlib ratio (issue 32)
         self.train_batches = self.scorer.batches(data.train)
         self.scorer.max_segments = self.train_batches[0].record_index.shape[1] if self.train_batches else 1
         self.val_batches = self.scorer.batches(data.val) if data.val else []
