@@ -61,7 +61,8 @@ def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chu
 
     mu and sigma of log p under p come from two more running sums of the same online softmax,
     ex * (logit - max) and ex * (logit - max)^2, rescaled like the others when the running max moves
-    (shifted by the max, so no large logit is squared).
+    (shifted by the max, so no large logit is squared). With them the entropy is log z - m1 / z, the
+    same quantity as lse - E[logit] without the third running sum.
     """
     b, t, e = hidden.shape
     v = unembed.shape[0]
@@ -90,8 +91,9 @@ def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chu
                 d = jnp.where(jnp.isfinite(top), top - new_top, 0.0)
                 m2 = decay * (m2 + 2 * d * m1 + d * d * z) + (ex * shifted * shifted).sum(-1)
                 m1 = decay * (m1 + d * z) + (ex * shifted).sum(-1)
+            else:  # (with moments the entropy comes from m1: one reduction fewer)
+                zl = zl * decay + (ex * logits).sum(-1)
             z = z * decay + ex.sum(-1)
-            zl = zl * decay + (ex * logits).sum(-1)
             arg = jnp.where(block_top > top, off + a, arg)  # ties keep the earlier (lower) index
             return new_top, z, zl, arg, m1, m2
 
@@ -103,11 +105,13 @@ def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chu
         top, z, zl, arg, m1, m2 = carry
         target = jnp.einsum("te,te->t", hc, jnp.take(w, yc, axis=0), preferred_element_type=jnp.float32)
         lse = top + jnp.log(z)
-        out = (lse - target, (arg == yc).astype(jnp.float32), lse - zl / z)
-        if moments:  # log p(x) - mu = (target - top) - m1 / z; sigma^2 = m2 / z - (m1 / z)^2
+        if not moments:
+            out = (lse - target, (arg == yc).astype(jnp.float32), lse - zl / z)
+        else:  # entropy = log z - m1 / z; log p(x) - mu = (target - top) - m1 / z; sigma^2 = m2 / z - (m1 / z)^2
             mean = m1 / z
             sigma = jnp.sqrt(jnp.maximum(m2 / z - mean * mean, 0.0))
-            out += ((target - top - mean) / jnp.maximum(sigma, SIGMA_FLOOR),)
+            out = (lse - target, (arg == yc).astype(jnp.float32), jnp.log(z) - mean,
+                   (target - top - mean) / jnp.maximum(sigma, SIGMA_FLOOR))
         return None, out
 
     _, outs = jax.lax.scan(tokens, None, (h, y))
