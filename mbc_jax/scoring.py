@@ -54,15 +54,14 @@ def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chu
 
     Never forms the [B, T, V] logits: tokens go `token_chunk` at a time, and within a chunk the
     vocabulary goes in equal blocks of about `vocab_chunk` rows (plus a short tail block), keeping
-    running statistics (max, argmax, sum of exp, sum of exp * logit) as in an online softmax. A
+    running statistics (max, argmax, sum of exp, sum of exp * (logit - max)) as in an online softmax. A
     block of 512 x 2048 float32 logits (4 MiB) stays in cache between the matmul that writes it and
     the two passes that read it (argmax with its max; the exp sums). The target's logit is a dot
     product with its own row, not a search through the block.
 
-    mu and sigma of log p under p come from two more running sums of the same online softmax,
-    ex * (logit - max) and ex * (logit - max)^2, rescaled like the others when the running max moves
-    (shifted by the max, so no large logit is squared). With them the entropy is log z - m1 / z, the
-    same quantity as lse - E[logit] without the third running sum.
+    The entropy is lse - E_p[logit] = log z - m1 / z with m1 the running sum of ex * (logit - max),
+    moved to the new max when it rises. Min-K%++'s mu and sigma of log p under p need one more, ex *
+    (logit - max)^2, moved the same way (shifted by the max, so no large logit is squared).
     """
     b, t, e = hidden.shape
     v = unembed.shape[0]
@@ -79,7 +78,7 @@ def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chu
         hc, yc = xs
 
         def block(carry, wc, off):
-            top, z, zl, arg, m1, m2 = carry
+            top, z, arg, m1, m2 = carry
             logits = jnp.einsum("te,ve->tv", hc, wc, preferred_element_type=jnp.float32)
             a = jnp.argmax(logits, -1).astype(jnp.int32)
             block_top = jnp.take_along_axis(logits, a[:, None], -1)[:, 0]
@@ -87,31 +86,28 @@ def token_stats(hidden: jax.Array, unembed: jax.Array, nxt: jax.Array, token_chu
             shifted = logits - new_top[:, None]
             ex = jnp.exp(shifted)
             decay = jnp.exp(top - new_top)
-            if moments:  # sums of ex * (logit - top) and ex * (logit - top)^2, moved to the new top
-                d = jnp.where(jnp.isfinite(top), top - new_top, 0.0)
+            # sums of ex * (logit - top) (and ex * (logit - top)^2), moved to the new top
+            d = jnp.where(jnp.isfinite(top), top - new_top, 0.0)
+            if moments:
                 m2 = decay * (m2 + 2 * d * m1 + d * d * z) + (ex * shifted * shifted).sum(-1)
-                m1 = decay * (m1 + d * z) + (ex * shifted).sum(-1)
-            else:  # (with moments the entropy comes from m1: one reduction fewer)
-                zl = zl * decay + (ex * logits).sum(-1)
+            m1 = decay * (m1 + d * z) + (ex * shifted).sum(-1)
             z = z * decay + ex.sum(-1)
             arg = jnp.where(block_top > top, off + a, arg)  # ties keep the earlier (lower) index
-            return new_top, z, zl, arg, m1, m2
+            return new_top, z, arg, m1, m2
 
         zeros = jnp.zeros((tc,), jnp.float32)
-        carry = (jnp.full((tc,), -jnp.inf), zeros, zeros, jnp.zeros((tc,), jnp.int32), zeros, zeros)
+        carry = (jnp.full((tc,), -jnp.inf), zeros, jnp.zeros((tc,), jnp.int32), zeros, zeros)
         carry, _ = jax.lax.scan(lambda c, ws: (block(c, *ws), None), carry, (blocks, offsets))
         if tail.shape[0]:
             carry = block(carry, tail, jnp.int32(n_blocks * vc))
-        top, z, zl, arg, m1, m2 = carry
+        top, z, arg, m1, m2 = carry
         target = jnp.einsum("te,te->t", hc, jnp.take(w, yc, axis=0), preferred_element_type=jnp.float32)
         lse = top + jnp.log(z)
-        if not moments:
-            out = (lse - target, (arg == yc).astype(jnp.float32), lse - zl / z)
-        else:  # entropy = log z - m1 / z; log p(x) - mu = (target - top) - m1 / z; sigma^2 = m2 / z - (m1 / z)^2
-            mean = m1 / z
+        mean = m1 / z  # E_p[logit] - top
+        out = (lse - target, (arg == yc).astype(jnp.float32), jnp.log(z) - mean)  # entropy = lse - E_p[logit]
+        if moments:  # log p(x) - mu = (target - top) - m1 / z; sigma^2 = m2 / z - (m1 / z)^2
             sigma = jnp.sqrt(jnp.maximum(m2 / z - mean * mean, 0.0))
-            out = (lse - target, (arg == yc).astype(jnp.float32), jnp.log(z) - mean,
-                   (target - top - mean) / jnp.maximum(sigma, SIGMA_FLOOR))
+            out += ((target - top - mean) / jnp.maximum(sigma, SIGMA_FLOOR),)
         return None, out
 
     _, outs = jax.lax.scan(tokens, None, (h, y))
