@@ -2,13 +2,16 @@
 
     python benchmarks/score_throughput.py [--family gpt_neo] [--records 256] [--layers 12] [--seq-len 512]
         [--tokens-per-batch 2048] [--chunk 512] [--dtype float32] [--mode pack|bucket|pad] [--peer]
+        [--no-membership]
 
 Model: random weights in the real gpt-neo-125M shape (../shared/tokenizers/gpt-neo-125M/config.json),
 float32; `--family` picks another family's ~125M shape (benchmarks/_families.py: gpt2, opt, pythia,
 llama, mistral, qwen2, qwen3), scored on the same token ids. Records: dolly256_gptneo.jsonl
 (pre-tokenized). Reports real tokens/s (tokens of the records), padded tokens/s (all positions
 computed), compile time and peak memory, next to the peer's number from ../shared/bench/RESULTS.md
-(HF transformers PyTorch, same machine kind).
+(HF transformers PyTorch, same machine kind). The scorer's membership signals (Min-K%, Min-K%++:
+two more running sums in the LM head's online softmax and four sorts of [rows, length]) are on, as in
+`mbc-jax score` and the trainer; `--no-membership` measures the scorer without them.
 
 Machines of the same kind differ by tens of percent in speed, so `--peer` also runs the peer script
 itself (../shared/bench/hf_torch_baseline.py, needs torch) on the same records just before this
@@ -60,6 +63,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--mode", choices=("pack", "bucket", "pad"), default="pack")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--no-membership", action="store_true", help="score without the Min-K% / Min-K%++ sums")
     ap.add_argument("--peer", action="store_true", help="run the HF torch peer script on the same records first")
     ap.add_argument("--peer-huge-pages", action="store_true",
                     help="give the peer this process's huge-page malloc tunable too (default: the peer's own default "
@@ -83,7 +87,7 @@ def main() -> None:
     model = init_model(hf_cfg, seed=0, dtype=args.dtype)
     examples = bench_examples(args.records, model.config.vocab_size)
     scorer = Scorer(model.module, model.mesh, seq_len=args.seq_len, tokens_per_batch=args.tokens_per_batch,
-                    chunk=args.chunk)
+                    chunk=args.chunk, membership=not args.no_membership)
     if args.mode == "pack":
         batches = scorer.batches(examples)
     elif args.mode == "bucket":
@@ -105,7 +109,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "score_throughput", "impl": "mbc-jax", "jax": jax.__version__,
         "backend": jax.default_backend(), "devices": len(jax.devices()), "family": args.family,
-        "model_type": model.config.model_type, "mode": args.mode,
+        "model_type": model.config.model_type, "mode": args.mode, "membership": not args.no_membership,
         "layers": args.layers, "params": model.config.num_params(), "dtype": args.dtype,
         "records": len(examples), "real_tokens": real, "padded_tokens": padded,
         "batches": len(batches), "batch_shapes": sorted({str(b.input_ids.shape) for b in batches}),

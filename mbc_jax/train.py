@@ -192,7 +192,8 @@ class Trainer:
         self.tx, self.schedule = self.program.tx, self.program.schedule
         self.scorer = Scorer(model.module, model.mesh, seq_len=cfg.max_length,
                              tokens_per_batch=cfg.score_tokens_per_batch,
-                             eos_id=Template.from_spec(cfg.template).eos_id(model.tokenizer))  # no-EOS exact match
+                             eos_id=Template.from_spec(cfg.template).eos_id(model.tokenizer),  # no-EOS exact match
+                             tokenizer=model.tokenizer)  # the snapshots' zlib ratio (issue 32)
         self.train_batches = self.scorer.batches(data.train)
         self.scorer.max_segments = self.train_batches[0].record_index.shape[1] if self.train_batches else 1
         self.val_batches = self.scorer.batches(data.val) if data.val else []

@@ -1,4 +1,5 @@
-"""`mbc-jax score`: per-record perplexity, exact memorization and entropy for a data file."""
+"""`mbc-jax score`: per-record perplexity, exact memorization and entropy for a data file, and the membership
+signals Min-K%, Min-K%++, zlib ratio (and, with `--reference`, the reference-calibrated loss)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,65 @@ def register(sub) -> None:
     p.add_argument("--overflow", default="truncate", choices=("truncate", "drop", "error"),
                    help="records longer than --max-length: truncate (default, counted), drop (counted), or error")
     p.add_argument("--tokens-per-batch", type=int, default=2048, help="packed tokens per scoring batch")
+    add_membership_args(p)
     p.set_defaults(func=run)
+
+
+def add_membership_args(p) -> None:
+    """The membership signals' flags (issue 32): k of Min-K% / Min-K%++, off switch, reference model."""
+    p.add_argument("--min-k-percent", type=float, default=20.0, metavar="K",
+                   help="Min-K%% Prob and Min-K%%++: the mean over each record's lowest K%% of targets (default 20)")
+    p.add_argument("--no-membership", action="store_true",
+                   help="leave out the membership signals (min_k*, min_k_pp*, zlib_ratio*: empty columns)")
+    p.add_argument("--reference", default=None, metavar="MODEL",
+                   help="a reference model with the same tokenizer (e.g. the base model before fine-tuning): adds "
+                        "reference_mean_nll and calibrated_nll = mean_nll - reference_mean_nll (and response_*)")
+
+
+def min_k_fraction(percent: float) -> float:
+    if not 0 < percent <= 100:
+        raise UserError(f"--min-k-percent {percent}: expected a percentage in (0, 100]")
+    return percent / 100
+
+
+REFERENCE_COLUMNS = ("reference_mean_nll", "response_reference_mean_nll", "calibrated_nll", "response_calibrated_nll")
+
+
+def add_reference(rows: list[dict], reference_rows: list[dict]) -> None:
+    """Appends the reference model's mean NLL per record and the calibrated loss, mean_nll minus it (None where
+    either is None): the reference-model attack of Carlini et al. 2021, with the base model as reference."""
+    by_index = {r["index"]: r for r in reference_rows}
+    for r in rows:
+        ref = by_index[r["index"]]
+        for prefix in ("", "response_"):
+            ref_nll, nll = ref[f"{prefix}mean_nll"], r[f"{prefix}mean_nll"]
+            r[f"{prefix}reference_mean_nll"] = ref_nll
+            r[f"{prefix}calibrated_nll"] = None if ref_nll is None or nll is None else nll - ref_nll
+
+
+def score_with_reference(args: argparse.Namespace, model, examples, max_length: int, eos_id) -> list[dict]:
+    """The rows of `examples` under `--reference` (its own model load; the same token ids: the tokenizers
+    must agree)."""
+    from mbc_jax.models import load_model
+    from mbc_jax.scoring import Scorer
+    from mbc_jax.sharding import make_mesh
+
+    ref = load_model(args.reference, mesh=make_mesh(args.mesh), dtype=args.dtype, param_dtype=args.param_dtype)
+    tokenizers = (model.tokenizer, ref.tokenizer)
+    if None not in tokenizers and tokenizers[0].get_vocab() != tokenizers[1].get_vocab():
+        raise UserError(f"--reference {args.reference}: its tokenizer differs from {args.model}'s; the reference "
+                        "must score the same token ids (use the model's base checkpoint)")
+    if max(int(e.input_ids.max()) for e in examples) >= ref.config.vocab_size:
+        raise UserError(f"--reference {args.reference}: its vocabulary ({ref.config.vocab_size}) does not hold "
+                        "every token id of the data")
+    if max_length > ref.config.max_position_embeddings:
+        raise UserError(f"--reference {args.reference}: {ref.config.max_position_embeddings} positions, fewer than "
+                        f"--max-length {max_length}")
+    scorer = Scorer(ref.module, ref.mesh, seq_len=max_length, tokens_per_batch=args.tokens_per_batch, eos_id=eos_id,
+                    membership=False)
+    with progress_bar(len(examples), "scoring (reference)") as bar:
+        scores = scorer(ref.params, examples, progress=bar)
+    return list(scores.rows(examples))
 
 
 # The table's pooled columns: (value column, its per-record target count). Pooled = targets summed first, as
@@ -100,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
     require_positive("--tokens-per-batch", args.tokens_per_batch)
     require_positive("--max-length", args.max_length)
+    min_k = min_k_fraction(args.min_k_percent)
     check_output_file(args.out)  # before the model loads and every record is scored
     model = load_model_from_args(args)
     cfg = model.config
@@ -121,13 +181,16 @@ def run(args: argparse.Namespace) -> int:
     print(load_report.summary(), file=sys.stderr)
     print(tok_report.summary(), file=sys.stderr)
     scorer = Scorer(model.module, model.mesh, seq_len=max_length, tokens_per_batch=args.tokens_per_batch,
-                    eos_id=template.eos_id(model.tokenizer))
+                    eos_id=template.eos_id(model.tokenizer), membership=not args.no_membership, min_k=min_k,
+                    tokenizer=None if args.no_membership else model.tokenizer)
     batches = scorer.batches(examples)
     t0 = time.perf_counter()
     with progress_bar(len(examples), "scoring") as bar:
         scores = scorer(model.params, examples, batches, progress=bar)
     seconds = time.perf_counter() - t0
     rows = sorted(scores.rows(examples), key=lambda r: r["index"])
+    if args.reference:
+        add_reference(rows, score_with_reference(args, model, examples, max_length, template.eos_id(model.tokenizer)))
     from mbc_jax import distributed
 
     main_process = distributed.is_main()  # every process has all rows; process 0 writes them
@@ -140,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
         write_side_files(args, skipped, dict(
             model=model.path, data=str(args.data), template=template.to_dict(), max_length=max_length,
             overflow=args.overflow, tokens_per_batch=args.tokens_per_batch, limit=args.limit,
-            schema=load_report.schema, scored=len(rows), not_scored=len(skipped), seconds=round(seconds, 3)))
+            schema=load_report.schema, scored=len(rows), not_scored=len(skipped), seconds=round(seconds, 3),
+            membership=not args.no_membership, min_k_percent=args.min_k_percent, reference=args.reference))
     real = sum(len(e) for e in examples)
     padded = sum(b.input_ids.size for b in batches)
     print(category_table(rows))

@@ -22,9 +22,13 @@ NO_TARGET = "no_target.csv"  # training records left out: no loss target after t
 PARAMS = "params"  # parameters-only snapshots, one per checkpoint step, never deleted by retention
 
 RECORDS_COLUMNS = ("index", "id", "category", "split", "tokens", "response_tokens")
+# Membership signals (mbc_jax/scoring.py, issue 32), appended after the columns above: Min-K% Prob, Min-K%++ and
+# the zlib ratio, over the full dialogue and the response; empty where a scorer ran without them.
+MEMBERSHIP_COLUMNS = ("min_k", "response_min_k", "min_k_pp", "response_min_k_pp", "zlib_ratio", "response_zlib_ratio")
 MEMORIZATION_COLUMNS = ("step", "split", "index", "id", "category", "tokens", "response_tokens",
                         "response_tokens_no_eos", "exact_match", "response_exact_match", "response_exact_match_no_eos",
-                        "perplexity", "response_perplexity", "entropy", "response_entropy", "draws")
+                        "perplexity", "response_perplexity", "entropy", "response_entropy", "draws",
+                        *MEMBERSHIP_COLUMNS)
 SAMPLING_COLUMNS = ("index", "id", "category", "draws", "weight")
 INT_COLUMNS = ("step", "index", "tokens", "response_tokens", "response_tokens_no_eos", "draws")
 

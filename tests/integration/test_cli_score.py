@@ -142,3 +142,34 @@ def test_a_clean_score_run_prints_no_python_warning(tmp_path, shared_dir):
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "Warning" not in out.stderr and "PyTorch was not found" not in out.stderr, out.stderr
+
+
+def test_cli_membership_columns_and_reference_calibration(tmp_path, shared_dir, capsys):
+    """min_k / min_k_pp (oracle-checked in unit/test_scoring.py) come through; `--reference` adds the reference
+    model's mean NLL and mean_nll minus it, equal to scoring each model alone; `--no-membership` empties them."""
+    examples, ref = fixture_examples("gpt_neo_tiny")
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps({"input_ids": e.input_ids.tolist(), "prompt_length": int(ref["prompt_lens"][i])})
+                            + "\n" for i, e in enumerate(examples)))
+
+    def score(model, *extra):
+        out = tmp_path / f"{model}{len(extra)}.jsonl"
+        assert cli(["score", "--model", str(FIXTURES / model), "--data", str(data), "--out", str(out), *extra]) == 0
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    alone, other = score("gpt_neo_tiny"), score("llama_gqa_tiny", "--no-membership")
+    calibrated = score("gpt_neo_tiny", "--reference", str(FIXTURES / "llama_gqa_tiny"), "--min-k-percent", "50")
+    for a, o, c in zip(alone, other, calibrated):
+        assert a["min_k"] is not None and a["min_k_pp"] is not None and a["min_k"] <= -a["mean_nll"] + 1e-6
+        assert c["min_k"] >= a["min_k"] - 1e-6  # the lowest 50%'s mean is at least the lowest 20%'s
+        assert a["zlib_ratio"] is None  # the fixture has no tokenizer
+        assert o["min_k"] is None and o["min_k_pp"] is None
+        for prefix in ("", "response_"):
+            assert c[f"{prefix}reference_mean_nll"] == pytest.approx(o[f"{prefix}mean_nll"], rel=1e-6)
+            assert c[f"{prefix}calibrated_nll"] == pytest.approx(a[f"{prefix}mean_nll"] - o[f"{prefix}mean_nll"],
+                                                                 rel=1e-5, abs=1e-6)
+    meta = json.loads((tmp_path / "gpt_neo_tiny4.meta.json").read_text())
+    assert meta["reference"] == str(FIXTURES / "llama_gqa_tiny") and meta["min_k_percent"] == 50
+    assert cli(["score", "--model", str(FIXTURES / "gpt_neo_tiny"), "--data", str(data), "--out",
+                str(tmp_path / "x.jsonl"), "--min-k-percent", "0"]) != 0
+    assert "--min-k-percent 0" in capsys.readouterr().err

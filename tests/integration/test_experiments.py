@@ -896,3 +896,56 @@ def test_report_states_the_mbc_settings_against_algorithm_1():
     text = reproduce.mbc_settings([{"sampler": "mbc", "mbc": {**paper, "k": 5, "floor": 0.1}}])
     assert "every 5 steps" in text and "extensions in use: floor 0.1 (paper: 0.0)" in text
     assert reproduce.mbc_settings([{"sampler": "uniform"}]) == "No MBC run."
+
+
+# ----------------------------------------------------------------------------- membership (issue 32)
+
+
+def test_membership_aucs_from_synthetic_snapshots(tmp_path):
+    """AUCs of the loss and the step-0-calibrated loss, members = train rows, against a pair-by-pair count over
+    the synthetic numbers (loss_on: response, so the response perplexity); a snapshot without the Min-K% / zlib
+    columns (written before issue 32) gives no row for them."""
+    from experiments import membership
+
+    truth = synthetic_run(tmp_path / "run", sampler="mbc", n_train=14, n_val=9)
+    run = RunFolder.open(tmp_path / "run")
+    art = membership.build([run], tmp_path / "out", n_boot=200)
+    rows = art.data["rows"]
+    assert {r["signal"] for r in rows} == {"loss", "reference"}
+    train, rtok = truth["train"], truth["response_tokens"]
+    ok = rtok > 0
+    for s, step in enumerate(truth["steps"]):
+        loss = -np.log(truth["rppl"][s])
+        ref = -(np.log(truth["rppl"][s]) - np.log(truth["rppl"][0]))
+        for name, scores in (("loss", loss), ("reference", ref)):
+            (row,) = [r for r in rows if r["step"] == step and r["signal"] == name]
+            m, n = scores[train & ok], scores[~train & ok]
+            wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in m for b in n)
+            assert row["auc"] == pytest.approx(wins / (len(m) * len(n)), abs=1e-12)
+            assert row["members"] == len(m) and row["non_members"] == len(n)
+            assert row["auc_lo"] <= row["auc"] <= row["auc_hi"]
+    assert all(r["auc"] == 0.5 and r["auc_lo"] == r["auc_hi"] == 0.5 for r in rows
+               if r["signal"] == "reference" and r["step"] == 0)
+    assert len(read(tmp_path / "out" / "membership.csv")) == len(rows) == 2 * len(truth["steps"])
+    cats = read(tmp_path / "out" / "membership_categories.csv")
+    assert {c["category"] for c in cats} == set(CATS) and all(int(c["step"]) == truth["steps"][-1] for c in cats)
+    assert art.png.stat().st_size > 5000 and "MIMIR" in art.paragraph and "At step 0 the loss AUC" in art.paragraph
+
+
+@pytest.mark.slow
+def test_membership_on_a_real_tiny_run(tiny_run, tmp_path):
+    """The trainer's snapshots carry every signal; before training the splits are not told apart (the step-0 loss
+    AUC's CI includes 0.5, the issue's check that the validation split is a same-distribution hold-out)."""
+    from experiments import membership
+
+    run = RunFolder.open(tiny_run)
+    snap = read(tiny_run / "memorization" / "step_00000000.csv")
+    assert all(r["min_k"] and r["min_k_pp"] and r["zlib_ratio"] for r in snap)  # the demo has a tokenizer
+    assert all(float(r["min_k"]) <= -math.log(float(r["perplexity"])) + 1e-5 for r in snap)  # lowest 20% <= mean
+    art = membership.build([run], tmp_path, n_boot=300)
+    by = {(r["step"], r["signal"]): r for r in art.data["rows"]}
+    steps = run.memorization_steps()
+    assert {s for s, _ in by} == set(steps) and {g for _, g in by} == set(membership.SIGNALS)
+    step0 = by[(0, "loss")]
+    assert step0["auc_lo"] <= 0.5 <= step0["auc_hi"], step0
+    assert all(0 <= r["tpr_at_1pct_fpr"] <= r["tpr_at_10pct_fpr"] <= 1 for r in art.data["rows"])
