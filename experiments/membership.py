@@ -37,7 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments import common
+from experiments import claim_statistics, common
 from experiments.common import Artifact, fmt
 from mbc_jax.run_folder import RunFolder
 
@@ -59,8 +59,7 @@ def auc(members: np.ndarray, non_members: np.ndarray) -> float:
     m, n = np.asarray(members, np.float64), np.asarray(non_members, np.float64)
     if not len(m) or not len(n):
         return math.nan
-    ranks = common.rankdata(np.concatenate([m, n]))  # average ranks: ties share theirs
-    return float((ranks[:len(m)].sum() - len(m) * (len(m) + 1) / 2) / (len(m) * len(n)))
+    return float(claim_statistics.auc(m, n))  # the claims check's AUC, one definition
 
 
 def auc_ci(members: np.ndarray, non_members: np.ndarray, *, n_boot: int = 1000, seed: int = 0,

@@ -403,6 +403,7 @@ def reproduce(args: argparse.Namespace) -> int:
         fig6_mbc_vs_baseline,
         fig7_category_memorization,
         fig8_sampling_frequency,
+        membership,
         table1_entropy,
         zeng,
     )
@@ -440,6 +441,7 @@ def reproduce(args: argparse.Namespace) -> int:
         every, figs, steps=scale.zeng_steps, max_records=scale.extraction_records,
         max_new_tokens=scale.extraction_new_tokens, cache_dir=exports, mesh=args.mesh))
     step("appendix_a_categories", lambda: appendix_a_categories.build(every, figs))
+    step("membership", lambda: membership.build(every, figs))
     if not args.keep_exports:
         shutil.rmtree(exports, ignore_errors=True)
     mbc = [folders[("mbc", lr)] for lr in scale.learning_rates]
