@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mbc_jax import UserError
-from mbc_jax.paths import atomic_write
+from mbc_jax.paths import atomic_write, write_jsonl
 
 
 def meta_path(path: str | os.PathLike) -> Path:
@@ -28,15 +28,7 @@ def meta_path(path: str | os.PathLike) -> Path:
 def write_answers(path: str | os.PathLike, rows: Iterable[dict], meta: dict | None = None) -> int:
     """Write the answer rows to `path`, then `meta` beside it (without `meta`, an earlier one there is removed);
     returns the number of rows."""
-    n = 0
-
-    def body(f) -> None:
-        nonlocal n
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-
-    atomic_write(path, body)
+    n = write_jsonl(path, rows)
     if meta is not None:
         atomic_write(meta_path(path), json.dumps(meta, indent=2) + "\n")
     elif meta_path(path).is_file():  # a stale one from an earlier write would describe other answers

@@ -35,7 +35,7 @@ import re
 import tempfile
 import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -291,6 +291,20 @@ def atomic_write(path: str | os.PathLike | UrlPath, content: str | bytes | Calla
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_jsonl(path: str | os.PathLike | UrlPath, rows: Iterable[dict]) -> int:
+    """Writes `rows` as JSON lines, atomically (`atomic_write`); returns how many."""
+    n = 0
+
+    def body(f: IO) -> None:
+        nonlocal n
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+
+    atomic_write(path, body)
+    return n
 
 
 @contextlib.contextmanager

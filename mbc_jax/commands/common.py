@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-from typing import Iterable
 
 from mbc_jax import UserError, formatting
 
@@ -58,22 +55,6 @@ def load_template(args: argparse.Namespace):
     from mbc_jax.data import Template
 
     return Template.from_spec(args.template)
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
-    """Writes rows atomically (to a temporary name, then renamed); returns the count."""
-    from mbc_jax.run_folder import atomic_write
-
-    n = 0
-
-    def body(f) -> None:
-        nonlocal n
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-
-    atomic_write(path, body)
-    return n
 
 
 def fmt(x: float | None, digits: int = 3) -> str:

@@ -22,9 +22,8 @@ from mbc_jax.commands.common import (
     load_template,
     require_positive,
     table,
-    write_jsonl,
 )
-from mbc_jax.paths import UrlPath, as_path, atomic_write, check_output_file
+from mbc_jax.paths import UrlPath, as_path, atomic_write, check_output_file, write_jsonl
 from mbc_jax.progress import progress_bar
 
 
