@@ -15,6 +15,7 @@ draws to how hard it was (its mean perplexity over the snapshots, Spearman corre
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +24,7 @@ import numpy as np
 
 from experiments import common
 from experiments.common import Artifact, fmt
-from mbc_jax.run_folder import RunFolder
+from mbc_jax.run_folder import HEALTH, RunFolder
 
 NAME = "fig8_sampling_frequency"
 TITLE = "Figure 8: sampling frequency of training records"
@@ -156,8 +157,12 @@ HEALTH_COLUMNS = ("run", "step", "ess", "ess_share", "max_weight", "top1pct_shar
 
 
 def health_rows(run: RunFolder) -> list[dict]:
-    """MBC's weights at each refresh (metrics.jsonl's `mbc_refresh` records, mbc_jax.samplers.weight_health)."""
-    return [{"run": run.label, **{k: m[k] for k in HEALTH_COLUMNS[1:]}} for m in run.metrics() if m.get("mbc_refresh")]
+    """MBC's weights at each refresh (the run folder's mbc_health.jsonl, mbc_jax.samplers.weight_health)."""
+    path = run.path / HEALTH
+    if not path.is_file():
+        return []
+    return [{"run": run.label, **{k: m[k] for k in HEALTH_COLUMNS[1:]}}
+            for m in map(json.loads, path.read_text().splitlines()) if m]
 
 
 def describe_health(run: RunFolder, rows: list[dict]) -> str:

@@ -205,7 +205,7 @@ class Trainer:
         self.tokens = {"trained_real": 0, "trained_padded": 0, "mbc_scored_real": 0, "mbc_scored_padded": 0}
         self.mbc_refreshes = 0
         self._compile_before = 0.0  # the scorer's compile seconds in earlier legs
-        self._emit: Any = lambda record: None  # metrics.jsonl's writer while `train` runs
+        self.health: list[dict] = []  # mbc_health.jsonl: the weights' health at each MBC refresh
         self._checkpoint_steps = set(ckpt.checkpoint_schedule(cfg, n))
         self.legs: list[dict] = []
         self._leg_open, self._leg_t0 = False, time.perf_counter()
@@ -337,13 +337,13 @@ class Trainer:
         state, restored = self._initial_state(checkpoints)
         start = int(state["step"])
         self.writer.rewind(start)
+        self.health = [r for r in self.writer.read_health() if r["step"] < start]  # refreshes follow checkpoints
         checkpoints.rewind(start)  # param snapshots after the restored step, like the memorization snapshots
         at_checkpoint = _CheckpointHook(self, checkpoints, skip_save=start if restored is not None else None)
         interval = _LogInterval(self)
         bar = progress_bar(self.total_steps, desc or f"train {cfg.sampler}", unit="step", initial=start)
         self._open_leg(start)
         with self.writer.metrics(trackers.open_trackers(cfg, self.dir, start, resumed=restored is not None)) as emit:
-            self._emit = emit
             for step in range(start, self.total_steps + 1):
                 at_checkpoint(step, state, emit, bar)
                 if step == self.total_steps:
@@ -351,7 +351,6 @@ class Trainer:
                 idx, batch = self._draw(step, state["params"])
                 state, m, seconds = self._step(step, state, idx, batch)
                 interval.add(step, batch, m, seconds, emit, bar)
-        self._emit = lambda record: None
         bar.close()
         checkpoints.close(self.total_steps)
         self.seconds["checkpoint"] += checkpoints.seconds
@@ -371,11 +370,12 @@ class Trainer:
 
     def _report_health(self, step: int) -> None:
         """After an MBC refresh: how concentrated the new weights are (`samplers.weight_health`) as a
-        metrics.jsonl record (`mbc_refresh`), and one warning line when the effective sample size falls below
+        record in mbc_health.jsonl, and one warning line when the effective sample size falls below
         `ESS_WARN_SHARE` of N, naming the heaviest records."""
         h = weight_health(self.sampler.probabilities(), self.sampler.counts)
         heaviest = h.pop("heaviest")
-        self._emit({"step": step, "mbc_refresh": True, **h})
+        self.health = [r for r in self.health if r["step"] < step] + [{"step": step, **h}]
+        self.writer.write_health(self.health)
         if h["ess_share"] < ESS_WARN_SHARE:
             named = ", ".join(
                 f"{self.data.train[i].id} (p {self.sampler.probabilities()[i]:.2f}, perplexity "

@@ -21,6 +21,7 @@ from mbc_jax.run_folder.files import (
     CHECKPOINTS,
     CONFIG,
     DATA,
+    HEALTH,
     INT_COLUMNS,
     LEGS,
     MEMORIZATION,
@@ -47,8 +48,8 @@ from mbc_jax.run_folder.reader import RunFolder, fmt_lr
 from mbc_jax.run_folder.writer import MetricsLog, RunWriter
 
 __all__ = [
-    "CHECKPOINTS", "CONFIG", "DATA", "INT_COLUMNS", "LEGS", "MEMORIZATION", "MEMORIZATION_COLUMNS", "METRICS", "MODEL",
-    "NO_TARGET", "PARAMS", "RECORDS", "RECORDS_COLUMNS", "SAMPLING", "SAMPLING_COLUMNS", "SUMMARY", "TENSORBOARD",
-    "MetricsLog", "RunFolder", "RunWriter", "atomic_write", "data_paths", "fmt_lr", "read_csv", "saved_steps", "select",
-    "snapshot_name", "weight_sources", "write_csv",
+    "CHECKPOINTS", "CONFIG", "DATA", "HEALTH", "INT_COLUMNS", "LEGS", "MEMORIZATION", "MEMORIZATION_COLUMNS",
+    "METRICS", "MODEL", "NO_TARGET", "PARAMS", "RECORDS", "RECORDS_COLUMNS", "SAMPLING", "SAMPLING_COLUMNS",
+    "SUMMARY", "TENSORBOARD", "MetricsLog", "RunFolder", "RunWriter", "atomic_write", "data_paths", "fmt_lr",
+    "read_csv", "saved_steps", "select", "snapshot_name", "weight_sources", "write_csv",
 ]

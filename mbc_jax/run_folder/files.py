@@ -18,6 +18,7 @@ CONFIG, RECORDS, METRICS, SAMPLING, SUMMARY, LEGS = (
     "config.yaml", "records.csv", "metrics.jsonl", "sampling.csv", "summary.json", "legs.json"
 )
 MEMORIZATION, CHECKPOINTS, TENSORBOARD, MODEL, DATA = "memorization", "checkpoints", "tensorboard", "model", "data"
+HEALTH = "mbc_health.jsonl"  # MBC's weights at each refresh: effective sample size, largest weight, ...
 NO_TARGET = "no_target.csv"  # training records left out: no loss target after truncation (never drawn)
 PARAMS = "params"  # parameters-only snapshots, one per checkpoint step, never deleted by retention
 

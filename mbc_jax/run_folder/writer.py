@@ -18,6 +18,7 @@ from mbc_jax import distributed
 from mbc_jax.paths import UrlPath, as_path, atomic_write, staged
 from mbc_jax.run_folder.files import (
     CONFIG,
+    HEALTH,
     LEGS,
     MEMORIZATION,
     MEMORIZATION_COLUMNS,
@@ -142,7 +143,8 @@ class RunWriter:
             return
         metrics = self.path / METRICS
         if metrics.exists():
-            keep = [line for line in metrics.read_text().splitlines() if line.strip() and _before_resume(line, step)]
+            keep = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= step]
             atomic_write(metrics, "".join(k + "\n" for k in keep))
         for f in (self.path / MEMORIZATION).glob("step_*.csv"):
             if int(f.stem[5:]) > step:
@@ -179,15 +181,16 @@ class RunWriter:
         f = self.path / LEGS
         return json.loads(f.read_text()) if f.is_file() else []
 
+    def read_health(self) -> list[dict]:
+        """MBC's weights at each refresh so far (mbc_health.jsonl), oldest first."""
+        f = self.path / HEALTH
+        return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []
+
+    def write_health(self, records: list[dict]) -> None:
+        self._write(HEALTH, "".join(json.dumps(r) + "\n" for r in records))
+
     def write_legs(self, legs: list[dict]) -> None:
         self._write(LEGS, json.dumps(legs, indent=2) + "\n")
 
     def write_summary(self, summary: dict) -> None:
         self._write(SUMMARY, json.dumps(summary, indent=2) + "\n")
-
-
-def _before_resume(line: str, step: int) -> bool:
-    """Whether a metrics.jsonl record was written before the checkpoint of `step` (kept on resume): records of
-    earlier steps, and of `step` itself but for an MBC refresh's (`mbc_refresh`), which follows the checkpoint."""
-    rec = json.loads(line)
-    return rec["step"] < step or (rec["step"] == step and not rec.get("mbc_refresh"))

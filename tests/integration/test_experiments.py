@@ -414,9 +414,9 @@ def test_fig8_counts_equal_sampling_csv(tmp_path):
             assert int(r["above_uniform"]) == (d > level).sum()
     assert not (tmp_path / "out" / "fig8_sampling_frequency_health.csv").exists()  # no refresh records: no table
     # MBC's refresh records (issue 29): a table, and the effective sample size's range in the text
-    with open(tmp_path / "mbc" / "metrics.jsonl", "a") as f:
+    with open(tmp_path / "mbc" / "mbc_health.jsonl", "w") as f:
         for step, ess in ((0, 40.0), (8, 10.0)):
-            f.write(json.dumps({"step": step, "mbc_refresh": True, "ess": ess, "ess_share": ess / 80,
+            f.write(json.dumps({"step": step, "ess": ess, "ess_share": ess / 80,
                                 "max_weight": 0.2, "top1pct_share": 0.2, "distinct_drawn": step * 4}) + "\n")
     art = fig8_sampling_frequency.build(common.open_runs([tmp_path / "mbc"]), tmp_path / "out2")
     health = read(tmp_path / "out2" / "fig8_sampling_frequency_health.csv")

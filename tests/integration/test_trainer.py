@@ -208,7 +208,7 @@ def test_records_with_nothing_to_train_are_never_drawn_nor_counted_and_are_liste
 
 def test_mbc_refresh_records_its_weights_health_and_warns_on_a_collapse(tmp_path):
     """Issue 29: at every refresh, the effective sample size (count and share of N), the largest weight, the top
-    1%'s share and the distinct records drawn go to metrics.jsonl; a one-record collapse prints one warning."""
+    1%'s share and the distinct records drawn go to mbc_health.jsonl; a one-record collapse prints one warning."""
     import json
 
     import numpy as np
@@ -219,8 +219,7 @@ def test_mbc_refresh_records_its_weights_health_and_warns_on_a_collapse(tmp_path
     lines: list[str] = []
     run = create_trainer(cfg, log=lines.append)
     run.train()
-    refreshes = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-                 if '"mbc_refresh"' in x]
+    refreshes = [json.loads(x) for x in (tmp_path / "r" / "mbc_health.jsonl").read_text().splitlines()]
     assert [r["step"] for r in refreshes] == list(range(0, run.total_steps, run.mbc_k))
     n = len(run.data.train)
     for r in refreshes:
