@@ -111,16 +111,14 @@ class RunWriter:
                 tokenizer.save_pretrained(str(folder))
 
     def write_records(self, splits: dict[str, Sequence[Any]]) -> None:
-        rows = [{"index": e.index, "id": e.id, "category": e.category, "split": split, "tokens": len(e),
-                 "response_tokens": e.response_tokens} for split, xs in splits.items() for e in xs]
+        rows = [row for split, xs in splits.items() for row in _record_rows(split, xs)]
         if self.writes:
             write_csv(self.path / RECORDS, rows, RECORDS_COLUMNS)
 
     def write_no_target(self, examples: Sequence[Any]) -> None:
         """no_target.csv: the training records with no loss target (records.csv's columns, split "no_target");
         removed when there are none, so a folder never keeps a stale list."""
-        rows = [{"index": e.index, "id": e.id, "category": e.category, "split": "no_target", "tokens": len(e),
-                 "response_tokens": e.response_tokens} for e in examples]
+        rows = _record_rows("no_target", examples)
         if not self.writes:
             return
         if rows:
@@ -194,3 +192,9 @@ class RunWriter:
 
     def write_summary(self, summary: dict) -> None:
         self._write(SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+
+def _record_rows(split: str, examples: Sequence[Any]) -> list[dict]:
+    """records.csv's rows (RECORDS_COLUMNS) of `examples`, labelled `split`."""
+    return [{"index": e.index, "id": e.id, "category": e.category, "split": split, "tokens": len(e),
+             "response_tokens": e.response_tokens} for e in examples]
