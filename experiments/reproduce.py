@@ -3,6 +3,7 @@ generate, judge (when an endpoint is configured), build every artifact, and writ
 
     python -m experiments.reproduce --scale tiny                       # 2 CPU cores, < 30 minutes
     python -m experiments.reproduce --scale tiny --data dolly.jsonl    # a local Dolly file instead
+    python -m experiments.reproduce --scale real --data dolly.jsonl    # SmolLM2-135M, 2 CPU cores, < 60 min
     python -m experiments.reproduce --scale small                      # gpt-neo-125m
     python -m experiments.reproduce --scale paper --judge-base-url http://127.0.0.1:8000/v1   # TPU VM
 
@@ -14,6 +15,12 @@ Scales (see SCALES):
   experiments/tiny_data.py prepares it: a tokenizer fit on its text (or `--tokenizer`), max_length and the
   320 training records chosen so that no response is cut (what was dropped is counted), and a tiny base
   pretrained on the file's other records.
+- real: SmolLM2-135M-Instruct, a real pretrained model (`mbc-jax fetch smollm2`, or `--model`), on a Dolly-style
+  `--data` file: 128 training and 48 validation records, an equal share of each category, whole records of at most
+  256 tokens with the model's chat template (experiments/tiny_data.py with the model's tokenizer), loss on the
+  response, 4 epochs at the paper's 5e-5 (experiments/configs/smollm2_135m_real.yaml); MBC and uniform, and a
+  third run, MBC weighting by the full dialogue's perplexity (`mbc.metric=full`), which
+  experiments/mbc_perplexity_choice.py compares with the default (the response's).
 - small: gpt-neo-125m (experiments/configs/gpt_neo_125m_{mbc,uniform}.yaml) at the paper's rates.
 - paper: gpt-neo-2.7B (experiments/configs/gpt_neo_2p7b_{mbc,uniform}_lr{1e-5,5e-5}.yaml), for TPU VMs.
 
@@ -64,7 +71,7 @@ SCALE_ALIASES = {"demo": "tiny"}  # --scale demo: the tiny scale's earlier name,
 class Scale:
     """How one scale trains and how much each analysis looks at."""
 
-    learning_rates: tuple[float, float]
+    learning_rates: tuple[float, ...]
     config: Callable[[str, float], str]  # (sampler, lr) -> config file
     overrides: tuple[str, ...] = ()  # for every run, after the config file
     set_learning_rate: bool = True  # pass learning_rate=... (False: the config file holds it)
@@ -75,6 +82,20 @@ class Scale:
     extraction_new_tokens: int = EXTRACTION_MAX_NEW_TOKENS
     zeng_steps: str = "all"  # checkpoints of the Zeng et al. analyses (step 0 always comes in)
     note: str = ""
+    # more runs at each rate, beside MBC and uniform: (name, sampler, overrides); compared, not in the figures
+    variants: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    real: RealData | None = None  # the real-model scale: the model fetched, --data prepared this way
+
+
+@dataclasses.dataclass(frozen=True)
+class RealData:
+    """How the real-model scale prepares --data (experiments/tiny_data.py, with the model's own tokenizer)."""
+
+    n_train: int
+    n_valid: int
+    length_cap: int  # whole records (chat template, prompt + response + EOS) of at most this many tokens
+    template: str = "chat"
+    stratify: bool = True
 
 
 SCALES = {
@@ -103,6 +124,16 @@ SCALES = {
         extraction_new_tokens=EXTRACTION_MAX_NEW_TOKENS,
         note="gpt-neo-2.7B, the paper's setup (TPU VM); full checkpoints kept as the config says (the latest 2), "
              "and a bf16 param snapshot of every checkpoint step, so Table 1 and the extraction study read epoch 1"),
+    "real": Scale(
+        learning_rates=(5e-5,),
+        config=lambda sampler, lr: str(CONFIGS / "smollm2_135m_real.yaml"),
+        generate_records=32, max_new_tokens=TINY_MAX_NEW_TOKENS, extraction_records=64, extraction_new_tokens=32,
+        zeng_steps="first,last",
+        variants=(("mbc_full", "mbc", ("mbc.metric=full",)),),
+        real=RealData(n_train=128, n_valid=48, length_cap=256),
+        note="SmolLM2-135M-Instruct (a real pretrained model, `mbc-jax fetch smollm2`) fine-tuned on a stratified "
+             "Dolly sample with its chat template and the loss on the response, at the paper's higher rate 5e-5 "
+             "(experiments/configs/smollm2_135m_real.yaml)"),
 }
 
 
@@ -157,24 +188,26 @@ def train_all(scale: Scale, args: argparse.Namespace, out: Path) -> dict[tuple[s
     if data and scale.max_train_records:
         data = subset_data(data, scale.max_train_records, out)
     runs = {}
-    todo = [(lr, sampler) for lr in scale.learning_rates for sampler in SAMPLERS]
-    for n, (lr, sampler) in enumerate(todo, 1):
-        folder = out / "runs" / f"{sampler}_lr{fmt_lr(lr)}"
+    todo = [(lr, sampler, sampler, ()) for lr in scale.learning_rates for sampler in SAMPLERS]
+    todo += [(lr, name, sampler, extra) for lr in scale.learning_rates for name, sampler, extra in scale.variants]
+    for n, (lr, name, sampler, extra) in enumerate(todo, 1):
+        folder = out / "runs" / f"{name}_lr{fmt_lr(lr)}"
         config = scale.config(sampler, lr)
         if not Path(config).is_file():
             raise UserError(f"{config}: missing config file for --scale {args.scale} ({sampler}, lr {fmt_lr(lr)})")
-        cfg = config_lib.load(config, run_overrides(scale, sampler, lr, folder, args, data))
-        runs[(sampler, lr)] = folder
+        cfg = config_lib.load(config, [*run_overrides(scale, sampler, lr, folder, args, data), *extra])
+        runs[(name, lr)] = folder
         summary = folder / "summary.json"
         if summary.is_file() and (folder / "config.yaml").is_file():
             old = config_lib.from_dict(yaml.safe_load((folder / "config.yaml").read_text()), "")
             if not config_lib.differences(old, cfg):
                 log(f"{folder}: already trained ({json.loads(summary.read_text())['steps']} steps)")
                 continue
-        log(f"training {sampler} at lr {fmt_lr(lr)} (run {n} of {len(todo)}) -> {folder} ({Path(config).name})")
+        log(f"training {name} at lr {fmt_lr(lr)} (run {n} of {len(todo)}) -> {folder} ({Path(config).name}"
+            + (f" + {' '.join(extra)})" if extra else ")"))
         t0 = time.perf_counter()
         trainer = create_trainer(cfg, log=lambda m: log(f"  {m}"))
-        trainer.train(desc=f"train {sampler} lr {fmt_lr(lr)} ({n}/{len(todo)})")
+        trainer.train(desc=f"train {name} lr {fmt_lr(lr)} ({n}/{len(todo)})")
         log(f"  done in {time.perf_counter() - t0:.0f}s")
     return runs
 
@@ -325,6 +358,8 @@ def prepare_data(args: argparse.Namespace, scale: Scale, out: Path, progress: Pr
                  ) -> tuple[argparse.Namespace, Scale, str | None]:
     """With --data at the tiny scale: prepare tokenizer, records and base (experiments/tiny_data.py) and
     return the arguments and scale that train on them, with REPORT.md's setup header; else unchanged."""
+    if scale.real is not None:
+        return prepare_real(args, scale, out, progress)
     if args.data and args.scale in tiny_data.TINY_SCALES:  # real data at the tiny scale: tokenizer, records, base
         t0 = time.perf_counter()
         prep = tiny_data.prepare(args.data, out, scale.max_train_records, tokenizer=getattr(args, "tokenizer", None),
@@ -340,6 +375,37 @@ def prepare_data(args: argparse.Namespace, scale: Scale, out: Path, progress: Pr
     if getattr(args, "tokenizer", None):
         raise UserError("--tokenizer: only used with --data at the tiny scale (other scales use the model's own)")
     return args, scale, None
+
+
+def prepare_real(args: argparse.Namespace, scale: Scale, out: Path, progress: Progress
+                 ) -> tuple[argparse.Namespace, Scale, str]:
+    """The real-model scale: SmolLM2-135M fetched (or --model), --data prepared with the model's own tokenizer and
+    chat template (experiments/tiny_data.py: a stratified sample of whole records, nothing cut)."""
+    if not args.data:
+        raise UserError("--scale real needs --data FILE: a local Dolly-style JSONL file with categories, e.g. "
+                        "databricks-dolly-15k.jsonl")
+    if getattr(args, "tokenizer", None):
+        raise UserError("--tokenizer: not used at the real scale (the model's own tokenizer renders the records)")
+    t0 = time.perf_counter()
+    model = args.model
+    if not model:
+        from mbc_jax.models.smollm2 import fetch_smollm2
+
+        log("fetching SmolLM2-135M-Instruct (cached after the first use)")
+        model = str(fetch_smollm2())
+    real = scale.real
+    prep = tiny_data.prepare(args.data, out, real.n_train, real.n_valid, model=model, log=log,
+                             template=real.template, stratify=real.stratify, length_cap=real.length_cap)
+    args = argparse.Namespace(**{**vars(args), "data": prep.train_path, "model": prep.model,
+                                 "set": [f"val_data={prep.valid_path}", f"max_length={prep.max_length}",
+                                         *(args.set or [])]})
+    rates = " and ".join(map(fmt_lr, scale.learning_rates))
+    header = prep.header() + (f"\n\nLearning rate{'s' if len(scale.learning_rates) > 1 else ''}: {rates}. "
+                              f"{scale.note}. Runs: MBC and uniform, and "
+                              + ", ".join(f"`{n}` ({' '.join(o)})" for n, _, o in scale.variants)
+                              + " to compare which perplexity MBC weights by.")
+    progress.timings.append(("prepare --data (model, tokenizer, records)", time.perf_counter() - t0))
+    return args, dataclasses.replace(scale, max_train_records=None), header
 
 
 def last_generations(table1: object | None, every: list[RunFolder]) -> dict[str, Path]:
@@ -420,7 +486,7 @@ def reproduce(args: argparse.Namespace) -> int:
     args, scale, header = prepare_data(args, scale, out, progress)
     t0 = time.perf_counter()
     run_dirs = train_all(scale, args, out)
-    progress.timings.append(("train (4 runs)", time.perf_counter() - t0))
+    progress.timings.append((f"train ({len(run_dirs)} runs)", time.perf_counter() - t0))
     folders = {k: RunFolder.open(v) for k, v in run_dirs.items()}
     every = [folders[(s, lr)] for lr in scale.learning_rates for s in SAMPLERS]
     baselines = [folders[("uniform", lr)] for lr in scale.learning_rates]
@@ -442,6 +508,12 @@ def reproduce(args: argparse.Namespace) -> int:
         max_new_tokens=scale.extraction_new_tokens, cache_dir=exports, mesh=args.mesh))
     step("appendix_a_categories", lambda: appendix_a_categories.build(every, figs))
     step("membership", lambda: membership.build(every, figs))
+    if scale.variants:
+        from experiments import mbc_perplexity_choice
+
+        for lr in scale.learning_rates:
+            compared = [folders[(name, lr)] for name in ("mbc", *(v[0] for v in scale.variants), "uniform")]
+            step("mbc_perplexity_choice", lambda c=compared: mbc_perplexity_choice.build(c, figs))
     if not args.keep_exports:
         shutil.rmtree(exports, ignore_errors=True)
     mbc = [folders[("mbc", lr)] for lr in scale.learning_rates]
@@ -462,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.splitlines()[0])
     p.add_argument("--scale", choices=(*SCALES, *SCALE_ALIASES), default="tiny",
-                   help="tiny (CPU; 'demo' is another name of it), small (gpt-neo-125m), paper")
+                   help="tiny (CPU; 'demo' is another name of it), real (SmolLM2-135M on CPU, needs --data), "
+                        "small (gpt-neo-125m), paper")
     p.add_argument("--data", default=None, metavar="PATH_OR_HF_ID", help="training records (default: the scale's)")
     p.add_argument("--model", default=None, metavar="ID", help="checkpoint folder or hub id (default: the scale's)")
     p.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID",

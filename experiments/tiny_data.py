@@ -38,7 +38,7 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -84,20 +84,38 @@ def choose_max_length(lengths: list[int] | np.ndarray, quantile: float = LENGTH_
     return int(min(max(math.ceil(q / step) * step, lo), hi))
 
 
-def select(lengths: list[int] | np.ndarray, max_length: int, n_train: int, n_valid: int, seed: int = 0) -> Selection:
-    """Rule 3 of the module docstring: the first records of a seeded permutation that fit, train then validation."""
+def select(lengths: list[int] | np.ndarray, max_length: int, n_train: int, n_valid: int, seed: int = 0,
+           categories: Sequence[str] | None = None) -> Selection:
+    """Rule 3 of the module docstring: the first records of a seeded permutation that fit, train then validation.
+    With `categories` (one per record), stratified: every category gets an equal share of each subset (the
+    remainder to the categories first in sorted order), filled from the same seeded order."""
+    order = np.random.default_rng(seed).permutation(len(lengths)).tolist()
+    if categories is None:
+        quota = {None: (n_train, n_valid)}
+        cat_of = [None] * len(lengths)
+    else:
+        names = sorted(set(categories))
+        quota = {c: (n_train // len(names) + (k < n_train % len(names)),
+                     n_valid // len(names) + (k < n_valid % len(names))) for k, c in enumerate(names)}
+        cat_of = list(categories)
+    taken = {c: [0, 0] for c in quota}
     train: list[int] = []
     valid: list[int] = []
     dropped: list[int] = []
-    for i in np.random.default_rng(seed).permutation(len(lengths)).tolist():
+    for i in order:
         if len(train) + len(valid) == n_train + n_valid:
             break
+        c = cat_of[i]
+        if taken[c] == list(quota[c]):
+            continue  # this category is full (stratified); not a length drop
         if lengths[i] > max_length:
             dropped.append(i)
-        elif len(train) < n_train:
+        elif taken[c][0] < quota[c][0]:
             train.append(i)
+            taken[c][0] += 1
         else:
             valid.append(i)
+            taken[c][1] += 1
     return Selection(max_length, len(lengths), train, valid, dropped)
 
 
@@ -133,6 +151,8 @@ class Prepared:
     pretrain: dict | None  # the base's pretrain.json (None with --model)
     seed: int = 0
     length_cap: int = LENGTH_RANGE[1]  # the upper bound of max_length (lower with --model: its positions - 64)
+    stratified: bool = False  # equal shares of each category in both subsets (the real scale)
+    template: str = "the paper's Human:/Assistant: template"  # how records were rendered and measured
 
     def overrides(self) -> list[str]:
         return [f"data={self.train_path}", f"val_data={self.valid_path}", f"model={self.model}",
@@ -158,9 +178,11 @@ class Prepared:
             f"(median {self.lengths['median']}, 90th percentile {self.lengths['p90']}, longest {self.lengths['max']}).",
             "",
             f"Records: max_length {self.max_length} = the {LENGTH_QUANTILE:.0%} quantile of the records' token "
-            f"lengths rounded up to a multiple of {LENGTH_STEP}, within {LENGTH_RANGE[0]}..{self.length_cap}. In a "
-            f"seeded random order (seed {self.seed}), the first {self.n_train} records that fit train and the next "
-            f"{self.n_valid} validate; **{self.dropped} records met on the way were dropped for length, "
+            f"lengths rounded up to a multiple of {LENGTH_STEP}, within {LENGTH_RANGE[0]}..{self.length_cap}, each "
+            f"record rendered with {self.template}. In a seeded random order (seed {self.seed}), the first "
+            f"{self.n_train} records that fit train and the next {self.n_valid} validate"
+            + (" (stratified: an equal share of each category in both subsets)" if self.stratified else "")
+            + f"; **{self.dropped} records met on the way were dropped for length, "
             f"{self.truncated} truncated, {self.responses_lost} responses lost**. Training records by category "
             f"(training / in the file): {cats}.",
             "",
@@ -222,10 +244,13 @@ def _load_tokenizer(name: str) -> Any:
 
 def prepare(data: str, out: Path, n_train: int, n_valid: int = N_VALID, *, tokenizer: str | None = None,
             model: str | None = None, vocab_size: int = VOCAB_SIZE, seed: int = 0,
-            spec: demo_base.PretrainSpec = demo_base.PRETRAIN, log: Callable[[str], None] = print) -> Prepared:
+            spec: demo_base.PretrainSpec = demo_base.PRETRAIN, log: Callable[[str], None] = print,
+            template: str | None = None, stratify: bool = False, length_cap: int = LENGTH_RANGE[1]) -> Prepared:
     """Prepare `data` (a local JSONL file) for the tiny scale: see the module docstring. `tokenizer` names one
     (a folder or hub id) instead of fitting a BPE; `model` names a model to fine-tune instead of pretraining a
-    base (its own tokenizer is used). The SFT files are copied into `out/data/`."""
+    base (its own tokenizer is used). The real scale (experiments/reproduce.py) adds a `template` spec (`chat`:
+    the tokenizer's chat template), `stratify` (equal shares of each category) and a lower `length_cap`. The SFT
+    files are copied into `out/data/`."""
     path = Path(data)
     if not (path.is_file() and path.suffix == ".jsonl"):
         raise UserError(f"--data {data}: the tiny scale needs a local .jsonl file (one record per line); convert "
@@ -234,14 +259,17 @@ def prepare(data: str, out: Path, n_train: int, n_valid: int = N_VALID, *, token
         raise UserError("--tokenizer with --model: the model's own tokenizer is used; pass one of them")
     sha = _sha256(path)
     settings = json.dumps([n_train, n_valid, vocab_size, seed, repr(spec), LENGTH_QUANTILE, LENGTH_STEP, LENGTH_RANGE,
-                           TINY_MAX_NEW_TOKENS, tokenizer, model])
+                           TINY_MAX_NEW_TOKENS, tokenizer, model]
+                          + ([template, stratify, length_cap] if (template, stratify, length_cap) != (
+                              None, False, LENGTH_RANGE[1]) else []))  # the tiny scale's keys stay as they were
     key = f"{sha[:16]}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}-{code_version()}"
     target = demo_base.cache_root() / "data-base" / key
     if not ((target / SELECTION).is_file() and (model or demo_base.is_complete(target))):
         if not model:
             log(f"{path.name}: fitting a tokenizer and pretraining the tiny base on its held-out text "
                 f"(first use; cached in {target})")
-        _build(path, target, n_train, n_valid, vocab_size, seed, spec, tokenizer, model, sha, log)
+        _build(path, target, n_train, n_valid, vocab_size, seed, spec, tokenizer, model, sha, log,
+               Template.from_spec(template), stratify, length_cap)
     facts = json.loads((target / SELECTION).read_text())
     dest = Path(out) / "data"
     dest.mkdir(parents=True, exist_ok=True)
@@ -255,14 +283,12 @@ def prepare(data: str, out: Path, n_train: int, n_valid: int = N_VALID, *, token
 
 def _build(path: Path, target: Path, n_train: int, n_valid: int, vocab_size: int, seed: int,
            spec: demo_base.PretrainSpec, tokenizer: str | None, model: str | None, sha: str,
-           log: Callable[[str], None]) -> None:
+           log: Callable[[str], None], template: Template, stratify: bool, hi: int) -> None:
     records, load_report = load_records(str(path))
     lines = _jsonl_lines(path, len(records))
     work = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    template = Template()
-    hi = LENGTH_RANGE[1]
     if model:
         from mbc_jax.models import resolve_model_dir
 
@@ -280,10 +306,12 @@ def _build(path: Path, target: Path, n_train: int, n_valid: int, vocab_size: int
     examples, _ = tokenize(records, tok, template, max_length=1 << 30)
     lengths = [len(e) for e in examples]
     max_length = choose_max_length(lengths, hi=hi)
-    sel = select(lengths, max_length, n_train, n_valid, seed)
+    sel = select(lengths, max_length, n_train, n_valid, seed,
+                 categories=[r.category or "(none)" for r in records] if stratify else None)
     if len(sel.train) < n_train or len(sel.valid) < n_valid:
-        raise UserError(f"{path}: only {len(sel.train) + len(sel.valid)} records fit in {max_length} tokens; the tiny "
-                        f"scale needs {n_train} to train and {n_valid} to validate")
+        raise UserError(f"{path}: only {len(sel.train) + len(sel.valid)} records fit in {max_length} tokens"
+                        + (" (stratified by category)" if stratify else "")
+                        + f"; this scale needs {n_train} to train and {n_valid} to validate")
     truncated = lost = 0
     for name, idx in (("train.jsonl", sel.train), ("valid.jsonl", sel.valid)):
         (work / name).write_text("".join(lines[i] + "\n" for i in idx), encoding="utf-8")
@@ -303,6 +331,8 @@ def _build(path: Path, target: Path, n_train: int, n_valid: int, vocab_size: int
         "truncated": truncated, "responses_lost": lost,
         "categories": {c: [pool_cats[c], train_cats[c]] for c in sorted(pool_cats)},
         "pretrain": None,
+        "stratified": stratify,
+        **({"template": "the tokenizer's chat template"} if template.chat else {}),
     }
     if not model:
         facts["pretrain"] = _pretrain(records, sel, tok, work, target, seed, spec, sha, log)

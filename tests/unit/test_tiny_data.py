@@ -59,6 +59,33 @@ def test_selection_runs_out():
     assert len(sel.train) == 2 and sel.valid == [] and sorted(sel.dropped) == [0, 2]
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_stratified_selection_against_a_per_category_scan(seed):
+    """Equal shares per category (the remainder to the first categories in sorted order), each category's records
+    taken in the seeded order among those that fit; a full category's records are skipped, not counted dropped."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(10, 700, size=600)
+    cats = rng.choice(["b", "a", "c"], size=600, p=[0.6, 0.3, 0.1]).tolist()
+    sel = tiny_data.select(lengths.tolist(), 300, 10, 4, seed=seed, categories=cats)
+    perm = np.random.default_rng(seed).permutation(600).tolist()
+    for c, (nt, nv) in {"a": (4, 2), "b": (3, 1), "c": (3, 1)}.items():
+        fit = [i for i in perm if cats[i] == c and lengths[i] <= 300]
+        assert [i for i in sel.train if cats[i] == c] == fit[:nt]
+        assert [i for i in sel.valid if cats[i] == c] == fit[nt:nt + nv]
+    assert len(sel.train) == 10 and len(sel.valid) == 4
+    assert all(lengths[i] > 300 for i in sel.dropped)
+    last = max(perm.index(i) for i in sel.train + sel.valid)
+    scanned_long = [i for i in perm[:last + 1] if lengths[i] > 300]
+    assert set(sel.dropped) <= set(scanned_long)  # only records met before their category filled up
+
+
+def test_stratified_selection_without_categories_is_the_plain_rule():
+    lengths = np.random.default_rng(5).integers(10, 700, size=300).tolist()
+    plain = tiny_data.select(lengths, 300, 40, 10, seed=2)
+    one = tiny_data.select(lengths, 300, 40, 10, seed=2, categories=["x"] * 300)
+    assert (plain.train, plain.valid, plain.dropped) == (one.train, one.valid, one.dropped)
+
+
 def test_plain_text_of_a_record():
     rec = SimpleNamespace(text=None, turns=[("user", "Why? "), ("assistant", "Because.")], context="Some context.")
     assert tiny_data.plain_text(rec, "<E>") == "Why?\n\nSome context.\n\nBecause.<E>"
