@@ -40,6 +40,7 @@ from experiments.claim_statistics import (
     SEED,
     UNMEASURED,
     Test,
+    auc,
     auc_ci,
     category_gap_test,
     gain_shares_ci,
@@ -47,6 +48,7 @@ from experiments.claim_statistics import (
     length_strata,
     mean_diff_ci,
     net_win_ci,
+    paired_auc_diff_ci,
     paired_diff_ci,
     partial_spearman_ci,
     permutation_test,
@@ -69,6 +71,7 @@ MIN_RECORDS = 5  # per category, for Zeng's claim 1 and Fig. 7
 MIN_CATEGORIES = 4  # Fig. 7: "the lowest third" of fewer categories is the lowest one alone
 LOW_TASKS = ("classification", "open_qa", "closed_qa")  # Zeng's low-memorization tasks the demo and Dolly have
 WORLD_SEED = 0  # the demo world of `data: demo` (mbc_jax.train materializes seed 0)
+MEMBERSHIP_MARGIN = 0.05  # membership: "no difference" when MBC's AUC is within 0.05 of uniform's
 
 
 class Missing(Exception):
@@ -273,6 +276,17 @@ def familiarity_rule(pos: np.ndarray, unseen: np.ndarray, others: np.ndarray, la
         w = auc_ci(pos, others)
         text += f"; extra, against all others ({len(others)}): {fmt(w[0])} [{fmt(w[1])}, {fmt(w[2])}]"
     return text, [Test.of(label, v, 0.5)]
+
+
+def membership_rule(members: np.ndarray, non_members: np.ndarray, label: str) -> tuple[str, list[Test]]:
+    """Issue 32: the loss signal's membership AUC of the MBC run minus the baseline's at one learning rate.
+    members [2, n1], non_members [2, n0]: row 0 MBC's scores, row 1 the baseline's, of the same records
+    (column k one record in both runs); members resampled once for both runs, non-members once for both."""
+    v = paired_auc_diff_ci(members[0], non_members[0], members[1], non_members[1])
+    a, b = (float(auc(members[k], non_members[k])) for k in (0, 1))
+    text = (f"{label} ({members.shape[1]} members vs {non_members.shape[1]} non-members): MBC {fmt(a)}, uniform "
+            f"{fmt(b)}; " + _ci_text("MBC - uniform", v))
+    return text, [Test.differs(label, v, MEMBERSHIP_MARGIN)]
 
 
 # ----------------------------------------------------------------------------- the findings, from run folders
@@ -566,6 +580,40 @@ def mbc_above_baseline(pairs: Sequence[tuple[RunFolder, RunFolder]], figs: Path)
     return _collect(pairs, one)
 
 
+def _loss_scores(runs: Sequence[RunFolder], column: str, split: str, step: int) -> np.ndarray:
+    """[len(runs), n]: membership's `loss` signal (minus the mean NLL: -log perplexity) of the `split` records
+    at `step`, records in the same order in every run; records without a value in some run left out."""
+    index, values = None, []
+    for run in runs:
+        _, i, v = run.record_matrix(column, split, [step])
+        if index is not None and not np.array_equal(i, index):
+            raise Missing(f"{runs[0].label} and {run.label} do not hold the same {split} records")
+        index = i
+        values.append(v[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores = -np.log(np.asarray(values, float))
+    return scores[:, np.all(np.isfinite(scores), 0)]
+
+
+def mbc_membership_differs(pairs: Sequence[tuple[RunFolder, RunFolder]], figs: Path) -> Result:
+    def one(pair: tuple[RunFolder, RunFolder]) -> tuple[str, list[Test]]:
+        mbc, base = pair
+        column = {"full": "perplexity", "response": "response_perplexity"}[common.trained_positions(base)]
+        if common.trained_positions(mbc) != common.trained_positions(base):
+            raise Missing(f"{mbc.label} and {base.label} trained different positions (loss_on)")
+        shared = sorted(set(mbc.memorization_steps()) & set(base.memorization_steps()) - {0})
+        if not shared:
+            raise Missing(f"{mbc.label} and {base.label} share no memorization snapshot after step 0")
+        members = _loss_scores((mbc, base), column, "train", shared[-1])
+        non_members = _loss_scores((mbc, base), column, "val", shared[-1])
+        if members.shape[1] < 2 or non_members.shape[1] < 2:
+            raise Missing(f"{base.label}: {members.shape[1]} training and {non_members.shape[1]} validation records "
+                          f"with {column} in both runs' step-{shared[-1]} snapshots; membership needs a validation "
+                          "split (val_fraction or val_data) and >= 2 records each side")
+        return membership_rule(members, non_members, f"{base.lr_label}, step {shared[-1]} ({column})")
+    return _collect(pairs, one)
+
+
 def baseline_rises_then_falls(runs: Sequence[RunFolder], figs: Path) -> Result:
     run = max(runs, key=lambda r: r.learning_rate)  # the paper's Fig. 6 shows it at the higher rate (5e-5)
     column, tokens = _trained(run)
@@ -639,6 +687,14 @@ MBC_FINDINGS = (
      f"holds: gap > 0 by a one-sided permutation test of the category labels (p < 0.025, 1000 permutations; "
      f"contradicted when {HARD_TASK} lies above the others at p < 0.0125 / 2), {HARD_TASK} among the lowest third "
      f"(rank <= ceil(K / 3)), and its change's CI > 0", mbc_category_memorization),
+    ("MBC's membership AUC at the last checkpoint differs from uniform's (issue 32)",
+     "AUC of the loss signal (minus the mean NLL over the trained positions) separating the training records "
+     "(members) from the validation records (non-members), MBC minus the baseline at the same learning rate, at "
+     "their last common snapshot; the same records in both runs, members resampled once for both and non-members "
+     "once for both (paired, stratified bootstrap); each run's AUC beside it",
+     f"holds: every rate's CI excludes 0, all on one side (two-sided: MBC above uniform at every rate or below at "
+     f"every rate, as the values show); contradicted when a rate's CI, at 0.0125 / m each side, lies within "
+     f"+-{MEMBERSHIP_MARGIN} (no difference)", mbc_membership_differs),
 )
 RUN_WISE = (mbc_draws_unmemorized, mbc_category_memorization)  # MBC rows of the MBC runs alone (no baseline pair)
 
