@@ -18,7 +18,10 @@ Conventions, the same in every row:
   **inconclusive** (neither; with the effect the sample could have detected), **not measured** (an input
   is missing: a figure step failed, no judge, data without the demo world's ground truth; with the reason);
 - each rule's false-holds and false-contradicted rates at the miniature's sizes are measured by
-  tests/unit/test_claim_calibration.py and listed in experiments/README.md.
+  tests/unit/test_claim_calibration.py and listed in experiments/README.md;
+- one row tests a two-sided "differs" by CIs (issue 32's membership row, `Test.differs`): it holds when every
+  rate's CI excludes 0 and all lie on one side, and is contradicted by equivalence, a CI (widened as above)
+  within a stated margin of 0.
 """
 
 from __future__ import annotations
@@ -596,6 +599,24 @@ def _loss_scores(runs: Sequence[RunFolder], column: str, split: str, step: int) 
 
 
 def mbc_membership_differs(pairs: Sequence[tuple[RunFolder, RunFolder]], figs: Path) -> Result:
+    """Issue 32: does MBC change how well a membership attack tells its training records from held-out ones?
+    Per (MBC, baseline) pair at one learning rate, at their last common snapshot after step 0:
+    - the signal: `loss` (minus the mean NLL over the trained positions, experiments.membership's primary
+      signal): every snapshot has it (Min-K%, Min-K%++ and zlib need issue 32's columns), it is what MBC's
+      sampler acts on, and one signal fixed in advance needs no correction over five strongly correlated ones
+      (membership.csv has every signal's AUC per run beside it). `reference` subtracts each record's step-0
+      loss, a per-record constant the two runs share (one base model), so it asks the same question on a
+      recentred scale;
+    - the test: the AUC of MBC minus that of the baseline; both runs score the same members (training records)
+      and non-members (validation records), so the bootstrap resamples the members once for both runs and the
+      non-members once for both (paired, stratified): a record's difficulty, shared by both runs, cancels;
+    - the verdict: two-sided, the direction not fixed in advance: holds when every rate's 95% CI excludes 0,
+      all on one side (the values say whether MBC is above or below); contradicted when a rate's CI at
+      0.0125 / m each side lies within +-MEMBERSHIP_MARGIN (equivalence: the AUCs differ by less than 0.05);
+      rates combine as in every row (each one `Test`, Bonferroni over them for "contradicted").
+    Not measured without a validation split in the snapshots (no non-members) or a shared snapshot after
+    step 0. MIMIR's caveat holds here in its favourable form: the non-members are a random hold-out of the
+    same data, so a difference is memorization, not a shift in distribution."""
     def one(pair: tuple[RunFolder, RunFolder]) -> tuple[str, list[Test]]:
         mbc, base = pair
         column = {"full": "perplexity", "response": "response_perplexity"}[common.trained_positions(base)]
@@ -834,6 +855,18 @@ VERDICT_WORDS = (f"**{HOLDS}**: every CI lies on the finding's side of its bound
                  f"**{UNMEASURED}**: an input is missing, with the reason").replace("{INCONCLUSIVE}", INCONCLUSIVE)
 
 
+MEMBERSHIP_READING = (
+    "Reading the membership row (issue 32): each run's AUC is the chance that a training record (member) has a lower "
+    "loss than a validation record (non-member) at the last snapshot, 0.5 being chance; the row tests MBC's minus "
+    "uniform's, the same records in both runs. **holds** means MBC changes the attack's success in one direction at "
+    "every rate (above 0: MBC's training records are easier to tell from held-out ones, a privacy cost; below: "
+    "harder); **contradicted** means the two AUCs lie within +-0.05 of each other; **inconclusive** gives the "
+    "difference the sample could have found. The non-members are a random hold-out of the same data (or the "
+    "demo's held-out suite from the same generator), so the AUCs measure memorization rather than the shift in "
+    "distribution that MIMIR (Duan et al. 2024) found behind many reported membership successes; the step-0 AUC in "
+    "the membership section (near 0.5) checks it.")
+
+
 def markdown(rows: Sequence[Claim]) -> str:
     """The claims section of REPORT.md: the conventions, then one row per finding."""
     counts = {v: sum(r.verdict == v for r in rows) for v in VERDICTS}
@@ -849,4 +882,5 @@ def markdown(rows: Sequence[Claim]) -> str:
         [[r.finding, r.statistic, "; ".join(r.values) or "n/a", r.rule,
           f"**{r.verdict}**" + (f": {r.why}" if r.why else "")] for r in rows],
         ["finding", "statistic (definition)", "measured [95% CI]", "rule", "verdict"])
-    return head + table + "\n"
+    reading = f"\n{MEMBERSHIP_READING}\n" if any(r.finding == MBC_FINDINGS[3][0] for r in rows) else ""
+    return head + table + "\n" + reading

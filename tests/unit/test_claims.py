@@ -563,7 +563,9 @@ def test_membership_row_holds_when_mbc_separates_members_more(good):
 
 def test_membership_row_is_contradicted_by_the_same_auc(bad):
     run, figs = bad
-    row = membership_row(claims.evaluate([run], figs, mbc=[make_mbc_run(run, good=False)]))
+    rows = claims.evaluate([run], figs, mbc=[make_mbc_run(run, good=False)])
+    row = membership_row(rows)
+    assert claims.markdown(rows).endswith(f"\n\n{claims.MEMBERSHIP_READING}\n")  # REPORT.md's reading of the row
     assert row.verdict == claims.CONTRADICTED and row.why.startswith("no difference: ") and "within +-0.05 of 0" in \
         row.why, (row.values, row.why)
     assert "MBC - uniform: 0.000 [0.000, 0.000]" in row.values[0]
