@@ -850,7 +850,8 @@ def evaluate(baselines: Sequence[RunFolder], figs: str | Path, judge_results: Se
 
 
 VERDICT_WORDS = (f"**{HOLDS}**: every CI lies on the finding's side of its bound; **{CONTRADICTED}**: a CI (widened "
-                 "for the row's number of tests, Bonferroni) lies wholly on the other side; **{INCONCLUSIVE}**: "
+                 "for the row's number of tests, Bonferroni) lies wholly on the other side (for the two-sided "
+                 "membership row: within its margin of 0); **{INCONCLUSIVE}**: "
                  "neither, with the effect beyond the bound the sample could have detected (80% power); "
                  f"**{UNMEASURED}**: an input is missing, with the reason").replace("{INCONCLUSIVE}", INCONCLUSIVE)
 
