@@ -22,6 +22,12 @@ p-value:
   contradicts when its p-value on the other side is below 0.0125 / m;
 - inconclusive: neither; with the effect beyond the bound each undecided test could have detected
   (80% power, two-sided 5%: 2.80 standard errors, the SE read from the CI's width / 3.92).
+
+A two-sided test of "differs" by a CI (`Test.differs`, side 0; issue 32's membership row) holds when its
+95% CI excludes the bound, and the row's two-sided tests hold together only when all their CIs lie on one
+side (the direction is not chosen in advance; the row's values name it). It contradicts by equivalence:
+both one-sided bounds at level 0.0125 / m lie within the stated margin of the bound (two one-sided
+tests), so a row says "contradicted" of a difference as large as its margin at most 1.25% of the time.
 """
 
 from __future__ import annotations
@@ -116,6 +122,37 @@ def auc(scores_pos: np.ndarray, scores_neg: np.ndarray) -> np.ndarray:
     ranks = rankdata(both, axis=-1)[..., : scores_pos.shape[-1]]
     n1, n0 = scores_pos.shape[-1], scores_neg.shape[-1]
     return (ranks.sum(-1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def weighted_auc(pos: np.ndarray, neg: np.ndarray, c_pos: np.ndarray, c_neg: np.ndarray) -> np.ndarray:
+    """`auc` of `pos` [n1] against `neg` [n0] with each record counted as often as a resample drew it
+    (c_pos [B, n1], c_neg [B, n0]: `counts`): sum_ij c_i d_j (1[pos_i > neg_j] + 1[pos_i == neg_j] / 2) /
+    (sum_i c_i sum_j d_j), [B] values, by one sort of `neg` and a prefix sum of its weights per resample
+    (B (n1 + n0) work and memory, no [n1, n0] table: the paper's scale has thousands of records per side)."""
+    order = np.argsort(neg, kind="stable")
+    cum = np.zeros((c_neg.shape[0], len(neg) + 1))
+    np.cumsum(c_neg[:, order], 1, out=cum[:, 1:])
+    below, upto = np.searchsorted(neg[order], pos, "left"), np.searchsorted(neg[order], pos, "right")
+    wins = cum[:, below]  # the weight of the non-members below each member, plus half that of the tied ones:
+    tied = np.nonzero(upto > below)[0]
+    wins[:, tied] += 0.5 * (cum[:, upto[tied]] - wins[:, tied])
+    return np.einsum("bi,bi->b", c_pos, wins) / (c_pos.sum(1) * c_neg.sum(1))
+
+
+def paired_auc_diff_ci(pos_a: np.ndarray, neg_a: np.ndarray, pos_b: np.ndarray, neg_b: np.ndarray) -> Interval:
+    """AUC(pos_a, neg_a) - AUC(pos_b, neg_b): two scorings (two runs) of the same members and the same
+    non-members (element k of pos_a and of pos_b is one record's two scores); members resampled once for
+    both scorings and non-members once for both, each group within itself, so what a record brings to both
+    runs (its difficulty) cancels in the difference."""
+    pa, na, pb, nb = (np.asarray(x, float) for x in (pos_a, neg_a, pos_b, neg_b))
+    if pa.shape != pb.shape or na.shape != nb.shape:
+        raise ValueError(f"paired scorings differ in size: {pa.shape} / {pb.shape} members, {na.shape} / {nb.shape}")
+
+    def diff(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        cp, cn = counts(i, len(pa)), counts(j, len(na))
+        return weighted_auc(pa, na, cp, cn) - weighted_auc(pb, nb, cp, cn)
+
+    return ci(diff, len(pa), len(na))
 
 
 def mean_diff_ci(a: np.ndarray, b: np.ndarray) -> Interval:
@@ -352,10 +389,17 @@ class Test:
     critical: float | None = None
     p_other: float | None = None  # a one-sided permutation test's p-value on the other side (it can contradict)
     unmet: str = ""  # a condition the finding also needs that the data does not meet (the test cannot hold)
+    margin: float = 0.0  # a two-sided test (side 0): contradicted when the CI lies within bound +- margin
 
     @classmethod
     def of(cls, label: str, interval: Sequence[float], bound: float = 0.0, side: int = 1) -> Test:
         return cls(label, *map(float, interval[:3]), bound=bound, side=side, boot=getattr(interval, "boot", None))
+
+    @classmethod
+    def differs(cls, label: str, interval: Sequence[float], margin: float, bound: float = 0.0) -> Test:
+        """Two-sided: holds when the CI excludes `bound`, contradicted when it lies within `bound` +- `margin`."""
+        return cls(label, *map(float, interval[:3]), bound=bound, side=0, boot=getattr(interval, "boot", None),
+                   margin=margin)
 
     @classmethod
     def permutation(cls, label: str, observed: float, p: float, critical: float, p_other: float | None = None,
@@ -367,10 +411,13 @@ class Test:
             return False
         if self.p is not None:  # a one-sided test (p_other set) at 2.5%, as one side of a 95% CI
             return self.p < (ALPHA / 2 if self.p_other is not None else ALPHA)
+        if self.side == 0:
+            return self.lo > self.bound or self.hi < self.bound
         return (self.lo > self.bound) if self.side > 0 else (self.hi < self.bound)
 
     def contradicts(self, m: int) -> bool:
-        """The one-sided bound at level CONTRADICT_ALPHA / m lies wholly on the other side of the bound."""
+        """The one-sided bound at level CONTRADICT_ALPHA / m lies wholly on the other side of the bound (a
+        two-sided test: both one-sided bounds lie within bound +- margin)."""
         if self.p is not None:  # a two-sided "differs" cannot contradict; a one-sided test on its other side
             return self.p_other is not None and self.p_other < CONTRADICT_ALPHA / m
         if not (math.isfinite(self.lo) and math.isfinite(self.hi)):
@@ -378,6 +425,9 @@ class Test:
         q = CONTRADICT_ALPHA / m
         if self.boot is None or not len(self.boot):
             return False
+        if self.side == 0:  # equivalence: both one-sided bounds within the margin (two one-sided tests)
+            lo, hi = np.quantile(self.boot, [q, 1 - q])
+            return self.margin > 0 and self.bound - self.margin < lo and hi < self.bound + self.margin
         far = np.quantile(self.boot, 1 - q if self.side > 0 else q)
         return (far < self.bound) if self.side > 0 else (far > self.bound)
 
@@ -391,16 +441,27 @@ class Test:
         if not (math.isfinite(self.lo) and math.isfinite(self.hi)):
             return f"{self.label}: too few records for an interval"
         size = DETECT_Z * (self.hi - self.lo) / (2 * 1.959964)
+        if self.side == 0:
+            return (f"{self.label}: a difference of +-{size:.3g} from {self.bound:.3g} (80% power); \"no "
+                    f"difference\" needs the CI within +-{self.margin:.3g}")
         return f"{self.label}: {'+' if self.side > 0 else '-'}{size:.3g} beyond {self.bound:.3g} (80% power)"
 
 
 def verdict(tests: Sequence[Test]) -> tuple[str, str]:
     """(holds | contradicted | inconclusive, why): the rule of the module docstring; `why` names the
-    contradicting tests, or the effect each undecided test could have detected."""
+    contradicting tests, or the effect each undecided test could have detected (or, two-sided tests that
+    each hold on opposite sides, their values)."""
     m = sum(t.p is None or t.p_other is not None for t in tests)  # the tests that can contradict
-    against = [t.label for t in tests if t.contradicts(m)]
+    against = [t for t in tests if t.contradicts(m)]
     if against:
-        return CONTRADICTED, "on the other side of the bound: " + ", ".join(against)
+        beyond = [t.label for t in against if t.side]
+        within = [f"{t.label} (within +-{t.margin:.3g} of {t.bound:.3g})" for t in against if not t.side]
+        return CONTRADICTED, "; ".join([f"on the other side of the bound: {', '.join(beyond)}"] * bool(beyond)
+                                       + [f"no difference: {', '.join(within)}"] * bool(within))
     if all(t.holds() for t in tests):
-        return HOLDS, ""
+        two_sided = [t for t in tests if t.side == 0]
+        if len({t.lo > t.bound for t in two_sided}) <= 1:
+            return HOLDS, ""
+        return INCONCLUSIVE, "the differences lie on opposite sides of 0: " + ", ".join(
+            f"{t.label} {t.value:+.3g}" for t in two_sided)
     return INCONCLUSIVE, "the sample could detect " + "; ".join(t.detectable() for t in tests if not t.holds())

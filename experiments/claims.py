@@ -18,7 +18,10 @@ Conventions, the same in every row:
   **inconclusive** (neither; with the effect the sample could have detected), **not measured** (an input
   is missing: a figure step failed, no judge, data without the demo world's ground truth; with the reason);
 - each rule's false-holds and false-contradicted rates at the miniature's sizes are measured by
-  tests/unit/test_claim_calibration.py and listed in experiments/README.md.
+  tests/unit/test_claim_calibration.py and listed in experiments/README.md;
+- one row tests a two-sided "differs" by CIs (issue 32's membership row, `Test.differs`): it holds when every
+  rate's CI excludes 0 and all lie on one side, and is contradicted by equivalence, a CI (widened as above)
+  within a stated margin of 0.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from experiments.claim_statistics import (
     SEED,
     UNMEASURED,
     Test,
+    auc,
     auc_ci,
     category_gap_test,
     gain_shares_ci,
@@ -47,6 +51,7 @@ from experiments.claim_statistics import (
     length_strata,
     mean_diff_ci,
     net_win_ci,
+    paired_auc_diff_ci,
     paired_diff_ci,
     partial_spearman_ci,
     permutation_test,
@@ -69,6 +74,7 @@ MIN_RECORDS = 5  # per category, for Zeng's claim 1 and Fig. 7
 MIN_CATEGORIES = 4  # Fig. 7: "the lowest third" of fewer categories is the lowest one alone
 LOW_TASKS = ("classification", "open_qa", "closed_qa")  # Zeng's low-memorization tasks the demo and Dolly have
 WORLD_SEED = 0  # the demo world of `data: demo` (mbc_jax.train materializes seed 0)
+MEMBERSHIP_MARGIN = 0.05  # membership: "no difference" when MBC's AUC is within 0.05 of uniform's
 
 
 class Missing(Exception):
@@ -273,6 +279,17 @@ def familiarity_rule(pos: np.ndarray, unseen: np.ndarray, others: np.ndarray, la
         w = auc_ci(pos, others)
         text += f"; extra, against all others ({len(others)}): {fmt(w[0])} [{fmt(w[1])}, {fmt(w[2])}]"
     return text, [Test.of(label, v, 0.5)]
+
+
+def membership_rule(members: np.ndarray, non_members: np.ndarray, label: str) -> tuple[str, list[Test]]:
+    """Issue 32: the loss signal's membership AUC of the MBC run minus the baseline's at one learning rate.
+    members [2, n1], non_members [2, n0]: row 0 MBC's scores, row 1 the baseline's, of the same records
+    (column k one record in both runs); members resampled once for both runs, non-members once for both."""
+    v = paired_auc_diff_ci(members[0], non_members[0], members[1], non_members[1])
+    a, b = (float(auc(members[k], non_members[k])) for k in (0, 1))
+    text = (f"{label} ({members.shape[1]} members vs {non_members.shape[1]} non-members): MBC {fmt(a)}, uniform "
+            f"{fmt(b)}; " + _ci_text("MBC - uniform", v))
+    return text, [Test.differs(label, v, MEMBERSHIP_MARGIN)]
 
 
 # ----------------------------------------------------------------------------- the findings, from run folders
@@ -566,6 +583,58 @@ def mbc_above_baseline(pairs: Sequence[tuple[RunFolder, RunFolder]], figs: Path)
     return _collect(pairs, one)
 
 
+def _loss_scores(runs: Sequence[RunFolder], column: str, split: str, step: int) -> np.ndarray:
+    """[len(runs), n]: membership's `loss` signal (minus the mean NLL: -log perplexity) of the `split` records
+    at `step`, records in the same order in every run; records without a value in some run left out."""
+    index, values = None, []
+    for run in runs:
+        _, i, v = run.record_matrix(column, split, [step])
+        if index is not None and not np.array_equal(i, index):
+            raise Missing(f"{runs[0].label} and {run.label} do not hold the same {split} records")
+        index = i
+        values.append(v[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores = -np.log(np.asarray(values, float))
+    return scores[:, np.all(np.isfinite(scores), 0)]
+
+
+def mbc_membership_differs(pairs: Sequence[tuple[RunFolder, RunFolder]], figs: Path) -> Result:
+    """Issue 32: does MBC change how well a membership attack tells its training records from held-out ones?
+    Per (MBC, baseline) pair at one learning rate, at their last common snapshot after step 0:
+    - the signal: `loss` (minus the mean NLL over the trained positions, experiments.membership's primary
+      signal): every snapshot has it (Min-K%, Min-K%++ and zlib need issue 32's columns), it is what MBC's
+      sampler acts on, and one signal fixed in advance needs no correction over five strongly correlated ones
+      (membership.csv has every signal's AUC per run beside it). `reference` subtracts each record's step-0
+      loss, a per-record constant the two runs share (one base model), so it asks the same question on a
+      recentred scale;
+    - the test: the AUC of MBC minus that of the baseline; both runs score the same members (training records)
+      and non-members (validation records), so the bootstrap resamples the members once for both runs and the
+      non-members once for both (paired, stratified): a record's difficulty, shared by both runs, cancels;
+    - the verdict: two-sided, the direction not fixed in advance: holds when every rate's 95% CI excludes 0,
+      all on one side (the values say whether MBC is above or below); contradicted when a rate's CI at
+      0.0125 / m each side lies within +-MEMBERSHIP_MARGIN (equivalence: the AUCs differ by less than 0.05);
+      rates combine as in every row (each one `Test`, Bonferroni over them for "contradicted").
+    Not measured without a validation split in the snapshots (no non-members) or a shared snapshot after
+    step 0. MIMIR's caveat holds here in its favourable form: the non-members are a random hold-out of the
+    same data, so a difference is memorization, not a shift in distribution."""
+    def one(pair: tuple[RunFolder, RunFolder]) -> tuple[str, list[Test]]:
+        mbc, base = pair
+        column = {"full": "perplexity", "response": "response_perplexity"}[common.trained_positions(base)]
+        if common.trained_positions(mbc) != common.trained_positions(base):
+            raise Missing(f"{mbc.label} and {base.label} trained different positions (loss_on)")
+        shared = sorted(set(mbc.memorization_steps()) & set(base.memorization_steps()) - {0})
+        if not shared:
+            raise Missing(f"{mbc.label} and {base.label} share no memorization snapshot after step 0")
+        members = _loss_scores((mbc, base), column, "train", shared[-1])
+        non_members = _loss_scores((mbc, base), column, "val", shared[-1])
+        if members.shape[1] < 2 or non_members.shape[1] < 2:
+            raise Missing(f"{base.label}: {members.shape[1]} training and {non_members.shape[1]} validation records "
+                          f"with {column} in both runs' step-{shared[-1]} snapshots; membership needs a validation "
+                          "split (val_fraction or val_data) and >= 2 records each side")
+        return membership_rule(members, non_members, f"{base.lr_label}, step {shared[-1]} ({column})")
+    return _collect(pairs, one)
+
+
 def baseline_rises_then_falls(runs: Sequence[RunFolder], figs: Path) -> Result:
     run = max(runs, key=lambda r: r.learning_rate)  # the paper's Fig. 6 shows it at the higher rate (5e-5)
     column, tokens = _trained(run)
@@ -639,6 +708,14 @@ MBC_FINDINGS = (
      f"holds: gap > 0 by a one-sided permutation test of the category labels (p < 0.025, 1000 permutations; "
      f"contradicted when {HARD_TASK} lies above the others at p < 0.0125 / 2), {HARD_TASK} among the lowest third "
      f"(rank <= ceil(K / 3)), and its change's CI > 0", mbc_category_memorization),
+    ("MBC's membership AUC at the last checkpoint differs from uniform's (issue 32)",
+     "AUC of the loss signal (minus the mean NLL over the trained positions) separating the training records "
+     "(members) from the validation records (non-members), MBC minus the baseline at the same learning rate, at "
+     "their last common snapshot; the same records in both runs, members resampled once for both and non-members "
+     "once for both (paired, stratified bootstrap); each run's AUC beside it",
+     f"holds: every rate's CI excludes 0, all on one side (two-sided: MBC above uniform at every rate or below at "
+     f"every rate, as the values show); contradicted when a rate's CI, at 0.0125 / m each side, lies within "
+     f"+-{MEMBERSHIP_MARGIN} (no difference)", mbc_membership_differs),
 )
 RUN_WISE = (mbc_draws_unmemorized, mbc_category_memorization)  # MBC rows of the MBC runs alone (no baseline pair)
 
@@ -773,9 +850,22 @@ def evaluate(baselines: Sequence[RunFolder], figs: str | Path, judge_results: Se
 
 
 VERDICT_WORDS = (f"**{HOLDS}**: every CI lies on the finding's side of its bound; **{CONTRADICTED}**: a CI (widened "
-                 "for the row's number of tests, Bonferroni) lies wholly on the other side; **{INCONCLUSIVE}**: "
+                 "for the row's number of tests, Bonferroni) lies wholly on the other side (for the two-sided "
+                 "membership row: within its margin of 0); **{INCONCLUSIVE}**: "
                  "neither, with the effect beyond the bound the sample could have detected (80% power); "
                  f"**{UNMEASURED}**: an input is missing, with the reason").replace("{INCONCLUSIVE}", INCONCLUSIVE)
+
+
+MEMBERSHIP_READING = (
+    "Reading the membership row (issue 32): each run's AUC is the chance that a training record (member) has a lower "
+    "loss than a validation record (non-member) at the last snapshot, 0.5 being chance; the row tests MBC's minus "
+    "uniform's, the same records in both runs. **holds** means MBC changes the attack's success in one direction at "
+    "every rate (above 0: MBC's training records are easier to tell from held-out ones, a privacy cost; below: "
+    "harder); **contradicted** means the two AUCs lie within +-0.05 of each other; **inconclusive** gives the "
+    "difference the sample could have found. The non-members are a random hold-out of the same data (or the "
+    "demo's held-out suite from the same generator), so the AUCs measure memorization rather than the shift in "
+    "distribution that MIMIR (Duan et al. 2024) found behind many reported membership successes; the step-0 AUC in "
+    "the membership section (near 0.5) checks it.")
 
 
 def markdown(rows: Sequence[Claim]) -> str:
@@ -793,4 +883,5 @@ def markdown(rows: Sequence[Claim]) -> str:
         [[r.finding, r.statistic, "; ".join(r.values) or "n/a", r.rule,
           f"**{r.verdict}**" + (f": {r.why}" if r.why else "")] for r in rows],
         ["finding", "statistic (definition)", "measured [95% CI]", "rule", "verdict"])
-    return head + table + "\n"
+    reading = f"\n{MEMBERSHIP_READING}\n" if any(r.finding == MBC_FINDINGS[3][0] for r in rows) else ""
+    return head + table + "\n" + reading

@@ -78,9 +78,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def demo_claims(run_dir, mbc_dir=None) -> str:
-    """The claims check in short, on the demo's uniform run (and its MBC run, `mbc_dir`, for Figs. 6 and 8):
-    the findings its run folders and data map (written to `<run_dir>/../figures/`) can test;
-    `reproduce --scale tiny` measures the rest."""
+    """The claims check in short, on the demo's uniform run (and its MBC run, `mbc_dir`, for Figs. 6 and 8 and
+    the membership row): the findings its run folders and data map (written to `<run_dir>/../figures/`) can
+    test; `reproduce --scale tiny` measures the rest."""
     from experiments import claims, fig2_data_map
     from mbc_jax.run_folder import RunFolder
 

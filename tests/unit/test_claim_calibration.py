@@ -255,6 +255,27 @@ def familiarity(rng, effect: bool) -> list[st.Test]:
     return tests
 
 
+MEMBERSHIP_NOISE = 0.3  # each run's own per-record noise beside the shared difficulty (SD 1): correlation 0.92
+MEMBERSHIP_AUC = {LRS[0]: 0.7, LRS[1]: 0.8}  # the baseline's loss AUC at the last checkpoint, per rate
+MEMBERSHIP_PLANTED = 0.07
+
+
+def membership(rng, diff: float) -> list[st.Test]:
+    """Issue 32's row: per rate, the loss signal of 320 training records (members) and 80 validation records
+    (non-members) under the baseline and MBC. A record's score is its difficulty (shared by both runs, SD 1)
+    plus, for members, the run's gap, plus the run's own noise (SD MEMBERSHIP_NOISE); the gaps give the
+    baseline MEMBERSHIP_AUC[rate] and MBC that plus `diff` (binormal: AUC = Phi(gap / sqrt(2 (1 + noise^2))))."""
+    tests = []
+    scale = np.sqrt(2 * (1 + MEMBERSHIP_NOISE ** 2))
+    for lr in LRS:
+        gaps = np.array([norm.ppf(MEMBERSHIP_AUC[lr] + diff), norm.ppf(MEMBERSHIP_AUC[lr])]) * scale
+        n1 = sum(CATEGORY_SIZES.values())
+        members = rng.normal(0, 1, n1) + gaps[:, None] + rng.normal(0, MEMBERSHIP_NOISE, (2, n1))
+        non_members = rng.normal(0, 1, N_VAL) + rng.normal(0, MEMBERSHIP_NOISE, (2, N_VAL))
+        tests += claims.membership_rule(members, non_members, lr)[1]
+    return tests
+
+
 ROWS = {  # name: (simulation, the planted effect)
     "plateau (Fig. 1)": (plateau, "early share 0.75, late 0.1"),
     "response above full (Fig. 1)": (response, "+0.03 on the response (record SD 0.1)"),
@@ -300,6 +321,19 @@ def test_a_planted_effect_is_found(row):
     sim, _ = ROWS[row]
     r = rates(sim, N_POWER, 2, effect=True)
     assert r[st.HOLDS] >= MIN_POWER and r[st.CONTRADICTED] == 0, (row, r)
+
+
+def test_membership_row_false_verdicts_and_power():
+    """The two-sided membership row has no single point where both false verdicts sit: with the same AUC in
+    both runs "holds" is false (and "contradicted", no difference, is right); with the AUCs apart by exactly
+    the equivalence margin "contradicted" is false. Each at most 5% (MAX_FALSE of N_NULL seeds); a planted
+    difference beyond the margin holds in >= MIN_POWER of N_POWER seeds and is never contradicted."""
+    same = rates(membership, N_NULL, 1, diff=0.0)
+    assert same[st.HOLDS] * N_NULL <= MAX_FALSE, same
+    apart = rates(membership, N_NULL, 1, diff=claims.MEMBERSHIP_MARGIN)
+    assert apart[st.CONTRADICTED] * N_NULL <= MAX_FALSE, apart
+    planted = rates(membership, N_POWER, 2, diff=MEMBERSHIP_PLANTED)
+    assert planted[st.HOLDS] >= MIN_POWER and planted[st.CONTRADICTED] == 0, planted
 
 
 @pytest.mark.parametrize("sim", [task, direction])
@@ -359,3 +393,10 @@ if __name__ == "__main__":
     for row, (sim, planted) in ROWS.items():
         null, power = rates(sim, N_NULL, 1, effect=False), rates(sim, N_POWER, 2, effect=True)
         print(f"| {row} | {null[st.HOLDS]:.1%} | {null[st.CONTRADICTED]:.1%} | {planted} | {power[st.HOLDS]:.0%} |")
+    same, apart = rates(membership, N_NULL, 1, diff=0.0), rates(membership, N_NULL, 1, diff=claims.MEMBERSHIP_MARGIN)
+    power = rates(membership, N_POWER, 2, diff=MEMBERSHIP_PLANTED)
+    print(f"| MBC's membership AUC differs (issue 32) | {same[st.HOLDS]:.1%} at the same AUC | "
+          f"{apart[st.CONTRADICTED]:.1%} at +{claims.MEMBERSHIP_MARGIN} (the margin) | +{MEMBERSHIP_PLANTED} AUC | "
+          f"{power[st.HOLDS]:.0%} |")
+    print(f"membership at the same AUC: contradicted (no difference, right) {same[st.CONTRADICTED]:.1%}, "
+          f"inconclusive {same[st.INCONCLUSIVE]:.1%}; at the margin: holds {apart[st.HOLDS]:.1%}")

@@ -196,7 +196,9 @@ def make_run(root: Path, *, plateau: bool, data: str = "demo", n: int = 24, n_va
 
 def make_mbc_run(base: RunFolder, *, good: bool) -> RunFolder:
     """The MBC run beside `base` (same records and steps): memorization 0.05 above the baseline's when good
-    (below when not), and each record drawn more the higher its step-0 perplexity when good (less when not)."""
+    (below when not), each record drawn more the higher its step-0 perplexity when good (less when not), and,
+    when good, the training records' perplexity after step 0 a factor exp(-0.2) below the baseline's (its
+    membership AUC apart from the baseline's; when not, the same perplexities: the same AUC)."""
     import shutil
 
     path = base.path.parent / (base.path.name + "_mbc")
@@ -207,6 +209,8 @@ def make_mbc_run(base: RunFolder, *, good: bool) -> RunFolder:
         rows = list(csv.DictReader(f.open()))
         for r in rows:
             r["exact_match"] = str(float(r["exact_match"]) + (0.05 if good else -0.05))
+            if good and r["split"] == "train" and int(r["step"]) > 0:
+                r["perplexity"] = str(float(r["perplexity"]) * math.exp(-0.2))
         _csv(f, rows)
     step0 = [r for r in csv.DictReader((path / "memorization" / "step_00000000.csv").open()) if r["split"] == "train"]
     _csv(path / "sampling.csv", [{"index": r["index"], "id": r["id"], "category": r["category"],
@@ -517,3 +521,80 @@ def test_category_gap_test_against_a_numpy_permutation_loop():
     assert p == pytest.approx((1 + (null >= gap - 1e-12).sum()) / (1 + st.N_BOOT))
     assert p_other == pytest.approx((1 + (null <= gap + 1e-12).sum()) / (1 + st.N_BOOT))
     assert critical == pytest.approx(np.quantile(null, 0.975))
+
+
+# ----------------------------------------------------------------------------- issue 32: membership, MBC vs uniform
+
+
+def test_paired_auc_difference_against_a_numpy_loop():
+    rng = np.random.default_rng(8)
+    members, non_members = rng.integers(0, 6, (2, 13)).astype(float), rng.integers(0, 6, (2, 7)).astype(float)
+
+    def pairwise(p, n):
+        return np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a in p for b in n])
+
+    v, lo, hi = st.paired_auc_diff_ci(members[0], non_members[0], members[1], non_members[1])
+    assert v == pytest.approx(pairwise(members[0], non_members[0]) - pairwise(members[1], non_members[1]))
+    im, inn = boot_indices(13, 7)  # the same resampled records in both runs
+    brute = [pairwise(members[0, i], non_members[0, j]) - pairwise(members[1, i], non_members[1, j])
+             for i, j in zip(im, inn)]
+    assert (lo, hi) == pytest.approx(percentile(brute))
+
+
+def membership_row(rows) -> claims.Claim:
+    return next(r for r in rows if r.finding == claims.MBC_FINDINGS[3][0])
+
+
+def test_membership_row_holds_when_mbc_separates_members_more(good):
+    run, figs = good
+    mbc = make_mbc_run(run, good=True)
+    values, tests = claims.mbc_membership_differs([(mbc, run)], figs)
+    assert st.verdict(tests) == (claims.HOLDS, "")
+    # the loss signal at the last snapshot (step 60), recomputed from the CSVs: minus log perplexity
+    aucs = []
+    for r in (mbc, run):
+        snap = list(csv.DictReader((r.path / "memorization" / "step_00000060.csv").open()))
+        score = {s: [-math.log(float(x["perplexity"])) for x in snap if x["split"] == s] for s in ("train", "val")}
+        aucs.append(np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a in score["train"] for b in score["val"]]))
+    assert values[0].startswith(f"{run.lr_label}, step 60 (perplexity) (24 members vs 10 non-members): MBC "
+                                f"{fmt(aucs[0])}, uniform {fmt(aucs[1])}; MBC - uniform: {fmt(aucs[0] - aucs[1])} [")
+    assert aucs[0] - aucs[1] > 0.3
+
+
+def test_membership_row_is_contradicted_by_the_same_auc(bad):
+    run, figs = bad
+    rows = claims.evaluate([run], figs, mbc=[make_mbc_run(run, good=False)])
+    row = membership_row(rows)
+    assert claims.markdown(rows).endswith(f"\n\n{claims.MEMBERSHIP_READING}\n")  # REPORT.md's reading of the row
+    assert row.verdict == claims.CONTRADICTED and row.why.startswith("no difference: ") and "within +-0.05 of 0" in \
+        row.why, (row.values, row.why)
+    assert "MBC - uniform: 0.000 [0.000, 0.000]" in row.values[0]
+
+
+def test_membership_row_inconclusive_with_the_detectable_difference():
+    rng = np.random.default_rng(3)
+    # 12 members and 6 non-members, the two runs' scores unrelated: the CI of the difference is wide
+    text, tests = claims.membership_rule(rng.normal(0.3, 1, (2, 12)), rng.normal(0, 1, (2, 6)), "lr 1e-3")
+    word, why = st.verdict(tests)
+    assert word == claims.INCONCLUSIVE and "lr 1e-3: a difference of +-" in why and "within +-0.05" in why, why
+    assert text.startswith("lr 1e-3 (12 members vs 6 non-members): MBC ")
+    # two rates whose CIs each exclude 0, on opposite sides: the row does not hold (two-sided, one direction)
+    up = claims.membership_rule(np.array([[2.0] * 8, [0.5] * 8]), np.zeros((2, 8)) + [[1.0], [1.0]], "a")[1]
+    down = claims.membership_rule(np.array([[0.5] * 8, [2.0] * 8]), np.ones((2, 8)), "b")[1]
+    assert all(t.holds() for t in up + down)
+    word, why = st.verdict(up + down)
+    assert word == claims.INCONCLUSIVE and why == "the differences lie on opposite sides of 0: a +1, b -1"
+
+
+def test_membership_row_not_measured_without_validation_records_or_snapshots(tmp_path):
+    run = make_run(tmp_path, plateau=True, n_val=0)
+    row = membership_row(claims.evaluate([run], tmp_path, mbc=[make_mbc_run(run, good=True)]))
+    assert row.verdict == claims.UNMEASURED and "0 validation records" in row.why and "val_fraction" in row.why
+    other = make_run(tmp_path / "other", plateau=True)
+    late = make_mbc_run(other, good=True)
+    for f in (late.path / "memorization").iterdir():
+        if f.name != "step_00000000.csv":
+            f.unlink()
+    late = RunFolder.open(late.path)
+    with pytest.raises(claims.Missing, match="share no memorization snapshot after step 0"):
+        claims.mbc_membership_differs([(late, other)], tmp_path)
