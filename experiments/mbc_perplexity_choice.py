@@ -23,6 +23,7 @@ import numpy as np
 from experiments import common
 from experiments.common import Artifact, fmt
 from experiments.fig8_sampling_frequency import HEALTH_COLUMNS, health_rows
+from mbc_jax import UserError
 from mbc_jax.run_folder import RunFolder
 
 NAME = "mbc_perplexity_choice"
@@ -41,12 +42,18 @@ def mbc_metric(run: RunFolder) -> str:
     return str(run.config.get("loss_on", "full")) if metric == "loss" else str(metric)
 
 
+def name(run: RunFolder) -> str:
+    """The run's label with its weighting: two MBC runs at one rate share a label otherwise."""
+    metric = mbc_metric(run)
+    return run.label if metric == "uniform" else f"{run.label}, {metric} perplexity"
+
+
 def curve_rows(run: RunFolder) -> list[dict]:
     """The training records' pooled exact memorization and pooled perplexity at every snapshot."""
     rows = []
     for step in run.memorization_steps():
         t = run.memorization(step, "train")
-        rows.append({"run": run.label, "metric": mbc_metric(run), "step": step,
+        rows.append({"run": name(run), "metric": mbc_metric(run), "step": step,
                      "exact_match": common.pooled_exact_match(t),
                      "response_exact_match": common.pooled_exact_match(t, response=True),
                      "perplexity": _pooled_perplexity(t, ""),
@@ -63,7 +70,7 @@ def _pooled_perplexity(t: dict[str, np.ndarray], prefix: str) -> float:
 
 
 def summary_row(run: RunFolder, health: list[dict]) -> dict:
-    row = {"run": run.label, "metric": mbc_metric(run), "refreshes": len(health), "records": run.n_train}
+    row = {"run": name(run), "metric": mbc_metric(run), "refreshes": len(health), "records": run.n_train}
     if not health:
         return row
     low = min(health, key=lambda r: r["ess"])
@@ -80,7 +87,7 @@ def describe(summary: list[dict], curves: list[dict]) -> str:
     for s in summary:
         if s["metric"] == "uniform" or not s["refreshes"]:
             continue
-        parts.append(f"weighting by {s['metric']} perplexity ({s['run']}): effective sample size "
+        parts.append(f"{s['run']}: effective sample size "
                      f"{fmt(s['ess_first'], 1)} ({s['ess_share_first']:.0%} of {s['records']}) at step 0, lowest "
                      f"{fmt(s['ess_min'], 1)} ({s['ess_share_min']:.0%}), {fmt(s['ess_last'], 1)} at the last refresh; "
                      f"largest single weight {s['max_weight_max']:.3f}; {s['distinct_drawn']} distinct records drawn "
@@ -114,9 +121,12 @@ def plot(health: dict[str, list[dict]], curves: list[dict], path: Path) -> Path:
 def build(runs: Sequence[RunFolder], out: str | Path) -> Artifact:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    health = {run.label: health_rows(run) for run in runs}
+    health = {name(run): [{**r, "run": name(run)} for r in health_rows(run)] for run in runs}
+    if len(health) < len(runs):
+        raise UserError(f"{NAME}: two of the runs have the same label and weighting: "
+                        f"{', '.join(str(r.path) for r in runs)}")
     curves = [row for run in runs for row in curve_rows(run)]
-    summary = [summary_row(run, health[run.label]) for run in runs]
+    summary = [summary_row(run, health[name(run)]) for run in runs]
     csvs = [common.write_csv(out / f"{NAME}.csv", curves, CURVE_COLUMNS),
             common.write_csv(out / f"{NAME}_summary.csv", summary, SUMMARY_COLUMNS),
             common.write_csv(out / f"{NAME}_health.csv", [r for rows in health.values() for r in rows],
