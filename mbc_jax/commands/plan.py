@@ -14,6 +14,10 @@ at every checkpoint step; `checkpoints.disk_needed`). Only the model's `config.j
 local folder, the local Hugging Face cache, the built-in shapes in `mbc_jax/model_configs/`, or
 `--model-config FILE`.
 
+`--health` (opt-in, real work) also loads the config's model weights and takes the trainer's step-0 MBC
+refresh on these CPU devices: one scoring pass over the training records, then the sampling health of the
+step-0 weights (`commands/plan_health.py`).
+
 The numbers are what XLA's CPU compiler plans for the sharded program; a TPU or GPU compiler
 fuses differently (and CPU computes bfloat16 matmuls in float32), so leave some headroom.
 """
