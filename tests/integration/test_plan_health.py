@@ -117,7 +117,10 @@ def test_a_planted_surprising_record_prints_the_trainers_warning(tmp_path, capsy
                               "records (2.4% < 10%); heaviest: planted (p 1.00, perplexity ")
 
 
-def test_a_uniform_sampler_has_no_health_and_loads_no_weights(tmp_path, capsys):
-    out, plan = run_plan(tmp_path, capsys, ["--config", DEMO, *SMALL, "sampler=uniform", "demo_records=60"])
+def test_a_uniform_sampler_has_no_health_and_loads_no_weights(tmp_path, capfd):
+    """16 devices, more than pytest's 8: the plan, and `--health` with it, runs again in a process of its own."""
+    out, plan = run_plan(tmp_path, capfd, ["--config", DEMO, "--mesh=1,-1,1", "--devices", "16", *SMALL[2:],
+                                           "sampler=uniform", "demo_records=60"])
+    assert plan["devices"] == 16
     assert plan["health"] == {"applies": False, "sampler": "uniform"}
     assert "MBC health: does not apply (sampler: uniform draws every record equally)" in out
