@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mbc_jax import distributed
 from mbc_jax.config import TrainConfig
@@ -23,9 +24,11 @@ from mbc_jax.run_setup import local_model_folder, set_up
 from mbc_jax.train import Trainer
 
 
-def create_trainer(cfg: TrainConfig, override: bool = False, log: Callable[[str], None] = print) -> Trainer:
-    """The `Trainer` of `cfg` (`run_setup.set_up`), its model and data resolved by `model_folder`."""
-    return set_up(cfg, override, log, model_folder=model_folder)
+def create_trainer(cfg: TrainConfig, override: bool = False, log: Callable[[str], None] = print,
+                   devices: Any = None) -> Trainer:
+    """The `Trainer` of `cfg` (`run_setup.set_up`), its model and data resolved by `model_folder`, its mesh
+    over `devices` (default: all of this process's)."""
+    return set_up(cfg, override, log, model_folder=model_folder, devices=devices)
 
 
 def model_folder(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None] = print) -> tuple[Path, bool]:

@@ -38,9 +38,10 @@ def local_model_folder(cfg: TrainConfig, run_dir: Path, log: Callable[[str], Non
 
 
 def set_up(cfg: TrainConfig, override: bool = False, log: Callable[[str], None] = print,
-           model_folder: ModelFolder = local_model_folder) -> Trainer:
+           model_folder: ModelFolder = local_model_folder, devices: Any = None) -> Trainer:
     """The `Trainer` of `cfg`, its run folder written (config.yaml last, once model and data accepted it).
-    A run folder made with a different config is refused unless `override`."""
+    A run folder made with a different config is refused unless `override`. Its mesh spans `devices`
+    (default: all of this process's)."""
     distributed.initialize()  # no-op for one process, and when the CLI already did it
     run_dir = as_path(cfg.out)  # a local folder, or a URL (gs://...: mbc_jax/paths.py)
     orbax_dir(run_dir)  # a URL orbax cannot write fails now, not after the model loaded
@@ -55,7 +56,7 @@ def set_up(cfg: TrainConfig, override: bool = False, log: Callable[[str], None] 
                 f"use another `out`, or pass --override to continue it with the new config"
             )
     trackers.check(cfg.tracker)  # a missing optional package fails before the model loads
-    model = load_run_model(cfg, *model_folder(cfg, run_dir, log), make_mesh(cfg.mesh), log)
+    model = load_run_model(cfg, *model_folder(cfg, run_dir, log), make_mesh(cfg.mesh, devices), log)
     writer.write_model(model.hf_config, model.tokenizer)  # the run keeps its own copy, for export
     data = load_run_data(cfg, run_dir, model, log)
     writer.write_records({"train": data.train, "val": data.val})

@@ -359,31 +359,28 @@ class Trainer:
         return self._finish()
 
     def _draw(self, step: int, params) -> tuple[np.ndarray, Batch]:
-        """(drawn record indices, their packed batch) of `step`, after the sampler's refresh (MBC re-scores
-        every k steps, through `_mbc_score`)."""
-        refreshes = self.mbc_refreshes
-        self.sampler.before_step(step, params, functools.partial(self._mbc_score, step))
-        if self.mbc_refreshes != refreshes:
-            self._report_health(step)
+        """(drawn record indices, their packed batch) of `step`, after the sampler's refresh (`refresh`)."""
+        health = self.refresh(step, params)
+        if health is not None and health["warning"]:
+            self.log(health["warning"])
         idx = self.sampler.draw(step)
         return idx, self.train_batch(idx)
 
-    def _report_health(self, step: int) -> None:
-        """After an MBC refresh: how concentrated the new weights are (`samplers.weight_health`) as a
-        record in mbc_health.jsonl, and one warning line when the effective sample size falls below
-        `ESS_WARN_SHARE` of N, naming the heaviest records."""
+    def refresh(self, step: int, params) -> dict | None:
+        """The sampler's refresh before drawing `step` (MBC re-scores every k steps, through `_mbc_score`).
+        After a refresh: how concentrated the new weights are (`samplers.weight_health`, its heaviest records
+        left out) as a record in mbc_health.jsonl; returned with `heaviest` and `warning` (`health_warning`:
+        one line, or None). None when the sampler did not re-score. `mbc-jax plan --health` calls it at step 0."""
+        refreshes = self.mbc_refreshes
+        self.sampler.before_step(step, params, functools.partial(self._mbc_score, step))
+        if self.mbc_refreshes == refreshes:
+            return None
         h = weight_health(self.sampler.probabilities(), self.sampler.counts)
-        heaviest = h.pop("heaviest")
-        self.health = [r for r in self.health if r["step"] < step] + [{"step": step, **h}]
+        record = {"step": step, **{k: v for k, v in h.items() if k != "heaviest"}}
+        self.health = [r for r in self.health if r["step"] < step] + [record]
         self.writer.write_health(self.health)
-        if h["ess_share"] < ESS_WARN_SHARE:
-            named = ", ".join(
-                f"{self.data.train[i].id} (p {self.sampler.probabilities()[i]:.2f}, perplexity "
-                f"{self.sampler.perplexity[i]:.4g}, {self.data.train[i].response_tokens} response tokens)"
-                for i in heaviest)
-            self.log(f"warning: step {step}: MBC's weights are concentrated: effective sample size "
-                     f"{h['ess']:.1f} of {len(self.data.train)} records ({h['ess_share']:.1%} < "
-                     f"{ESS_WARN_SHARE:.0%}); heaviest: {named}")
+        return {**record, "heaviest": h["heaviest"],
+                "warning": health_warning(step, h, self.sampler, self.data.train)}
 
     def _step(self, step: int, state: dict, idx: np.ndarray, batch: Batch) -> tuple[dict, dict, float]:
         """One jitted train step on `batch`: (new state, metrics with the loss as a float, its seconds);
@@ -427,6 +424,19 @@ class Trainer:
         self.writer.write_summary(summary)
         return summary
 
+
+
+def health_warning(step: int, health: dict, sampler: Any, records: list[Example]) -> str | None:
+    """The one warning line of an MBC refresh whose weights' effective sample size (`health`, from
+    `samplers.weight_health`) falls below `ESS_WARN_SHARE` of N, naming the heaviest records with their
+    weight, perplexity and response length; None above it."""
+    if health["ess_share"] >= ESS_WARN_SHARE:
+        return None
+    p = sampler.probabilities()
+    named = ", ".join(f"{records[i].id} (p {p[i]:.2f}, perplexity {sampler.perplexity[i]:.4g}, "
+                      f"{records[i].response_tokens} response tokens)" for i in health["heaviest"])
+    return (f"warning: step {step}: MBC's weights are concentrated: effective sample size {health['ess']:.1f} of "
+            f"{len(records)} records ({health['ess_share']:.1%} < {ESS_WARN_SHARE:.0%}); heaviest: {named}")
 
 class _CheckpointHook:
     """At every checkpoint step: the memorization snapshot and eval record (unless the snapshot exists),

@@ -14,6 +14,10 @@ at every checkpoint step; `checkpoints.disk_needed`). Only the model's `config.j
 local folder, the local Hugging Face cache, the built-in shapes in `mbc_jax/model_configs/`, or
 `--model-config FILE`.
 
+`--health` (opt-in, real work) also loads the config's model weights and takes the trainer's step-0 MBC
+refresh on these CPU devices: one scoring pass over the training records, then the sampling health of the
+step-0 weights (`commands/plan_health.py`).
+
 The numbers are what XLA's CPU compiler plans for the sharded program; a TPU or GPU compiler
 fuses differently (and CPU computes bfloat16 matmuls in float32), so leave some headroom.
 """
@@ -32,6 +36,7 @@ from typing import Any
 
 from mbc_jax import UserError
 from mbc_jax.commands.common import add_mesh_arg
+from mbc_jax.commands.plan_health import data_summary, health_report, step0_health
 
 GIB = 1 << 30
 BUILTIN = Path(__file__).resolve().parents[1] / "model_configs"
@@ -58,6 +63,11 @@ def register(sub) -> None:
                    help="tokenizer folder: also load and tokenize the config's data as training would, and report "
                         "the training records, those left out with no loss target and the cut responses (by "
                         "category), and the steps (the record count replaces --train-records)")
+    p.add_argument("--health", action="store_true",
+                   help="also load the config's model weights and score its training records once, as training "
+                        "does at step 0, and report MBC's sampling health: the effective sample size of the "
+                        "step-0 weights, the largest weight, the top 1%%'s share, and the trainer's warning line "
+                        "naming the heaviest records when they concentrate (real work: a forward pass per record)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the plan's numbers (bytes) as JSON to FILE")
     p.set_defaults(func=run)
 
@@ -295,7 +305,7 @@ def plan_data(cfg: Any, tokenizer_dir: str, vocab_size: int | None) -> dict:
             materialize(Path(tmp) / "data", num_records=cfg.demo_records, seed=0)
         data = tokenize_run_data(cfg, *data_paths(cfg, Path(tmp)), tokenizer, vocab_size,
                                  log=lambda m: print(m, file=sys.stderr))
-    return {"train_records": len(data.train), "val_records": len(data.val), **data.targets.as_dict()}
+    return data_summary(data)
 
 
 def steps_line(disk: dict) -> str:
@@ -343,6 +353,7 @@ def report(result: dict, model: str, source: str, memory_gib: float | None) -> s
         f"the scorer's peak counts the optimizer state, which stays on the device while scoring)",
     ]
     lines += data_report(result.get("data"))
+    lines += health_report(result.get("health"))
     lines += disk_report(result["disk"])
     peak = result["peak_per_device"]
     if memory_gib is not None:
@@ -397,9 +408,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"could not start JAX with {n} CPU devices")
         return _rerun(_argv(args), n)
     data = plan_data(cfg, args.tokenizer, hf_config.get("vocab_size")) if args.tokenizer else None
+    health, scored = step0_health(cfg, devices) if args.health else (None, None)
+    data, records_from = (data, "--tokenizer") if data else (scored, "--health") if scored else (None, None)
     records = data["train_records"] if data else args.train_records
-    result = plan(cfg, hf_config, devices, args.segments, records, "--tokenizer" if data else "--train-records")
-    result["data"] = data
+    result = plan(cfg, hf_config, devices, args.segments, records, records_from or "--train-records")
+    result["data"], result["health"] = data, health
     fits = args.device_memory is None or result["peak_per_device"] <= args.device_memory * GIB
     print(report(result, cfg.model, source, args.device_memory))
     if args.json:
@@ -422,4 +435,6 @@ def _argv(args: argparse.Namespace) -> list[str]:
             out += [flag, str(value)]
     if args.json:
         out += ["--json", str(Path(args.json).absolute())]
+    if args.health:
+        out.append("--health")
     return out + list(args.overrides)

@@ -13,15 +13,17 @@ from conftest import REPO
 
 def test_plan_in_process_leaves_jax_config_and_devices_unchanged(tmp_path):
     """A fresh interpreter, with the test environment's 8 CPU devices and JAX not yet started, runs plan on 4
-    devices, then checks JAX's configuration, XLA_FLAGS and the device count it starts with."""
+    devices (with `--health`: the model loaded and scored in this process), then checks JAX's configuration,
+    XLA_FLAGS and the device count it starts with."""
     script = f"""
 import json, os, jax
 from mbc_jax.cli import main
 flags = os.environ["XLA_FLAGS"]
 before = (jax.config.jax_platforms, jax.config.jax_num_cpu_devices)
-rc = main(["plan", "--mesh", "1,-1,1", "--devices", "4", "--model-config", {str(REPO / "mbc_jax" / "demo" /
+rc = main(["plan", "--mesh", "1,-1,1", "--devices", "4", "--health", "--model-config", {str(REPO / "mbc_jax" / "demo" /
                                                                                   "tiny_gpt_neo.json")!r},
-           "max_length=64", "batch_size=4", "steps=2", "checkpoint_every=1", "score_tokens_per_batch=256"])
+           "max_length=64", "batch_size=4", "steps=2", "checkpoint_every=1", "score_tokens_per_batch=256",
+           "init=random", "demo_records=40"])  # --health: the model loaded and scored in this process too
 after = (jax.config.jax_platforms, jax.config.jax_num_cpu_devices)
 print(json.dumps({{"rc": rc, "same_config": before == after, "same_flags": flags == os.environ["XLA_FLAGS"],
                   "devices": len(jax.devices())}}))

@@ -214,6 +214,8 @@ def test_mbc_refresh_records_its_weights_health_and_warns_on_a_collapse(tmp_path
     import numpy as np
 
     from mbc_jax.assemble import create_trainer
+    from mbc_jax.samplers import weight_health
+    from mbc_jax.train import health_warning
 
     cfg = config_lib.load(None, [f"out={tmp_path / 'r'}", *TINY_RUN, "sampler=mbc", "epochs=1", "checkpoint_every=0"])
     lines: list[str] = []
@@ -229,7 +231,7 @@ def test_mbc_refresh_records_its_weights_health_and_warns_on_a_collapse(tmp_path
     ppl = np.full(n, 2.0)
     ppl[5] = 1e6  # one record holds almost all the weight, as a 3-token response of perplexity 13,029 did
     run.sampler.set_perplexities(ppl, step=0)
-    lines.clear()
-    run._report_health(0)
-    warned = [x for x in lines if x.startswith("warning: step 0: MBC's weights are concentrated")]
-    assert len(warned) == 1 and f"{run.data.train[5].id} (p 1.00, perplexity 1e+06" in warned[0]
+    warned = health_warning(0, weight_health(run.sampler.probabilities(), run.sampler.counts), run.sampler,
+                            run.data.train)
+    assert warned.startswith("warning: step 0: MBC's weights are concentrated")
+    assert f"{run.data.train[5].id} (p 1.00, perplexity 1e+06" in warned
