@@ -425,7 +425,6 @@ class Trainer:
         return summary
 
 
-
 def health_warning(step: int, health: dict, sampler: Any, records: list[Example]) -> str | None:
     """The one warning line of an MBC refresh whose weights' effective sample size (`health`, from
     `samplers.weight_health`) falls below `ESS_WARN_SHARE` of N, naming the heaviest records with their
@@ -437,6 +436,7 @@ def health_warning(step: int, health: dict, sampler: Any, records: list[Example]
                       f"{records[i].response_tokens} response tokens)" for i in health["heaviest"])
     return (f"warning: step {step}: MBC's weights are concentrated: effective sample size {health['ess']:.1f} of "
             f"{len(records)} records ({health['ess_share']:.1%} < {ESS_WARN_SHARE:.0%}); heaviest: {named}")
+
 
 class _CheckpointHook:
     """At every checkpoint step: the memorization snapshot and eval record (unless the snapshot exists),
