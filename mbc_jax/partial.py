@@ -63,10 +63,11 @@ class PartialOutput:
         self._file: IO[bytes] | None = None
         self.commits, self.resumed = 0, False
 
-    def open(self) -> dict | None:
+    def open(self, write: bool = True) -> dict | None:
         """Opens the partial file for appending: the caller's state of the last commit when a matching one is
         there (the file cut back to it), None for a fresh start (an earlier partial file without state, made
-        before its first commit, is started over)."""
+        before its first commit, is started over). `write=False` (the processes of a multi-host run other than
+        the writer, on a shared file system) only reads and checks the state."""
         state = self._read_state()
         if state is not None:
             diff = differences(state["fingerprint"], self.fingerprint)
@@ -78,6 +79,8 @@ class PartialOutput:
             if not self.partial.is_file() or self.partial.stat().st_size < state["bytes"]:
                 raise UserError(f"{self.partial}: shorter than its state file {self.state_path} records; "
                                 f"delete both to start over")
+        if not write:
+            return None if state is None else state["state"]
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.partial, "r+b" if state is not None else "wb")
         if state is not None:

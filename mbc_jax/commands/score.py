@@ -293,16 +293,18 @@ def score_chunk(args, model, scorer, reference, template, chunk: list, stream: S
     return [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
 
 
-def score_stream(args, model, scorer, reference, template, part: PartialOutput | None) -> tuple[Stream, Any]:
+def score_stream(args, model, scorer, reference, template, part: PartialOutput, main_process: bool
+                 ) -> tuple[Stream, Any]:
     """Reads, tokenizes, scores and writes the records chunk by chunk (`--chunk-records` at a time); a
-    committed earlier run's chunks are read past, not scored again. Returns the totals and the load report."""
+    committed earlier run's chunks are read past, not scored again (every process of a multi-host run reads the
+    state: OUT must be on a file system they share). Returns the totals and the load report."""
     from mbc_jax.data import TokenizeReport, iter_records
 
     load_report, records = iter_records(args.data, schema=args.schema, skip_bad=args.skip_bad, **format_options(args))
     if args.limit is not None:
         records = itertools.islice(records, args.limit)
     stream = Stream(TokenizeReport(max_length=scorer.seq_len, overflow=args.overflow))
-    state = part.open() if part is not None else None
+    state = part.open(write=main_process)
     if state is not None:
         stream.restore(state, part.rows())
         print(f"{args.out}: resuming after {stream.chunks} chunks ({stream.scored} rows in {part.partial})",
@@ -317,7 +319,7 @@ def score_stream(args, model, scorer, reference, template, part: PartialOutput |
                 raise UserError(f"{args.model}: no tokenizer files in the checkpoint folder; needed for "
                                 f"{load_report.schema!r} records")
             lines = score_chunk(args, model, scorer, reference, template, chunk, stream, bar)
-            if part is not None:
+            if main_process:
                 part.commit(lines, stream.state())
     return stream, load_report
 
@@ -343,13 +345,12 @@ def run(args: argparse.Namespace) -> int:
                     zlib_cache=False)
     reference = load_reference(args, model, max_length, eos_id, segments_cap(max_length)) if args.reference else None
     main_process = distributed.is_main()  # every process scores every record; process 0 writes the rows
-    part = PartialOutput(args.out, fingerprint(args, model, max_length, template)) if main_process else None
+    part = PartialOutput(args.out, fingerprint(args, model, max_length, template))
     try:
-        stream, load_report = score_stream(args, model, scorer, reference, template, part)
+        stream, load_report = score_stream(args, model, scorer, reference, template, part, main_process)
     finally:
-        if part is not None:
-            part.close()
-    if part is not None:
+        part.close()
+    if main_process:
         part.finish()
     report_run(args, model, template, max_length, stream, load_report, scorer.compile_seconds, main_process)
     return 0
