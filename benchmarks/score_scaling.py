@@ -1,7 +1,7 @@
 """`mbc-jax score` at growing sizes: peak memory, tokens/s and time to the first output row; one JSON line each.
 
     python benchmarks/score_scaling.py [--sizes 15000,150000] [--memory-sizes 15000] [--base FOLDER]
-        [--max-length 256] [--chunk-records 4096]
+        [--max-length 256] [--chunk-records 4096] [--stop-after-chunks N]
 
 Data: Dolly 15k (../shared/data/dolly-15k) repeated to each size, every record given a unique id, written to a
 temporary JSONL. Model: the demo base (`mbc_jax.demo.base.demo_base()`, built and cached on first use) unless
@@ -42,11 +42,13 @@ def write_data(path: Path, size: int) -> None:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def peak_rss_mib(cmd: list[str], out: Path) -> tuple[float, dict]:
+def peak_rss_mib(cmd: list[str], out: Path, stop_after: int = 0) -> tuple[float, dict]:
     """Runs `cmd` under os.wait4 (the peak RSS of this child alone, not the maximum over earlier ones), polling
     for the first bytes of its output (OUT.partial, OUT or atomic_write's temporary file); (peak RSS in MiB,
     {wall time, time to the first row, stdout})."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), MBC_JAX_PROGRESS_SECONDS="0")
+    if stop_after:  # the CLI's test hook: SIGKILL after that many committed chunks
+        env["MBC_JAX_TEST_KILL_AFTER_CHUNKS"] = str(stop_after)
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = None
@@ -60,7 +62,7 @@ def peak_rss_mib(cmd: list[str], out: Path) -> tuple[float, dict]:
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     stdout, stderr = p.stdout.read().decode(), p.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
+    if os.waitstatus_to_exitcode(status) != (-9 if stop_after else 0):
         raise SystemExit(f"{' '.join(cmd)}: exit {os.waitstatus_to_exitcode(status)}\n{stderr[-3000:]}")
     return usage.ru_maxrss / 1024, {"wall_s": round(wall, 2), "first_row_s": None if first is None else round(first, 2),
                                     "stdout": stdout}
@@ -98,17 +100,23 @@ def measure(path: str, size: int, base: str, args: argparse.Namespace, tmp: Path
     else:
         cmd = [sys.executable, __file__, "--memory-child", "--base", base, "--data", str(data), "--out", str(out),
                "--max-length", str(args.max_length)]
-    rss, got = peak_rss_mib(cmd, out)
-    if path == "stream":
+    stop = args.stop_after_chunks if path == "stream" and size > args.chunk_records * args.stop_after_chunks else 0
+    rss, got = peak_rss_mib(cmd, out, stop)
+    if stop:  # no summary line: the rows committed so far, no tokens/s
+        out = out.with_name(out.name + ".partial")
+        tps = None
+    elif path == "stream":
         line = next(x for x in got["stdout"].splitlines() if x.startswith("scored "))
         tps = float(line.split(" tokens/s")[0].rsplit("(", 1)[1])
     else:
         child = json.loads(got["stdout"].strip().splitlines()[-1])
         tps = child["real"] / child["seconds"]
     rows = sum(1 for _ in open(out))
-    out.unlink()
+    for f in out.parent.glob(out.name.removesuffix(".partial") + "*"):
+        f.unlink()
     return {"benchmark": "score_scaling", "path": path, "records": size, "rows": rows, "peak_rss_mib": round(rss, 1),
-            "tokens_per_s": round(tps, 1), "wall_s": got["wall_s"], "first_row_s": got["first_row_s"],
+            "tokens_per_s": None if tps is None else round(tps, 1), "stopped_after_chunks": stop or None,
+            "wall_s": got["wall_s"], "first_row_s": got["first_row_s"],
             "max_length": args.max_length, "chunk_records": args.chunk_records}
 
 
@@ -119,6 +127,9 @@ def main() -> None:
     ap.add_argument("--base", default=None, help="model folder (default: the demo base)")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--chunk-records", type=int, default=4096)
+    ap.add_argument("--stop-after-chunks", type=int, default=0, metavar="N",
+                    help="stream sizes of more than N chunks: SIGKILL the run after N chunks (the CLI's test hook) "
+                         "and report the peak RSS up to there (a long size's memory without its whole run)")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -143,7 +154,7 @@ def main() -> None:
         summary["stream_rss_ratio_largest_to_smallest"] = round(ratio, 3)
     summary["stream_over_memory_tokens_per_s"] = {
         r["records"]: round(r["tokens_per_s"] / memory[r["records"]]["tokens_per_s"], 3)
-        for r in stream if r["records"] in memory}
+        for r in stream if r["records"] in memory and r["tokens_per_s"]}
     print(json.dumps(summary))
 
 
