@@ -284,19 +284,20 @@ class Scorer:
 
     `eos_id`: the token the template appends after each response, left out of the no-EOS response
     exact match (`score_batch`); None: none is left out. `membership`: also the Min-K% and Min-K%++
-    sums (`min_k`: their k); `tokenizer`: with it, the zlib lengths for the zlib ratio.
+    sums (`min_k`: their k); `tokenizer`: with it, the zlib lengths for the zlib ratio (`zlib_cache`: kept per
+    record across calls, for a trainer that scores the same records often).
     """
 
     def __init__(self, module: Any, mesh: Any, seq_len: int = 512, tokens_per_batch: int = 2048,
                  chunk: int = 512, max_segments: int | None = None, eos_id: int | None = None,
-                 membership: bool = True, min_k: float = MIN_K, tokenizer: Any = None):
+                 membership: bool = True, min_k: float = MIN_K, tokenizer: Any = None, zlib_cache: bool = True):
         self.module, self.mesh, self.seq_len, self.chunk, self.eos_id = module, mesh, seq_len, chunk, eos_id
         divisor = batch_divisor(mesh)
         self.rows = max(divisor, (tokens_per_batch // seq_len) // divisor * divisor)
         self.max_segments = max_segments
         self.membership, self.min_k, self.tokenizer = membership, min_k, tokenizer
         self.sum_names = SUMS + (MEMBERSHIP_SUMS if membership else ())
-        self._zlib_cache: dict = {}
+        self._zlib_cache: dict | None = {} if zlib_cache else None  # off for a stream of records seen once
         self._fn = jax.jit(lambda p, b: score_batch(module, p, b, chunk, eos_id, membership, min_k))
         self.compile_seconds = 0.0
         self._compiled: dict = {}

@@ -11,7 +11,7 @@ in the report.
 """
 
 from mbc_jax.data.packing import Batch, build_batches, check_lengths, pack, pack_drawn, row_bucket
-from mbc_jax.data.records import load_records
+from mbc_jax.data.records import iter_records, load_records
 from mbc_jax.data.schema import ROLES, SCHEMAS, DataError, LoadReport, Record, json_type_name
 from mbc_jax.data.template import (
     OVERFLOW_POLICIES,
@@ -38,6 +38,7 @@ __all__ = [
     "build_batches",
     "check_lengths",
     "json_type_name",
+    "iter_records",
     "load_records",
     "pack",
     "pack_drawn",

@@ -171,8 +171,8 @@ def _read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def _iter_jsonl(path: str, data: bytes, report: LoadReport) -> Iterator[_Item]:
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+def _iter_jsonl(path: str, lines: Iterable[bytes], report: LoadReport) -> Iterator[_Item]:
+    for lineno, raw in enumerate(lines, start=1):
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         if not raw.strip():
@@ -256,6 +256,57 @@ def _note_plain(report: LoadReport, plain: int) -> None:
         report.notes.append(PLAIN_PROMPT_COMPLETION.format(n=plain))
 
 
+def _raw_lines(path: str) -> Iterator[bytes]:
+    """The file's lines split at b"\\n" without it, read as a stream (`.gz` too), as `bytes.split(b"\\n")` gives
+    them: a file that ends in a newline (or is empty) ends with one empty line."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        last = b"\n"
+        for raw in f:
+            last = raw
+            yield raw[:-1] if raw.endswith(b"\n") else raw
+        if last.endswith(b"\n"):
+            yield b""
+
+
+def _first_bytes(path: str) -> bytes:
+    """The file's first non-blank bytes (BOM and whitespace left out), b"" for a blank file; read as a stream."""
+    opener = gzip.open if path.endswith(".gz") else open
+    head = b""
+    with opener(path, "rb") as f:
+        while block := f.read(1 << 16):
+            head = (head + block).lstrip(b"\xef\xbb\xbf \t\r\n")
+            if head:
+                return head[:1]
+    return b""
+
+
+def _open_items(path: str, schema: str) -> tuple[LoadReport, Iterable[_Item]]:
+    """The report and the raw items of `path`: a local JSONL file is read line by line (memory does not grow
+    with the file), a JSON array, a URL, a table or a hub data set as a whole."""
+    kind = tables.TABLE_SUFFIXES.get(os.path.splitext(path)[1].lower())
+    if path.startswith("hf:"):
+        return LoadReport(path=path, schema=schema, format="hf"), tables.iter_hub(path)
+    if kind is not None:
+        _check_file(path)
+        report = LoadReport(path=path, schema=schema, format=kind)
+        if paths.is_url(path):  # read from a local copy; every line still names the URL
+            local = str(paths.fetch(path))
+            return report, ((src.replace(local, path, 1), obj, err) for src, obj, err in tables.iter_table(local, kind))
+        return report, tables.iter_table(path, kind)
+    _check_file(path)
+    local = not paths.is_url(path)
+    data = None if local else _read_bytes(path)
+    head = _first_bytes(path) if local else data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if not head:
+        raise DataError(f"{path}:1", "file", "empty file: no records")
+    is_array = head == b"["
+    report = LoadReport(path=path, schema=schema, format="json" if is_array else "jsonl")
+    if is_array:
+        return report, _iter_json_array(path, _read_bytes(path) if data is None else data)
+    return report, _iter_jsonl(path, _raw_lines(path) if data is None else data.split(b"\n"), report)
+
+
 def load_records(
     path: str | os.PathLike, schema: str = "auto", skip_bad: bool = False, *, fields: str | dict | None = None,
     tree: str = "best", tree_filter: str | None = None,
@@ -269,36 +320,31 @@ def load_records(
     the dialogues). Bad records raise `DataError`, or with `skip_bad` are skipped and listed in the report
     (a malformed JSON *array* file, an empty file and an unknown schema override always raise).
     """
+    report, records = iter_records(path, schema, skip_bad, fields=fields, tree=tree, tree_filter=tree_filter)
+    return list(records), report
+
+
+def iter_records(
+    path: str | os.PathLike, schema: str = "auto", skip_bad: bool = False, *, fields: str | dict | None = None,
+    tree: str = "best", tree_filter: str | None = None,
+) -> tuple[LoadReport, Iterator[Record]]:
+    """`load_records` as a stream: (the report, filled in as the records are read, and an iterator of the
+    records). A local JSONL file is never held whole, so memory does not grow with its length; the checks
+    `load_records` makes at the end of the input (no records at all) raise when the iterator is exhausted."""
     path = str(path)
     if schema != "auto" and schema not in SCHEMAS:
         raise UserError(f"unknown schema {schema!r}; known schemas: {', '.join(SCHEMAS)} (or auto)")
     fmap = formats.FieldMap.parse(fields)
-    kind = tables.TABLE_SUFFIXES.get(os.path.splitext(path)[1].lower())
-    if path.startswith("hf:"):
-        report = LoadReport(path=path, schema=schema, format="hf")
-        items: Iterable[_Item] = tables.iter_hub(path)
-    elif kind is not None:
-        _check_file(path)
-        report = LoadReport(path=path, schema=schema, format=kind)
-        if paths.is_url(path):  # read from a local copy; every line still names the URL
-            local = str(paths.fetch(path))
-            items = ((src.replace(local, path, 1), obj, err) for src, obj, err in tables.iter_table(local, kind))
-        else:
-            items = tables.iter_table(path, kind)
-    else:
-        data = _read_bytes(path)
-        if not data.strip() or data.strip() == b"\xef\xbb\xbf":
-            raise DataError(f"{path}:1", "file", "empty file: no records")
-        is_array = data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
-        report = LoadReport(path=path, schema=schema, format="json" if is_array else "jsonl")
-        items = _iter_json_array(path, data) if is_array else _iter_jsonl(path, data, report)
+    report, items = _open_items(path, schema)
     if fmap is not None:
         items = fmap.items(items)
     fix = fmap.translate if fmap is not None else (lambda e: e)
+    return report, _records(path, iter(items), report, schema, skip_bad, fix, tree, tree_filter)
 
-    records: list[Record] = []
-    chosen, plain = (None if schema == "auto" else schema), 0  # plain: plain-string prompt/completion records
-    items = iter(items)
+
+def _records(path: str, items: Iterator[_Item], report: LoadReport, schema: str, skip_bad: bool, fix: Any,
+             tree: str, tree_filter: str | None) -> Iterator[Record]:
+    chosen, plain, loaded = (None if schema == "auto" else schema), 0, 0  # plain: plain-string prompt/completion
     for index, (source, obj, err) in enumerate(items):
         report.records_read += 1
         try:
@@ -316,23 +362,31 @@ def load_records(
                 report.records_read -= 1
                 items = itertools.chain([(source, obj, err)], items)
                 break
-            records.append(_parse_record(obj, chosen, index, source))
+            rec = _parse_record(obj, chosen, index, source)
             plain += chosen == "prompt_completion" and not formats.is_conversational(obj)
         except DataError as e:
             e = fix(e)
             if not skip_bad:
                 raise e from None
             report.skipped.append((source, str(e)))
+            continue
+        loaded += 1
+        report.records_loaded = loaded
+        yield rec
     if chosen == "tree":
-        records = trees.build_records(items, report, mode=tree, tree_filter=tree_filter, skip_bad=skip_bad, fix=fix)
+        dialogues = trees.build_records(items, report, mode=tree, tree_filter=tree_filter, skip_bad=skip_bad, fix=fix)
+        loaded = report.records_loaded = len(dialogues)
+        yield from dialogues
     _note_plain(report, plain)
-    report.records_loaded = len(records)
+    _check_loaded(path, report, loaded)
+
+
+def _check_loaded(path: str, report: LoadReport, loaded: int) -> None:
     if report.records_read == 0:
         raise DataError(f"{path}:1", "file",
                         "no records (empty JSON array)" if report.format != "jsonl" else "empty file: no records")
-    if not records:
+    if not loaded:
         if not report.skipped:
             raise UserError(f"{path}: no records: {'; '.join(report.notes) or 'nothing to read'}")
         raise UserError(f"{path}: all {report.records_read} records are bad; nothing to load. First problem: "
                         f"{report.skipped[0][1]}")
-    return records, report

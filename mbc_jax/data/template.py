@@ -244,6 +244,14 @@ class TokenizeReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, message) with skip_bad
     longest: int = 0  # longest record before truncation
 
+    def add(self, other: TokenizeReport) -> None:
+        """Counts and lists `other` (the next chunk of a stream of records, tokenized alone) into this report."""
+        for name in ("records_in", "examples_out", "tokens", "response_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("truncated", "dropped", "no_response", "skipped"):
+            getattr(self, name).extend(getattr(other, name))
+        self.longest = max(self.longest, other.longest)
+
     def summary(self, max_listed: int = 10) -> str:
         s = (f"tokenized {self.examples_out} of {self.records_in} records: {self.tokens} tokens "
              f"({self.response_tokens} response), longest record {self.longest} tokens, max_length {self.max_length}")

@@ -198,3 +198,22 @@ def test_plain_string_prompt_completion_says_the_template_applies(tmp_path):
     assert '"user_prefix": "", "assistant_prefix": "", "response_prefix": ""' in summary
     _, dolly = load_records(write_jsonl(tmp_path / "d.jsonl", [{"instruction": "q", "response": "a"}]))
     assert "plain_prompt_completion" not in dolly.counts and "NOTE" not in dolly.summary()
+
+
+def test_iter_records_streams_a_jsonl_file_and_counts_as_load_records(tmp_path):
+    """Issue 31: records come one at a time (the ones before a bad line arrive before its error), and the report
+    the stream fills in equals load_records'."""
+    from mbc_jax.data import iter_records
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a"}\n\n{"text": "b"}\n{"text": \n{"text": "c"}\n')
+    report, records = iter_records(str(path))
+    assert next(records).text == "a" and report.records_read == 1
+    assert next(records).text == "b" and report.blank_lines == 1
+    with pytest.raises(DataError, match=":4:"):
+        next(records)
+    report, records = iter_records(str(path), skip_bad=True)
+    streamed = list(records)
+    loaded, loaded_report = load_records(str(path), skip_bad=True)
+    assert [r.text for r in streamed] == [r.text for r in loaded] == ["a", "b", "c"]
+    assert report == loaded_report and report.blank_lines == 2 and len(report.skipped) == 1
