@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "mbc_jax.commands.judge",
     "mbc_jax.commands.select",
     "mbc_jax.commands.plan",
+    "mbc_jax.commands.fetch",
 )
 
 
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int | None:
-    if args.command != "plan":  # plan compiles for fake local devices; everything else may be multi-host
+    # plan compiles for fake local devices and fetch runs no JAX; everything else may be multi-host
+    if args.command not in ("plan", "fetch"):
         from mbc_jax import distributed
 
         distributed.initialize()

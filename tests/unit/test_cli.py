@@ -10,7 +10,7 @@ from mbc_jax import cli
 def test_every_command_module_registers():
     parser = cli.build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"info", "score", "train", "export", "demo", "generate", "judge", "select", "plan"}
+    assert set(commands) == {"info", "score", "train", "export", "demo", "generate", "judge", "select", "plan", "fetch"}
 
 
 def test_a_command_module_that_fails_to_import_is_an_error(monkeypatch):
