@@ -16,9 +16,9 @@ Scales (see SCALES):
   320 training records chosen so that no response is cut (what was dropped is counted), and a tiny base
   pretrained on the file's other records.
 - real: SmolLM2-135M-Instruct, a real pretrained model (`mbc-jax fetch smollm2`, or `--model`), on a Dolly-style
-  `--data` file: 128 training and 48 validation records, an equal share of each category, whole records of at most
-  256 tokens with the model's chat template (experiments/tiny_data.py with the model's tokenizer), loss on the
-  response, 4 epochs at the paper's 5e-5 (experiments/configs/smollm2_135m_real.yaml); MBC and uniform, and a
+  `--data` file: 80 training and 40 validation records, an equal share of each category, whole records of at most
+  192 tokens with the model's chat template (experiments/tiny_data.py with the model's tokenizer), loss on the
+  response, 3 epochs at the paper's 5e-5 (experiments/configs/smollm2_135m_real.yaml); MBC and uniform, and a
   third run, MBC weighting by the full dialogue's perplexity (`mbc.metric=full`), which
   experiments/mbc_perplexity_choice.py compares with the default (the response's).
 - small: gpt-neo-125m (experiments/configs/gpt_neo_125m_{mbc,uniform}.yaml) at the paper's rates.
@@ -130,7 +130,7 @@ SCALES = {
         generate_records=32, max_new_tokens=TINY_MAX_NEW_TOKENS, extraction_records=64, extraction_new_tokens=32,
         zeng_steps="first,last",
         variants=(("mbc_full", "mbc", ("mbc.metric=full",)),),
-        real=RealData(n_train=128, n_valid=48, length_cap=256),
+        real=RealData(n_train=80, n_valid=40, length_cap=192),
         note="SmolLM2-135M-Instruct (a real pretrained model, `mbc-jax fetch smollm2`) fine-tuned on a stratified "
              "Dolly sample with its chat template and the loss on the response, at the paper's higher rate 5e-5 "
              "(experiments/configs/smollm2_135m_real.yaml)"),
