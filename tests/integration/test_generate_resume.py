@@ -54,11 +54,12 @@ def _meta(folder):
 def test_a_killed_generate_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path, tiny_neo_dir, capsys,
                                                                           monkeypatch):
     from mbc_jax.cli import main
+    from mbc_jax.generate import bucket_length
 
     rng = np.random.default_rng(0)
     words = "the a model answer question river number seven what why how long".split()
     rows = [{"id": f"r{i}", "category": "ab"[i % 2], "response": "ok.",
-             "instruction": " ".join(rng.choice(words, size=int(rng.integers(1, 30))))} for i in range(50)]
+             "instruction": " ".join(rng.choice(words, size=int(rng.integers(1, 16))))} for i in range(50)]
     data = _write(tmp_path / "data.jsonl", rows)
     args = _args(tiny_neo_dir, data)
 
@@ -66,6 +67,7 @@ def test_a_killed_generate_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path
     assert whole.returncode == 0, whole.stderr
     lines = (tmp_path / "whole" / "a.jsonl").read_text().splitlines()
     assert [json.loads(x)["index"] for x in lines] == list(range(50))
+    assert len({bucket_length(json.loads(x)["prompt_tokens"]) for x in lines}) >= 2  # buckets differ within a chunk
 
     killed = _generate(tmp_path / "cut", args, kill_after=2)  # chunks of 16: 16, 16, 16, 2
     assert killed.returncode == -9, killed.stderr
