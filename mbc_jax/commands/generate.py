@@ -8,6 +8,10 @@ prompt (the template-rendered text generation continued), output_text, output_id
 sampling_entropy (see `mbc_jax.generate.decode` for both distributions), num_tokens, stopped
 ("eos" | "length"), prompt_tokens, prompt_truncated, and reference (the held-out response) when the
 record has one. The settings and the run summary go to OUT's stem + `.meta.json`.
+
+Records are answered `--chunk-records` at a time and each chunk's answers appended to OUT.partial
+(`mbc_jax.partial`): a rerun of the same command after a kill resumes after the last whole chunk and writes
+what an uninterrupted run writes.
 """
 
 from __future__ import annotations
