@@ -1,11 +1,16 @@
 """The answers file: the one writer and the one reader of its format.
 
-    write_answers(path, answers.rows, meta)   # `mbc-jax generate`, `mbc-jax select`'s per-step answers, ...
+    write_answers(path, answers.rows, meta)   # `mbc-jax select`'s per-step answers, `table1_entropy`, ...
     for lineno, row in read_answer_lines(path): ...
+
+    part = partial_answers(path, fingerprint)  # `mbc-jax generate`: a chunk at a time, resumable (`mbc_jax.partial`)
+    part.commit(answer_lines(rows), state)     # ... per chunk; then
+    finish_answers(part, meta)                 # ANSWERS.partial -> ANSWERS, then the meta file
 
 `ANSWERS.jsonl` holds one JSON object per answered record (the rows of `generate.answer_records`), UTF-8
 as it stands; `ANSWERS.meta.json` (the file's stem + `.meta.json`) holds the settings that produced them,
-as indented JSON. Both are written atomically (`paths.atomic_write`).
+as indented JSON. Both are written atomically (`paths.atomic_write`), the answers of a streamed run by the
+rename of its finished partial file.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mbc_jax import UserError
+from mbc_jax.partial import PartialOutput
 from mbc_jax.paths import atomic_write, write_jsonl
 
 
@@ -34,6 +40,23 @@ def write_answers(path: str | os.PathLike, rows: Iterable[dict], meta: dict | No
     elif meta_path(path).is_file():  # a stale one from an earlier write would describe other answers
         meta_path(path).unlink()
     return n
+
+
+def answer_lines(rows: Iterable[dict]) -> list[str]:
+    """The lines of `rows` exactly as `write_answers` writes them (UTF-8 as it stands, one object a line)."""
+    return [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+
+
+def partial_answers(path: str | os.PathLike, fingerprint: dict) -> PartialOutput:
+    """The answers file `path` written a chunk at a time: `path`.partial plus its state file, resumed by a rerun
+    with the same `fingerprint` (`mbc_jax.partial.PartialOutput`); commit `answer_lines`, then `finish_answers`."""
+    return PartialOutput(str(path), fingerprint)
+
+
+def finish_answers(part: PartialOutput, meta: dict) -> None:
+    """Gives the complete partial file its name, then writes `meta` beside it."""
+    part.finish()
+    atomic_write(meta_path(part.out), json.dumps(meta, indent=2) + "\n")
 
 
 def read_meta(path: str | os.PathLike) -> dict | None:

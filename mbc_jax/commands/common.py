@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
+from collections.abc import Iterator
 
 from mbc_jax import UserError, formatting
 
@@ -71,3 +74,22 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 def require_positive(name: str, value: float | int | None) -> None:
     if value is not None and value <= 0:
         raise UserError(f"{name}: must be positive, got {value}")
+
+
+def chunked(items: Iterator, size: int) -> Iterator[list]:
+    """Lists of `size` items (the last one shorter) from an iterator, read as they are needed."""
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def record_count(args: argparse.Namespace) -> int | None:
+    """The progress bar's total: the non-blank lines of a local JSONL file (a fast pass over its bytes), capped by
+    --limit; None where that is not the record count (other formats, URLs)."""
+    path = str(args.data)
+    if not path.endswith(".jsonl") or not os.path.isfile(path):
+        return args.limit
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            n += bool(line.strip())
+    return n if args.limit is None else min(n, args.limit)

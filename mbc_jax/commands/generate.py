@@ -8,23 +8,30 @@ prompt (the template-rendered text generation continued), output_text, output_id
 sampling_entropy (see `mbc_jax.generate.decode` for both distributions), num_tokens, stopped
 ("eos" | "length"), prompt_tokens, prompt_truncated, and reference (the held-out response) when the
 record has one. The settings and the run summary go to OUT's stem + `.meta.json`.
+
+Records are answered `--chunk-records` at a time and each chunk's answers appended to OUT.partial
+(`mbc_jax.partial`): a rerun of the same command after a kill resumes after the last whole chunk and writes
+what an uninterrupted run writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 from pathlib import Path
 
-from mbc_jax import UserError
-from mbc_jax.answers_file import meta_path, write_answers
+from mbc_jax import UserError, __version__
+from mbc_jax.answers_file import answer_lines, finish_answers, meta_path, partial_answers
 from mbc_jax.commands.common import (
     add_data_args,
     add_model_args,
+    chunked,
     format_options,
     load_model_from_args,
     load_template,
+    record_count,
 )
 from mbc_jax.generate import (
     DEFAULT_BUCKET,
@@ -32,10 +39,13 @@ from mbc_jax.generate import (
     DEFAULT_REPETITION_PENALTY,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
+    Answerer,
     AnswerProgress,
+    AnswerTotals,
     SamplingConfig,
     default_new_tokens,
 )
+from mbc_jax.partial import data_fingerprint, folder_fingerprint
 from mbc_jax.paths import check_output_file
 
 
@@ -76,12 +86,16 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bucket", type=int, default=DEFAULT_BUCKET, metavar="N",
                    help=f"the smallest prompt bucket: prompts are padded to N x 1, 1.5, 2, 3, 4, 6, ... tokens "
                         f"(one compile per bucket; default: {DEFAULT_BUCKET})")
+    p.add_argument("--chunk-records", type=int, default=4096, metavar="N",
+                   help="records read, answered and written at a time (default 4096; prompts are bucketed and "
+                        "batched within a chunk): answers go to OUT.partial a chunk at a time, and a rerun of the same "
+                        "command after a kill resumes from the last whole chunk")
     p.set_defaults(func=run)
     return p
 
 
 def _check_args(args: argparse.Namespace) -> SamplingConfig:
-    for name in ("batch_size", "bucket", "limit", "max_prompt_length"):
+    for name in ("batch_size", "bucket", "limit", "max_prompt_length", "chunk_records"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -94,24 +108,59 @@ def _check_args(args: argparse.Namespace) -> SamplingConfig:
         raise UserError(f"{e} (--top-p, --top-k, --temperature, --repetition-penalty, --max-new-tokens)") from None
 
 
+def fingerprint(args: argparse.Namespace, model, cfg: SamplingConfig, template) -> dict:
+    """What made the answers of OUT: a resumed run must match it (model and data files by size and mtime, the
+    template, the seed and every sampling and batching setting)."""
+    return dict(mbc_jax=__version__, model=model.path, model_files=folder_fingerprint(model.path),
+                data=data_fingerprint(str(args.data)), template=template.to_dict(), seed=args.seed,
+                sampling=dataclasses.asdict(cfg), batch_size=args.batch_size, bucket=args.bucket,
+                max_prompt_length=args.max_prompt_length, chunk_records=args.chunk_records, limit=args.limit,
+                schema=args.schema, skip_bad=args.skip_bad, **format_options(args), dtype=args.dtype,
+                param_dtype=args.param_dtype, mesh=args.mesh)
+
+
+def answer_stream(args: argparse.Namespace, answerer: Answerer, records, part, main_process: bool) -> AnswerTotals:
+    """Answers the records `--chunk-records` at a time (chunks cut from the start of the input, so a rerun cuts
+    the same ones; prompt buckets and batches are made inside each chunk), each chunk's answers committed to
+    OUT.partial with the running totals; a committed earlier run's chunks are read past, not answered again."""
+    state = part.open(write=main_process)
+    totals = AnswerTotals() if state is None else AnswerTotals.from_state(state["totals"])
+    done_chunks = 0 if state is None else state["chunks"]
+    if state is not None:
+        print(f"{args.out}: resuming after {done_chunks} chunks ({totals.records} answers in {part.partial})",
+              file=sys.stderr)
+    chunks = chunked(records, args.chunk_records)
+    for _ in range(done_chunks):  # read past what is committed
+        next(chunks, None)
+    total = record_count(args)
+    print(answerer.plan(total), file=sys.stderr)
+    with AnswerProgress(total, "generate") as bar:
+        for chunk in chunks:
+            base = (totals.records, totals.tokens)
+            rows, seconds, truncated = answerer.answer(
+                chunk, on_batch=lambda done, tokens, base=base: bar(base[0] + done, base[1] + tokens),
+                log=lambda line: print(line, file=sys.stderr))
+            totals.add(rows, seconds, truncated)
+            done_chunks += 1
+            if main_process:
+                part.commit(answer_lines(rows), {"chunks": done_chunks, "totals": totals.state()})
+    return totals
+
+
 def run(args: argparse.Namespace) -> int:
+    from mbc_jax import distributed
+    from mbc_jax.data import iter_records
+
     cfg = _check_args(args)
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; give a file name such as {out / 'answers.jsonl'}")
     check_output_file(out)  # before the data and the model load
     check_output_file(meta_path(out), "--out's settings file")
-
-    from mbc_jax.data import load_records
-    from mbc_jax.generate import answer_records
-
     template = load_template(args)
-    records, load_report = load_records(args.data, schema=args.schema, skip_bad=args.skip_bad, **format_options(args))
-    print(load_report.summary(), file=sys.stderr)
-    if args.limit is not None and args.limit < len(records):
-        print(f"--limit {args.limit}: generating for the first {args.limit} of {len(records)} records", file=sys.stderr)
-        records = records[:args.limit]
-
+    load_report, records = iter_records(args.data, schema=args.schema, skip_bad=args.skip_bad, **format_options(args))
+    if args.limit is not None:
+        records = itertools.islice(records, args.limit)
     model = load_model_from_args(args)
     cap_note = None
     if args.max_new_tokens is None:
@@ -119,18 +168,30 @@ def run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, max_new_tokens=n)
         if cap_note:
             print(cap_note, file=sys.stderr)
-    with AnswerProgress(len(records), "generate") as bar:
-        answers = answer_records(model, records, cfg, template, seed=args.seed, batch_size=args.batch_size,
-                                 bucket=args.bucket, max_prompt_length=args.max_prompt_length, on_batch=bar,
-                                 log=lambda line: print(line, file=sys.stderr),
-                                 template_source=args.template or "the template")
-    summary = answers.summary
+    answerer = Answerer.prepare(model, cfg, template, seed=args.seed, batch_size=args.batch_size,
+                                bucket=args.bucket, max_prompt_length=args.max_prompt_length,
+                                template_source=args.template or "the template")
+    main_process = distributed.is_main()  # every process answers every record; process 0 writes the answers
+    part = partial_answers(out, fingerprint(args, model, cfg, template))
+    try:
+        totals = answer_stream(args, answerer, records, part, main_process)
+    finally:
+        part.close()
+    print(load_report.summary(), file=sys.stderr)
+    summary = totals.summary(answerer.max_prompt)
     meta = {"model": model.path, "data": str(args.data), "out": str(out), "seed": args.seed,
-            "sampling": dataclasses.asdict(cfg), "eos_token_id": answers.eos_token_id, "template": template.to_dict(),
+            "sampling": dataclasses.asdict(cfg), "eos_token_id": answerer.eos, "template": template.to_dict(),
             "entropy": "full softmax of the raw logits (temperature 1, before penalty/top-k/top-p), nats",
             "sampling_entropy": "softmax of the processed logits the token was drawn from (0 for greedy), nats",
-            "summary": summary, "max_new_tokens_note": cap_note}
-    write_answers(out, answers.rows, meta)
+            "summary": summary, "max_new_tokens_note": cap_note, "chunk_records": args.chunk_records}
+    if main_process:
+        finish_answers(part, meta)
+    report(summary, cfg, cap_note, out)
+    return 0
+
+
+def report(summary: dict, cfg: SamplingConfig, cap_note: str | None, out: Path) -> None:
+    """The run's one line (and the warning on empty answers)."""
     print(f"generated {summary['records']} records, {summary['tokens']} tokens in {summary['seconds']:.1f}s "
           f"({summary['tokens_per_second']:.1f} tok/s); mean entropy {summary['mean_entropy']:.3f} nats "
           f"(sampling {summary['mean_sampling_entropy']:.3f}); stopped at EOS {summary['stopped_eos']}/"
@@ -140,5 +201,3 @@ def run(args: argparse.Namespace) -> int:
     if summary["empty"]:
         print(f"warning: {summary['empty']} of {summary['records']} answers are empty; `mbc-jax judge` refuses them "
               "unless --allow-empty", file=sys.stderr)
-    return 0
-

@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import os
 import sys
 import time
 from array import array
@@ -21,10 +20,12 @@ from mbc_jax import UserError, __version__
 from mbc_jax.commands.common import (
     add_data_args,
     add_model_args,
+    chunked,
     fmt,
     format_options,
     load_model_from_args,
     load_template,
+    record_count,
     require_positive,
     table,
 )
@@ -218,25 +219,6 @@ def fingerprint(args: argparse.Namespace, model, max_length: int, template) -> d
                 membership=not args.no_membership, min_k_percent=args.min_k_percent, reference=args.reference,
                 reference_files=folder_fingerprint(args.reference) if args.reference else None,
                 dtype=args.dtype, param_dtype=args.param_dtype, mesh=args.mesh)
-
-
-def chunked(items: Iterator, size: int) -> Iterator[list]:
-    """Lists of `size` items (the last one shorter) from an iterator, read as they are needed."""
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
-
-
-def record_count(args: argparse.Namespace) -> int | None:
-    """The progress bar's total: the non-blank lines of a local JSONL file (a fast pass over its bytes), capped by
-    --limit; None where that is not the record count (other formats, URLs)."""
-    path = str(args.data)
-    if not path.endswith(".jsonl") or not os.path.isfile(path):
-        return args.limit
-    n = 0
-    with open(path, "rb") as f:
-        for line in f:
-            n += bool(line.strip())
-    return n if args.limit is None else min(n, args.limit)
 
 
 @dataclasses.dataclass

@@ -9,14 +9,15 @@
 """
 
 from mbc_jax.generate.answers import (
+    Answerer,
     AnswerProgress,
     Answers,
+    AnswerTotals,
     Prompt,
     answer_records,
     build_prompts,
     decode_text,
     instruction_text,
-    summarize,
 )
 from mbc_jax.generate.decode import DEFAULT_BUCKET, MAX_EOS_IDS, Generation, batch_rows, bucket_length, generate
 from mbc_jax.generate.sampling import (
@@ -38,9 +39,10 @@ from mbc_jax.generate.sampling import (
 
 __all__ = [
     "DEFAULT_BUCKET", "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_REPETITION_PENALTY", "DEFAULT_TEMPERATURE", "DEFAULT_TOP_P",
-    "EXTRACTION_MAX_NEW_TOKENS", "MAX_EOS_IDS", "TINY_MAX_NEW_TOKENS", "AnswerProgress", "Answers", "Generation",
+    "EXTRACTION_MAX_NEW_TOKENS", "MAX_EOS_IDS", "TINY_MAX_NEW_TOKENS", "Answerer", "AnswerProgress", "Answers",
+    "AnswerTotals", "Generation",
     "Prompt", "SamplingConfig", "Settings", "answer_records",
     "batch_rows", "bucket_length", "build_prompts", "decode_text", "default_new_tokens", "entropy", "generate",
     "instruction_text",
-    "process_logits", "repetition_penalty", "summarize", "top_k_filter", "top_p_filter",
+    "process_logits", "repetition_penalty", "top_k_filter", "top_p_filter",
 ]

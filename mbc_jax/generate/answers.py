@@ -4,6 +4,9 @@
     answers.rows        # one dict per record: the lines `mbc-jax generate` writes (`mbc-jax judge` reads)
     answers.summary     # tokens, seconds, mean entropies, stops at EOS, truncated prompts
 
+    answerer = Answerer.prepare(model, SamplingConfig(), template)   # the same, a list of records at a time
+    rows, seconds, truncated = answerer.answer(chunk); totals.add(rows, seconds, truncated)   # `AnswerTotals`
+
 `mbc-jax generate`, `mbc-jax select` and `experiments/table1_entropy.py` answer records through
 `answer_records`; `AnswerProgress` is their progress bar (pass it as `on_batch`).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -159,19 +163,54 @@ def build_prompts(records: Sequence[Any], tokenizer: Any, template: Any = None, 
     return out
 
 
-def summarize(gens: Sequence[Generation], seconds: float) -> dict:
-    """Aggregate numbers of a run (entropies: mean over records of the per-record means)."""
-    n_tok = sum(g.num_tokens for g in gens)
-    ent = [g.entropy for g in gens if g.num_tokens]
-    sent = [g.sampling_entropy for g in gens if g.num_tokens]
-    return {
-        "records": len(gens), "tokens": n_tok, "seconds": seconds,
-        "tokens_per_second": n_tok / seconds if seconds > 0 else float("nan"),
-        "mean_entropy": float(np.mean(ent)) if ent else float("nan"),
-        "mean_sampling_entropy": float(np.mean(sent)) if sent else float("nan"),
-        "stopped_eos": sum(g.stopped == "eos" for g in gens),
-        "mean_tokens": n_tok / len(gens) if gens else 0.0,
-    }
+@dataclasses.dataclass
+class AnswerTotals:
+    """A run's summary numbers as running sums, added one list of answer rows at a time and kept exactly (the
+    entropy sums as fractions): a run answered in chunks, or killed and resumed, sums to the summary of a run
+    in one piece. `state` / `from_state` carry them through JSON (`mbc-jax generate`'s resume state)."""
+
+    records: int = 0
+    tokens: int = 0
+    answered: int = 0  # records with at least one token: what the mean entropies average over
+    entropy: Fraction = Fraction(0)
+    sampling_entropy: Fraction = Fraction(0)
+    stopped_eos: int = 0
+    prompts_truncated: int = 0
+    empty: int = 0
+    seconds: float = 0.0
+
+    def add(self, rows: Sequence[dict], seconds: float, truncated: int = 0) -> None:
+        for r in rows:
+            self.records += 1
+            self.tokens += r["num_tokens"]
+            if r["num_tokens"]:
+                self.answered += 1
+                self.entropy += Fraction(r["entropy"])
+                self.sampling_entropy += Fraction(r["sampling_entropy"])
+            self.stopped_eos += r["stopped"] == "eos"
+        self.empty += count_empty(rows)
+        self.prompts_truncated += truncated
+        self.seconds += seconds
+
+    def summary(self, max_prompt_length: int) -> dict:
+        """Tokens, seconds (the generation's only), mean entropies (over records of the per-record means), stops at
+        EOS, truncated prompts, empty answers."""
+        def mean(total: Fraction) -> float:
+            return float(total / self.answered) if self.answered else float("nan")
+        return {
+            "records": self.records, "tokens": self.tokens, "seconds": self.seconds,
+            "tokens_per_second": self.tokens / self.seconds if self.seconds > 0 else float("nan"),
+            "mean_entropy": mean(self.entropy), "mean_sampling_entropy": mean(self.sampling_entropy),
+            "stopped_eos": self.stopped_eos, "mean_tokens": self.tokens / self.records if self.records else 0.0,
+            "prompts_truncated": self.prompts_truncated, "max_prompt_length": max_prompt_length, "empty": self.empty,
+        }
+
+    def state(self) -> dict:
+        return {k: str(v) if isinstance(v, Fraction) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> AnswerTotals:
+        return cls(**{k: Fraction(v) if isinstance(v, str) else v for k, v in state.items()})
 
 
 @dataclasses.dataclass
@@ -179,7 +218,7 @@ class Answers:
     """What `answer_records` returns."""
 
     rows: list[dict]  # one per record, in the records' order: the lines of `mbc-jax generate`
-    summary: dict  # `summarize` of the generations, plus prompts_truncated, max_prompt_length and empty answers
+    summary: dict  # `AnswerTotals.summary` of the rows: tokens, seconds, entropies, truncated prompts, empty answers
     eos_token_id: int | None  # the token that stops a row (None: none; only with ignore_eos)
 
 
@@ -219,6 +258,84 @@ def special_ids(model: Any, template: Template, template_source: str = "the temp
     return eos, pad
 
 
+def require_tokenizer(model: Any, records: Sequence[Any]) -> None:
+    """A UserError unless the model has a tokenizer or every record is pre-tokenized."""
+    if model.tokenizer is None and not all(r.input_ids is not None for r in records):
+        raise UserError(f"{model.path}: the folder has no tokenizer files (tokenizer.json, vocab.json, ...); "
+                        "generation needs one to encode prompts and decode answers (pre-tokenized records need "
+                        "none): copy the base model's tokenizer files into the folder")
+
+
+@dataclasses.dataclass
+class Answerer:
+    """The settings of `answer_records` once checked (`prepare`): answers records one list at a time, so
+    `mbc-jax generate` answers its input a chunk at a time with what a single call would do."""
+
+    model: Any
+    config: SamplingConfig
+    template: Template
+    seed: int
+    batch_size: int
+    bucket: int
+    max_prompt: int  # prompts keep at most their last max_prompt tokens
+    eos: int | None
+    pad: int
+
+    @classmethod
+    def prepare(cls, model: Any, config: SamplingConfig, template: Template | None = None, *, seed: int = 0,
+                batch_size: int = 32, bucket: int = DEFAULT_BUCKET, max_prompt_length: int | None = None,
+                template_source: str = "the template") -> Answerer:
+        """The checks of `answer_records` that need no records: positions, EOS and pad ids."""
+        positions = model.config.max_position_embeddings
+        room = config.prompt_room(positions)
+        if room < 1:
+            raise UserError(f"--max-new-tokens {config.max_new_tokens}: the model has only {positions} positions; "
+                            f"use at most {positions - 1}")
+        max_prompt = max_prompt_length or room
+        if max_prompt > room:
+            raise UserError(f"--max-prompt-length {max_prompt} + --max-new-tokens {config.max_new_tokens} exceeds "
+                            f"the model's {positions} positions; use --max-prompt-length <= {room}")
+        template = template or Template()
+        eos, pad = special_ids(model, template, template_source)
+        if eos[0] is None and not config.ignore_eos:
+            raise UserError(f"no eos_token_id (searched: {eos[1]}): set eos_token_id in the template, or pass "
+                            "--ignore-eos")
+        vocab = model.config.vocab_size
+        for name, (value, source) in (("eos_token_id", eos), ("pad_token_id", pad)):
+            if value is not None and not 0 <= value < vocab:
+                raise UserError(f"{source}: {name} {value} is outside the model's vocabulary (ids 0..{vocab - 1}, "
+                                f"{model.path}/config.json); set {name} in the template or fix that file")
+        pad_id = pad[0] if pad[0] is not None else (eos[0] if eos[0] is not None else 0)
+        return cls(model, config, template, seed, batch_size, bucket, max_prompt, eos[0], pad_id)
+
+    def plan(self, prompts: int | None) -> str:
+        """The line `log` gets before generation: prompts, settings, rows per batch, mesh."""
+        rows = batch_rows(prompts or self.batch_size, self.batch_size, self.model.mesh)
+        return (f"generate: {'?' if prompts is None else prompts} prompts, {self.config.describe()}, seed {self.seed}, "
+                f"{rows} rows per batch on mesh {mesh_str(self.model.mesh)}")
+
+    def answer(self, records: Sequence[Any], on_batch: Callable[[int, int], None] | None = None,
+               log: Callable[[str], None] | None = None) -> tuple[list[dict], float, int]:
+        """(answer rows, seconds of generation, prompts truncated) of `records`: prompts bucketed and batched
+        among these records only; record `index` picks each one's random stream."""
+        require_tokenizer(self.model, records)
+        tok, max_prompt = self.model.tokenizer, self.max_prompt
+        prompts = build_prompts(records, tok, self.template, vocab_size=self.model.config.vocab_size,
+                                max_prompt_length=max_prompt)
+        truncated = [p for p in prompts if p.truncated_from]
+        if log is not None and truncated:
+            log(f"generate: {len(truncated)} prompt(s) longer than {max_prompt} tokens kept their last {max_prompt} "
+                f"(ids {', '.join(p.id for p in truncated[:10])}{', ...' if len(truncated) > 10 else ''})")
+        if on_batch is not None:
+            on_batch(0, 0)
+        start = time.perf_counter()
+        gens = generate(self.model, [p.ids for p in prompts], self.config, seed=self.seed, eos_token_id=self.eos,
+                        pad_token_id=self.pad, batch_size=self.batch_size, bucket=self.bucket,
+                        row_keys=[p.index for p in prompts], on_batch=on_batch)
+        seconds = time.perf_counter() - start
+        return [_answer_row(p, g, tok) for p, g in zip(prompts, gens)], seconds, len(truncated)
+
+
 def answer_records(model: Any, records: Sequence[Any], config: SamplingConfig, template: Template | None = None, *,
                    seed: int = 0, batch_size: int = 32, bucket: int = DEFAULT_BUCKET,
                    max_prompt_length: int | None = None, on_batch: Callable[[int, int], None] | None = None,
@@ -235,49 +352,15 @@ def answer_records(model: Any, records: Sequence[Any], config: SamplingConfig, t
     check has passed: open a progress bar there) and after each batch. The seconds in the summary time
     the generation only.
     """
-    tok = model.tokenizer
-    if tok is None and not all(r.input_ids is not None for r in records):
-        raise UserError(f"{model.path}: the folder has no tokenizer files (tokenizer.json, vocab.json, ...); "
-                        "generation needs one to encode prompts and decode answers (pre-tokenized records need "
-                        "none): copy the base model's tokenizer files into the folder")
-    positions = model.config.max_position_embeddings
-    room = config.prompt_room(positions)
-    if room < 1:
-        raise UserError(f"--max-new-tokens {config.max_new_tokens}: the model has only {positions} positions; "
-                        f"use at most {positions - 1}")
-    max_prompt = max_prompt_length or room
-    if max_prompt > room:
-        raise UserError(f"--max-prompt-length {max_prompt} + --max-new-tokens {config.max_new_tokens} exceeds the "
-                        f"model's {positions} positions; use --max-prompt-length <= {room}")
-    template = template or Template()
-    eos, pad = special_ids(model, template, template_source)
-    if eos[0] is None and not config.ignore_eos:
-        raise UserError(f"no eos_token_id (searched: {eos[1]}): set eos_token_id in the template, or pass "
-                        "--ignore-eos")
-    vocab = model.config.vocab_size
-    for name, (value, source) in (("eos_token_id", eos), ("pad_token_id", pad)):
-        if value is not None and not 0 <= value < vocab:
-            raise UserError(f"{source}: {name} {value} is outside the model's vocabulary (ids 0..{vocab - 1}, "
-                            f"{model.path}/config.json); set {name} in the template or fix that file")
-    eos, pad = eos[0], pad[0] if pad[0] is not None else (eos[0] if eos[0] is not None else 0)
-    prompts = build_prompts(records, tok, template, vocab_size=model.config.vocab_size, max_prompt_length=max_prompt)
-    truncated = [p for p in prompts if p.truncated_from]
+    require_tokenizer(model, records)
+    answerer = Answerer.prepare(model, config, template, seed=seed, batch_size=batch_size, bucket=bucket,
+                                max_prompt_length=max_prompt_length, template_source=template_source)
     if log is not None:
-        rows = batch_rows(len(prompts), batch_size, model.mesh)
-        log(f"generate: {len(prompts)} prompts, {config.describe()}, seed {seed}, {rows} rows per batch "
-            f"on mesh {mesh_str(model.mesh)}")
-        if truncated:
-            log(f"generate: {len(truncated)} prompt(s) longer than {max_prompt} tokens kept their last {max_prompt} "
-                f"(ids {', '.join(p.id for p in truncated[:10])}{', ...' if len(truncated) > 10 else ''})")
-    if on_batch is not None:
-        on_batch(0, 0)
-    start = time.perf_counter()
-    gens = generate(model, [p.ids for p in prompts], config, seed=seed, eos_token_id=eos, pad_token_id=pad,
-                    batch_size=batch_size, bucket=bucket, row_keys=[p.index for p in prompts], on_batch=on_batch)
-    summary = summarize(gens, time.perf_counter() - start)
-    rows = [_answer_row(p, g, tok) for p, g in zip(prompts, gens)]
-    summary.update(prompts_truncated=len(truncated), max_prompt_length=max_prompt, empty=count_empty(rows))
-    return Answers(rows, summary, eos)
+        log(answerer.plan(len(records)))
+    rows, seconds, truncated = answerer.answer(records, on_batch, log)
+    totals = AnswerTotals()
+    totals.add(rows, seconds, truncated)
+    return Answers(rows, totals.summary(answerer.max_prompt), answerer.eos)
 
 
 def count_empty(rows: Sequence[dict]) -> int:
