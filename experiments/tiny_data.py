@@ -201,7 +201,8 @@ class Prepared:
                 f"{p['epochs']:.2f} epochs, {p['wall_seconds']:.0f} s (cached: `{self.model}`).",
             ]
         else:
-            lines += [f"Model: `{self.model}` as given (--model), with its own tokenizer; no base pretraining."]
+            lines += [f"Model: `{self.model}` (--model, or the scale's own), with its own tokenizer; no base "
+                      "pretraining."]
         lines += ["", "Left out: the analyses that need the demo world's ground truth, the familiarity AUC (which "
                   "answers the base's corpus states) and the world judge (it grades by the world's facts); a real "
                   "judge runs with --judge-base-url."]

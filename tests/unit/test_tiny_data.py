@@ -121,7 +121,7 @@ def test_header_describes_the_data_and_model(tmp_path):
     cuts = p.cuts()
     assert "dropped for length: 41; truncated: 0; responses lost: 0" in cuts and "1498 truncated" in cuts
     given = _prepared(model="EleutherAI/gpt-neo-125m", pretrain=None).header()
-    assert "`EleutherAI/gpt-neo-125m` as given (--model)" in given and "pretrained from random" not in given
+    assert "`EleutherAI/gpt-neo-125m` (--model, or the scale's own)" in given and "pretrained from random" not in given
     report = reproduce.write_report(tmp_path, "tiny", reproduce.SCALES["tiny"], {}, [], [], [], header=h)
     text = report.read_text()
     assert text.startswith("# MBC reproduction report (tiny scale)\n\n## Setup\n\n" + h)  # no claims table given
