@@ -256,18 +256,26 @@ def section_markdown(md: Path, prefix: str) -> str:
     return re.sub(r"\]\((?!https?:|/)([^)]+)\)", lambda m: f"]({prefix}/{m.group(1)})", text)
 
 
-def mbc_settings(configs: list[dict]) -> str:
-    """One sentence per distinct MBC setting of the runs, against the paper's Algorithm 1."""
+def mbc_settings(configs: list[dict], labels: list[str] | None = None) -> str:
+    """One sentence per distinct MBC setting of the runs, against the paper's Algorithm 1 (with `labels`, one per
+    config, each sentence names its runs)."""
     out = []
-    for m in sorted({json.dumps(c.get("mbc", {}), sort_keys=True) for c in configs if c.get("sampler") == "mbc"}):
-        m = json.loads(m)
+    settings: dict[str, list[str]] = {}
+    for c, label in zip(configs, labels or [""] * len(configs)):
+        if c.get("sampler") == "mbc":
+            settings.setdefault(json.dumps(c.get("mbc", {}), sort_keys=True), []).append(label)
+    for key in sorted(settings):
+        m = json.loads(key)
         k = f"every {m['k']} steps" if m.get("k") else "once per epoch-equivalent (N / batch steps)"
         extensions = [f"{name} {m[name]} (paper: {paper})" for name, paper in (("power", 1.0), ("floor", 0.0))
                       if float(m.get(name, paper)) != paper]
         if m.get("refresh", "full") != "full":
             extensions.append(f"refresh {m['refresh']} {m.get('refresh_fraction')} (paper: full)")
-        out.append(f"Re-scored {k} (the paper does not give k), perplexity over the {m.get('metric', 'loss')!r} "
-                   f"targets, drawn with replacement with p proportional to perplexity"
+        named = ", ".join(x for x in settings[key] if x)
+        out.append((f"{named}: r" if named else "R") + f"e-scored {k} (the paper does not give k), perplexity over "
+                   f"the {m.get('metric', 'loss')!r} targets"
+                   + (" (the loss's)" if m.get("metric", "loss") == "loss" else "")
+                   + ", drawn with replacement with p proportional to perplexity"
                    + (f"; extensions in use: {', '.join(extensions)}." if extensions else ": the paper's Algorithm 1."))
     return " ".join(out) or "No MBC run."
 
@@ -284,18 +292,20 @@ def write_report(out: Path, scale_name: str, scale: Scale, runs, sections: list[
         lines += [claims.strip(), ""]
     lines += ["## Setup", "", header or scale.note + ".", ""]
     rows = []
-    for (_sampler, _lr), folder in runs.items():
+    labels = []
+    for (name, _lr), folder in runs.items():
         rf = RunFolder.open(folder)
+        labels.append(rf.label if name in SAMPLERS else f"{rf.label} ({name})")  # a variant shares MBC's label
         s = rf.summary() or {}
         final = s.get("final", {})
-        rows.append([rf.label, f"`{folder.relative_to(out)}`", rf.config.get("model"), rf.config.get("data"),
+        rows.append([labels[-1], f"`{folder.relative_to(out)}`", rf.config.get("model"), rf.config.get("data"),
                      s.get("train_records", rf.n_train), s.get("steps", "?"), fmt(s.get("epochs"), 1),
                      fmt(final.get("train_exact_match")), fmt(final.get("val_perplexity"), 2),
                      fmt(s.get("wall_seconds"), 0)])
     lines += ["## Runs", "", markdown_table(rows, ["run", "folder", "model", "data", "train records", "steps", "epochs",
                                                    "final exact memorization (Eq. 1, pooled)", "final val perplexity",
                                                    "wall-clock (s)"]), ""]
-    lines += ["## MBC as run", "", mbc_settings([RunFolder.open(f).config for f in runs.values()]), ""]
+    lines += ["## MBC as run", "", mbc_settings([RunFolder.open(f).config for f in runs.values()], labels), ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     lines += ["## Contents", ""] + [f"- [{title}](#{re.sub(r'[^a-z0-9 -]', '', title.lower()).replace(' ', '-')})"

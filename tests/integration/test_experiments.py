@@ -896,6 +896,12 @@ def test_report_states_the_mbc_settings_against_algorithm_1():
     text = reproduce.mbc_settings([{"sampler": "mbc", "mbc": {**paper, "k": 5, "floor": 0.1}}])
     assert "every 5 steps" in text and "extensions in use: floor 0.1 (paper: 0.0)" in text
     assert reproduce.mbc_settings([{"sampler": "uniform"}]) == "No MBC run."
+    # the real scale's two MBC runs share a label: each sentence names its runs
+    full = {"sampler": "mbc", "mbc": {**paper, "metric": "full"}}
+    text = reproduce.mbc_settings([{"sampler": "mbc", "mbc": paper}, full, {"sampler": "uniform"}],
+                                  ["MBC lr 5e-5", "MBC lr 5e-5 (mbc_full)", "baseline"])
+    assert "MBC lr 5e-5 (mbc_full): re-scored" in text and "over the 'full' targets" in text
+    assert "MBC lr 5e-5: re-scored" in text and "'loss' targets (the loss's)" in text and "baseline" not in text
 
 
 # ----------------------------------------------------------------------------- membership (issue 32)
