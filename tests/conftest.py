@@ -32,7 +32,8 @@ BENCH = SHARED / "bench" / "dolly256_gptneo.jsonl"
 # collected first so that pytest-xdist's whole-file scheduling (`--dist loadfile`, pyproject.toml) starts them
 # early and the short files fill in around them, instead of one long file running alone at the end.
 HEAVY_FILES = ("test_resume.py", "test_model_runtime.py", "test_multihost.py", "test_trainer.py",
-               "test_experiments.py", "test_url_run_folder.py", "test_checkpoints.py", "test_select.py")
+               "test_experiments.py", "test_url_run_folder.py", "test_checkpoints.py", "test_select.py",
+               "test_reproduce_real.py", "test_score_resume.py", "test_plan_health.py", "test_smollm2.py")
 
 
 SHUFFLE_ENV = "MBC_JAX_SHUFFLE_FILES"  # a seed: the test files in a shuffled order (tests in a file keep theirs)
