@@ -20,7 +20,8 @@ from mbc_jax.commands.plan import model_config
 from mbc_jax.models import config_from_hf
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
-PAPER = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "demo.yaml")
+CPU_SCALES = ("demo.yaml", "smollm2_135m_real.yaml")  # the tiny and real scales of reproduce: not the paper's epochs
+PAPER = sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in CPU_SCALES)
 GIB = 1 << 30
 PUBLISHED = {  # parameter counts of the hub checkpoints (their safetensors headers / model cards)
     "EleutherAI/gpt-neo-125m": 125_198_592, "EleutherAI/gpt-neo-2.7B": 2_651_307_520,
