@@ -48,6 +48,7 @@ from mbc_jax.demo import base as demo_base
 from mbc_jax.demo.model import model_config
 from mbc_jax.demo.tokenizer import build_tokenizer
 from mbc_jax.generate import TINY_MAX_NEW_TOKENS
+from mbc_jax.paths import file_sha256
 
 VOCAB_SIZE = 4096  # Dolly: 241 tokens per record on average (2,048 tokens: 278; 8,192: 212)
 LENGTH_QUANTILE = 0.9
@@ -212,14 +213,6 @@ class Prepared:
 # ----------------------------------------------------------------------------- preparing
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def code_version() -> str:
     """The demo's code version (base recipe, model config, tokenizer code) and this file's bytes."""
     return hashlib.sha256((demo_base.code_version() + Path(__file__).read_text()).encode()).hexdigest()[:12]
@@ -258,7 +251,7 @@ def prepare(data: str, out: Path, n_train: int, n_valid: int = N_VALID, *, token
                         "it, or use --scale small")
     if model and tokenizer:
         raise UserError("--tokenizer with --model: the model's own tokenizer is used; pass one of them")
-    sha = _sha256(path)
+    sha = file_sha256(path)
     settings = json.dumps([n_train, n_valid, vocab_size, seed, repr(spec), LENGTH_QUANTILE, LENGTH_STEP, LENGTH_RANGE,
                            TINY_MAX_NEW_TOKENS, tokenizer, model]
                           + ([template, stratify, length_cap] if (template, stratify, length_cap) != (

