@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from experiments import common
 from experiments.common import Artifact, fmt
+from experiments.fig3_validation_perplexity import pooled_perplexity
 from experiments.fig8_sampling_frequency import HEALTH_COLUMNS, health_rows
 from mbc_jax import UserError
 from mbc_jax.run_folder import RunFolder
@@ -56,17 +55,9 @@ def curve_rows(run: RunFolder) -> list[dict]:
         rows.append({"run": name(run), "metric": mbc_metric(run), "step": step,
                      "exact_match": common.pooled_exact_match(t),
                      "response_exact_match": common.pooled_exact_match(t, response=True),
-                     "perplexity": _pooled_perplexity(t, ""),
-                     "response_perplexity": _pooled_perplexity(t, "response_")})
+                     "perplexity": pooled_perplexity(t["tokens"], t["perplexity"]),
+                     "response_perplexity": pooled_perplexity(t["response_tokens"], t["response_perplexity"])})
     return rows
-
-
-def _pooled_perplexity(t: dict[str, np.ndarray], prefix: str) -> float:
-    """exp of the token-weighted mean NLL over the records' targets (nan without any)."""
-    ppl = np.asarray(t[f"{prefix}perplexity"], np.float64)
-    n = np.asarray(t[f"{prefix}tokens"], np.float64)
-    ok = np.isfinite(ppl) & (n > 0)
-    return float(np.exp((np.log(ppl[ok]) * n[ok]).sum() / n[ok].sum())) if ok.any() else float("nan")
 
 
 def summary_row(run: RunFolder, health: list[dict]) -> dict:
