@@ -364,6 +364,13 @@ def scale_from_args(args: argparse.Namespace) -> Scale:
     return scale
 
 
+def prepared_args(args: argparse.Namespace, prep: tiny_data.Prepared) -> argparse.Namespace:
+    """`args` training on the prepared files and model: data, model, val_data and max_length (before --set's)."""
+    return argparse.Namespace(**{**vars(args), "data": prep.train_path, "model": prep.model,
+                                 "set": [f"val_data={prep.valid_path}", f"max_length={prep.max_length}",
+                                         *(args.set or [])]})
+
+
 def prepare_data(args: argparse.Namespace, scale: Scale, out: Path, progress: Progress
                  ) -> tuple[argparse.Namespace, Scale, str | None]:
     """With --data at the tiny scale: prepare tokenizer, records and base (experiments/tiny_data.py) and
@@ -374,9 +381,7 @@ def prepare_data(args: argparse.Namespace, scale: Scale, out: Path, progress: Pr
         t0 = time.perf_counter()
         prep = tiny_data.prepare(args.data, out, scale.max_train_records, tokenizer=getattr(args, "tokenizer", None),
                                  model=args.model, log=log)
-        args = argparse.Namespace(**{**vars(args), "data": prep.train_path, "model": prep.model,
-                                     "set": [f"val_data={prep.valid_path}", f"max_length={prep.max_length}",
-                                             *(args.set or [])]})
+        args = prepared_args(args, prep)
         scale = dataclasses.replace(scale, max_train_records=None)  # prepared: train on the whole file
         header = prep.header() + "\n\nLearning rates: {} and {}, the tiny scale's.".format(
             *map(fmt_lr, scale.learning_rates))
@@ -406,9 +411,7 @@ def prepare_real(args: argparse.Namespace, scale: Scale, out: Path, progress: Pr
     real = scale.real
     prep = tiny_data.prepare(args.data, out, real.n_train, real.n_valid, model=model, log=log,
                              template=real.template, stratify=real.stratify, length_cap=real.length_cap)
-    args = argparse.Namespace(**{**vars(args), "data": prep.train_path, "model": prep.model,
-                                 "set": [f"val_data={prep.valid_path}", f"max_length={prep.max_length}",
-                                         *(args.set or [])]})
+    args = prepared_args(args, prep)
     rates = " and ".join(map(fmt_lr, scale.learning_rates))
     header = prep.header() + (f"\n\nLearning rate{'s' if len(scale.learning_rates) > 1 else ''}: {rates}. "
                               f"{scale.note}. Runs: MBC and uniform, and "
