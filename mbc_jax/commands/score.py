@@ -127,9 +127,16 @@ POOLED = (("exact_match", "tokens"), ("response_exact_match", "response_tokens")
           ("response_entropy", "response_tokens"))
 
 
+def pooled(rows: list[dict], key: str, count: str) -> float | None:
+    """sum(value x targets) / sum(targets) over the rows that have targets for `key`: Eq. 1 for exact match."""
+    pairs = [(r[key], r[count]) for r in rows if r[key] is not None and r[count]]
+    n = sum(c for _, c in pairs)
+    return sum(v * c for v, c in pairs) / n if n else None
+
+
 class CategoryStats:
     """The category table's numbers, kept as rows stream past: per group, the pooled sums of `POOLED` (added in
-    row order) and the per-record perplexities for the medians (8 bytes a record, the
+    row order, as `pooled` adds them) and the per-record perplexities for the medians (8 bytes a record, the
     only part that grows with the data)."""
 
     def __init__(self):
@@ -170,6 +177,15 @@ class CategoryStats:
                              "median_ppl", "median_resp_ppl", "entropy", "resp_entropy"])
                 + "\nexact match and entropy: pooled over each group's targets (Eq. 1; long records weigh more), "
                   "not per-record means; perplexity: the per-record median")
+
+
+def category_table(rows: list[dict]) -> str:
+    """Per category and ALL: exact match and entropy pooled over the group's targets (Eq. 1), median perplexity
+    (`CategoryStats` over a list of rows)."""
+    stats = CategoryStats()
+    for r in rows:
+        stats.add(r)
+    return stats.table()
 
 
 def meta_path(out: str) -> Path | UrlPath:
